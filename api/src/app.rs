@@ -1,0 +1,210 @@
+//! Start-up and shutdown: build everything (binding the listener), then run until stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use eventlog::EventLog;
+use eventlog::sqlite::SqliteLog;
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use projector::{Progress, ReadModels};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{self, Auth};
+use crate::config::Settings;
+use crate::service::Chat;
+
+/// Whether the server can serve reads that reflect the log: the log answers and the
+/// projections have caught up with what the log held at start.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    log: Arc<dyn EventLog>,
+    progress: Progress,
+    head_at_start: u64,
+}
+
+impl Readiness {
+    pub async fn check(&self) -> Result<serde_json::Value, String> {
+        let head = self
+            .log
+            .head()
+            .await
+            .map_err(|e| format!("event log: {e}"))?;
+        let applied = self.progress.position();
+        if applied < self.head_at_start {
+            return Err(format!(
+                "projections catching up: {applied} of {}",
+                self.head_at_start
+            ));
+        }
+        Ok(serde_json::json!({ "status": "ready", "log_head": head, "projected": applied }))
+    }
+}
+
+/// A built server: storage open, listener bound, not yet serving.
+pub struct App {
+    settings: Settings,
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    log: Arc<dyn EventLog>,
+    models: ReadModels,
+    progress_tx: watch::Sender<u64>,
+    chat: Arc<Chat>,
+    readiness: Readiness,
+}
+
+async fn open_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, ReadModels)> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let log = SqliteLog::open(settings.events_path())
+        .await
+        .context("cannot open the event log")?;
+    let path = settings.read_models_path();
+    let models = tokio::task::spawn_blocking(move || ReadModels::open(path))
+        .await?
+        .context("cannot open the read models")?;
+    Ok((Arc::new(log), models))
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let (log, models) = open_storage(&settings).await?;
+        let secret =
+            auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
+        let auth = Auth::new(
+            &secret,
+            settings.access_token_ttl(),
+            settings.refresh_token_ttl_days,
+        );
+        let (progress_tx, progress) = Progress::new();
+        let head_at_start = log.head().await?;
+        let chat = Arc::new(Chat::new(
+            log.clone(),
+            models.clone(),
+            progress.clone(),
+            auth,
+        ));
+        let acceptor = TcpListener::bind(settings.listen.to_string())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("listener has no socket address")?;
+        let readiness = Readiness {
+            log: log.clone(),
+            progress,
+            head_at_start,
+        };
+        Ok(Self {
+            settings,
+            acceptor,
+            addr,
+            log,
+            models,
+            progress_tx,
+            chat,
+            readiness,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves (or a background task fails), then stops accepting,
+    /// lets in-flight requests finish, flushes the log and stops the projector.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            acceptor,
+            addr,
+            log,
+            models,
+            progress_tx,
+            chat,
+            readiness,
+        } = self;
+        let failed = CancellationToken::new();
+        let stop_projector = CancellationToken::new();
+
+        let projector = tokio::spawn({
+            let (log, failed, stop) = (log.clone(), failed.clone(), stop_projector.clone());
+            async move {
+                let result = projector::run(log, models, progress_tx, stop).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "projector stopped; shutting down");
+                    failed.cancel();
+                }
+                result
+            }
+        });
+
+        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+        let app = crate::http::routes(chat, readiness, settings.max_body_bytes);
+        let stop = {
+            let failed = failed.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => tracing::info!("shutdown requested"),
+                    () = failed.cancelled() => {}
+                }
+            }
+        };
+        let served = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                stop,
+                Some(Duration::from_secs(settings.shutdown_grace_secs)),
+            )
+            .await;
+
+        // No request is in flight any more. Stop the projector (it resumes from its checkpoint
+        // next time), then close the log, which finishes and syncs any append still queued.
+        stop_projector.cancel();
+        let projected = projector.await.context("projector task panicked")?;
+        log.close().await;
+        tracing::info!("stopped");
+        served.context("server failed")?;
+        projected.context("projector failed")?;
+        Ok(())
+    }
+}
+
+/// `chatd rebuild`: deletes the read models and replays the whole log into new ones.
+/// Returns the position replayed up to.
+pub async fn rebuild(settings: &Settings) -> anyhow::Result<u64> {
+    ReadModels::delete(&settings.read_models_path())?;
+    let (log, models) = open_storage(settings).await?;
+    let head = log.head().await?;
+    let (tx, progress) = Progress::new();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(projector::run(log.clone(), models, tx, stop.clone()));
+    let waited = progress
+        .wait_for(head, Duration::from_secs(24 * 3600))
+        .await;
+    stop.cancel();
+    runner.await.context("projector task panicked")??;
+    waited?;
+    log.close().await;
+    tracing::info!(position = head, "read models rebuilt");
+    Ok(head)
+}

@@ -1,0 +1,232 @@
+//! Credentials: argon2id password hashes, short-lived JWT access tokens, and opaque refresh
+//! tokens whose rotation state lives in the event log (see `schema::session`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use schema::{SessionId, UserId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user.
+    pub sub: Uuid,
+    /// The session (refresh-token family) it was issued under.
+    pub sid: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_ttl: Duration,
+    refresh_ttl: chrono::Duration,
+    /// Password hashing is CPU-bound and deliberately slow: at most this many at once, so a
+    /// burst of logins cannot starve the blocking pool or the machine.
+    hashing: Arc<Semaphore>,
+    /// Verified against when the user does not exist, so a login takes as long either way.
+    dummy_hash: Arc<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("access_ttl", &self.access_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the JWT secret: the configured one, else `<data_dir>/jwt_secret`, generated on first
+/// start with 0600 permissions.
+pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = configured {
+        anyhow::ensure!(
+            s.len() >= 32,
+            "CHAT_JWT_SECRET must be at least 32 characters"
+        );
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt_secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => anyhow::bail!(
+            "{} is too short; delete it to generate a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut bytes = [0u8; 48];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let secret = URL_SAFE_NO_PAD.encode(bytes);
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    tracing::info!(path = %path.display(), "generated a new JWT secret");
+    Ok(secret.into_bytes())
+}
+
+impl Auth {
+    pub fn new(secret: &[u8], access_ttl: Duration, refresh_ttl_days: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let dummy = Argon2::default()
+            .hash_password(
+                b"not a real password",
+                &SaltString::generate(&mut rand::thread_rng()),
+            )
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_ttl,
+            refresh_ttl: chrono::Duration::days(refresh_ttl_days as i64),
+            hashing: Arc::new(Semaphore::new(num_cpus())),
+            dummy_hash: Arc::new(dummy),
+        }
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        self.access_ttl
+    }
+
+    pub fn refresh_expiry(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> chrono::DateTime<chrono::Utc> {
+        now + self.refresh_ttl
+    }
+
+    pub fn issue_access(&self, user: UserId, session: SessionId) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.0,
+            sid: session.0,
+            iat: now,
+            exp: now + self.access_ttl.as_secs() as i64,
+        };
+        // HS256 over a plain struct cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("jwt encodes")
+    }
+
+    /// The user of a valid, unexpired access token.
+    pub fn verify_access(&self, token: &str) -> Option<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    pub async fn hash_password(&self, password: schema::Password) -> anyhow::Result<String> {
+        let _permit = self.hashing.acquire().await?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut rand::thread_rng());
+            Argon2::default()
+                .hash_password(password.expose().as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+        })
+        .await?
+    }
+
+    /// Checks a password against a stored hash; with no hash (unknown user) it still does the
+    /// work and returns false.
+    pub async fn verify_password(&self, password: String, hash: Option<String>) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+            && known
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// A new refresh token for a session: the session id (so the server can find the family)
+/// and 256 random bits, base64url.
+pub fn new_refresh_token(session: SessionId) -> String {
+    let mut bytes = [0u8; 48];
+    bytes[..16].copy_from_slice(session.0.as_bytes());
+    rand::thread_rng().fill_bytes(&mut bytes[16..]);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The session a refresh token claims to belong to.
+pub fn refresh_token_session(token: &str) -> Option<SessionId> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    if bytes.len() != 48 {
+        return None;
+    }
+    Uuid::from_slice(&bytes[..16]).ok().map(SessionId)
+}
+
+/// What the log stores instead of the token.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_token_carries_its_session() {
+        let s = SessionId::new();
+        let t = new_refresh_token(s);
+        assert_eq!(refresh_token_session(&t), Some(s));
+        assert_ne!(new_refresh_token(s), t);
+        assert_eq!(refresh_token_session("garbage"), None);
+    }
+
+    #[test]
+    fn access_tokens_verify_only_with_the_same_secret() {
+        let a = Auth::new(&[1; 32], Duration::from_secs(60), 30);
+        let b = Auth::new(&[2; 32], Duration::from_secs(60), 30);
+        let (u, s) = (UserId::new(), SessionId::new());
+        let t = a.issue_access(u, s);
+        assert_eq!(a.verify_access(&t).map(|c| c.sub), Some(u.0));
+        assert!(b.verify_access(&t).is_none());
+        assert!(a.verify_access("not.a.jwt").is_none());
+    }
+}

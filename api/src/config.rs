@@ -1,0 +1,93 @@
+//! Typed settings: flags, each overridable by a `CHAT_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// chatd — an event-sourced chat server.
+///
+/// With no arguments it serves on the embedded default: the event log and the read models
+/// are SQLite files in the data directory; nothing else needs to be installed.
+/// Log verbosity follows `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatd", version, about, long_about)]
+pub struct Settings {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "CHAT_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory for the event log, the read models and the generated JWT secret.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Secret for signing access tokens (HS256). Default: generated once and kept in
+    /// `<data-dir>/jwt_secret`. Never printed.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(
+        long,
+        env = "CHAT_ACCESS_TOKEN_TTL",
+        default_value_t = 900,
+        global = true
+    )]
+    pub access_token_ttl_secs: u64,
+
+    /// Lifetime of refresh tokens (sliding with each refresh), in days.
+    #[arg(
+        long,
+        env = "CHAT_REFRESH_TOKEN_TTL_DAYS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub refresh_token_ttl_days: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value_t = 10, global = true)]
+    pub shutdown_grace_secs: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Delete the read models and rebuild them by replaying the event log, then exit.
+    Rebuild,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: defaults, the given data dir, a free port.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut s = Self::parse_from(["chatd"]);
+        s.data_dir = data_dir.into();
+        s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        s
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.data_dir.join("events.db")
+    }
+
+    pub fn read_models_path(&self) -> PathBuf {
+        self.data_dir.join("readmodels.db")
+    }
+
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+}

@@ -1,0 +1,124 @@
+//! The REST interface: routes, the OpenAPI document and its UI, auth, limits.
+
+use std::sync::Arc;
+
+use poem::error::ReadBodyError;
+use poem::http::StatusCode;
+use poem::middleware::{CatchPanic, NormalizePath, TrailingSlash};
+use poem::web::Json as PoemJson;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
+use poem_openapi::auth::Bearer;
+use poem_openapi::{OpenApiService, SecurityScheme, Tags};
+use schema::UserId;
+
+use crate::service::Chat;
+
+mod accounts;
+pub mod error;
+mod messages;
+mod models;
+mod rooms;
+
+pub use error::{ApiError, Problem};
+
+#[derive(Tags)]
+enum Tag {
+    /// Registering, logging in and looking people up.
+    Accounts,
+    /// Creating, joining and leaving rooms.
+    Rooms,
+    /// Sending messages and reading history.
+    Messages,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub UserId);
+
+/// A bearer access token from `POST /v1/auth/login`.
+#[derive(Debug, SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
+pub struct BearerAuth(pub Caller);
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    let chat = req
+        .data::<Arc<Chat>>()
+        .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
+    match chat.auth().verify_access(&bearer.token) {
+        Some(claims) => Ok(Caller(UserId(claims.sub))),
+        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
+    }
+}
+
+/// Caps request bodies, chunked ones included (the `Content-Length` header alone could lie
+/// or be absent).
+async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem::Result<Response> {
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(ReadBodyError::PayloadTooLarge.into());
+        }
+    }
+    let body = req.take_body().into_bytes_limit(max).await?;
+    req.set_body(body);
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+pub fn api_service(
+    chat: Arc<Chat>,
+) -> OpenApiService<(accounts::Api, rooms::Api, messages::Api), ()> {
+    OpenApiService::new(
+        (
+            accounts::Api { chat: chat.clone() },
+            rooms::Api { chat: chat.clone() },
+            messages::Api { chat },
+        ),
+        "chatd",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .url_prefix("/v1")
+    .description(
+        "Event-sourced chat server. Every command is appended to the event log and answered \
+         once durable; reads come from projections of the log. Errors are RFC 9457 problem \
+         details with a stable `code`.",
+    )
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(req: &Request) -> Response {
+    let Some(ready) = req.data::<crate::app::Readiness>() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match ready.check().await {
+        Ok(status) => PoemJson(status).into_response(),
+        Err(detail) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail).into_response()
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn routes(chat: Arc<Chat>, readiness: crate::app::Readiness, max_body: usize) -> impl Endpoint {
+    let api = api_service(chat.clone());
+    let spec = api.spec_endpoint();
+    let ui = api.swagger_ui();
+    Route::new()
+        .nest("/v1", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", ui)
+        .at("/healthz", healthz)
+        .at("/readyz", readyz)
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .around(move |ep, req| limit_body(ep, req, max_body))
+        .data(chat)
+        .data(readiness)
+        .with(CatchPanic::new())
+        .catch_all_error(error::render_framework_error)
+}

@@ -1,0 +1,17 @@
+//! `chatd`: the chat server.
+//!
+//! - [`config`]: typed settings from flags and `CHAT_…` variables;
+//! - [`app`]: [`app::App::build`] opens storage and binds the listener,
+//!   [`app::App::run_until_stopped`] serves and shuts down gracefully; `rebuild`;
+//! - [`service`]: the application service — commands on aggregates, queries on read models;
+//! - [`auth`]: password hashing, access tokens, refresh tokens;
+//! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod service;
+
+pub use app::App;
+pub use config::Settings;

@@ -1,0 +1,50 @@
+use anyhow::Context;
+use api::config::Command;
+use api::{App, Settings};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    observability::init("chatd");
+    match settings.command {
+        Some(Command::Rebuild) => {
+            api::app::rebuild(&settings)
+                .await
+                .context("rebuild failed")?;
+            Ok(())
+        }
+        Some(Command::Serve) | None => {
+            let app = App::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

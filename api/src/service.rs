@@ -1,0 +1,555 @@
+//! The application service: turns requests into commands on aggregates and queries on the
+//! read models. HTTP-free; the `http` module maps its errors to statuses in one table.
+//!
+//! Command path: load the aggregate (rooms are cached per node and refreshed incrementally),
+//! `decide`, append with the expected version, `evolve` the cache, then wait for the local
+//! projections to reach the append (read-your-writes). A version conflict — another node or
+//! request got there first — reloads and decides again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use eventlog::{AppendResult, ErrorKind, EventLog, ExpectedVersion, NewEvent};
+use projector::queries::{self, Page, RoomSummary, UserView};
+use projector::{Progress, ReadModels};
+use schema::events::{Event, RoomKind};
+use schema::room::{Room, RoomCommand};
+use schema::session::{Session, SessionCommand};
+use schema::user::{User, UserCommand};
+use schema::{
+    Aggregate, DisplayName, DomainError, MessageBody, MessageId, Password, RoomId, RoomName,
+    SessionId, UserId, Username, Visibility, streams,
+};
+use uuid::Uuid;
+
+use crate::auth::{self, Auth};
+
+/// How long a command waits for the projections before answering anyway (the command is
+/// durable either way; only the caller's next read could then be stale).
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at a command whose stream keeps moving under it.
+const MAX_ATTEMPTS: usize = 10;
+const STREAM_PAGE: usize = 1_000;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A domain rule refused the command or a value was invalid.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// Unknown username or wrong password (deliberately not told apart).
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    /// Users named in the request do not exist.
+    #[error("unknown users: {0:?}")]
+    UnknownUsers(Vec<UserId>),
+    /// The stream kept changing; the client may retry.
+    #[error("too much contention on {0}; retry")]
+    Contention(String),
+    /// The event log failed.
+    #[error(transparent)]
+    Log(#[from] eventlog::Error),
+    /// The read models failed.
+    #[error(transparent)]
+    ReadModel(#[from] projector::Error),
+    /// Anything else: a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// An aggregate with the stream version it reflects.
+#[derive(Debug, Clone, Default)]
+struct Loaded<A> {
+    state: A,
+    version: u64,
+}
+
+type RoomSlot = Arc<tokio::sync::Mutex<Option<Loaded<Room>>>>;
+
+/// Tokens handed out at login and refresh.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    pub user_id: UserId,
+}
+
+/// A room with its members.
+#[derive(Debug, Clone)]
+pub struct RoomDetail {
+    pub summary: RoomSummary,
+    pub members: Vec<UserView>,
+}
+
+/// Where a sent message landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub sent_at: DateTime<Utc>,
+    /// A retry of an earlier send: nothing new was stored.
+    pub duplicate: bool,
+}
+
+#[derive(Debug)]
+pub struct Chat {
+    log: Arc<dyn EventLog>,
+    models: ReadModels,
+    progress: Progress,
+    auth: Auth,
+    /// Room aggregates by id. Commands on one room run one at a time on this node (the slot's
+    /// lock), so they do not conflict with each other; other nodes are caught by the expected
+    /// version.
+    rooms: Mutex<HashMap<RoomId, RoomSlot>>,
+}
+
+fn event_id(event: &Event) -> Uuid {
+    match event {
+        // Deterministic for idempotent sends: a retry carries the same event id.
+        Event::MessageSent { message_id, .. } => message_id.0,
+        _ => Uuid::now_v7(),
+    }
+}
+
+fn to_new(events: &[Event]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent {
+            event_id: event_id(e),
+            event_type: e.type_name().to_owned(),
+            schema_version: e.schema_version(),
+            data: e.encode(),
+            metadata: Vec::new(),
+        })
+        .collect()
+}
+
+impl Chat {
+    pub fn new(log: Arc<dyn EventLog>, models: ReadModels, progress: Progress, auth: Auth) -> Self {
+        Self {
+            log,
+            models,
+            progress,
+            auth,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    // ---------------------------------------------------------------- command plumbing
+
+    /// Brings `loaded` up to the stream's current version.
+    async fn catch_up<A: Aggregate>(
+        &self,
+        stream: &str,
+        loaded: &mut Option<Loaded<A>>,
+    ) -> Result<()> {
+        let current = loaded.get_or_insert_with(Loaded::default);
+        loop {
+            let batch = self
+                .log
+                .read_stream(stream, current.version + 1, STREAM_PAGE)
+                .await?;
+            let n = batch.len();
+            for recorded in batch {
+                let event = Event::decode(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    &recorded.data,
+                )
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                current.state.evolve(&event);
+                current.version = recorded.version;
+            }
+            if n < STREAM_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decides `command` against the aggregate in `stream` and appends the result, retrying on
+    /// version conflicts. Returns the events (empty when the command was already satisfied)
+    /// and where they landed.
+    async fn execute<A: Aggregate>(
+        &self,
+        stream: &str,
+        loaded: &mut Option<Loaded<A>>,
+        command: &A::Command,
+    ) -> Result<(Vec<Event>, Option<AppendResult>)> {
+        if loaded.is_none() {
+            self.catch_up(stream, loaded).await?;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let current = loaded.get_or_insert_with(Loaded::default);
+            let events = current.state.decide(command)?;
+            if events.is_empty() {
+                return Ok((events, None));
+            }
+            match self
+                .log
+                .append(
+                    stream,
+                    ExpectedVersion::at(current.version),
+                    to_new(&events),
+                )
+                .await
+            {
+                Ok(result) => {
+                    if !result.duplicate {
+                        for e in &events {
+                            current.state.evolve(e);
+                        }
+                        current.version = result.last_version;
+                    }
+                    self.await_projection(result.last_position).await;
+                    return Ok((events, Some(result)));
+                }
+                Err(e) if e.kind() == ErrorKind::VersionConflict => {
+                    tracing::debug!(stream, "version conflict; reloading");
+                    self.catch_up(stream, loaded).await?;
+                }
+                Err(e) => {
+                    // The cached state may be behind a write whose outcome we do not know.
+                    *loaded = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(ServiceError::Contention(stream.to_owned()))
+    }
+
+    async fn await_projection(&self, position: u64) {
+        if let Err(e) = self
+            .progress
+            .wait_for(position, READ_YOUR_WRITES_TIMEOUT)
+            .await
+        {
+            tracing::warn!(position, error = %e, "answering before the projections caught up");
+        }
+    }
+
+    fn room_slot(&self, room: RoomId) -> RoomSlot {
+        // A poisoned map only means another request panicked mid-insert; the map is still valid.
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.entry(room).or_default().clone()
+    }
+
+    async fn room_command(
+        &self,
+        room: RoomId,
+        command: RoomCommand,
+    ) -> Result<(Vec<Event>, Option<AppendResult>)> {
+        let slot = self.room_slot(room);
+        let mut loaded = slot.lock().await;
+        self.execute(&streams::room(room), &mut loaded, &command)
+            .await
+    }
+
+    async fn require_users(&self, ids: Vec<UserId>) -> Result<()> {
+        let wanted = ids.clone();
+        let found = self
+            .models
+            .read(move |c| queries::existing_users(c, &wanted))
+            .await?;
+        let missing: Vec<UserId> = ids.into_iter().filter(|id| !found.contains(id)).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::UnknownUsers(missing))
+        }
+    }
+
+    // ---------------------------------------------------------------- accounts
+
+    pub async fn register(
+        &self,
+        username: Username,
+        password: Password,
+        display_name: Option<DisplayName>,
+    ) -> Result<UserView> {
+        let user_id = UserId::for_username(&username);
+        let stream = streams::user(user_id);
+        let mut loaded = None;
+        self.catch_up::<User>(&stream, &mut loaded).await?;
+        // Check before the expensive hash; the append below re-checks atomically.
+        if loaded
+            .as_ref()
+            .is_some_and(|l| l.state.registered.is_some())
+        {
+            return Err(DomainError::UsernameTaken.into());
+        }
+        let password_hash = self
+            .auth
+            .hash_password(password)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let display_name = display_name.unwrap_or_else(|| DisplayName::from(&username));
+        let command = UserCommand::Register {
+            username: username.clone(),
+            display_name: display_name.clone(),
+            password_hash,
+        };
+        self.execute(&stream, &mut loaded, &command).await?;
+        Ok(UserView {
+            user_id,
+            username: username.as_str().to_owned(),
+            display_name: display_name.as_str().to_owned(),
+        })
+    }
+
+    pub async fn login(&self, username: &str, password: String) -> Result<Tokens> {
+        let registered = match Username::parse(username) {
+            Ok(name) => {
+                let mut loaded = None;
+                self.catch_up::<User>(&streams::user(UserId::for_username(&name)), &mut loaded)
+                    .await?;
+                loaded.and_then(|l| l.state.registered)
+            }
+            Err(_) => None,
+        };
+        let hash = registered.as_ref().map(|r| r.password_hash.clone());
+        if !self.auth.verify_password(password, hash).await {
+            return Err(ServiceError::InvalidCredentials);
+        }
+        let user = registered.ok_or(ServiceError::InvalidCredentials)?;
+        self.start_session(user.user_id).await
+    }
+
+    async fn start_session(&self, user_id: UserId) -> Result<Tokens> {
+        let session_id = SessionId::new();
+        let refresh_token = auth::new_refresh_token(session_id);
+        let command = SessionCommand::Start {
+            session_id,
+            user_id,
+            token_hash: auth::token_hash(&refresh_token),
+            expires_at: self.auth.refresh_expiry(Utc::now()),
+        };
+        self.execute::<Session>(&streams::session(session_id), &mut None, &command)
+            .await?;
+        Ok(self.tokens(user_id, session_id, refresh_token))
+    }
+
+    fn tokens(&self, user_id: UserId, session_id: SessionId, refresh_token: String) -> Tokens {
+        Tokens {
+            access_token: self.auth.issue_access(user_id, session_id),
+            refresh_token,
+            expires_in: self.auth.access_ttl().as_secs(),
+            user_id,
+        }
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {
+        let session_id =
+            auth::refresh_token_session(refresh_token).ok_or(DomainError::InvalidRefreshToken)?;
+        let new_token = auth::new_refresh_token(session_id);
+        let now = Utc::now();
+        let command = SessionCommand::Refresh {
+            presented_hash: auth::token_hash(refresh_token),
+            new_hash: auth::token_hash(&new_token),
+            now,
+            expires_at: self.auth.refresh_expiry(now),
+        };
+        let mut loaded = None;
+        let (events, _) = self
+            .execute::<Session>(&streams::session(session_id), &mut loaded, &command)
+            .await?;
+        Session::refresh_outcome(&events)?;
+        let user_id = loaded
+            .and_then(|l| l.state.user_id)
+            .ok_or(DomainError::InvalidRefreshToken)?;
+        Ok(self.tokens(user_id, session_id, new_token))
+    }
+
+    pub async fn logout(&self, refresh_token: &str) -> Result<()> {
+        let session_id =
+            auth::refresh_token_session(refresh_token).ok_or(DomainError::InvalidRefreshToken)?;
+        let command = SessionCommand::End {
+            presented_hash: auth::token_hash(refresh_token),
+            now: Utc::now(),
+        };
+        let (events, _) = self
+            .execute::<Session>(&streams::session(session_id), &mut None, &command)
+            .await?;
+        Session::refresh_outcome(&events)?;
+        Ok(())
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<UserView>> {
+        Ok(self.models.read(move |c| queries::user(c, id)).await?)
+    }
+
+    pub async fn search_users(&self, prefix: String, limit: usize) -> Result<Vec<UserView>> {
+        Ok(self
+            .models
+            .read(move |c| queries::search_users(c, &prefix, limit))
+            .await?)
+    }
+
+    // ---------------------------------------------------------------- rooms
+
+    pub async fn create_room(
+        &self,
+        actor: UserId,
+        name: RoomName,
+        members: Vec<UserId>,
+        visibility: Visibility,
+    ) -> Result<RoomDetail> {
+        if members.len() > schema::limits::MEMBERS_PER_REQUEST {
+            // Refuse before looking a thousand users up.
+            return Err(DomainError::Invalid {
+                field: "member_ids",
+                reason: "too many members".into(),
+            }
+            .into());
+        }
+        self.require_users(members.clone()).await?;
+        let room_id = RoomId::new();
+        let command = RoomCommand::Create {
+            room_id,
+            kind: RoomKind::Group,
+            name: Some(name),
+            visibility,
+            creator: actor,
+            members,
+        };
+        self.room_command(room_id, command).await?;
+        self.room_detail(actor, room_id).await
+    }
+
+    /// The direct room between `actor` and `other`, created on first use. The flag says
+    /// whether this call created it.
+    pub async fn direct_room(&self, actor: UserId, other: UserId) -> Result<(RoomDetail, bool)> {
+        if actor == other {
+            return Err(DomainError::DirectWithSelf.into());
+        }
+        self.require_users(vec![other]).await?;
+        let room_id = RoomId::direct(actor, other);
+        let command = RoomCommand::Create {
+            room_id,
+            kind: RoomKind::Direct,
+            name: None,
+            visibility: Visibility::Private,
+            creator: actor,
+            members: vec![other],
+        };
+        let (events, append) = self.room_command(room_id, command).await?;
+        let created = !events.is_empty() && append.is_some_and(|a| !a.duplicate);
+        Ok((self.room_detail(actor, room_id).await?, created))
+    }
+
+    pub async fn rooms_of(&self, actor: UserId) -> Result<Vec<RoomSummary>> {
+        Ok(self
+            .models
+            .read(move |c| queries::room_list(c, actor))
+            .await?)
+    }
+
+    /// Refuses unless the room exists (404) and `actor` is a member (403).
+    async fn require_member(&self, actor: UserId, room: RoomId) -> Result<()> {
+        let (exists, member) = self
+            .models
+            .read(move |c| {
+                Ok((
+                    queries::room_exists(c, room)?,
+                    queries::is_member(c, room, actor)?,
+                ))
+            })
+            .await?;
+        match (exists, member) {
+            (false, _) => Err(DomainError::NotFound("room").into()),
+            (true, false) => Err(DomainError::NotAMember.into()),
+            (true, true) => Ok(()),
+        }
+    }
+
+    pub async fn room_detail(&self, actor: UserId, room: RoomId) -> Result<RoomDetail> {
+        self.require_member(actor, room).await?;
+        let (summary, members) = self
+            .models
+            .read(move |c| Ok((queries::room(c, room, actor)?, queries::members(c, room)?)))
+            .await?;
+        let summary = summary.ok_or(DomainError::NotFound("room"))?;
+        Ok(RoomDetail { summary, members })
+    }
+
+    pub async fn invite(&self, actor: UserId, room: RoomId, users: Vec<UserId>) -> Result<()> {
+        if users.len() > schema::limits::MEMBERS_PER_REQUEST {
+            return Err(DomainError::Invalid {
+                field: "user_ids",
+                reason: "too many users".into(),
+            }
+            .into());
+        }
+        self.require_users(users.clone()).await?;
+        self.room_command(room, RoomCommand::Invite { by: actor, users })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn leave(&self, actor: UserId, room: RoomId) -> Result<()> {
+        self.room_command(room, RoomCommand::Leave { user: actor })
+            .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- messages
+
+    pub async fn send(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        body: MessageBody,
+        client_msg_id: Option<String>,
+    ) -> Result<Sent> {
+        let message_id = match &client_msg_id {
+            Some(key) => MessageId::for_client_msg(room, actor, key),
+            None => MessageId::new(),
+        };
+        let command = RoomCommand::Send {
+            sender: actor,
+            message_id,
+            body,
+            client_msg_id,
+        };
+        let (_, append) = self.room_command(room, command).await?;
+        let append =
+            append.ok_or_else(|| ServiceError::Internal("a send appended nothing".into()))?;
+        Ok(Sent {
+            message_id,
+            seq: append.first_version,
+            sent_at: append.recorded_at,
+            duplicate: append.duplicate,
+        })
+    }
+
+    pub async fn history(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page> {
+        self.require_member(actor, room).await?;
+        Ok(self
+            .models
+            .read(move |c| queries::history(c, room, before, after, limit))
+            .await?)
+    }
+}

@@ -1,0 +1,87 @@
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_readiness_and_the_openapi_document() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ready: Value = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+
+    let spec: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/auth/register", "post"),
+        ("/v1/auth/login", "post"),
+        ("/v1/auth/refresh", "post"),
+        ("/v1/auth/logout", "post"),
+        ("/v1/users/me", "get"),
+        ("/v1/users", "get"),
+        ("/v1/users/{user_id}", "get"),
+        ("/v1/rooms", "post"),
+        ("/v1/rooms", "get"),
+        ("/v1/rooms/direct", "post"),
+        ("/v1/rooms/{room_id}", "get"),
+        ("/v1/rooms/{room_id}/members", "post"),
+        ("/v1/rooms/{room_id}/members/me", "delete"),
+        ("/v1/rooms/{room_id}/messages", "post"),
+        ("/v1/rooms/{room_id}/messages", "get"),
+    ] {
+        let op = &paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing from {:?}", paths.keys()))[method];
+        assert!(op.is_object(), "{method} {path} missing");
+        let problem = &op["responses"]["default"]["content"]["application/problem+json"];
+        assert!(
+            problem.is_object(),
+            "{method} {path} documents no problem response: {op}"
+        );
+    }
+    assert!(spec["components"]["schemas"]["Problem"]["properties"]["code"].is_object());
+    assert!(spec["components"]["securitySchemes"]["BearerAuth"].is_object());
+
+    let docs = app
+        .http
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+
+    let base = app.base.clone();
+    app.stop().await.expect("graceful stop succeeds");
+    assert!(
+        crate::helpers::client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer listening"
+    );
+}

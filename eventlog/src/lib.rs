@@ -1,0 +1,201 @@
+//! The event log: the only source of truth.
+//!
+//! [`EventLog`] is the port every backend implements:
+//! - [`EventLog::append`] writes events to one stream, atomically, if the stream is at the
+//!   [`ExpectedVersion`]; it is idempotent by event id — appending events whose ids are already
+//!   stored returns the original [`AppendResult`] (with `duplicate: true`) and writes nothing;
+//! - [`EventLog::read_stream`] and [`EventLog::read_all`] read back;
+//! - [`EventLog::subscribe`] delivers every event after a global position: first what is
+//!   stored (catch-up), then new events as they become durable (live), with no gap and no
+//!   duplicate at the seam.
+//!
+//! Versions are per stream, gapless, starting at 1 (a room's version is its `seq`). Positions
+//! are global, strictly increasing in commit order, starting at 1; position 0 means "before
+//! everything".
+//!
+//! Backends: [`sqlite::SqliteLog`] (the embedded default). [`conformance`] holds the test suite
+//! every backend must pass.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use uuid::Uuid;
+
+pub mod conformance;
+pub mod sqlite;
+
+/// An event to append. The payload is opaque to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Idempotency key: the log stores each event id at most once.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: Vec<u8>,
+    /// JSON object with tracing context and the like; may be empty.
+    pub metadata: Vec<u8>,
+}
+
+/// A stored event with its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub stream: String,
+    /// 1-based, gapless within the stream.
+    pub version: u64,
+    /// Global, strictly increasing in commit order.
+    pub position: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: Vec<u8>,
+    pub metadata: Vec<u8>,
+    /// When the event became durable (set by the log, the same for every event of one append).
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The state a stream must be in for an append to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist (has no events).
+    NoStream,
+    /// The stream's last version must be exactly this (≥ 1).
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+impl ExpectedVersion {
+    /// The expectation matching a stream whose last version is `version` (0 = empty).
+    pub fn at(version: u64) -> Self {
+        if version == 0 {
+            Self::NoStream
+        } else {
+            Self::Exact(version)
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Version of the first appended event.
+    pub first_version: u64,
+    /// Version of the last appended event: the stream's version right after this append.
+    pub last_version: u64,
+    /// Global position of the first appended event.
+    pub first_position: u64,
+    /// Global position of the last appended event; wait for projections to reach it for
+    /// read-your-writes.
+    pub last_position: u64,
+    pub recorded_at: DateTime<Utc>,
+    /// True when the events were already stored: nothing was written and the positions are
+    /// those of the original append.
+    pub duplicate: bool,
+}
+
+/// What kind of failure an [`Error`] is, for callers to match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The stream is not at the expected version; reload and decide again.
+    VersionConflict,
+    /// Some but not all of the event ids are stored already, or they are stored in another
+    /// stream: the caller reused ids for different events.
+    IdempotencyMismatch,
+    /// The request itself is malformed (no events, bad stream name).
+    InvalidArgument,
+    /// The storage failed or is unreachable; the append may be retried.
+    Unavailable,
+    /// The log is shutting down.
+    Closed,
+}
+
+/// Event-log failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The stream's version differs from the expected one.
+    #[error("stream {stream} is at version {actual}, expected {expected}")]
+    VersionConflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// Event ids reused for different events.
+    #[error("event ids already stored for other events: {0}")]
+    IdempotencyMismatch(String),
+    /// Malformed request.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Storage failure.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    /// The log has shut down.
+    #[error("event log is closed")]
+    Closed,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::VersionConflict { .. } => ErrorKind::VersionConflict,
+            Self::IdempotencyMismatch(_) => ErrorKind::IdempotencyMismatch,
+            Self::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Closed => ErrorKind::Closed,
+        }
+    }
+}
+
+/// Event-log result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Catch-up-then-live stream of events after a position. Ends only on error or shutdown.
+pub type Subscription = BoxStream<'static, Result<Arc<RecordedEvent>>>;
+
+/// The event-log port.
+#[async_trait]
+pub trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Appends `events` (at least one) to `stream` atomically if it is at `expected`.
+    /// Returns only once the events are durable.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult>;
+
+    /// Up to `limit` events of `stream` with version ≥ `from_version`, in version order.
+    /// An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// Up to `limit` events with position > `after`, in position order.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
+
+    /// Position of the last durable event (0 when empty).
+    async fn head(&self) -> Result<u64>;
+
+    /// Every event with position > `after`: stored ones first, then live ones, in order,
+    /// without gaps or duplicates.
+    fn subscribe(&self, after: u64) -> Subscription;
+
+    /// Stops taking appends, finishes (makes durable and answers) those already submitted,
+    /// and releases the storage. Appends after this fail with [`Error::Closed`].
+    async fn close(&self);
+}

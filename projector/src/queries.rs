@@ -1,0 +1,231 @@
+//! Read queries over the read models. Each takes a connection so callers run them through
+//! [`crate::ReadModels::read`]; every one is an index seek or range, never a scan.
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use schema::{MessageId, RoomId, UserId};
+use uuid::Uuid;
+
+use crate::Result;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView {
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub sender_id: UserId,
+    pub body: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub room_id: RoomId,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// A group's name, or for a direct room the other person's display name.
+    pub name: Option<String>,
+    /// `private` or `public`.
+    pub visibility: String,
+    pub member_count: u64,
+    pub last_seq: u64,
+    pub last_activity_at: DateTime<Utc>,
+    pub last_message: Option<MessageView>,
+}
+
+/// One room event as stored for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub seq: u64,
+    /// The event's JSON object (with its `type`).
+    pub event: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub events: Vec<TimelineEntry>,
+    /// More events exist beyond the page in the direction it was read.
+    pub has_more: bool,
+}
+
+fn micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserView> {
+    Ok(UserView {
+        user_id: UserId(r.get(0)?),
+        username: r.get(1)?,
+        display_name: r.get(2)?,
+    })
+}
+
+pub fn user(c: &Connection, id: UserId) -> Result<Option<UserView>> {
+    Ok(
+        c.prepare_cached("SELECT user_id, username, display_name FROM users WHERE user_id = ?1")?
+            .query_row([id.0], user_row)
+            .optional()?,
+    )
+}
+
+/// The users among `ids` that exist, in no particular order.
+pub fn existing_users(c: &Connection, ids: &[UserId]) -> Result<Vec<UserId>> {
+    let mut stmt = c.prepare_cached("SELECT 1 FROM users WHERE user_id = ?1")?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        if stmt.exists([id.0])? {
+            found.push(*id);
+        }
+    }
+    Ok(found)
+}
+
+/// Users whose username starts with `prefix` (case-insensitive), alphabetically.
+pub fn search_users(c: &Connection, prefix: &str, limit: usize) -> Result<Vec<UserView>> {
+    let lower = prefix.to_ascii_lowercase();
+    // Usernames are ASCII letters, digits and `_.-`, all below '~', so [p, p~) is the prefix range.
+    let upper = format!("{lower}~");
+    let mut stmt = c.prepare_cached(
+        "SELECT user_id, username, display_name FROM users
+         WHERE username_lc >= ?1 AND username_lc < ?2 ORDER BY username_lc LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![lower, upper, limit as i64], user_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn is_member(c: &Connection, room: RoomId, user: UserId) -> Result<bool> {
+    Ok(
+        c.prepare_cached("SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2")?
+            .exists(params![room.0, user.0])?,
+    )
+}
+
+pub fn room_exists(c: &Connection, room: RoomId) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT 1 FROM rooms WHERE room_id = ?1")?
+        .exists([room.0])?)
+}
+
+const ROOM_COLUMNS: &str = "r.room_id, r.kind,
+    CASE WHEN r.kind = 'direct' THEN (
+        SELECT u.display_name FROM members o JOIN users u ON u.user_id = o.user_id
+        WHERE o.room_id = r.room_id AND o.user_id != ?1 LIMIT 1)
+    ELSE r.name END,
+    r.visibility, r.member_count, r.last_seq, r.last_activity_at,
+    m.message_id, m.seq, m.sender_id, m.body, m.sent_at";
+
+fn room_row(r: &Row<'_>) -> rusqlite::Result<RoomSummary> {
+    let message_id: Option<Uuid> = r.get(7)?;
+    let last_message = match message_id {
+        None => None,
+        Some(id) => Some(MessageView {
+            message_id: MessageId(id),
+            seq: r.get::<_, i64>(8)? as u64,
+            sender_id: UserId(r.get(9)?),
+            body: r.get(10)?,
+            sent_at: micros(r.get(11)?),
+        }),
+    };
+    Ok(RoomSummary {
+        room_id: RoomId(r.get(0)?),
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        visibility: r.get(3)?,
+        member_count: r.get::<_, i64>(4)? as u64,
+        last_seq: r.get::<_, i64>(5)? as u64,
+        last_activity_at: micros(r.get(6)?),
+        last_message,
+    })
+}
+
+/// The rooms `user` belongs to, most recent activity first.
+pub fn room_list(c: &Connection, user: UserId) -> Result<Vec<RoomSummary>> {
+    let sql = format!(
+        "SELECT {ROOM_COLUMNS} FROM members me
+         JOIN rooms r ON r.room_id = me.room_id
+         LEFT JOIN messages m ON m.message_id = r.last_message_id
+         WHERE me.user_id = ?1
+         ORDER BY r.last_activity_at DESC, r.room_id"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map([user.0], room_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One room as `viewer` sees it (the viewer decides a direct room's name).
+pub fn room(c: &Connection, room: RoomId, viewer: UserId) -> Result<Option<RoomSummary>> {
+    let sql = format!(
+        "SELECT {ROOM_COLUMNS} FROM rooms r
+         LEFT JOIN messages m ON m.message_id = r.last_message_id
+         WHERE r.room_id = ?2"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![viewer.0, room.0], room_row)
+        .optional()?)
+}
+
+/// The room's members, in the order they joined.
+pub fn members(c: &Connection, room: RoomId) -> Result<Vec<UserView>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT u.user_id, u.username, u.display_name FROM members m
+         JOIN users u ON u.user_id = m.user_id
+         WHERE m.room_id = ?1 ORDER BY m.joined_seq, u.username_lc",
+    )?;
+    let rows = stmt.query_map([room.0], user_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A page of a room's timeline, oldest first within the page.
+///
+/// - neither bound: the newest `limit` events; `has_more` means older ones exist;
+/// - `before`: the newest `limit` events with seq < before; `has_more` means older ones exist;
+/// - `after` (optionally with `before`): the oldest `limit` events with seq > after (and
+///   < before); `has_more` means newer ones exist within the range.
+pub fn history(
+    c: &Connection,
+    room: RoomId,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Page> {
+    let upper = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let take = limit as i64 + 1;
+    let entry = |r: &Row<'_>| {
+        Ok(TimelineEntry {
+            seq: r.get::<_, i64>(0)? as u64,
+            event: r.get(1)?,
+            recorded_at: micros(r.get(2)?),
+        })
+    };
+    let mut events: Vec<TimelineEntry> = match after {
+        Some(after) => c
+            .prepare_cached(
+                "SELECT seq, event, recorded_at FROM timeline
+                 WHERE room_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4",
+            )?
+            .query_map(
+                params![room.0, after.min(i64::MAX as u64) as i64, upper, take],
+                entry,
+            )?
+            .collect::<rusqlite::Result<_>>()?,
+        None => c
+            .prepare_cached(
+                "SELECT seq, event, recorded_at FROM timeline
+                 WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+            )?
+            .query_map(params![room.0, upper, take], entry)?
+            .collect::<rusqlite::Result<_>>()?,
+    };
+    let has_more = events.len() > limit;
+    events.truncate(limit);
+    if after.is_none() {
+        events.reverse();
+    }
+    Ok(Page { events, has_more })
+}

@@ -1,0 +1,200 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{Error, Result};
+
+/// Bump when the read-model schema or the meaning of a projection changes: files with another
+/// version are deleted and rebuilt from the log on open.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE checkpoint (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE users (
+    user_id       BLOB PRIMARY KEY,
+    username      TEXT NOT NULL,
+    username_lc   TEXT NOT NULL UNIQUE,
+    display_name  TEXT NOT NULL,
+    registered_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE rooms (
+    room_id          BLOB PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    name             TEXT,
+    visibility       TEXT NOT NULL,
+    created_by       BLOB NOT NULL,
+    created_at       INTEGER NOT NULL,
+    last_seq         INTEGER NOT NULL,
+    last_activity_at INTEGER NOT NULL,
+    member_count     INTEGER NOT NULL,
+    last_message_id  BLOB
+) WITHOUT ROWID;
+
+CREATE TABLE members (
+    room_id    BLOB NOT NULL,
+    user_id    BLOB NOT NULL,
+    joined_seq INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user_id, room_id);
+
+-- Every room event, as clients page through it.
+CREATE TABLE timeline (
+    room_id     BLOB NOT NULL,
+    seq         INTEGER NOT NULL,
+    event       TEXT NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, seq)
+) WITHOUT ROWID;
+
+-- Current state of each message (edits and deletes applied).
+CREATE TABLE messages (
+    message_id BLOB PRIMARY KEY,
+    room_id    BLOB NOT NULL,
+    seq        INTEGER NOT NULL,
+    sender_id  BLOB NOT NULL,
+    body       TEXT NOT NULL,
+    sent_at    INTEGER NOT NULL,
+    edited_at  INTEGER,
+    deleted    INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX messages_by_room ON messages (room_id, seq);
+"#;
+
+/// The read-model database: a write connection for the runner, a pool of readers for queries.
+#[derive(Debug, Clone)]
+pub struct ReadModels {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // The read model can always be rebuilt from the log, so it need not fsync each commit;
+    // WAL with NORMAL stays consistent after a crash, it may only lose the newest commits,
+    // which the checkpoint (in the same transaction) then replays.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+impl ReadModels {
+    /// Opens (creating or rebuilding as needed) the read-model file at `path`. Blocking.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if path.exists() {
+            let conn = Connection::open(&path)?;
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            drop(conn);
+            if version != SCHEMA_VERSION {
+                tracing::warn!(path = %path.display(), found = version, want = SCHEMA_VERSION,
+                    "read model has another schema version; rebuilding it from the log");
+                Self::delete(&path)?;
+            }
+        }
+        let fresh = !path.exists();
+        let writer = Connection::open(&path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&writer)?;
+        if fresh {
+            writer.execute_batch(SCHEMA)?;
+            writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tracing::info!(path = %path.display(), "created read model; it will be built from the log");
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Removes a read-model file and its WAL side files, so the next open rebuilds it.
+    pub fn delete(path: &Path) -> Result<()> {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            match std::fs::remove_file(PathBuf::from(p)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Task(format!("cannot delete read model: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a pooled read-only connection, off the async worker threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .map_err(|_| Error::Task("reader pool poisoned".into()))?
+                .pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    configure(&c)?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock() {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with the write connection, off the async worker threads. Only the runner
+    /// writes.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| Error::Task("writer poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// The position of the last event applied (0 when none).
+    pub async fn checkpoint(&self) -> Result<u64> {
+        self.write(|c| crate::apply::checkpoint(c)).await
+    }
+}

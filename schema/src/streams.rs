@@ -1,0 +1,23 @@
+//! Stream names. One stream per aggregate instance.
+
+use crate::ids::{RoomId, SessionId, UserId};
+
+/// Prefix of every room stream; projections use it to tell room events apart.
+pub const ROOM_PREFIX: &str = "room-";
+
+pub fn user(id: UserId) -> String {
+    format!("user-{id}")
+}
+
+pub fn room(id: RoomId) -> String {
+    format!("{ROOM_PREFIX}{id}")
+}
+
+pub fn session(id: SessionId) -> String {
+    format!("session-{id}")
+}
+
+/// The room a stream belongs to, if it is a room stream.
+pub fn room_of(stream: &str) -> Option<RoomId> {
+    stream.strip_prefix(ROOM_PREFIX)?.parse().ok().map(RoomId)
+}

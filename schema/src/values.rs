@@ -1,0 +1,263 @@
+//! Validated values. Each is parsed once where data enters the system and trusted afterwards.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DomainError, Result};
+
+/// The limits the domain enforces, in one place so the API docs can quote them.
+pub mod limits {
+    pub const USERNAME_MIN: usize = 3;
+    pub const USERNAME_MAX: usize = 32;
+    pub const DISPLAY_NAME_MAX: usize = 64;
+    pub const ROOM_NAME_MAX: usize = 100;
+    pub const MESSAGE_BODY_MAX: usize = 4_000;
+    pub const PASSWORD_MIN: usize = 8;
+    pub const PASSWORD_MAX: usize = 256;
+    /// Members named in one create or invite request.
+    pub const MEMBERS_PER_REQUEST: usize = 1_000;
+    /// Length of a client-chosen idempotency key.
+    pub const CLIENT_MSG_ID_MAX: usize = 128;
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// 3–32 ASCII letters, digits, `_`, `.` or `-`. Unique without regard to case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let n = raw.chars().count();
+        if !(limits::USERNAME_MIN..=limits::USERNAME_MAX).contains(&n) {
+            return Err(DomainError::invalid(
+                "username",
+                format!(
+                    "must be {}–{} characters",
+                    limits::USERNAME_MIN,
+                    limits::USERNAME_MAX
+                ),
+            ));
+        }
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(DomainError::invalid(
+                "username",
+                "may contain only letters a–z, digits, '_', '.' and '-'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The form uniqueness is decided on.
+    pub fn canonical(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+/// A person's name as shown to others: 1–64 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let s = raw.trim();
+        let n = s.chars().count();
+        if n == 0 || n > limits::DISPLAY_NAME_MAX {
+            return Err(DomainError::invalid(
+                "display_name",
+                format!("must be 1–{} characters", limits::DISPLAY_NAME_MAX),
+            ));
+        }
+        if has_control(s) || s.contains(['\n', '\r', '\t']) {
+            return Err(DomainError::invalid(
+                "display_name",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&Username> for DisplayName {
+    fn from(u: &Username) -> Self {
+        Self(u.0.clone())
+    }
+}
+
+/// A group room's name: 1–100 characters after trimming, one line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoomName(String);
+
+impl RoomName {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let s = raw.trim();
+        let n = s.chars().count();
+        if n == 0 || n > limits::ROOM_NAME_MAX {
+            return Err(DomainError::invalid(
+                "name",
+                format!("must be 1–{} characters", limits::ROOM_NAME_MAX),
+            ));
+        }
+        if has_control(s) || s.contains(['\n', '\r', '\t']) {
+            return Err(DomainError::invalid(
+                "name",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message's text: 1–4,000 characters after trimming surrounding whitespace. Line breaks
+/// and tabs are kept; other control characters (NUL included) are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageBody(String);
+
+impl MessageBody {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let s = raw.trim();
+        let n = s.chars().count();
+        if n == 0 {
+            return Err(DomainError::invalid("body", "must not be empty"));
+        }
+        if n > limits::MESSAGE_BODY_MAX {
+            return Err(DomainError::invalid(
+                "body",
+                format!("must be at most {} characters", limits::MESSAGE_BODY_MAX),
+            ));
+        }
+        if has_control(s) {
+            return Err(DomainError::invalid(
+                "body",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password as typed; never stored, only its hash is.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+impl Password {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let n = raw.chars().count();
+        if !(limits::PASSWORD_MIN..=limits::PASSWORD_MAX).contains(&n) {
+            return Err(DomainError::invalid(
+                "password",
+                format!(
+                    "must be {}–{} characters",
+                    limits::PASSWORD_MIN,
+                    limits::PASSWORD_MAX
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who may join a room without an invite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    #[default]
+    Private,
+    Public,
+}
+
+/// Validates a client-chosen idempotency key: 1–128 printable characters.
+pub fn parse_client_msg_id(raw: &str) -> Result<&str> {
+    if raw.is_empty() || raw.len() > limits::CLIENT_MSG_ID_MAX || raw.chars().any(char::is_control)
+    {
+        return Err(DomainError::invalid(
+            "client_msg_id",
+            format!(
+                "must be 1–{} printable characters",
+                limits::CLIENT_MSG_ID_MAX
+            ),
+        ));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_rules() {
+        for ok in ["abc", "a.b-c_d", "User123", &"x".repeat(32)] {
+            assert!(Username::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", &"x".repeat(33), "with space", "한국어", "a/b", ""] {
+            assert!(Username::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn body_is_trimmed_and_counted_in_characters() {
+        assert_eq!(MessageBody::parse("  hi \n").unwrap().as_str(), "hi");
+        assert!(MessageBody::parse(" \n\t ").is_err());
+        // 4,000 Hangul syllables are 12,000 bytes but 4,000 characters: allowed.
+        assert!(MessageBody::parse(&"가".repeat(4_000)).is_ok());
+        assert!(MessageBody::parse(&"가".repeat(4_001)).is_err());
+        assert!(MessageBody::parse("nul\0byte").is_err());
+        assert_eq!(
+            MessageBody::parse("line1\nline2").unwrap().as_str(),
+            "line1\nline2"
+        );
+    }
+
+    #[test]
+    fn names_are_single_line() {
+        assert!(RoomName::parse("general").is_ok());
+        assert!(RoomName::parse("   ").is_err());
+        assert!(RoomName::parse("two\nlines").is_err());
+        assert!(RoomName::parse(&"r".repeat(101)).is_err());
+        assert!(DisplayName::parse(&"d".repeat(65)).is_err());
+        assert_eq!(DisplayName::parse(" 김철수 ").unwrap().as_str(), "김철수");
+    }
+
+    #[test]
+    fn password_is_never_printed() {
+        let p = Password::parse("correct horse").unwrap();
+        assert!(!format!("{p:?}").contains("horse"));
+        assert!(Password::parse("short").is_err());
+    }
+}
