@@ -96,6 +96,26 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
+/// Where an edit or delete landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Changed {
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+}
+
+impl Changed {
+    fn from_append(message_id: MessageId, append: Option<AppendResult>) -> Result<Self> {
+        let a = append
+            .ok_or_else(|| ServiceError::Internal("a message change appended nothing".into()))?;
+        Ok(Self {
+            message_id,
+            seq: a.last_version,
+            at: a.recorded_at,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct Chat {
     log: Arc<dyn EventLog>,
@@ -390,6 +410,32 @@ impl Chat {
         Ok(())
     }
 
+    async fn user_command(&self, actor: UserId, command: UserCommand) -> Result<()> {
+        self.execute::<User>(&streams::user(actor), &mut None, &command)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_friend(&self, actor: UserId, friend: UserId) -> Result<()> {
+        if actor != friend {
+            self.require_users(vec![friend]).await?;
+        }
+        self.user_command(actor, UserCommand::AddFriend { friend })
+            .await
+    }
+
+    pub async fn remove_friend(&self, actor: UserId, friend: UserId) -> Result<()> {
+        self.user_command(actor, UserCommand::RemoveFriend { friend })
+            .await
+    }
+
+    pub async fn friends(&self, actor: UserId) -> Result<Vec<UserView>> {
+        Ok(self
+            .models
+            .read(move |c| queries::friends(c, actor))
+            .await?)
+    }
+
     pub async fn user(&self, id: UserId) -> Result<Option<UserView>> {
         Ok(self.models.read(move |c| queries::user(c, id)).await?)
     }
@@ -451,6 +497,20 @@ impl Chat {
         let (events, append) = self.room_command(room_id, command).await?;
         let created = !events.is_empty() && append.is_some_and(|a| !a.duplicate);
         Ok((self.room_detail(actor, room_id).await?, created))
+    }
+
+    pub async fn public_rooms(&self, q: String, limit: usize) -> Result<Vec<RoomSummary>> {
+        Ok(self
+            .models
+            .read(move |c| queries::public_rooms(c, &q, limit))
+            .await?)
+    }
+
+    /// Joins a public room (no-op for a member; 403 `room_not_public` for a private one).
+    pub async fn join(&self, actor: UserId, room: RoomId) -> Result<()> {
+        self.room_command(room, RoomCommand::Join { user: actor })
+            .await?;
+        Ok(())
     }
 
     pub async fn rooms_of(&self, actor: UserId) -> Result<Vec<RoomSummary>> {
@@ -536,6 +596,94 @@ impl Chat {
             sent_at: append.recorded_at,
             duplicate: append.duplicate,
         })
+    }
+
+    /// Edits one of the caller's own messages. Returns the edit event's seq and time.
+    pub async fn edit(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        message_id: MessageId,
+        body: MessageBody,
+    ) -> Result<Changed> {
+        let (_, append) = self
+            .room_command(
+                room,
+                RoomCommand::Edit {
+                    sender: actor,
+                    message_id,
+                    body,
+                },
+            )
+            .await?;
+        Changed::from_append(message_id, append)
+    }
+
+    /// Deletes one of the caller's own messages. Returns the delete event's seq and time.
+    pub async fn delete(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        message_id: MessageId,
+    ) -> Result<Changed> {
+        let (_, append) = self
+            .room_command(
+                room,
+                RoomCommand::Delete {
+                    sender: actor,
+                    message_id,
+                },
+            )
+            .await?;
+        Changed::from_append(message_id, append)
+    }
+
+    /// Moves the caller's read marker forward to `seq` (never back). Appended to the caller's
+    /// receipts stream with no expected version, so it never contends with sends in the room.
+    pub async fn mark_read(&self, actor: UserId, room: RoomId, seq: u64) -> Result<()> {
+        let state = self
+            .models
+            .read(move |c| queries::read_state(c, room, actor))
+            .await?;
+        let Some((marker, last_seq)) = state else {
+            self.require_member(actor, room).await?;
+            return Err(DomainError::NotAMember.into());
+        };
+        if seq > last_seq {
+            return Err(DomainError::Invalid {
+                field: "seq",
+                reason: format!("the room's newest event is seq {last_seq}"),
+            }
+            .into());
+        }
+        if seq <= marker {
+            return Ok(());
+        }
+        let event = Event::ReadMarkerMoved {
+            room_id: room,
+            user_id: actor,
+            seq,
+        };
+        let result = self
+            .log
+            .append(
+                &streams::receipts(actor),
+                ExpectedVersion::Any,
+                to_new(&[event]),
+            )
+            .await?;
+        self.await_projection(result.last_position).await;
+        Ok(())
+    }
+
+    /// Unread counts of the caller's rooms that have any, and their total.
+    pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
+        let counts = self
+            .models
+            .read(move |c| queries::unread_counts(c, actor))
+            .await?;
+        let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+        Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
     }
 
     pub async fn history(

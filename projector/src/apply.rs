@@ -68,18 +68,8 @@ fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
             .execute(params![room, seq, at])?;
         }
         apply_room_event(tx, room, seq, at, &event)?;
-    } else if let Event::UserRegistered {
-        user_id,
-        username,
-        display_name,
-        ..
-    } = &event
-    {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO users (user_id, username, username_lc, display_name, registered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![user_id.0, username.as_str(), username.canonical(), display_name.as_str(), at])?;
+    } else {
+        apply_other_event(tx, &recorded.stream, at, &event)?;
     }
     Ok(())
 }
@@ -167,10 +157,56 @@ fn apply_room_event(
     Ok(())
 }
 
+/// Events of user and receipt streams.
+fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event) -> Result<()> {
+    match event {
+        Event::UserRegistered {
+            user_id,
+            username,
+            display_name,
+            ..
+        } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO users (user_id, username, username_lc, display_name, registered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![user_id.0, username.as_str(), username.canonical(), display_name.as_str(), at])?;
+        }
+        Event::FriendAdded { friend_id } => {
+            if let Some(user) = streams::user_of(stream) {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![user.0, friend_id.0])?;
+            }
+        }
+        Event::FriendRemoved { friend_id } => {
+            if let Some(user) = streams::user_of(stream) {
+                tx.prepare_cached("DELETE FROM friends WHERE user_id = ?1 AND friend_id = ?2")?
+                    .execute(params![user.0, friend_id.0])?;
+            }
+        }
+        // Markers only move forward, and only for current members (a read that raced a leave
+        // is dropped with the membership).
+        Event::ReadMarkerMoved {
+            room_id,
+            user_id,
+            seq,
+        } => {
+            tx.prepare_cached(
+                "UPDATE members SET read_seq = max(read_seq, ?3) WHERE room_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![room_id.0, user_id.0, *seq as i64])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn add_member(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid, seq: i64) -> Result<()> {
     let n = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO members (room_id, user_id, joined_seq) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO members (room_id, user_id, joined_seq, read_seq) VALUES (?1, ?2, ?3, ?3)",
         )?
         .execute(params![room, user, seq])?;
     tx.prepare_cached("UPDATE rooms SET member_count = member_count + ?2 WHERE room_id = ?1")?

@@ -37,6 +37,8 @@ pub struct RoomSummary {
     pub last_seq: u64,
     pub last_activity_at: DateTime<Utc>,
     pub last_message: Option<MessageView>,
+    /// The viewer's unread messages here (0 where the viewer is not a member).
+    pub unread_count: u64,
 }
 
 /// One room event as stored for clients.
@@ -112,13 +114,25 @@ pub fn room_exists(c: &Connection, room: RoomId) -> Result<bool> {
         .exists([room.0])?)
 }
 
-const ROOM_COLUMNS: &str = "r.room_id, r.kind,
-    CASE WHEN r.kind = 'direct' THEN (
-        SELECT u.display_name FROM members o JOIN users u ON u.user_id = o.user_id
-        WHERE o.room_id = r.room_id AND o.user_id != ?1 LIMIT 1)
-    ELSE r.name END,
-    r.visibility, r.member_count, r.last_seq, r.last_activity_at,
-    m.message_id, m.seq, m.sender_id, m.body, m.sent_at";
+/// Messages after the member's marker, not their own, not deleted: a range scan of the
+/// covering index `messages_by_room`. `me` is the viewer's `members` row.
+const UNREAD: &str = "(SELECT count(*) FROM messages x
+    WHERE x.room_id = me.room_id AND x.seq > me.read_seq
+      AND x.sender_id != me.user_id AND x.deleted = 0)";
+
+/// Columns for [`room_row`]; needs `r` (rooms), `m` (last message) and `me` (the viewer's
+/// membership), with the viewer as `?1`.
+fn room_columns() -> String {
+    format!(
+        "r.room_id, r.kind,
+        CASE WHEN r.kind = 'direct' THEN (
+            SELECT u.display_name FROM members o JOIN users u ON u.user_id = o.user_id
+            WHERE o.room_id = r.room_id AND o.user_id != ?1 LIMIT 1)
+        ELSE r.name END,
+        r.visibility, r.member_count, r.last_seq, r.last_activity_at,
+        m.message_id, m.seq, m.sender_id, m.body, m.sent_at, {UNREAD}"
+    )
+}
 
 fn room_row(r: &Row<'_>) -> rusqlite::Result<RoomSummary> {
     let message_id: Option<Uuid> = r.get(7)?;
@@ -141,33 +155,106 @@ fn room_row(r: &Row<'_>) -> rusqlite::Result<RoomSummary> {
         last_seq: r.get::<_, i64>(5)? as u64,
         last_activity_at: micros(r.get(6)?),
         last_message,
+        unread_count: r.get::<_, i64>(12)? as u64,
     })
 }
 
 /// The rooms `user` belongs to, most recent activity first.
 pub fn room_list(c: &Connection, user: UserId) -> Result<Vec<RoomSummary>> {
     let sql = format!(
-        "SELECT {ROOM_COLUMNS} FROM members me
+        "SELECT {} FROM members me
          JOIN rooms r ON r.room_id = me.room_id
          LEFT JOIN messages m ON m.message_id = r.last_message_id
          WHERE me.user_id = ?1
-         ORDER BY r.last_activity_at DESC, r.room_id"
+         ORDER BY r.last_activity_at DESC, r.room_id",
+        room_columns()
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map([user.0], room_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// One room as `viewer` sees it (the viewer decides a direct room's name).
+/// One room as its member `viewer` sees it (the viewer decides a direct room's name).
 pub fn room(c: &Connection, room: RoomId, viewer: UserId) -> Result<Option<RoomSummary>> {
     let sql = format!(
-        "SELECT {ROOM_COLUMNS} FROM rooms r
+        "SELECT {} FROM members me
+         JOIN rooms r ON r.room_id = me.room_id
          LEFT JOIN messages m ON m.message_id = r.last_message_id
-         WHERE r.room_id = ?2"
+         WHERE me.room_id = ?2 AND me.user_id = ?1",
+        room_columns()
     );
     Ok(c.prepare_cached(&sql)?
         .query_row(params![viewer.0, room.0], room_row)
         .optional()?)
+}
+
+/// Public group rooms whose name contains `q` (case-insensitive for ASCII), biggest first.
+pub fn public_rooms(c: &Connection, q: &str, limit: usize) -> Result<Vec<RoomSummary>> {
+    let pattern = format!(
+        "%{}%",
+        q.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let mut stmt = c.prepare_cached(
+        "SELECT r.room_id, r.kind, r.name, r.visibility, r.member_count, r.last_seq,
+                r.last_activity_at, NULL, NULL, NULL, NULL, NULL, 0
+         FROM rooms r
+         WHERE r.visibility = 'public' AND r.kind = 'group' AND r.name LIKE ?1 ESCAPE '\\'
+         ORDER BY r.member_count DESC, r.last_activity_at DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![pattern, limit as i64], room_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The member's read marker and the room's newest seq; `None` for non-members.
+pub fn read_state(c: &Connection, room: RoomId, user: UserId) -> Result<Option<(u64, u64)>> {
+    Ok(c.prepare_cached(
+        "SELECT me.read_seq, r.last_seq FROM members me JOIN rooms r ON r.room_id = me.room_id
+         WHERE me.room_id = ?1 AND me.user_id = ?2",
+    )?
+    .query_row(params![room.0, user.0], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
+    .optional()?)
+}
+
+/// Unread counts of every room `user` belongs to: one indexed query, however many rooms.
+pub fn unread_counts(c: &Connection, user: UserId) -> Result<Vec<(RoomId, u64)>> {
+    let sql = format!(
+        "SELECT me.room_id, {UNREAD} FROM members me WHERE me.user_id = ?1 ORDER BY me.room_id"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map([user.0], |r| {
+        Ok((RoomId(r.get(0)?), r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Every member's unread count in every room (for tests and audits; scans all members).
+pub fn all_unread_counts(
+    c: &Connection,
+) -> Result<std::collections::BTreeMap<(UserId, RoomId), u64>> {
+    let sql = format!("SELECT me.user_id, me.room_id, {UNREAD} FROM members me");
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            (UserId(r.get(0)?), RoomId(r.get(1)?)),
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The people on `user`'s friend list, by username.
+pub fn friends(c: &Connection, user: UserId) -> Result<Vec<UserView>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT u.user_id, u.username, u.display_name FROM friends f
+         JOIN users u ON u.user_id = f.friend_id
+         WHERE f.user_id = ?1 ORDER BY u.username_lc",
+    )?;
+    let rows = stmt.query_map([user.0], user_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The room's members, in the order they joined.

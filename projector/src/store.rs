@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -36,10 +36,12 @@ CREATE TABLE rooms (
     last_message_id  BLOB
 ) WITHOUT ROWID;
 
+-- Membership and the member's read marker (seq of the last event read; starts at the join).
 CREATE TABLE members (
     room_id    BLOB NOT NULL,
     user_id    BLOB NOT NULL,
     joined_seq INTEGER NOT NULL,
+    read_seq   INTEGER NOT NULL,
     PRIMARY KEY (room_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX members_by_user ON members (user_id, room_id);
@@ -64,7 +66,16 @@ CREATE TABLE messages (
     edited_at  INTEGER,
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-CREATE INDEX messages_by_room ON messages (room_id, seq);
+-- Covers the unread count: a range scan over (room, seq > marker) reading only the index.
+CREATE INDEX messages_by_room ON messages (room_id, seq, sender_id, deleted);
+
+CREATE TABLE friends (
+    user_id   BLOB NOT NULL,
+    friend_id BLOB NOT NULL,
+    PRIMARY KEY (user_id, friend_id)
+) WITHOUT ROWID;
+
+CREATE INDEX public_rooms ON rooms (visibility, member_count);
 "#;
 
 /// The read-model database: a write connection for the runner, a pool of readers for queries.

@@ -50,6 +50,22 @@ pub enum Event {
         password_hash: String,
     },
 
+    FriendAdded {
+        friend_id: UserId,
+    },
+    FriendRemoved {
+        friend_id: UserId,
+    },
+
+    // ---- receipts-<user id>: read markers, kept apart from the room so that reading never
+    // contends with sending.
+    ReadMarkerMoved {
+        room_id: RoomId,
+        user_id: UserId,
+        /// Everything up to and including this seq has been read.
+        seq: u64,
+    },
+
     // ---- room-<id>
     RoomCreated {
         room_id: RoomId,
@@ -111,6 +127,9 @@ impl Event {
     pub fn type_name(&self) -> EventKind {
         match self {
             Self::UserRegistered { .. } => "user_registered",
+            Self::FriendAdded { .. } => "friend_added",
+            Self::FriendRemoved { .. } => "friend_removed",
+            Self::ReadMarkerMoved { .. } => "read_marker_moved",
             Self::RoomCreated { .. } => "room_created",
             Self::MemberJoined { .. } => "member_joined",
             Self::MemberLeft { .. } => "member_left",

@@ -8,6 +8,8 @@
 //! - [`events`]: the past-tense facts stored in the log, versioned and serde-tagged.
 //! - [`user`], [`room`], [`session`]: aggregates as pure `decide(state, command)` and
 //!   `evolve(state, event)` functions.
+//! - [`unread`]: the definition of unread counts as a pure fold over the log, which the
+//!   projections are tested against.
 //!
 //! Stream naming lives here too ([`streams`]) because it is part of the domain's rules: every
 //! command touches exactly one stream, so every invariant is checked by one optimistic append.
@@ -17,6 +19,7 @@ pub mod ids;
 pub mod room;
 pub mod session;
 pub mod streams;
+pub mod unread;
 pub mod user;
 pub mod values;
 

@@ -299,7 +299,7 @@ mod tests {
         MessageBody::parse(s).unwrap()
     }
 
-    fn sent(w: &World, id: MessageId, sender: UserId) -> Event {
+    fn sent(id: MessageId, sender: UserId) -> Event {
         Event::MessageSent {
             message_id: id,
             sender_id: sender,
@@ -391,7 +391,7 @@ mod tests {
         };
         given::<Room>(&[group(&w, Visibility::Private)])
             .when(send(w.bob))
-            .then(&[sent(&w, id, w.bob)]);
+            .then(&[sent(id, w.bob)]);
         given::<Room>(&[group(&w, Visibility::Private)])
             .when(send(w.carol))
             .then_error(DomainError::NotAMember);
@@ -461,7 +461,7 @@ mod tests {
     fn only_the_sender_edits_or_deletes_and_deleted_messages_are_gone() {
         let w = world();
         let id = MessageId::new();
-        let history = [group(&w, Visibility::Private), sent(&w, id, w.alice)];
+        let history = [group(&w, Visibility::Private), sent(id, w.alice)];
         given::<Room>(&history)
             .when(RoomCommand::Edit {
                 sender: w.bob,

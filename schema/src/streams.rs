@@ -13,8 +13,18 @@ pub fn room(id: RoomId) -> String {
     format!("{ROOM_PREFIX}{id}")
 }
 
+/// A user's read markers across all rooms.
+pub fn receipts(user: UserId) -> String {
+    format!("receipts-{user}")
+}
+
 pub fn session(id: SessionId) -> String {
     format!("session-{id}")
+}
+
+/// The user a `user-<id>` stream belongs to.
+pub fn user_of(stream: &str) -> Option<UserId> {
+    stream.strip_prefix("user-")?.parse().ok().map(UserId)
 }
 
 /// The room a stream belongs to, if it is a room stream.

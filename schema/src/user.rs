@@ -1,5 +1,7 @@
 //! The user account aggregate (`user-<id>`, where the id is derived from the username).
 
+use std::collections::HashSet;
+
 use crate::events::Event;
 use crate::ids::UserId;
 use crate::values::{DisplayName, Username};
@@ -8,6 +10,7 @@ use crate::{Aggregate, DomainError, Result};
 #[derive(Debug, Clone, Default)]
 pub struct User {
     pub registered: Option<Registered>,
+    pub friends: HashSet<UserId>,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +30,10 @@ pub enum UserCommand {
         display_name: DisplayName,
         password_hash: String,
     },
+    /// Put someone on the friend list (one-directional, like a contact list). Idempotent.
+    AddFriend { friend: UserId },
+    /// Take someone off the friend list. Idempotent.
+    RemoveFriend { friend: UserId },
 }
 
 impl Aggregate for User {
@@ -49,23 +56,53 @@ impl Aggregate for User {
                     password_hash: password_hash.clone(),
                 }])
             }
+            UserCommand::AddFriend { friend } => {
+                let me = self
+                    .registered
+                    .as_ref()
+                    .ok_or(DomainError::NotFound("user"))?;
+                if *friend == me.user_id {
+                    return Err(DomainError::NotAllowed("you cannot befriend yourself"));
+                }
+                if self.friends.contains(friend) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::FriendAdded { friend_id: *friend }])
+            }
+            UserCommand::RemoveFriend { friend } => {
+                self.registered
+                    .as_ref()
+                    .ok_or(DomainError::NotFound("user"))?;
+                if !self.friends.contains(friend) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::FriendRemoved { friend_id: *friend }])
+            }
         }
     }
 
     fn evolve(&mut self, event: &Event) {
-        if let Event::UserRegistered {
-            user_id,
-            username,
-            display_name,
-            password_hash,
-        } = event
-        {
-            self.registered = Some(Registered {
-                user_id: *user_id,
-                username: username.clone(),
-                display_name: display_name.clone(),
-                password_hash: password_hash.clone(),
-            });
+        match event {
+            Event::UserRegistered {
+                user_id,
+                username,
+                display_name,
+                password_hash,
+            } => {
+                self.registered = Some(Registered {
+                    user_id: *user_id,
+                    username: username.clone(),
+                    display_name: display_name.clone(),
+                    password_hash: password_hash.clone(),
+                });
+            }
+            Event::FriendAdded { friend_id } => {
+                self.friends.insert(*friend_id);
+            }
+            Event::FriendRemoved { friend_id } => {
+                self.friends.remove(friend_id);
+            }
+            _ => {}
         }
     }
 }
@@ -97,6 +134,29 @@ mod tests {
         };
         assert_eq!(username.as_str(), "alice");
         assert_eq!(*user_id, UserId::for_username(username));
+    }
+
+    #[test]
+    fn friends_are_added_and_removed_idempotently() {
+        let registered = given::<User>(&[]).when(register("alice")).events();
+        let me = UserId::for_username(&Username::parse("alice").unwrap());
+        let bob = UserId::new();
+        given::<User>(&registered)
+            .when(UserCommand::AddFriend { friend: bob })
+            .then(&[Event::FriendAdded { friend_id: bob }]);
+        let with_bob = [registered[0].clone(), Event::FriendAdded { friend_id: bob }];
+        given::<User>(&with_bob)
+            .when(UserCommand::AddFriend { friend: bob })
+            .then(&[]);
+        given::<User>(&with_bob)
+            .when(UserCommand::RemoveFriend { friend: bob })
+            .then(&[Event::FriendRemoved { friend_id: bob }]);
+        given::<User>(&registered)
+            .when(UserCommand::RemoveFriend { friend: bob })
+            .then(&[]);
+        given::<User>(&registered)
+            .when(UserCommand::AddFriend { friend: me })
+            .then_error(DomainError::NotAllowed("you cannot befriend yourself"));
     }
 
     #[test]

@@ -4,10 +4,13 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use schema::values::parse_client_msg_id;
-use schema::{MessageBody, RoomId};
+use schema::{MessageBody, MessageId, RoomId};
 use uuid::Uuid;
 
-use super::models::{HistoryPage, SendRequest, SendResponse};
+use super::models::{
+    ChangeResponse, EditRequest, HistoryPage, ReadRequest, RoomUnread, SendRequest, SendResponse,
+    UnreadResponse,
+};
 use super::{ApiError, BearerAuth, Tag};
 use crate::service::Chat;
 
@@ -29,8 +32,76 @@ enum Sent {
     AlreadySent(Json<SendResponse>),
 }
 
+#[derive(ApiResponse)]
+enum Read {
+    /// The marker is at `seq` (or already was further).
+    #[oai(status = 204)]
+    Done,
+}
+
 #[OpenApi(tag = "Tag::Messages")]
 impl Api {
+    /// Edit one of your own messages (403 `not_the_sender` otherwise).
+    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "patch")]
+    async fn edit(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+        body: Json<EditRequest>,
+    ) -> Result<Json<ChangeResponse>, ApiError> {
+        let text = MessageBody::parse(&body.body)?;
+        let changed = self
+            .chat
+            .edit(auth.0.0, RoomId(room_id.0), MessageId(message_id.0), text)
+            .await?;
+        Ok(Json(changed.into()))
+    }
+
+    /// Delete one of your own messages (403 `not_the_sender` otherwise). The timeline keeps a
+    /// `message_deleted` event; the text no longer appears in room lists or counts.
+    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "delete")]
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+    ) -> Result<Json<ChangeResponse>, ApiError> {
+        let changed = self
+            .chat
+            .delete(auth.0.0, RoomId(room_id.0), MessageId(message_id.0))
+            .await?;
+        Ok(Json(changed.into()))
+    }
+
+    /// Move your read marker forward.
+    #[oai(path = "/rooms/:room_id/read", method = "post")]
+    async fn read(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        body: Json<ReadRequest>,
+    ) -> Result<Read, ApiError> {
+        self.chat
+            .mark_read(auth.0.0, RoomId(room_id.0), body.seq)
+            .await?;
+        Ok(Read::Done)
+    }
+
+    /// Unread counts: messages after your read marker, not sent by you, not deleted.
+    #[oai(path = "/unread", method = "get")]
+    async fn unread(&self, auth: BearerAuth) -> Result<Json<UnreadResponse>, ApiError> {
+        let (total, rooms) = self.chat.unread(auth.0.0).await?;
+        let rooms = rooms
+            .into_iter()
+            .map(|(r, n)| RoomUnread {
+                room_id: r.0,
+                unread_count: n,
+            })
+            .collect();
+        Ok(Json(UnreadResponse { total, rooms }))
+    }
+
     /// Send a message. Answered only once it is durable.
     #[oai(path = "/rooms/:room_id/messages", method = "post")]
     async fn send(

@@ -15,6 +15,7 @@ use crate::service::Chat;
 
 mod accounts;
 pub mod error;
+mod friends;
 mod messages;
 mod models;
 mod rooms;
@@ -27,8 +28,10 @@ enum Tag {
     Accounts,
     /// Creating, joining and leaving rooms.
     Rooms,
-    /// Sending messages and reading history.
+    /// Sending, editing and deleting messages, history, read markers and unread counts.
     Messages,
+    /// Your friend list.
+    Friends,
 }
 
 /// The authenticated caller.
@@ -56,22 +59,22 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem:
     if let Some(len) = req
         .header("content-length")
         .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
     {
-        if len > max as u64 {
-            return Err(ReadBodyError::PayloadTooLarge.into());
-        }
+        return Err(ReadBodyError::PayloadTooLarge.into());
     }
     let body = req.take_body().into_bytes_limit(max).await?;
     req.set_body(body);
     next.call(req).await.map(IntoResponse::into_response)
 }
 
-pub fn api_service(
-    chat: Arc<Chat>,
-) -> OpenApiService<(accounts::Api, rooms::Api, messages::Api), ()> {
+type Apis = (accounts::Api, friends::Api, rooms::Api, messages::Api);
+
+pub fn api_service(chat: Arc<Chat>) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             accounts::Api { chat: chat.clone() },
+            friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat },
         ),

@@ -12,7 +12,7 @@ use projector::queries::{MessageView, RoomSummary, UserView};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::service::{RoomDetail, Sent, Tokens};
+use crate::service::{Changed, RoomDetail, Sent, Tokens};
 
 /// A JSON string and nothing else. poem-openapi's `String` also accepts numbers and booleans
 /// (`{"name": 1}` would become "1"); request fields use this so a wrong type is a 400.
@@ -220,8 +220,7 @@ pub struct Room {
     pub last_activity_at: DateTime<Utc>,
     /// The newest message not deleted, if any.
     pub last_message: Option<LastMessage>,
-    /// Messages after the caller's read marker not sent by the caller (read markers arrive
-    /// with the unread-count work; until then 0).
+    /// Messages after the caller's read marker, not sent by the caller, not deleted.
     pub unread_count: u64,
 }
 
@@ -236,7 +235,7 @@ impl From<RoomSummary> for Room {
             last_seq: r.last_seq,
             last_activity_at: r.last_activity_at,
             last_message: r.last_message.map(Into::into),
-            unread_count: 0,
+            unread_count: r.unread_count,
         }
     }
 }
@@ -246,6 +245,17 @@ pub struct RoomWithMembers {
     #[oai(flatten)]
     pub room: Room,
     pub members: Vec<Member>,
+}
+
+impl From<UserView> for Member {
+    fn from(u: UserView) -> Self {
+        Self {
+            user_id: u.user_id.0,
+            username: u.username,
+            display_name: u.display_name,
+            online: false,
+        }
+    }
 }
 
 impl From<RoomDetail> for RoomWithMembers {
@@ -302,4 +312,51 @@ pub struct HistoryPage {
     /// More events exist beyond this page (older ones, or newer ones when paging with
     /// `after_seq`).
     pub has_more: bool,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct EditRequest {
+    /// The new text: 1–4,000 characters after trimming.
+    pub body: Text,
+}
+
+#[derive(Debug, Object)]
+pub struct ChangeResponse {
+    pub message_id: Uuid,
+    /// Seq of the `message_edited` / `message_deleted` event.
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+}
+
+impl From<Changed> for ChangeResponse {
+    fn from(c: Changed) -> Self {
+        Self {
+            message_id: c.message_id.0,
+            seq: c.seq,
+            at: c.at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct ReadRequest {
+    /// Everything up to and including this seq has been read. At most the room's newest seq;
+    /// a marker never moves back (a smaller seq is accepted and changes nothing).
+    pub seq: u64,
+}
+
+#[derive(Debug, Object)]
+pub struct RoomUnread {
+    pub room_id: Uuid,
+    pub unread_count: u64,
+}
+
+#[derive(Debug, Object)]
+pub struct UnreadResponse {
+    /// Sum over all rooms.
+    pub total: u64,
+    /// Rooms with at least one unread message.
+    pub rooms: Vec<RoomUnread>,
 }

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use schema::{RoomId, RoomName, UserId};
@@ -72,6 +72,35 @@ impl Api {
         } else {
             CreatedRoom::Existing(Json(detail.into()))
         })
+    }
+
+    /// Public group rooms anyone may join, biggest first; `q` filters by name.
+    #[oai(path = "/rooms/public", method = "get")]
+    async fn public(
+        &self,
+        _auth: BearerAuth,
+        /// Part of the room name (optional).
+        q: Query<Option<String>>,
+        /// At most this many rooms (1–100, default 50).
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<Vec<Room>>, ApiError> {
+        let limit = limit.0.unwrap_or(50);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "limit must be 1–100",
+            ));
+        }
+        let q = q.0.unwrap_or_default().trim().to_owned();
+        let rooms = self.chat.public_rooms(q, limit as usize).await?;
+        Ok(Json(rooms.into_iter().map(Into::into).collect()))
+    }
+
+    /// Join a public room (403 `room_not_public` for a private one; a no-op for members).
+    #[oai(path = "/rooms/:room_id/join", method = "post")]
+    async fn join(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
+        self.chat.join(auth.0.0, RoomId(room_id.0)).await?;
+        Ok(Done::NoContent)
     }
 
     /// The caller's rooms, most recent activity first.

@@ -12,6 +12,9 @@ use tokio::sync::watch;
 
 use crate::helpers::{Api, ChatdProcess, TestUser, rebuild};
 
+/// (room, message_id) -> (seq, body) of every acknowledged send.
+type Acked = Arc<Mutex<HashMap<(String, String), (u64, String)>>>;
+
 /// Everything a client can read, for comparing two servers' read models.
 async fn snapshot(api: &Api, users: &[&TestUser], rooms: &[String]) -> Value {
     let mut out = serde_json::Map::new();
@@ -44,7 +47,7 @@ async fn acknowledged_messages_survive_sigkill_and_read_models_match_a_rebuild()
     }
 
     // Acknowledged sends: (room, message_id) -> (seq, body).
-    let acked: Arc<Mutex<HashMap<(String, String), (u64, String)>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let (count_tx, mut count_rx) = watch::channel(0usize);
     let count_tx = Arc::new(count_tx);
     let mut senders = Vec::new();

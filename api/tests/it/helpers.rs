@@ -245,14 +245,14 @@ impl ChatdProcess {
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["message"] == "listening" {
-                        return v["addr"]
-                            .as_str()
-                            .expect("addr field")
-                            .parse()
-                            .expect("socket addr");
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    return v["addr"]
+                        .as_str()
+                        .expect("addr field")
+                        .parse()
+                        .expect("socket addr");
                 }
             }
             panic!("chatd exited before listening");

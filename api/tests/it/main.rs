@@ -1,9 +1,12 @@
 //! Integration tests: the real server on a free port, spoken to over HTTP.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod accounts;
 mod crash;
 mod errors;
+mod friends;
 mod helpers;
 mod messages;
 mod ops;
 mod rooms;
+mod unread;
