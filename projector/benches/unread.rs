@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // a benchmark reports failure by panicking
 //! Unread-count costs at scale (run: `cargo bench -p projector --bench unread`).
 //!
 //! 1. Projecting sends into a 10,000-member room vs a 10-member room: the cost per send must

@@ -51,6 +51,15 @@ async fn health_readiness_and_the_openapi_document() {
         ("/v1/rooms/{room_id}/members/me", "delete"),
         ("/v1/rooms/{room_id}/messages", "post"),
         ("/v1/rooms/{room_id}/messages", "get"),
+        ("/v1/rooms/{room_id}/messages/{message_id}", "patch"),
+        ("/v1/rooms/{room_id}/messages/{message_id}", "delete"),
+        ("/v1/rooms/{room_id}/read", "post"),
+        ("/v1/rooms/{room_id}/join", "post"),
+        ("/v1/rooms/public", "get"),
+        ("/v1/unread", "get"),
+        ("/v1/friends", "get"),
+        ("/v1/friends/{user_id}", "put"),
+        ("/v1/friends/{user_id}", "delete"),
     ] {
         let op = &paths
             .get(path)

@@ -113,6 +113,10 @@ async fn non_members_and_strangers_are_refused_on_every_room_endpoint() {
     let alice = app.user("alice").await;
     let mallory = app.user("mallory").await;
     let id = app.create_room(&alice, "secret", &[]).await;
+    let message = app.send(&alice, &id, "private words").await["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let unknown = uuid::Uuid::now_v7();
 
     let calls: Vec<(Method, String, Option<Value>)> = vec![
@@ -131,6 +135,21 @@ async fn non_members_and_strangers_are_refused_on_every_room_endpoint() {
         (
             Method::DELETE,
             String::from("/v1/rooms/{}/members/me"),
+            None,
+        ),
+        (
+            Method::POST,
+            String::from("/v1/rooms/{}/read"),
+            Some(json!({"seq": 1})),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/rooms/{{}}/messages/{message}"),
+            Some(json!({"body": "edited"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/rooms/{{}}/messages/{message}"),
             None,
         ),
     ];
@@ -152,9 +171,12 @@ async fn non_members_and_strangers_are_refused_on_every_room_endpoint() {
             .await;
         assert_problem(&got, StatusCode::NOT_FOUND, "room_not_found");
     }
-    // Mallory's invite attempt did not make her a member.
+    // Mallory's attempts changed nothing.
     let (_, room) = app.get(&format!("/v1/rooms/{id}"), &alice.token).await;
     assert_eq!(room["member_count"], 1);
+    let history = app.full_history(&alice, &id).await;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["body"], "private words");
 }
 
 #[tokio::test]
