@@ -66,6 +66,19 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 struct Loaded<A> {
     state: A,
     version: u64,
+    /// Global position of the last event folded in: reads must reach it to reflect `state`.
+    position: u64,
+}
+
+/// What a command did.
+#[derive(Debug)]
+struct Executed {
+    /// The events decided (empty when the command was already satisfied).
+    events: Vec<Event>,
+    /// Where they landed; `None` when nothing was appended.
+    append: Option<AppendResult>,
+    /// The position reads must reach to reflect the command.
+    position: u64,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<Loaded<Room>>>>;
@@ -164,14 +177,6 @@ impl Chat {
         &self.auth
     }
 
-    pub fn log(&self) -> &Arc<dyn EventLog> {
-        &self.log
-    }
-
-    pub fn progress(&self) -> &Progress {
-        &self.progress
-    }
-
     // ---------------------------------------------------------------- command plumbing
 
     /// Brings `loaded` up to the stream's current version.
@@ -196,6 +201,7 @@ impl Chat {
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
                 current.state.evolve(&event);
                 current.version = recorded.version;
+                current.position = recorded.position;
             }
             if n < STREAM_PAGE {
                 return Ok(());
@@ -204,54 +210,87 @@ impl Chat {
     }
 
     /// Decides `command` against the aggregate in `stream` and appends the result, retrying on
-    /// version conflicts. Returns the events (empty when the command was already satisfied)
-    /// and where they landed.
+    /// version conflicts. Does not wait for the projections (see [`Self::command`]).
+    ///
+    /// Cancel-safe: while the append is in flight the state is taken out of `loaded`, so if
+    /// the caller is dropped (a client hung up) the next command reloads instead of deciding on
+    /// a state that misses a durable write.
     async fn execute<A: Aggregate>(
         &self,
         stream: &str,
         loaded: &mut Option<Loaded<A>>,
         command: &A::Command,
-    ) -> Result<(Vec<Event>, Option<AppendResult>)> {
+    ) -> Result<Executed> {
         if loaded.is_none() {
             self.catch_up(stream, loaded).await?;
         }
         for _ in 0..MAX_ATTEMPTS {
-            let current = loaded.get_or_insert_with(Loaded::default);
-            let events = current.state.decide(command)?;
+            let mut current = loaded.take().unwrap_or_default();
+            let events = match current.state.decide(command) {
+                Ok(events) => events,
+                Err(e) => {
+                    *loaded = Some(current);
+                    return Err(e.into());
+                }
+            };
             if events.is_empty() {
-                return Ok((events, None));
+                // Nothing to write, but the state we decided on must be visible to reads.
+                let position = current.position;
+                *loaded = Some(current);
+                return Ok(Executed {
+                    events,
+                    append: None,
+                    position,
+                });
             }
-            match self
-                .log
-                .append(
-                    stream,
-                    ExpectedVersion::at(current.version),
-                    to_new(&events),
-                )
-                .await
-            {
+            let expected = ExpectedVersion::at(current.version);
+            match self.log.append(stream, expected, to_new(&events)).await {
+                Ok(result) if result.duplicate => {
+                    // An earlier attempt (perhaps cancelled before it could update the cache)
+                    // stored these events: catch up to them.
+                    *loaded = Some(current);
+                    self.catch_up(stream, loaded).await?;
+                    return Ok(Executed {
+                        events,
+                        append: Some(result),
+                        position: result.last_position,
+                    });
+                }
                 Ok(result) => {
-                    if !result.duplicate {
-                        for e in &events {
-                            current.state.evolve(e);
-                        }
-                        current.version = result.last_version;
+                    for e in &events {
+                        current.state.evolve(e);
                     }
-                    self.await_projection(result.last_position).await;
-                    return Ok((events, Some(result)));
+                    current.version = result.last_version;
+                    current.position = result.last_position;
+                    *loaded = Some(current);
+                    return Ok(Executed {
+                        events,
+                        append: Some(result),
+                        position: result.last_position,
+                    });
                 }
                 Err(e) if e.kind() == ErrorKind::VersionConflict => {
                     tracing::debug!(stream, "version conflict; reloading");
+                    *loaded = Some(current);
                     self.catch_up(stream, loaded).await?;
                 }
-                Err(e) => {
-                    // The cached state may be behind a write whose outcome we do not know.
-                    *loaded = None;
-                    return Err(e.into());
-                }
+                // The outcome is unknown: leave `loaded` empty so the next command reloads.
+                Err(e) => return Err(e.into()),
             }
         }
         Err(ServiceError::Contention(stream.to_owned()))
+    }
+
+    /// [`Self::execute`], then wait until the local projections show the result.
+    async fn command<A: Aggregate>(
+        &self,
+        stream: &str,
+        loaded: &mut Option<Loaded<A>>,
+        command: &A::Command,
+    ) -> Result<Executed> {
+        let executed = self.execute(stream, loaded, command).await?;
+        self.await_projection(executed.position).await;
+        Ok(executed)
     }
 
     async fn await_projection(&self, position: u64) {
@@ -264,21 +303,39 @@ impl Chat {
         }
     }
 
+    /// Runs a command on a room. Commands on one room take turns on this node (the slot's
+    /// lock) so they do not conflict with each other; the lock is released before waiting for
+    /// the projections, so a slow projector does not hold up the room.
+    async fn room_command(&self, room: RoomId, command: RoomCommand) -> Result<Executed> {
+        let slot = self.room_slot(room);
+        let executed = {
+            let mut loaded = slot.lock().await;
+            let result = self
+                .execute(&streams::room(room), &mut loaded, &command)
+                .await;
+            let exists = loaded.as_ref().is_some_and(|l| l.state.created.is_some());
+            drop(loaded);
+            if !exists {
+                // Don't let requests for made-up room ids grow the cache.
+                self.forget_room(room, &slot);
+            }
+            result?
+        };
+        self.await_projection(executed.position).await;
+        Ok(executed)
+    }
+
     fn room_slot(&self, room: RoomId) -> RoomSlot {
         // A poisoned map only means another request panicked mid-insert; the map is still valid.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms.entry(room).or_default().clone()
     }
 
-    async fn room_command(
-        &self,
-        room: RoomId,
-        command: RoomCommand,
-    ) -> Result<(Vec<Event>, Option<AppendResult>)> {
-        let slot = self.room_slot(room);
-        let mut loaded = slot.lock().await;
-        self.execute(&streams::room(room), &mut loaded, &command)
-            .await
+    fn forget_room(&self, room: RoomId, slot: &RoomSlot) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if rooms.get(&room).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            rooms.remove(&room);
+        }
     }
 
     async fn require_users(&self, ids: Vec<UserId>) -> Result<()> {
@@ -325,7 +382,7 @@ impl Chat {
             display_name: display_name.clone(),
             password_hash,
         };
-        self.execute(&stream, &mut loaded, &command).await?;
+        self.command(&stream, &mut loaded, &command).await?;
         Ok(UserView {
             user_id,
             username: username.as_str().to_owned(),
@@ -360,7 +417,7 @@ impl Chat {
             token_hash: auth::token_hash(&refresh_token),
             expires_at: self.auth.refresh_expiry(Utc::now()),
         };
-        self.execute::<Session>(&streams::session(session_id), &mut None, &command)
+        self.command::<Session>(&streams::session(session_id), &mut None, &command)
             .await?;
         Ok(self.tokens(user_id, session_id, refresh_token))
     }
@@ -386,8 +443,8 @@ impl Chat {
             expires_at: self.auth.refresh_expiry(now),
         };
         let mut loaded = None;
-        let (events, _) = self
-            .execute::<Session>(&streams::session(session_id), &mut loaded, &command)
+        let Executed { events, .. } = self
+            .command::<Session>(&streams::session(session_id), &mut loaded, &command)
             .await?;
         Session::refresh_outcome(&events)?;
         let user_id = loaded
@@ -401,17 +458,15 @@ impl Chat {
             auth::refresh_token_session(refresh_token).ok_or(DomainError::InvalidRefreshToken)?;
         let command = SessionCommand::End {
             presented_hash: auth::token_hash(refresh_token),
-            now: Utc::now(),
         };
-        let (events, _) = self
-            .execute::<Session>(&streams::session(session_id), &mut None, &command)
+        // The session is over either way (a spent token revokes it): 204.
+        self.command::<Session>(&streams::session(session_id), &mut None, &command)
             .await?;
-        Session::refresh_outcome(&events)?;
         Ok(())
     }
 
     async fn user_command(&self, actor: UserId, command: UserCommand) -> Result<()> {
-        self.execute::<User>(&streams::user(actor), &mut None, &command)
+        self.command::<User>(&streams::user(actor), &mut None, &command)
             .await?;
         Ok(())
     }
@@ -494,7 +549,7 @@ impl Chat {
             creator: actor,
             members: vec![other],
         };
-        let (events, append) = self.room_command(room_id, command).await?;
+        let Executed { events, append, .. } = self.room_command(room_id, command).await?;
         let created = !events.is_empty() && append.is_some_and(|a| !a.duplicate);
         Ok((self.room_detail(actor, room_id).await?, created))
     }
@@ -587,7 +642,7 @@ impl Chat {
             body,
             client_msg_id,
         };
-        let (_, append) = self.room_command(room, command).await?;
+        let append = self.room_command(room, command).await?.append;
         let append =
             append.ok_or_else(|| ServiceError::Internal("a send appended nothing".into()))?;
         Ok(Sent {
@@ -606,7 +661,7 @@ impl Chat {
         message_id: MessageId,
         body: MessageBody,
     ) -> Result<Changed> {
-        let (_, append) = self
+        let Executed { append, .. } = self
             .room_command(
                 room,
                 RoomCommand::Edit {
@@ -626,7 +681,7 @@ impl Chat {
         room: RoomId,
         message_id: MessageId,
     ) -> Result<Changed> {
-        let (_, append) = self
+        let Executed { append, .. } = self
             .room_command(
                 room,
                 RoomCommand::Delete {

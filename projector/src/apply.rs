@@ -57,10 +57,17 @@ fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
         let room = room.0;
         // The stored JSON is the client-facing shape of the event (it already has "type").
         let json = std::str::from_utf8(&recorded.data).unwrap_or("{}");
+        let message_id = match &event {
+            Event::MessageSent { message_id, .. }
+            | Event::MessageEdited { message_id, .. }
+            | Event::MessageDeleted { message_id, .. } => Some(message_id.0),
+            _ => None,
+        };
         tx.prepare_cached(
-            "INSERT OR IGNORE INTO timeline (room_id, seq, event, recorded_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO timeline (room_id, seq, event, recorded_at, message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![room, seq, json, at])?;
+        .execute(params![room, seq, json, at, message_id])?;
         if !matches!(event, Event::RoomCreated { .. }) {
             tx.prepare_cached(
                 "UPDATE rooms SET last_seq = ?2, last_activity_at = ?3 WHERE room_id = ?1",
@@ -141,8 +148,15 @@ fn apply_room_event(
             .execute(params![message_id.0, body.as_str(), at])?;
         }
         Event::MessageDeleted { message_id, .. } => {
-            tx.prepare_cached("UPDATE messages SET deleted = 1 WHERE message_id = ?1")?
+            // A deleted message's text leaves the read side: its row and every version of it
+            // in the timeline (the log keeps the history, as an audit trail).
+            tx.prepare_cached("UPDATE messages SET deleted = 1, body = '' WHERE message_id = ?1")?
                 .execute(params![message_id.0])?;
+            tx.prepare_cached(
+                "UPDATE timeline SET event = json_remove(event, '$.body')
+                 WHERE message_id = ?1 AND room_id = ?2",
+            )?
+            .execute(params![message_id.0, room])?;
             // The room list shows the newest message still standing.
             tx.prepare_cached(
                 "UPDATE rooms SET last_message_id = (

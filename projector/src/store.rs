@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -46,14 +46,17 @@ CREATE TABLE members (
 ) WITHOUT ROWID;
 CREATE INDEX members_by_user ON members (user_id, room_id);
 
--- Every room event, as clients page through it.
+-- Every room event, as clients page through it. Deleting a message removes the text from
+-- its message_sent and message_edited rows.
 CREATE TABLE timeline (
     room_id     BLOB NOT NULL,
     seq         INTEGER NOT NULL,
     event       TEXT NOT NULL,
     recorded_at INTEGER NOT NULL,
+    message_id  BLOB,
     PRIMARY KEY (room_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX timeline_by_message ON timeline (message_id) WHERE message_id IS NOT NULL;
 
 -- Current state of each message (edits and deletes applied).
 CREATE TABLE messages (

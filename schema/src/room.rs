@@ -188,7 +188,15 @@ impl Aggregate for Room {
                 body,
                 client_msg_id,
             } => {
-                self.member(*sender)?;
+                // A retry of a send that was stored is answered with the original (the log
+                // deduplicates by id) even if the sender has left since.
+                let retry = self
+                    .messages
+                    .get(message_id)
+                    .is_some_and(|m| m.sender_id == *sender);
+                if !retry {
+                    self.member(*sender)?;
+                }
                 Ok(vec![Event::MessageSent {
                     message_id: *message_id,
                     sender_id: *sender,
@@ -438,6 +446,21 @@ mod tests {
         given::<Room>(&history)
             .when(RoomCommand::Leave { user: w.bob })
             .then_error(DomainError::NotAMember);
+        // ...but a retry of a send from before leaving still gets its original answer.
+        let id = MessageId::new();
+        let before_leaving = [
+            group(&w, Visibility::Private),
+            sent(id, w.bob),
+            Event::MemberLeft { user_id: w.bob },
+        ];
+        given::<Room>(&before_leaving)
+            .when(RoomCommand::Send {
+                sender: w.bob,
+                message_id: id,
+                body: body("hi"),
+                client_msg_id: None,
+            })
+            .then(&[sent(id, w.bob)]);
     }
 
     #[test]

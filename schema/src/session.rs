@@ -37,7 +37,6 @@ pub enum SessionCommand {
     },
     End {
         presented_hash: String,
-        now: DateTime<Utc>,
     },
 }
 
@@ -108,12 +107,22 @@ impl Aggregate for Session {
                     expires_at: *expires_at,
                 }])
             }
-            SessionCommand::End {
-                presented_hash,
-                now,
-            } => {
-                if let Some(revoke) = self.check_presented(presented_hash, *now)? {
-                    return Ok(revoke);
+            // Logging out is idempotent: an ended session stays ended. A spent token still
+            // counts as reuse and revokes the family.
+            SessionCommand::End { presented_hash } => {
+                if self.user_id.is_none() {
+                    return Err(DomainError::InvalidRefreshToken);
+                }
+                if self.ended.is_some() {
+                    return Ok(vec![]);
+                }
+                if self.spent_hashes.iter().any(|h| h == presented_hash) {
+                    return Ok(vec![Event::SessionEnded {
+                        reason: SessionEndReason::TokenReused,
+                    }]);
+                }
+                if self.current_hash.as_ref() != Some(presented_hash) {
+                    return Err(DomainError::InvalidRefreshToken);
                 }
                 Ok(vec![Event::SessionEnded {
                     reason: SessionEndReason::Logout,
@@ -235,7 +244,6 @@ mod tests {
         let events = given::<Session>(&[started(now)])
             .when(SessionCommand::End {
                 presented_hash: "h1".into(),
-                now,
             })
             .events();
         assert_eq!(
@@ -248,5 +256,11 @@ mod tests {
         given::<Session>(&ended)
             .when(refresh("h1", "h2", now))
             .then_error(DomainError::InvalidRefreshToken);
+        // Logging out again changes nothing and is not an error.
+        given::<Session>(&ended)
+            .when(SessionCommand::End {
+                presented_hash: "h1".into(),
+            })
+            .then(&[]);
     }
 }

@@ -152,6 +152,15 @@ async fn logout_ends_the_session() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/v1/auth/logout",
+            None,
+            Some(json!({"refresh_token": user.refresh})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "logging out twice is fine");
     let after = app
         .call(
             Method::POST,

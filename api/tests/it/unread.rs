@@ -236,5 +236,9 @@ async fn edits_and_deletes_are_for_the_sender_and_show_in_history_and_room_list(
             "message_deleted"
         ]
     );
-    assert_eq!(history[3]["body"], "second, edited");
+    // A deleted message's text is gone from every version of it in the history.
+    assert!(history[2].get("body").is_none(), "{}", history[2]);
+    assert!(history[3].get("body").is_none(), "{}", history[3]);
+    assert_eq!(history[3]["message_id"], second["message_id"]);
+    assert_eq!(history[1]["body"], "first");
 }
