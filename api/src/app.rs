@@ -60,14 +60,32 @@ pub struct App {
 async fn open_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, ReadModels)> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let log = SqliteLog::open(settings.events_path())
-        .await
-        .context("cannot open the event log")?;
+    let log: Arc<dyn EventLog> = Arc::new(
+        SqliteLog::open(settings.events_path())
+            .await
+            .context("cannot open the event log")?,
+    );
     let path = settings.read_models_path();
-    let models = tokio::task::spawn_blocking(move || ReadModels::open(path))
-        .await?
-        .context("cannot open the read models")?;
-    Ok((Arc::new(log), models))
+    let open = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || ReadModels::open(path))
+            .await?
+            .context("cannot open the read models")
+    };
+    let mut models = open(path.clone()).await?;
+    // Read models ahead of the log belong to another (or a restored older) log: the events
+    // they claim to have seen are not these. Rebuild rather than silently skip new events.
+    let (checkpoint, head) = (models.checkpoint().await?, log.head().await?);
+    if checkpoint > head {
+        tracing::warn!(
+            checkpoint,
+            head,
+            "read models are ahead of the event log; rebuilding them"
+        );
+        drop(models);
+        ReadModels::delete(&path)?;
+        models = open(path).await?;
+    }
+    Ok((log, models))
 }
 
 impl std::fmt::Debug for App {
@@ -146,10 +164,17 @@ impl App {
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
 
+        // The projector's supervisor: an error or a panic stops the server (readiness would
+        // otherwise report frozen read models as fine).
         let projector = tokio::spawn({
             let (log, failed, stop) = (log.clone(), failed.clone(), stop_projector.clone());
             async move {
-                let result = projector::run(log, models, progress_tx, stop).await;
+                let run =
+                    std::panic::AssertUnwindSafe(projector::run(log, models, progress_tx, stop));
+                let result = match futures::FutureExt::catch_unwind(run).await {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow::anyhow!("the projector panicked")),
+                };
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "projector stopped; shutting down");
                     failed.cancel();
@@ -180,11 +205,11 @@ impl App {
         // No request is in flight any more. Stop the projector (it resumes from its checkpoint
         // next time), then close the log, which finishes and syncs any append still queued.
         stop_projector.cancel();
-        let projected = projector.await.context("projector task panicked")?;
+        let projected = projector.await.context("projector supervisor failed");
         log.close().await;
         tracing::info!("stopped");
         served.context("server failed")?;
-        projected.context("projector failed")?;
+        projected??;
         Ok(())
     }
 }

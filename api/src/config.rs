@@ -37,6 +37,7 @@ pub struct Settings {
         long,
         env = "CHAT_ACCESS_TOKEN_TTL",
         default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(10..=7 * 24 * 3600),
         global = true
     )]
     pub access_token_ttl_secs: u64,
@@ -46,16 +47,19 @@ pub struct Settings {
         long,
         env = "CHAT_REFRESH_TOKEN_TTL_DAYS",
         default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3650),
         global = true
     )]
     pub refresh_token_ttl_days: u64,
 
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=64 * 1024 * 1024))]
     pub max_body_bytes: usize,
 
     /// How long shutdown waits for in-flight requests, in seconds.
-    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value_t = 10, global = true)]
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
 
     #[command(subcommand)]

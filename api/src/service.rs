@@ -511,14 +511,8 @@ impl Chat {
         members: Vec<UserId>,
         visibility: Visibility,
     ) -> Result<RoomDetail> {
-        if members.len() > schema::limits::MEMBERS_PER_REQUEST {
-            // Refuse before looking a thousand users up.
-            return Err(DomainError::Invalid {
-                field: "member_ids",
-                reason: "too many members".into(),
-            }
-            .into());
-        }
+        // Refuse before looking a thousand users up.
+        schema::room::check_request_size("member_ids", members.len())?;
         self.require_users(members.clone()).await?;
         let room_id = RoomId::new();
         let command = RoomCommand::Create {
@@ -604,13 +598,7 @@ impl Chat {
     }
 
     pub async fn invite(&self, actor: UserId, room: RoomId, users: Vec<UserId>) -> Result<()> {
-        if users.len() > schema::limits::MEMBERS_PER_REQUEST {
-            return Err(DomainError::Invalid {
-                field: "user_ids",
-                reason: "too many users".into(),
-            }
-            .into());
-        }
+        schema::room::check_request_size("user_ids", users.len())?;
         self.require_users(users.clone()).await?;
         self.room_command(room, RoomCommand::Invite { by: actor, users })
             .await?;

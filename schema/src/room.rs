@@ -96,10 +96,11 @@ impl Room {
     }
 }
 
-fn check_request_size(n: usize) -> Result<()> {
+/// Refuses a request naming more than [`limits::MEMBERS_PER_REQUEST`] users in `field`.
+pub fn check_request_size(field: &'static str, n: usize) -> Result<()> {
     if n > limits::MEMBERS_PER_REQUEST {
         return Err(DomainError::Invalid {
-            field: "member_ids",
+            field,
             reason: format!(
                 "at most {} members per request",
                 limits::MEMBERS_PER_REQUEST
@@ -122,7 +123,7 @@ impl Aggregate for Room {
                 creator,
                 members,
             } => {
-                check_request_size(members.len())?;
+                check_request_size("member_ids", members.len())?;
                 if self.created.is_some() {
                     return match kind {
                         RoomKind::Direct => Ok(vec![]),
@@ -145,7 +146,7 @@ impl Aggregate for Room {
                 }])
             }
             RoomCommand::Invite { by, users } => {
-                check_request_size(users.len())?;
+                check_request_size("user_ids", users.len())?;
                 let created = self.member(*by)?;
                 if created.kind == RoomKind::Direct {
                     return Err(DomainError::NotAllowed(

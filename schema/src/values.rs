@@ -19,6 +19,22 @@ pub mod limits {
     pub const CLIENT_MSG_ID_MAX: usize = 128;
 }
 
+/// Invisible formatting characters (soft hyphen, zero-width space, bidi marks, embeddings,
+/// overrides and isolates, word joiner, BOM): in a name they enable spoofing.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Whether a text shows anything: at least one character that is neither whitespace nor
+/// invisible (zero-width joiners included).
+fn has_visible(s: &str) -> bool {
+    s.chars().any(|c| {
+        !c.is_whitespace() && !is_invisible_format(c) && !matches!(c, '\u{200C}' | '\u{200D}')
+    })
+}
+
 fn has_control(s: &str) -> bool {
     s.chars()
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
@@ -79,7 +95,7 @@ impl DisplayName {
                 format!("must be 1–{} characters", limits::DISPLAY_NAME_MAX),
             ));
         }
-        if has_control(s) || s.contains(['\n', '\r', '\t']) {
+        if has_control(s) || s.contains(['\n', '\r', '\t']) || s.chars().any(is_invisible_format) {
             return Err(DomainError::invalid(
                 "display_name",
                 "must not contain control characters",
@@ -114,7 +130,7 @@ impl RoomName {
                 format!("must be 1–{} characters", limits::ROOM_NAME_MAX),
             ));
         }
-        if has_control(s) || s.contains(['\n', '\r', '\t']) {
+        if has_control(s) || s.contains(['\n', '\r', '\t']) || s.chars().any(is_invisible_format) {
             return Err(DomainError::invalid(
                 "name",
                 "must not contain control characters",
@@ -138,7 +154,7 @@ impl MessageBody {
     pub fn parse(raw: &str) -> Result<Self> {
         let s = raw.trim();
         let n = s.chars().count();
-        if n == 0 {
+        if n == 0 || !has_visible(s) {
             return Err(DomainError::invalid("body", "must not be empty"));
         }
         if n > limits::MESSAGE_BODY_MAX {
@@ -242,6 +258,14 @@ mod tests {
             MessageBody::parse("line1\nline2").unwrap().as_str(),
             "line1\nline2"
         );
+        assert!(
+            MessageBody::parse("\u{200B}\u{200B}").is_err(),
+            "only zero-width spaces"
+        );
+        assert!(
+            MessageBody::parse("👩\u{200D}💻").is_ok(),
+            "emoji with a joiner"
+        );
     }
 
     #[test]
@@ -252,6 +276,14 @@ mod tests {
         assert!(RoomName::parse(&"r".repeat(101)).is_err());
         assert!(DisplayName::parse(&"d".repeat(65)).is_err());
         assert_eq!(DisplayName::parse(" 김철수 ").unwrap().as_str(), "김철수");
+        assert!(
+            DisplayName::parse("admin\u{202E}nimda").is_err(),
+            "bidi override"
+        );
+        assert!(
+            RoomName::parse("general\u{200B}").is_err(),
+            "zero-width space"
+        );
     }
 
     #[test]

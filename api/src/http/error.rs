@@ -67,6 +67,7 @@ impl From<DomainError> for ApiError {
             DomainError::UsernameTaken => (S::CONFLICT, "username_taken"),
             DomainError::NotFound("room") => (S::NOT_FOUND, "room_not_found"),
             DomainError::NotFound("message") => (S::NOT_FOUND, "message_not_found"),
+            DomainError::NotFound("user") => (S::NOT_FOUND, "user_not_found"),
             DomainError::NotFound(_) => (S::NOT_FOUND, "not_found"),
             DomainError::NotAMember => (S::FORBIDDEN, "not_a_member"),
             DomainError::NotAllowed(_) => (S::FORBIDDEN, "not_allowed"),
@@ -101,7 +102,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Contention(_) => Self::new(
                 S::CONFLICT,
                 "contention",
-                "the room changed too often meanwhile; retry",
+                "the resource changed too often meanwhile; retry",
             ),
             ServiceError::Log(e) if e.kind() == eventlog::ErrorKind::Closed => Self::new(
                 S::SERVICE_UNAVAILABLE,

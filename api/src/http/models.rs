@@ -262,16 +262,7 @@ impl From<RoomDetail> for RoomWithMembers {
     fn from(d: RoomDetail) -> Self {
         Self {
             room: d.summary.into(),
-            members: d
-                .members
-                .into_iter()
-                .map(|u| Member {
-                    user_id: u.user_id.0,
-                    username: u.username,
-                    display_name: u.display_name,
-                    online: false,
-                })
-                .collect(),
+            members: d.members.into_iter().map(Into::into).collect(),
         }
     }
 }

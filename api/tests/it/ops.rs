@@ -94,3 +94,29 @@ async fn health_readiness_and_the_openapi_document() {
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn read_models_ahead_of_the_log_are_rebuilt_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = crate::helpers::spawn_app_in(dir.path()).await;
+    for name in ["alice", "alina", "alfred"] {
+        app.register(name).await;
+    }
+    app.stop().await.unwrap();
+    // Replace the log with an empty one (say, a restore of an older backup).
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("events.db{suffix}")));
+    }
+    let app = crate::helpers::spawn_app_in(dir.path()).await;
+    let bob = app.user("bob").await;
+    let (status, found) = app.get("/v1/users?q=al", &bob.token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        found,
+        serde_json::json!([]),
+        "users from the old log must not survive"
+    );
+    // The names are free again in the new log.
+    app.register("alice").await;
+    app.stop().await.unwrap();
+}
