@@ -5,19 +5,24 @@
 //! - **One writer.** A dedicated thread owns the only write connection. [`SqliteLog::append`]
 //!   sends a request over a bounded channel and waits for the answer on a oneshot. The writer
 //!   takes the first waiting request plus whatever else is already queued (up to
-//!   [`Options::max_batch`]) and runs them all in one transaction, each request inside its own
-//!   `SAVEPOINT` so that a failing one (version conflict, idempotency mismatch) leaves the
-//!   others alone. After `COMMIT` — with `synchronous=FULL`, the batch is then on disk — it
-//!   answers every caller and then publishes the new events to live subscribers, in position
-//!   order.
+//!   [`Options::max_batch`]) and runs them all in one transaction; a request of several events
+//!   runs inside its own `SAVEPOINT` (a single-event one is one `INSERT`, atomic by itself), so
+//!   that a failing request (version conflict, idempotency mismatch) leaves the others alone.
+//!   After `COMMIT` — with `synchronous=FULL`, the batch is then on disk — it answers every
+//!   caller and then publishes the new events to live subscribers, in position order.
+//! - **Idempotency first.** Each request's event ids are looked up before its expected version
+//!   is checked, so a retry of a stored append gets the original result even when its expected
+//!   version has gone stale. Requests earlier in the same batch count as stored.
 //! - **Gapless positions.** The writer assigns positions itself from an in-memory counter that
-//!   only moves for requests that are written; a failed `COMMIT` resets it from the file.
+//!   only moves for requests that are written; a failed transaction resets it from the file.
+//! - **Checkpoints** (copying the WAL back into the database file, with an fsync) run on a
+//!   thread of their own, so commits do not stall behind them.
 //! - **Reads** run on Tokio's blocking pool with a small pool of read-only connections; WAL
 //!   lets them run alongside the writer.
 //! - **Subscriptions** register with the live broadcast first, then page through the file from
 //!   the requested position, then switch to the broadcast, skipping what they have already
-//!   yielded. A subscriber that falls behind the broadcast (lags) reads the file again from
-//!   where it was; it is never failed for being slow.
+//!   yielded. A subscriber that falls behind the broadcast (lags), or sees a position jump,
+//!   reads the file again from where it was; it is never failed for being slow.
 //!
 //! # File format
 //!
@@ -25,6 +30,13 @@
 //! stream's current version is `max(version)` over that index: one seek) and `UNIQUE(event_id)`
 //! (idempotency lookups). `event_id` is the 16-byte UUID; `recorded_at` is microseconds since
 //! the Unix epoch. `PRAGMA user_version` holds the schema version.
+//!
+//! # Requests it rejects
+//!
+//! Besides what the [`EventLog`] contract rejects (no events, an event id twice in one
+//! request) the log rejects with [`Error::InvalidArgument`]: an empty stream name, one longer
+//! than [`MAX_STREAM_NAME_LEN`] bytes or with control characters, and `Exact(0)` (use
+//! `NoStream`).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -32,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -73,6 +86,10 @@ const READ_ALL: &str = "SELECT stream, version, position, event_id, event_type, 
      schema_version, data, metadata, recorded_at FROM events \
      WHERE position > ?1 ORDER BY position LIMIT ?2";
 
+/// A stream's last version, 0 if it has no events: one seek to the end of the stream's
+/// entries in the `(stream, version)` index.
+const STREAM_VERSION: &str = "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?1";
+
 /// Longest accepted stream name, in bytes.
 pub const MAX_STREAM_NAME_LEN: usize = 256;
 
@@ -93,7 +110,11 @@ pub struct Options {
     pub max_idle_readers: usize,
     /// How long a connection waits for a lock held by another connection (a backup tool, a
     /// checkpoint) before failing with [`Error::Unavailable`]. Default 5 s.
-    pub busy_timeout: std::time::Duration,
+    pub busy_timeout: Duration,
+    /// Events written between two checkpoints (copying the WAL back into the database file),
+    /// which run on a thread of their own so that commits do not wait for them. 0 runs them
+    /// inline in the writer instead, as SQLite does by default. Default 1000.
+    pub checkpoint_every: usize,
 }
 
 impl Default for Options {
@@ -104,7 +125,8 @@ impl Default for Options {
             live_capacity: 4096,
             catch_up_page: 1024,
             max_idle_readers: 4,
-            busy_timeout: std::time::Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+            checkpoint_every: 1000,
         }
     }
 }
@@ -121,6 +143,8 @@ pub struct Stats {
     pub events: u64,
     /// Batches whose transaction failed (every request in them got [`Error::Unavailable`]).
     pub failed_batches: u64,
+    /// Time spent in `COMMIT` (writing the WAL and fsyncing it), in microseconds.
+    pub commit_micros: u64,
 }
 
 /// The embedded SQLite event log. Cheap to clone: clones share the writer, readers and
@@ -152,6 +176,7 @@ struct Shared {
     requests: AtomicU64,
     events: AtomicU64,
     failed_batches: AtomicU64,
+    commit_micros: AtomicU64,
 }
 
 enum Command {
@@ -224,12 +249,12 @@ impl SqliteLog {
         let writer_path = path.clone();
         let writer_live = live.clone();
         let writer_shared = shared.clone();
-        let max_batch = options.max_batch;
-        let busy_timeout = options.busy_timeout;
+        let writer_options = options.clone();
         let handle = std::thread::Builder::new()
             .name("eventlog-writer".into())
             .spawn(move || {
-                match Writer::open(&writer_path, busy_timeout, writer_live, writer_shared) {
+                let max_batch = writer_options.max_batch;
+                match Writer::open(&writer_path, &writer_options, writer_live, writer_shared) {
                     Ok(writer) => {
                         // The opener may have given up waiting; the writer then just drains
                         // an empty channel and stops.
@@ -260,7 +285,7 @@ impl SqliteLog {
                     idle: Mutex::new(Vec::new()),
                     closed: AtomicBool::new(false),
                     max_idle: options.max_idle_readers,
-                    busy_timeout,
+                    busy_timeout: options.busy_timeout,
                 },
                 path,
                 options,
@@ -290,6 +315,7 @@ impl SqliteLog {
             requests: s.requests.load(Ordering::Relaxed),
             events: s.events.load(Ordering::Relaxed),
             failed_batches: s.failed_batches.load(Ordering::Relaxed),
+            commit_micros: s.commit_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -438,7 +464,7 @@ impl EventLog for SqliteLog {
             let mut stmt = conn.prepare_cached(READ_STREAM).map_err(unavailable)?;
             let rows = stmt
                 .query_map(
-                    params![stream, from_version.max(1), sql_limit(limit)],
+                    params![stream, sql_int(from_version.max(1)), sql_limit(limit)],
                     decode_row,
                 )
                 .map_err(unavailable)?;
@@ -509,12 +535,14 @@ impl EventLog for SqliteLog {
 fn read_all_with(conn: &Connection, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
     let mut stmt = conn.prepare_cached(READ_ALL).map_err(unavailable)?;
     let rows = stmt
-        .query_map(
-            params![after.min(i64::MAX as u64), sql_limit(limit)],
-            decode_row,
-        )
+        .query_map(params![sql_int(after), sql_limit(limit)], decode_row)
         .map_err(unavailable)?;
     collect_rows(rows, limit)
+}
+
+/// A position or version as SQLite stores it; beyond `i64::MAX` (never reached) it saturates.
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 fn sql_limit(limit: usize) -> i64 {
@@ -559,12 +587,17 @@ fn micros_to_time(micros: i64) -> Result<DateTime<Utc>> {
 // ---------------------------------------------------------------------------------------------
 // Connections
 
-fn configure(conn: &Connection, busy_timeout: std::time::Duration) -> rusqlite::Result<()> {
+/// Page cache of the writer, in KiB: the hot parts of both indexes stay in memory.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// Page cache of each reader and of the checkpointer, in KiB.
+const READER_CACHE_KIB: i64 = 8 * 1024;
+
+fn configure(conn: &Connection, busy_timeout: Duration, cache_kib: i64) -> rusqlite::Result<()> {
     conn.busy_timeout(busy_timeout)?;
     // Savepoint journals and sorts stay in memory.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // 32 MiB of page cache per connection.
-    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Negative: a size in KiB rather than in pages.
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     Ok(())
 }
 
@@ -573,7 +606,7 @@ struct ReaderPool {
     idle: Mutex<Vec<Connection>>,
     closed: AtomicBool,
     max_idle: usize,
-    busy_timeout: std::time::Duration,
+    busy_timeout: Duration,
 }
 
 impl ReaderPool {
@@ -588,9 +621,10 @@ impl ReaderPool {
         };
         let result = f(&conn);
         // A connection that failed is dropped rather than reused: it may be the cause.
-        if result.is_ok() && !self.closed.load(Ordering::Acquire) {
+        if result.is_ok() {
             let mut idle = lock(&self.idle);
-            if idle.len() < self.max_idle {
+            // Checked under the lock, so a concurrent `close` cannot miss this connection.
+            if !self.closed.load(Ordering::Acquire) && idle.len() < self.max_idle {
                 idle.push(conn);
             }
         }
@@ -602,7 +636,7 @@ impl ReaderPool {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        configure(&conn, self.busy_timeout)?;
+        configure(&conn, self.busy_timeout, READER_CACHE_KIB)?;
         Ok(conn)
     }
 
@@ -623,6 +657,61 @@ struct Writer {
     shared: Arc<Shared>,
     /// Set when a transaction failed: the in-memory state must be reloaded from the file.
     stale: bool,
+    /// `None` when checkpoints run inline (`Options::checkpoint_every == 0`).
+    checkpointer: Option<Checkpointer>,
+    /// Events written since the checkpointer was last woken.
+    unchecked: usize,
+    checkpoint_every: usize,
+}
+
+/// Copies the WAL back into the database file on its own thread and connection, so that the
+/// writer's commits do not wait for it (a checkpoint rewrites pages and fsyncs the file).
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, busy_timeout: Duration) -> Result<Self> {
+        let conn = Connection::open(path)
+            .and_then(|conn| {
+                configure(&conn, busy_timeout, READER_CACHE_KIB)?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                Ok(conn)
+            })
+            .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
+        // One pending wake-up is enough: a checkpoint copies everything committed so far.
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("eventlog-checkpointer".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    match result {
+                        Ok((wal, copied)) => tracing::trace!(wal, copied, "checkpoint"),
+                        Err(e) => tracing::warn!(error = %e, "event-log checkpoint failed"),
+                    }
+                }
+            })
+            .map_err(|e| unavailable(format_args!("cannot start the checkpointer: {e}")))?;
+        Ok(Self { wake, thread })
+    }
+
+    /// Asks for a checkpoint; false if one is pending already.
+    fn wake(&self) -> bool {
+        self.wake.try_send(()).is_ok()
+    }
+
+    /// Lets the current checkpoint finish and stops the thread.
+    fn stop(self) {
+        drop(self.wake);
+        if self.thread.join().is_err() {
+            tracing::error!("the event-log checkpointer thread panicked");
+        }
+    }
 }
 
 /// What the writer tells one appender once the batch is settled.
@@ -639,27 +728,40 @@ enum Check {
 impl Writer {
     fn open(
         path: &Path,
-        busy_timeout: std::time::Duration,
+        options: &Options,
         live: broadcast::Sender<Arc<RecordedEvent>>,
         shared: Arc<Shared>,
     ) -> Result<Self> {
         let conn = Connection::open(path)
             .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
-        Self::init(&conn, busy_timeout)
+        let background = options.checkpoint_every > 0;
+        Self::init(&conn, options.busy_timeout, background)
             .map_err(|e| unavailable(format_args!("cannot initialise {}: {e}", path.display())))?;
+        let checkpointer = if background {
+            Some(Checkpointer::start(path, options.busy_timeout)?)
+        } else {
+            None
+        };
         let mut writer = Self {
             conn,
             next_position: 1,
             live,
             shared,
             stale: true,
+            checkpointer,
+            unchecked: 0,
+            checkpoint_every: options.checkpoint_every,
         };
         writer.reload()?;
         Ok(writer)
     }
 
-    fn init(conn: &Connection, busy_timeout: std::time::Duration) -> rusqlite::Result<()> {
-        configure(conn, busy_timeout)?;
+    fn init(
+        conn: &Connection,
+        busy_timeout: Duration,
+        background_checkpoints: bool,
+    ) -> rusqlite::Result<()> {
+        configure(conn, busy_timeout, WRITER_CACHE_KIB)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -670,7 +772,14 @@ impl Writer {
         // WAL + FULL: every COMMIT is fsynced before it returns, so an acknowledged append
         // survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        // Keep the WAL file from staying huge after a burst.
+        if background_checkpoints {
+            // The checkpointer thread does the work. The writer still checkpoints if the WAL
+            // reaches 40 MiB, which happens only when appends never pause long enough for
+            // the checkpointer to catch up completely (SQLite can restart the WAL from its
+            // beginning only then); by that time almost everything is copied already.
+            conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        }
+        // Do not keep a big WAL file around after a burst.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
@@ -720,6 +829,9 @@ impl Writer {
                 self.commit_batch(&mut batch, &mut answers);
             }
         }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
     }
 
     /// Runs `batch` in one transaction and answers every request in it.
@@ -730,6 +842,13 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 shared.head.store(self.next_position - 1, Ordering::Release);
+                self.unchecked += written.len();
+                if self.unchecked >= self.checkpoint_every
+                    && let Some(checkpointer) = &self.checkpointer
+                    && checkpointer.wake()
+                {
+                    self.unchecked = 0;
+                }
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 shared
                     .requests
@@ -800,7 +919,13 @@ impl Writer {
                 }
             }
         }
-        self.exec_cached("COMMIT")
+        let commit = Instant::now();
+        self.exec_cached("COMMIT")?;
+        let micros = u64::try_from(commit.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared
+            .commit_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        Ok(())
     }
 
     /// One append request, inside the batch's transaction. The inner result is the answer to
@@ -824,10 +949,17 @@ impl Writer {
         let count = events.len() as u64;
         let first_position = self.next_position;
         let mark = written.len();
-        self.exec_cached("SAVEPOINT request")?;
+        // A request of several events needs a savepoint to fail alone; a single INSERT is
+        // atomic by itself (SQLite undoes a failed statement), so one event needs none.
+        let savepoint = count > 1;
+        if savepoint {
+            self.exec_cached("SAVEPOINT request")?;
+        }
         match self.insert(stream, first_version, events, now, written) {
             Ok(()) => {
-                self.exec_cached("RELEASE request")?;
+                if savepoint {
+                    self.exec_cached("RELEASE request")?;
+                }
                 self.next_position += count;
                 Ok(Ok(AppendResult {
                     first_version,
@@ -844,8 +976,10 @@ impl Writer {
                     // SQLite rolled the whole transaction back (I/O error, disk full).
                     return Err(err);
                 }
-                self.exec_cached("ROLLBACK TO request")?;
-                self.exec_cached("RELEASE request")?;
+                if savepoint {
+                    self.exec_cached("ROLLBACK TO request")?;
+                    self.exec_cached("RELEASE request")?;
+                }
                 Ok(Err(err))
             }
         }
@@ -859,7 +993,7 @@ impl Writer {
         }
         let actual: u64 = self
             .conn
-            .prepare_cached("SELECT coalesce(max(version), 0) FROM events WHERE stream = ?1")
+            .prepare_cached(STREAM_VERSION)
             .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
             .map_err(unavailable)?;
         let ok = match expected {
@@ -1056,7 +1190,15 @@ mod tests {
     fn version_and_idempotency_lookups_are_index_seeks() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("log.db")).unwrap();
-        Writer::init(&conn, std::time::Duration::from_secs(1)).unwrap();
+        Writer::init(&conn, Duration::from_secs(1), true).unwrap();
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
         for sql in [
             "SELECT coalesce(max(version), 0) FROM events WHERE stream = 'a'",
             "SELECT stream = 'a', version, position, recorded_at FROM events WHERE event_id = x'00'",
@@ -1075,6 +1217,45 @@ mod tests {
             assert!(!plan.contains("SCAN"), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
         }
+    }
+
+    /// The query plan alone does not tell a seek from a range scan over one stream's entries;
+    /// the number of VM steps does.
+    #[test]
+    fn lookups_do_not_grow_with_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("log.db")).unwrap();
+        Writer::init(&conn, Duration::from_secs(1), false).unwrap();
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO events (position, stream, version, event_id, event_type, \
+                 schema_version, data, metadata, recorded_at) VALUES (?1, ?2, ?1, ?3, 't', 1, \
+                 x'', x'', 0)",
+            )
+            .unwrap();
+        for v in 1..=5000u64 {
+            insert
+                .execute(params![v, "big", Uuid::new_v4().as_bytes()])
+                .unwrap();
+        }
+        let steps = |sql: &str, param: &dyn rusqlite::ToSql| {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let mut rows = stmt.query([param]).unwrap();
+            while rows.next().unwrap().is_some() {}
+            drop(rows);
+            stmt.get_status(rusqlite::StatementStatus::VmStep)
+        };
+        let version = steps(STREAM_VERSION, &"big");
+        assert!(
+            version < 100,
+            "stream version lookup took {version} VM steps"
+        );
+        let id = Uuid::new_v4();
+        let stored = steps(
+            "SELECT stream = 'big', version, position, recorded_at FROM events WHERE event_id = ?1",
+            &id.as_bytes().as_slice(),
+        );
+        assert!(stored < 100, "event id lookup took {stored} VM steps");
     }
 
     #[test]

@@ -203,12 +203,18 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    const SENDS: usize = 5_000;
-    println!("== projecting {SENDS} sends (release build, 3 runs each)");
-    for members in [10, 10_000] {
+    // `cargo bench` passes `--bench`; under `cargo test` this is a small smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (big, sends, rooms, queries) = if full {
+        (10_000, 5_000, 500, 1_000)
+    } else {
+        (1_000, 200, 50, 20)
+    };
+    println!("== projecting {sends} sends (3 runs each)");
+    for members in [10, big] {
         let mut rates: Vec<f64> = Vec::new();
         for _ in 0..3 {
-            rates.push(SENDS as f64 / project_sends(members, SENDS).await);
+            rates.push(sends as f64 / project_sends(members, sends).await);
         }
         rates.sort_by(f64::total_cmp);
         println!(
@@ -216,8 +222,8 @@ async fn main() {
             rates[1], rates[0], rates[2]
         );
     }
-    println!("== unread_counts for a user in 500 rooms × 20 messages (1,000 queries)");
-    let (times, plan) = unread_query(500, 20, 1_000).await;
+    println!("== unread_counts for a user in {rooms} rooms × 20 messages ({queries} queries)");
+    let (times, plan) = unread_query(rooms, 20, queries).await;
     println!("query plan: {plan}");
     println!(
         "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
