@@ -274,6 +274,7 @@ pub struct SendRequest {
     pub body: Text,
     /// Idempotency key (1–128 characters), unique per sender and room. Sending again with the
     /// same key returns the original message and stores nothing — at any later time.
+    /// A UUIDv7 is recommended: its time prefix keeps the server's writes ordered.
     pub client_msg_id: Option<Text>,
 }
 
