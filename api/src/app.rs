@@ -163,28 +163,20 @@ impl App {
         } = self;
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
+        let stop_live = CancellationToken::new();
 
-        // The projector's supervisor: an error or a panic stops the server (readiness would
-        // otherwise report frozen read models as fine).
-        let projector = tokio::spawn({
-            let (log, failed, stop) = (log.clone(), failed.clone(), stop_projector.clone());
-            async move {
-                let run =
-                    std::panic::AssertUnwindSafe(projector::run(log, models, progress_tx, stop));
-                let result = match futures::FutureExt::catch_unwind(run).await {
-                    Ok(result) => result.map_err(anyhow::Error::from),
-                    Err(_) => Err(anyhow::anyhow!("the projector panicked")),
-                };
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "projector stopped; shutting down");
-                    failed.cancel();
-                }
-                result
-            }
-        });
+        let (hub, hub_run) =
+            crate::live::hub::start(log.clone(), &models, settings.ws_queue, stop_live.clone())
+                .await?;
+        let projector = supervise(
+            "projector",
+            projector::run(log.clone(), models, progress_tx, stop_projector.clone()),
+            failed.clone(),
+        );
+        let hub_task = supervise("hub", hub_run, failed.clone());
 
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
-        let app = crate::http::routes(chat, readiness, settings.max_body_bytes);
+        let app = crate::http::routes(chat, hub, readiness, settings.max_body_bytes);
         let stop = {
             let failed = failed.clone();
             async move {
@@ -192,6 +184,9 @@ impl App {
                     () = shutdown => tracing::info!("shutdown requested"),
                     () = failed.cancelled() => {}
                 }
+                // Live connections would otherwise hold the drain open: close them now (with
+                // a code that tells clients to resume elsewhere or later).
+                stop_live.cancel();
             }
         };
         let served = Server::new_with_acceptor(acceptor)
@@ -206,12 +201,35 @@ impl App {
         // next time), then close the log, which finishes and syncs any append still queued.
         stop_projector.cancel();
         let projected = projector.await.context("projector supervisor failed");
+        let hub_result = hub_task.await.context("hub supervisor failed");
         log.close().await;
         tracing::info!("stopped");
         served.context("server failed")?;
         projected??;
+        hub_result??;
         Ok(())
     }
+}
+
+/// Runs a long-lived task; an error or a panic is logged and cancels `failed`, which stops the
+/// server (serving with a dead projector or hub would look healthy and be wrong).
+fn supervise<E: Into<anyhow::Error>>(
+    name: &'static str,
+    task: impl Future<Output = Result<(), E>> + Send + 'static,
+    failed: CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let result =
+            match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(anyhow::anyhow!("{name} panicked")),
+            };
+        if let Err(e) = &result {
+            tracing::error!(task = name, error = %e, "background task stopped; shutting down");
+            failed.cancel();
+        }
+        result
+    })
 }
 
 /// `chatd rebuild`: deletes the read models and replays the whole log into new ones.

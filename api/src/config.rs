@@ -62,6 +62,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
 
+    /// Frames queued per WebSocket connection before a client that cannot keep up is
+    /// disconnected (it then resumes without loss).
+    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 4096, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub ws_queue: usize,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

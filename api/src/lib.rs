@@ -5,12 +5,14 @@
 //!   [`app::App::run_until_stopped`] serves and shuts down gracefully; `rebuild`;
 //! - [`service`]: the application service — commands on aggregates, queries on read models;
 //! - [`auth`]: password hashing, access tokens, refresh tokens;
-//! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document.
+//! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document;
+//! - [`live`]: the fan-out hub and the WebSocket endpoint.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod live;
 pub mod service;
 
 pub use app::App;

@@ -569,8 +569,19 @@ impl Chat {
             .await?)
     }
 
+    /// A room stream's events from `from_version` on, straight from the log (live catch-up
+    /// must not wait for the projections).
+    pub async fn log_read(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<eventlog::RecordedEvent>> {
+        Ok(self.log.read_stream(stream, from_version, limit).await?)
+    }
+
     /// Refuses unless the room exists (404) and `actor` is a member (403).
-    async fn require_member(&self, actor: UserId, room: RoomId) -> Result<()> {
+    pub async fn require_member(&self, actor: UserId, room: RoomId) -> Result<()> {
         let (exists, member) = self
             .models
             .read(move |c| {

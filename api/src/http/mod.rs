@@ -108,11 +108,17 @@ async fn readyz(req: &Request) -> Response {
 }
 
 /// The whole HTTP application.
-pub fn routes(chat: Arc<Chat>, readiness: crate::app::Readiness, max_body: usize) -> impl Endpoint {
+pub fn routes(
+    chat: Arc<Chat>,
+    hub: crate::live::Hub,
+    readiness: crate::app::Readiness,
+    max_body: usize,
+) -> impl Endpoint {
     let api = api_service(chat.clone());
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     Route::new()
+        .at("/v1/ws", crate::live::ws::ws)
         .nest("/v1", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui)
@@ -121,6 +127,7 @@ pub fn routes(chat: Arc<Chat>, readiness: crate::app::Readiness, max_body: usize
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
         .data(chat)
+        .data(hub)
         .data(readiness)
         .with(CatchPanic::new())
         .catch_all_error(error::render_framework_error)

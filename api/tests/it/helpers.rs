@@ -191,10 +191,22 @@ pub async fn spawn_app() -> TestApp {
     app
 }
 
+/// Like [`spawn_app`] with settings changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::for_data_dir(dir.path());
+    tweak(&mut settings);
+    let mut app = start(settings).await;
+    app._dir = Some(dir);
+    app
+}
+
 pub async fn spawn_app_in(data_dir: &Path) -> TestApp {
-    let app = App::build(Settings::for_data_dir(data_dir))
-        .await
-        .expect("app builds");
+    start(Settings::for_data_dir(data_dir)).await
+}
+
+async fn start(settings: Settings) -> TestApp {
+    let app = App::build(settings).await.expect("app builds");
     let api = Api::new(app.addr());
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(app.run_until_stopped(async {

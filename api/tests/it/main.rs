@@ -10,3 +10,4 @@ mod messages;
 mod ops;
 mod rooms;
 mod unread;
+mod ws;

@@ -1,0 +1,404 @@
+//! The WebSocket over real sockets: auth at the upgrade, acks, live order, resume, membership
+//! changes, bad frames, slow consumers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::{Api, TestUser, spawn_app, spawn_app_with};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+fn ws_url(api: &Api, token: Option<&str>) -> String {
+    let base = api.base.replacen("http://", "ws://", 1);
+    match token {
+        Some(t) => format!("{base}/v1/ws?access_token={t}"),
+        None => format!("{base}/v1/ws"),
+    }
+}
+
+async fn connect(api: &Api, user: &TestUser) -> Client {
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(api, Some(&user.token)))
+        .await
+        .expect("upgrade");
+    Client { ws }
+}
+
+impl Client {
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next JSON frame, within the deadline.
+    async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame in time");
+            match msg.expect("connection open").expect("no error") {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Event frames until `room` reaches `seq`, checking order per room on the way.
+    async fn events_until(&mut self, room: &str, seq: u64) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let f = self.next().await;
+            assert_eq!(f["type"], "event", "{f}");
+            let done = f["room_id"] == room && f["seq"].as_u64().unwrap() >= seq;
+            events.push(f);
+            if done {
+                return events;
+            }
+        }
+    }
+
+    /// Sends a ping and returns every frame before the pong.
+    async fn drain(&mut self) -> Vec<Value> {
+        self.send(json!({"type": "ping"})).await;
+        let mut before = Vec::new();
+        loop {
+            let f = self.next().await;
+            if f["type"] == "pong" {
+                return before;
+            }
+            before.push(f);
+        }
+    }
+}
+
+/// Per room, the seqs received must be consecutive.
+fn assert_gapless(events: &[Value]) -> HashMap<String, Vec<u64>> {
+    let mut by_room: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in events {
+        by_room
+            .entry(e["room_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e["seq"].as_u64().unwrap());
+    }
+    for (room, seqs) in &by_room {
+        for w in seqs.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "gap or duplicate in {room}: {seqs:?}");
+        }
+    }
+    by_room
+}
+
+#[tokio::test]
+async fn the_upgrade_refuses_missing_or_bad_tokens() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    for url in [ws_url(&app.api, None), ws_url(&app.api, Some("garbage"))] {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+            other => panic!("expected a 401 refusal, got {other:?}"),
+        }
+    }
+    // A bearer header works as well as the query parameter.
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(ws_url(&app.api, None))
+            .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", alice.token).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade with header");
+    let mut client = Client { ws };
+    assert!(client.drain().await.is_empty());
+}
+
+#[tokio::test]
+async fn sends_are_acked_once_durable_and_a_retry_gets_the_same_ack() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let room = app.create_room(&alice, "ws", &[]).await;
+    let mut ws = connect(&app.api, &alice).await;
+    let send =
+        json!({"type": "send", "room_id": room, "body": "over the socket", "client_msg_id": "k1"});
+    ws.send(send.clone()).await;
+    // Our own message arrives as an event too; the ack may come before or after it.
+    let mut ack = None;
+    let mut echoed = None;
+    while ack.is_none() || echoed.is_none() {
+        let f = ws.next().await;
+        match f["type"].as_str().unwrap() {
+            "ack" => ack = Some(f),
+            "event" => echoed = Some(f),
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    let ack = ack.unwrap();
+    assert_eq!(ack["client_msg_id"], "k1");
+    assert_eq!(ack["seq"], 2);
+    assert_eq!(echoed.unwrap()["event"]["body"], "over the socket");
+    ws.send(send).await;
+    let again = ws.next().await;
+    assert_eq!(again, ack, "same ack, nothing new stored");
+    assert_eq!(app.full_history(&alice, &room).await.len(), 2);
+
+    let bad = json!({"type": "send", "room_id": room, "body": "   ", "client_msg_id": "k2"});
+    ws.send(bad).await;
+    let err = ws.next().await;
+    assert_eq!(
+        err,
+        json!({"type": "error", "ref": "k2", "code": "validation_failed", "detail": err["detail"]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_events_from_several_senders_arrive_in_order_without_gaps() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let rooms = [
+        app.create_room(&alice, "one", &[&bob, &carol]).await,
+        app.create_room(&carol, "two", &[&bob, &alice]).await,
+    ];
+    let mut ws = connect(&app.api, &bob).await;
+    assert!(ws.drain().await.is_empty());
+
+    let mut senders = Vec::new();
+    for user in [alice.clone(), carol.clone()] {
+        for room in rooms.clone() {
+            let (api, user) = (app.api.clone(), user.clone());
+            senders.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    api.send(&user, &room, &format!("{} {i}", user.username))
+                        .await;
+                }
+            }));
+        }
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    // Each room: room_created (seq 1) then 40 messages: live from seq 2 to 41.
+    let mut events = Vec::new();
+    while events.len() < 80 {
+        events.push(ws.next().await);
+    }
+    let by_room = assert_gapless(&events);
+    for room in &rooms {
+        assert_eq!(by_room[room], (2..=41).collect::<Vec<u64>>());
+    }
+    assert!(ws.drain().await.is_empty(), "nothing extra");
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_what_was_missed_then_goes_live() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "resume", &[&bob]).await;
+    let mut ws = connect(&app.api, &bob).await;
+    assert!(ws.drain().await.is_empty());
+    for i in 0..5 {
+        app.send(&alice, &room, &format!("before {i}")).await;
+    }
+    let seen = ws.events_until(&room, 6).await;
+    assert_eq!(seen.len(), 5);
+    drop(ws);
+
+    for i in 0..10 {
+        app.send(&alice, &room, &format!("missed {i}")).await;
+    }
+    let mut ws = connect(&app.api, &bob).await;
+    ws.send(json!({"type": "resume", "rooms": {room.clone(): 6}}))
+        .await;
+    let replay = ws.events_until(&room, 16).await;
+    let seqs: Vec<u64> = replay.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (7..=16).collect::<Vec<u64>>());
+    assert_eq!(replay[0]["event"]["body"], "missed 0");
+    app.send(&alice, &room, "live again").await;
+    let live = ws.next().await;
+    assert_eq!(live["seq"], 17);
+    assert_eq!(live["event"]["body"], "live again");
+    assert!(ws.drain().await.is_empty());
+
+    // Resuming a room you are not in is refused for that room only.
+    let other = app.create_room(&alice, "private", &[]).await;
+    ws.send(json!({"type": "resume", "rooms": {other.clone(): 0}}))
+        .await;
+    let err = ws.next().await;
+    assert_eq!(err["code"], "not_a_member");
+    assert_eq!(err["ref"], other.as_str());
+}
+
+#[tokio::test]
+async fn rooms_joined_later_are_live_and_left_rooms_go_quiet() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut ws = connect(&app.api, &bob).await;
+    assert!(ws.drain().await.is_empty());
+    let room = app.create_room(&alice, "later", &[&bob]).await;
+    let created = ws.next().await;
+    assert_eq!(created["event"]["type"], "room_created");
+    assert_eq!(created["room_id"], room.as_str());
+    app.send(&alice, &room, "hello bob").await;
+    assert_eq!(ws.next().await["event"]["body"], "hello bob");
+
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/rooms/{room}/members/me"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(ws.next().await["event"]["type"], "member_left");
+    app.send(&alice, &room, "bob is gone").await;
+    assert!(
+        ws.drain().await.is_empty(),
+        "no events from a room you left"
+    );
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_survives() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let stranger_room = {
+        let bob = app.user("bob").await;
+        app.create_room(&bob, "not yours", &[]).await
+    };
+    let mut ws = connect(&app.api, &alice).await;
+    let cases = [
+        (Message::text("not json"), "bad_frame"),
+        (Message::text(r#"{"type":"dance"}"#), "unknown_type"),
+        (Message::text(r#"{"type":"read"}"#), "bad_frame"),
+        (Message::binary(vec![1, 2, 3]), "bad_frame"),
+        (
+            Message::text(json!({"type": "ping", "pad": "x".repeat(20_000)}).to_string()),
+            "frame_too_large",
+        ),
+    ];
+    for (msg, code) in cases {
+        ws.ws.send(msg).await.unwrap();
+        let f = ws.next().await;
+        assert_eq!(f["type"], "error");
+        assert_eq!(f["code"], code, "{f}");
+    }
+    ws.send(json!({"type": "send", "room_id": stranger_room, "body": "hi", "client_msg_id": "x"}))
+        .await;
+    let f = ws.next().await;
+    assert_eq!(
+        (f["code"].as_str(), f["ref"].as_str()),
+        (Some("not_a_member"), Some("x"))
+    );
+    assert!(
+        ws.drain().await.is_empty(),
+        "still serving after bad frames"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_without_closing_the_connection() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let mut ws = connect(&app.api, &alice).await;
+    for _ in 0..100 {
+        ws.ws
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .unwrap();
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    while pongs + limited < 100 {
+        match ws.next().await["type"].as_str().unwrap() {
+            "pong" => pongs += 1,
+            "error" => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(limited > 0, "some of 100 instant frames must be refused");
+    assert!(pongs >= 40, "the burst allowance is served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_is_disconnected_and_told_to_resume() {
+    let app = spawn_app_with(|s| s.ws_queue = 16).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "firehose", &[&bob]).await;
+    // Bob connects and then does not read while a few megabytes flow.
+    let mut ws = connect(&app.api, &bob).await;
+    let body = "x".repeat(3_900);
+    let mut senders = Vec::new();
+    for w in 0..8 {
+        let (api, alice, room, body) = (app.api.clone(), alice.clone(), room.clone(), body.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..250 {
+                api.send(&alice, &room, &format!("{w}-{i} {body}")).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    // Now read: what was buffered arrives, then the close frame with the resume code.
+    let close = tokio::time::timeout(DEADLINE, async {
+        while let Some(msg) = ws.ws.next().await {
+            if let Message::Close(frame) = msg.unwrap() {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 4000, "{close:?}");
+    // The client resumes and loses nothing.
+    let mut ws = connect(&app.api, &bob).await;
+    ws.send(json!({"type": "resume", "rooms": {room.clone(): 1}}))
+        .await;
+    let all = ws.events_until(&room, 2001).await;
+    assert_eq!(all.len(), 2000);
+    assert_gapless(&all);
+}
+
+#[tokio::test]
+async fn events_arriving_between_connect_and_resume_stay_in_order() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "race", &[&bob]).await;
+    for i in 0..3 {
+        app.send(&alice, &room, &format!("old {i}")).await;
+    }
+    // Bob connects; new messages are sent before he gets his resume out.
+    let mut ws = connect(&app.api, &bob).await;
+    for i in 0..3 {
+        app.send(&alice, &room, &format!("new {i}")).await;
+    }
+    ws.send(json!({"type": "resume", "rooms": {room.clone(): 1}}))
+        .await;
+    let events = ws.events_until(&room, 7).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (2..=7).collect::<Vec<u64>>(),
+        "replay first, then live, no duplicates"
+    );
+    assert!(ws.drain().await.is_empty());
+}
