@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Auth};
 use crate::config::Settings;
+use crate::live::hub::HubSettings;
+use crate::live::presence::Presence;
 use crate::service::Chat;
 
 /// Whether the server can serve reads that reflect the log: the log answers and the
@@ -55,6 +57,7 @@ pub struct App {
     progress_tx: watch::Sender<u64>,
     chat: Arc<Chat>,
     readiness: Readiness,
+    presence: Presence,
 }
 
 async fn open_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, ReadModels)> {
@@ -108,11 +111,13 @@ impl App {
         );
         let (progress_tx, progress) = Progress::new();
         let head_at_start = log.head().await?;
+        let presence = Presence::default();
         let chat = Arc::new(Chat::new(
             log.clone(),
             models.clone(),
             progress.clone(),
             auth,
+            presence.clone(),
         ));
         let acceptor = TcpListener::bind(settings.listen.to_string())
             .into_acceptor()
@@ -137,6 +142,7 @@ impl App {
             progress_tx,
             chat,
             readiness,
+            presence,
         })
     }
 
@@ -160,14 +166,24 @@ impl App {
             progress_tx,
             chat,
             readiness,
+            presence,
         } = self;
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
         let stop_live = CancellationToken::new();
 
-        let (hub, hub_run) =
-            crate::live::hub::start(log.clone(), &models, settings.ws_queue, stop_live.clone())
-                .await?;
+        let hub_settings = HubSettings {
+            queue: settings.ws_queue,
+            offline_grace: settings.presence_grace(),
+        };
+        let (hub, hub_run) = crate::live::hub::start(
+            log.clone(),
+            &models,
+            presence,
+            hub_settings,
+            stop_live.clone(),
+        )
+        .await?;
         let projector = supervise(
             "projector",
             projector::run(log.clone(), models, progress_tx, stop_projector.clone()),

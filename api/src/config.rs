@@ -68,6 +68,12 @@ pub struct Settings {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub ws_queue: usize,
 
+    /// How long a user stays shown online after their last connection closed, in
+    /// milliseconds (so a reconnecting client does not flap).
+    #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5000, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub presence_grace_ms: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -95,6 +101,10 @@ impl Settings {
 
     pub fn read_models_path(&self) -> PathBuf {
         self.data_dir.join("readmodels.db")
+    }
+
+    pub fn presence_grace(&self) -> Duration {
+        Duration::from_millis(self.presence_grace_ms)
     }
 
     pub fn access_token_ttl(&self) -> Duration {

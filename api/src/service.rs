@@ -25,6 +25,7 @@ use schema::{
 use uuid::Uuid;
 
 use crate::auth::{self, Auth};
+use crate::live::presence::Presence;
 
 /// How long a command waits for the projections before answering anyway (the command is
 /// durable either way; only the caller's next read could then be stale).
@@ -54,6 +55,9 @@ pub enum ServiceError {
     /// The read models failed.
     #[error(transparent)]
     ReadModel(#[from] projector::Error),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// Anything else: a bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,11 +96,18 @@ pub struct Tokens {
     pub user_id: UserId,
 }
 
+/// Someone, with whether they are online right now.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub user: UserView,
+    pub online: bool,
+}
+
 /// A room with its members.
 #[derive(Debug, Clone)]
 pub struct RoomDetail {
     pub summary: RoomSummary,
-    pub members: Vec<UserView>,
+    pub members: Vec<Person>,
 }
 
 /// Where a sent message landed.
@@ -135,6 +146,7 @@ pub struct Chat {
     models: ReadModels,
     progress: Progress,
     auth: Auth,
+    presence: Presence,
     /// Room aggregates by id. Commands on one room run one at a time on this node (the slot's
     /// lock), so they do not conflict with each other; other nodes are caught by the expected
     /// version.
@@ -163,12 +175,19 @@ fn to_new(events: &[Event]) -> Vec<NewEvent> {
 }
 
 impl Chat {
-    pub fn new(log: Arc<dyn EventLog>, models: ReadModels, progress: Progress, auth: Auth) -> Self {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        models: ReadModels,
+        progress: Progress,
+        auth: Auth,
+        presence: Presence,
+    ) -> Self {
         Self {
             log,
             models,
             progress,
             auth,
+            presence,
             rooms: Mutex::new(HashMap::new()),
         }
     }
@@ -293,7 +312,8 @@ impl Chat {
         Ok(executed)
     }
 
-    async fn await_projection(&self, position: u64) {
+    /// Waits (boundedly) until the read models reflect the log up to `position`.
+    pub async fn await_projection(&self, position: u64) {
         if let Err(e) = self
             .progress
             .wait_for(position, READ_YOUR_WRITES_TIMEOUT)
@@ -484,11 +504,27 @@ impl Chat {
             .await
     }
 
-    pub async fn friends(&self, actor: UserId) -> Result<Vec<UserView>> {
-        Ok(self
+    pub async fn friends(&self, actor: UserId) -> Result<Vec<Person>> {
+        let friends = self
             .models
             .read(move |c| queries::friends(c, actor))
-            .await?)
+            .await?;
+        Ok(self.with_presence(friends))
+    }
+
+    fn with_presence(&self, users: Vec<UserView>) -> Vec<Person> {
+        users
+            .into_iter()
+            .map(|user| Person {
+                online: self.presence.is_online(user.user_id),
+                user,
+            })
+            .collect()
+    }
+
+    /// Who is online (as announced to their contacts).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<UserView>> {
@@ -569,15 +605,10 @@ impl Chat {
             .await?)
     }
 
-    /// A room stream's events from `from_version` on, straight from the log (live catch-up
-    /// must not wait for the projections).
-    pub async fn log_read(
-        &self,
-        stream: &str,
-        from_version: u64,
-        limit: usize,
-    ) -> Result<Vec<eventlog::RecordedEvent>> {
-        Ok(self.log.read_stream(stream, from_version, limit).await?)
+    /// The event log, for live delivery's catch-up reads (which must not wait for the
+    /// projections).
+    pub fn log(&self) -> &dyn EventLog {
+        self.log.as_ref()
     }
 
     /// Refuses unless the room exists (404) and `actor` is a member (403).
@@ -605,7 +636,10 @@ impl Chat {
             .read(move |c| Ok((queries::room(c, room, actor)?, queries::members(c, room)?)))
             .await?;
         let summary = summary.ok_or(DomainError::NotFound("room"))?;
-        Ok(RoomDetail { summary, members })
+        Ok(RoomDetail {
+            summary,
+            members: self.with_presence(members),
+        })
     }
 
     pub async fn invite(&self, actor: UserId, room: RoomId, users: Vec<UserId>) -> Result<()> {
@@ -730,12 +764,17 @@ impl Chat {
         Ok(())
     }
 
-    /// Unread counts of the caller's rooms that have any, and their total.
-    pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
-        let counts = self
+    /// Unread counts of every room of the caller's.
+    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, u64)>> {
+        Ok(self
             .models
             .read(move |c| queries::unread_counts(c, actor))
-            .await?;
+            .await?)
+    }
+
+    /// Unread counts of the caller's rooms that have any, and their total.
+    pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
+        let counts = self.unread_by_room(actor).await?;
         let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
         Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
     }

@@ -104,6 +104,11 @@ impl From<ServiceError> for ApiError {
                 "contention",
                 "the resource changed too often meanwhile; retry",
             ),
+            ServiceError::ShuttingDown => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; retry",
+            ),
             ServiceError::Log(e) if e.kind() == eventlog::ErrorKind::Closed => Self::new(
                 S::SERVICE_UNAVAILABLE,
                 "shutting_down",

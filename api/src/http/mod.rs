@@ -11,11 +11,13 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 use schema::UserId;
 
+use crate::live::Hub;
 use crate::service::Chat;
 
 mod accounts;
 pub mod error;
 mod friends;
+mod live;
 mod messages;
 mod models;
 mod rooms;
@@ -32,6 +34,8 @@ enum Tag {
     Messages,
     /// Your friend list.
     Friends,
+    /// Live delivery: the WebSocket and the notification stream.
+    Live,
 }
 
 /// The authenticated caller.
@@ -68,15 +72,22 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem:
     next.call(req).await.map(IntoResponse::into_response)
 }
 
-type Apis = (accounts::Api, friends::Api, rooms::Api, messages::Api);
+type Apis = (
+    accounts::Api,
+    friends::Api,
+    rooms::Api,
+    messages::Api,
+    live::Api,
+);
 
-pub fn api_service(chat: Arc<Chat>) -> OpenApiService<Apis, ()> {
+pub fn api_service(chat: Arc<Chat>, hub: Hub) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             accounts::Api { chat: chat.clone() },
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
-            messages::Api { chat },
+            messages::Api { chat: chat.clone() },
+            live::Api { chat, hub },
         ),
         "chatd",
         env!("CARGO_PKG_VERSION"),
@@ -110,15 +121,14 @@ async fn readyz(req: &Request) -> Response {
 /// The whole HTTP application.
 pub fn routes(
     chat: Arc<Chat>,
-    hub: crate::live::Hub,
+    hub: Hub,
     readiness: crate::app::Readiness,
     max_body: usize,
 ) -> impl Endpoint {
-    let api = api_service(chat.clone());
+    let api = api_service(chat.clone(), hub);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     Route::new()
-        .at("/v1/ws", crate::live::ws::ws)
         .nest("/v1", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui)
@@ -127,7 +137,6 @@ pub fn routes(
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
         .data(chat)
-        .data(hub)
         .data(readiness)
         .with(CatchPanic::new())
         .catch_all_error(error::render_framework_error)

@@ -12,7 +12,7 @@ use projector::queries::{MessageView, RoomSummary, UserView};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::service::{Changed, RoomDetail, Sent, Tokens};
+use crate::service::{Changed, Person, RoomDetail, Sent, Tokens};
 
 /// A JSON string and nothing else. poem-openapi's `String` also accepts numbers and booleans
 /// (`{"name": 1}` would become "1"); request fields use this so a wrong type is a 400.
@@ -135,8 +135,8 @@ pub struct Member {
     pub user_id: Uuid,
     pub username: String,
     pub display_name: String,
-    /// Whether the user has a live connection (presence arrives with live delivery; until
-    /// then always false).
+    /// Whether the user has a live connection (WebSocket or SSE) on any device. Changes are
+    /// pushed to friends and room members as `presence` frames.
     pub online: bool,
 }
 
@@ -247,13 +247,13 @@ pub struct RoomWithMembers {
     pub members: Vec<Member>,
 }
 
-impl From<UserView> for Member {
-    fn from(u: UserView) -> Self {
+impl From<Person> for Member {
+    fn from(p: Person) -> Self {
         Self {
-            user_id: u.user_id.0,
-            username: u.username,
-            display_name: u.display_name,
-            online: false,
+            user_id: p.user.user_id.0,
+            username: p.user.username,
+            display_name: p.user.display_name,
+            online: p.online,
         }
     }
 }

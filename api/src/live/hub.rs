@@ -1,17 +1,21 @@
-//! The fan-out hub: one task owns every live connection and the membership of every room.
+//! The fan-out hub: one task owns every live connection, the membership of every room, who
+//! follows whom (friend lists) and who is online.
 //!
 //! It consumes the log (events arrive once durable) and, for each room event, serialises one
-//! frame and hands the shared bytes to every connection of every member. Membership is kept
-//! from the same events (a snapshot of the read models at their checkpoint, then the log from
-//! that checkpoint), so a connection follows rooms its user joins or leaves while connected.
+//! frame and hands the shared bytes to every connection of every member. Membership and friend
+//! lists are kept from the same events (a snapshot of the read models at their checkpoint, then
+//! the log from that checkpoint), so a connection follows rooms its user joins or leaves while
+//! connected.
 //!
-//! Each connection has a bounded queue. A connection whose queue is full is dropped with
-//! [`Disconnect::TooSlow`]; its client resumes from its last seq and loses nothing, and the
-//! server's memory stays bounded.
+//! Each connection has a bounded queue. A connection whose queue is full when a durable event
+//! must go out is dropped with [`Disconnect::TooSlow`]; its client resumes from its last seq and
+//! loses nothing, and the server's memory stays bounded. Ephemeral frames (typing, presence)
+//! are simply not queued for a full connection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use eventlog::EventLog;
 use futures::StreamExt;
@@ -22,7 +26,11 @@ use schema::{RoomId, UserId, streams};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::frames::EventFrame;
+use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
+use super::presence::Presence;
+
+/// A user's typing is forwarded at most once per this interval per room.
+pub const TYPING_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the hub let go of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,21 +64,60 @@ impl DisconnectReason {
 
 type ConnId = u64;
 
-/// What a registered connection receives.
+/// What kind of client a connection serves: SSE clients get notifications only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    WebSocket,
+    Sse,
+}
+
+/// What the hub hands a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A durable room event.
+    Event(EventFrame),
+    /// An ephemeral frame (typing, presence), ready to send.
+    Notice(Arc<str>),
+    /// The user's read marker moved (on any device): their unread counts may have changed
+    /// once the read models reach `position`.
+    ReadMoved { position: u64 },
+}
+
+/// A registered connection. Dropping it unregisters (and may start the offline grace).
 #[derive(Debug)]
 pub struct Registration {
-    pub frames: mpsc::Receiver<EventFrame>,
+    pub frames: mpsc::Receiver<Outbound>,
     pub reason: Arc<DisconnectReason>,
-    pub id: ConnId,
+    id: ConnId,
+    hub: Hub,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let (hub, id) = (self.hub.clone(), self.id);
+        if hub.commands.try_send(Command::Unregister { id }).is_err()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = hub.commands.send(Command::Unregister { id }).await;
+            });
+        }
+    }
 }
 
 enum Command {
     Register {
         user: UserId,
-        reply: oneshot::Sender<Registration>,
+        kind: ConnKind,
+        reply: oneshot::Sender<(ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>)>,
     },
     Unregister {
         id: ConnId,
+    },
+    Typing {
+        user: UserId,
+        room: RoomId,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -85,6 +132,7 @@ impl std::fmt::Debug for Command {
         match self {
             Self::Register { user, .. } => write!(f, "Register({user})"),
             Self::Unregister { id } => write!(f, "Unregister({id})"),
+            Self::Typing { user, room, .. } => write!(f, "Typing({user}, {room})"),
         }
     }
 }
@@ -92,23 +140,41 @@ impl std::fmt::Debug for Command {
 impl Hub {
     /// Registers a live connection of `user`: from now on it receives every event of every
     /// room the user belongs to. `None` when the hub has stopped.
-    pub async fn register(&self, user: UserId) -> Option<Registration> {
+    pub async fn register(&self, user: UserId, kind: ConnKind) -> Option<Registration> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Register { user, reply })
+            .send(Command::Register { user, kind, reply })
             .await
             .ok()?;
-        rx.await.ok()
+        let (id, frames, reason) = rx.await.ok()?;
+        Some(Registration {
+            frames,
+            reason,
+            id,
+            hub: self.clone(),
+        })
     }
 
-    pub async fn unregister(&self, id: ConnId) {
-        let _ = self.commands.send(Command::Unregister { id }).await;
+    /// Tells the other members of `room` that `user` is typing (coalesced). False when the
+    /// user is not a member (as far as the hub knows).
+    pub async fn typing(&self, user: UserId, room: RoomId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Typing { user, room, reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 }
 
 struct Conn {
     user: UserId,
-    out: mpsc::Sender<EventFrame>,
+    kind: ConnKind,
+    out: mpsc::Sender<Outbound>,
     reason: Arc<DisconnectReason>,
 }
 
@@ -118,24 +184,77 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     members: HashMap<RoomId, HashSet<UserId>>,
+    rooms_of: HashMap<UserId, HashSet<RoomId>>,
+    /// user → the users who have them on their friend list.
+    followers: HashMap<UserId, HashSet<UserId>>,
+    presence: Presence,
+    offline_grace: Duration,
+    /// Users whose last connection closed, in the order their grace ends.
+    going_offline: VecDeque<(Instant, UserId)>,
+    typing_last: HashMap<(RoomId, UserId), Instant>,
+}
+
+enum Delivery {
+    /// Must arrive: a full queue disconnects the client (it resumes from the log).
+    Durable,
+    /// May be skipped for a full queue.
+    Ephemeral,
 }
 
 impl State {
-    fn drop_conn(&mut self, id: ConnId, reason: Disconnect) {
-        if let Some(conn) = self.conns.remove(&id) {
-            conn.reason.set(reason);
-            if let Some(ids) = self.by_user.get_mut(&conn.user) {
-                ids.retain(|c| *c != id);
-                if ids.is_empty() {
-                    self.by_user.remove(&conn.user);
+    fn send(&self, id: ConnId, item: Outbound, delivery: Delivery, slow: &mut Vec<ConnId>) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        match conn.out.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if matches!(delivery, Delivery::Durable) {
+                    slow.push(id);
                 }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => slow.push(id),
+        }
+    }
+
+    fn drop_slow(&mut self, slow: Vec<ConnId>) {
+        for id in slow {
+            let closed = self.conns.get(&id).is_some_and(|c| c.out.is_closed());
+            if !closed {
+                tracing::info!(conn = id, "disconnecting a client that cannot keep up");
+            }
+            let reason = if closed {
+                Disconnect::None
+            } else {
+                Disconnect::TooSlow
+            };
+            self.drop_conn(id, reason);
+        }
+    }
+
+    fn drop_conn(&mut self, id: ConnId, reason: Disconnect) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        conn.reason.set(reason);
+        let Some(ids) = self.by_user.get_mut(&conn.user) else {
+            return;
+        };
+        ids.retain(|c| *c != id);
+        if ids.is_empty() {
+            self.by_user.remove(&conn.user);
+            if reason == Disconnect::Shutdown {
+                self.presence.set(conn.user, false);
+            } else {
+                self.going_offline
+                    .push_back((Instant::now() + self.offline_grace, conn.user));
             }
         }
     }
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Register { user, reply } => {
+            Command::Register { user, kind, reply } => {
                 let id = self.next_id;
                 self.next_id += 1;
                 let (out, frames) = mpsc::channel(self.queue);
@@ -144,17 +263,121 @@ impl State {
                     id,
                     Conn {
                         user,
+                        kind,
                         out,
                         reason: reason.clone(),
                     },
                 );
                 self.by_user.entry(user).or_default().push(id);
-                if reply.send(Registration { frames, reason, id }).is_err() {
+                if reply.send((id, frames, reason)).is_err() {
                     self.drop_conn(id, Disconnect::None);
+                } else if self.presence.set(user, true) {
+                    self.announce(user, true);
                 }
             }
             Command::Unregister { id } => self.drop_conn(id, Disconnect::None),
+            Command::Typing { user, room, reply } => {
+                let member = self.members.get(&room).is_some_and(|m| m.contains(&user));
+                let _ = reply.send(member);
+                if member {
+                    self.typing(user, room);
+                }
+            }
         }
+    }
+
+    /// The connected users who see `user`'s presence: their followers and the members of
+    /// their rooms.
+    fn watchers(&self, user: UserId) -> HashSet<UserId> {
+        let mut watchers: HashSet<UserId> = self
+            .followers
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter(|u| self.by_user.contains_key(u))
+            .copied()
+            .collect();
+        for room in self.rooms_of.get(&user).into_iter().flatten() {
+            for member in self.members.get(room).into_iter().flatten() {
+                if self.by_user.contains_key(member) {
+                    watchers.insert(*member);
+                }
+            }
+        }
+        watchers.remove(&user);
+        watchers
+    }
+
+    /// Sends an ephemeral frame to the WebSocket connections of `users`.
+    fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Arc<str>) {
+        let mut slow = Vec::new();
+        for user in users {
+            for &id in self.by_user.get(&user).into_iter().flatten() {
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.kind == ConnKind::WebSocket)
+                {
+                    self.send(
+                        id,
+                        Outbound::Notice(text.clone()),
+                        Delivery::Ephemeral,
+                        &mut slow,
+                    );
+                }
+            }
+        }
+        self.drop_slow(slow);
+    }
+
+    fn announce(&mut self, user: UserId, online: bool) {
+        let text: Arc<str> = ServerFrame::Presence(PresenceFrame {
+            user_id: user.0,
+            online,
+        })
+        .text()
+        .into();
+        let watchers = self.watchers(user);
+        self.notify(watchers, &text);
+    }
+
+    /// Announces offline the users whose grace has ended without a new connection.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, user)) = self.going_offline.front() {
+            if at > now {
+                break;
+            }
+            self.going_offline.pop_front();
+            if !self.by_user.contains_key(&user) && self.presence.set(user, false) {
+                self.announce(user, false);
+            }
+        }
+        self.typing_last
+            .retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+    }
+
+    fn typing(&mut self, user: UserId, room: RoomId) {
+        let now = Instant::now();
+        match self.typing_last.get(&(room, user)) {
+            Some(at) if now.duration_since(*at) < TYPING_EVERY => return,
+            _ => {}
+        }
+        self.typing_last.insert((room, user), now);
+        let text: Arc<str> = ServerFrame::Typing(TypingFrame {
+            room_id: room.0,
+            user_id: user.0,
+        })
+        .text()
+        .into();
+        let others: Vec<UserId> = self
+            .members
+            .get(&room)
+            .into_iter()
+            .flatten()
+            .filter(|m| **m != user && self.by_user.contains_key(m))
+            .copied()
+            .collect();
+        self.notify(others, &text);
     }
 
     fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent) {
@@ -164,37 +387,34 @@ impl State {
         let mut frame = None;
         let mut slow = Vec::new();
         for user in members {
-            for id in self.by_user.get(user).into_iter().flatten() {
+            for &id in self.by_user.get(user).into_iter().flatten() {
                 let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded));
-                if let Some(conn) = self.conns.get(id) {
-                    match conn.out.try_send(frame.clone()) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => slow.push(*id),
-                        Err(mpsc::error::TrySendError::Closed(_)) => slow.push(*id),
-                    }
-                }
+                self.send(
+                    id,
+                    Outbound::Event(frame.clone()),
+                    Delivery::Durable,
+                    &mut slow,
+                );
             }
         }
-        for id in slow {
-            let closed = self.conns.get(&id).is_some_and(|c| c.out.is_closed());
-            if !closed {
-                tracing::info!(conn = id, "disconnecting a client that cannot keep up");
-            }
-            self.drop_conn(
-                id,
-                if closed {
-                    Disconnect::None
-                } else {
-                    Disconnect::TooSlow
-                },
-            );
+        self.drop_slow(slow);
+    }
+
+    fn join(&mut self, room: RoomId, user: UserId) {
+        self.members.entry(room).or_default().insert(user);
+        self.rooms_of.entry(user).or_default().insert(room);
+    }
+
+    fn leave(&mut self, room: RoomId, user: UserId) {
+        if let Some(m) = self.members.get_mut(&room) {
+            m.remove(&user);
+        }
+        if let Some(r) = self.rooms_of.get_mut(&user) {
+            r.remove(&room);
         }
     }
 
     fn apply(&mut self, recorded: &eventlog::RecordedEvent) {
-        let Some(room) = streams::room_of(&recorded.stream) else {
-            return;
-        };
         let event = match Event::decode(
             &recorded.event_type,
             recorded.schema_version,
@@ -206,31 +426,61 @@ impl State {
                 return;
             }
         };
+        let Some(room) = streams::room_of(&recorded.stream) else {
+            match event {
+                Event::FriendAdded { friend_id } => {
+                    if let Some(user) = streams::user_of(&recorded.stream) {
+                        self.followers.entry(friend_id).or_default().insert(user);
+                    }
+                }
+                Event::FriendRemoved { friend_id } => {
+                    if let (Some(user), Some(f)) = (
+                        streams::user_of(&recorded.stream),
+                        self.followers.get_mut(&friend_id),
+                    ) {
+                        f.remove(&user);
+                    }
+                }
+                Event::ReadMarkerMoved { user_id, .. } => {
+                    let mut slow = Vec::new();
+                    for &id in self.by_user.get(&user_id).into_iter().flatten() {
+                        let item = Outbound::ReadMoved {
+                            position: recorded.position,
+                        };
+                        self.send(id, item, Delivery::Durable, &mut slow);
+                    }
+                    self.drop_slow(slow);
+                }
+                _ => {}
+            }
+            return;
+        };
         // Joins take effect before delivery (the newcomer sees their join), leaves after (the
         // leaver sees their leave).
         match &event {
             Event::RoomCreated { members, .. } => {
-                self.members
-                    .entry(room)
-                    .or_default()
-                    .extend(members.iter().copied());
+                for user in members {
+                    self.join(room, *user);
+                }
             }
-            Event::MemberJoined { user_id, .. } => {
-                self.members.entry(room).or_default().insert(*user_id);
-            }
+            Event::MemberJoined { user_id, .. } => self.join(room, *user_id),
             _ => {}
         }
         self.deliver(room, recorded);
-        if let (Event::MemberLeft { user_id }, Some(m)) = (&event, self.members.get_mut(&room)) {
-            m.remove(user_id);
+        if let Event::MemberLeft { user_id } = event {
+            self.leave(room, user_id);
         }
     }
 }
 
-/// Memberships and the position they reflect, read in one snapshot.
-fn snapshot(
-    c: &rusqlite::Connection,
-) -> projector::Result<(u64, HashMap<RoomId, HashSet<UserId>>)> {
+struct Snapshot {
+    position: u64,
+    members: Vec<(RoomId, UserId)>,
+    friends: Vec<(UserId, UserId)>,
+}
+
+/// Memberships, friend lists and the position they reflect, read in one snapshot.
+fn snapshot(c: &rusqlite::Connection) -> projector::Result<Snapshot> {
     let tx = c.unchecked_transaction()?;
     let position: Option<i64> = tx
         .query_row(
@@ -239,44 +489,74 @@ fn snapshot(
             |r| r.get(0),
         )
         .optional()?;
-    let mut members: HashMap<RoomId, HashSet<UserId>> = HashMap::new();
-    {
-        let mut stmt = tx.prepare("SELECT room_id, user_id FROM members")?;
-        let rows = stmt.query_map([], |r| Ok((RoomId(r.get(0)?), UserId(r.get(1)?))))?;
-        for row in rows {
-            let (room, user) = row?;
-            members.entry(room).or_default().insert(user);
-        }
-    }
+    let members = tx
+        .prepare("SELECT room_id, user_id FROM members")?
+        .query_map([], |r| Ok((RoomId(r.get(0)?), UserId(r.get(1)?))))?
+        .collect::<rusqlite::Result<_>>()?;
+    let friends = tx
+        .prepare("SELECT user_id, friend_id FROM friends")?
+        .query_map([], |r| Ok((UserId(r.get(0)?), UserId(r.get(1)?))))?
+        .collect::<rusqlite::Result<_>>()?;
     tx.commit()?;
-    Ok((position.map_or(0, |p| p as u64), members))
+    Ok(Snapshot {
+        position: position.map_or(0, |p| p as u64),
+        members,
+        friends,
+    })
+}
+
+/// How the hub is set up.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Frames queued per connection before it counts as too slow.
+    pub queue: usize,
+    /// How long a user stays announced online after their last connection closed.
+    pub offline_grace: Duration,
 }
 
 /// Starts the hub: returns its handle and the task to run until `shutdown`.
 pub async fn start(
     log: Arc<dyn EventLog>,
     models: &ReadModels,
-    queue: usize,
+    presence: Presence,
+    settings: HubSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(
     Hub,
     impl Future<Output = anyhow::Result<()>> + Send + 'static,
 )> {
-    let (position, members) = models.read(snapshot).await?;
+    let snap = models.read(snapshot).await?;
     let (tx, mut commands) = mpsc::channel(1024);
     let mut state = State {
-        queue,
+        queue: settings.queue,
         next_id: 1,
         conns: HashMap::new(),
         by_user: HashMap::new(),
-        members,
+        members: HashMap::new(),
+        rooms_of: HashMap::new(),
+        followers: HashMap::new(),
+        presence,
+        offline_grace: settings.offline_grace,
+        going_offline: VecDeque::new(),
+        typing_last: HashMap::new(),
     };
+    for (room, user) in snap.members {
+        state.join(room, user);
+    }
+    for (user, friend) in snap.friends {
+        state.followers.entry(friend).or_default().insert(user);
+    }
+    let position = snap.position;
+    let tick_every = (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY);
     let run = async move {
         let mut events = log.subscribe(position);
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                _ = tick.tick() => state.expire(Instant::now()),
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
                     Some(Ok(recorded)) => state.apply(&recorded),

@@ -1,7 +1,10 @@
-//! Live delivery: the fan-out hub and the WebSocket endpoint.
+//! Live delivery: the fan-out hub, presence, the WebSocket endpoint and the SSE stream.
 
 pub mod frames;
 pub mod hub;
+pub mod presence;
+pub mod sse;
+mod unread;
 pub mod ws;
 
 pub use hub::Hub;

@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use poem::web::Data;
-use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketStream};
-use poem::{IntoResponse, Request, Response, handler};
+use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use schema::{MessageBody, RoomId, UserId, streams};
-use serde_json::json;
 
-use super::frames::{self, ClientFrame, EventFrame};
-use super::hub::{Disconnect, Hub};
+use super::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
+use super::hub::{ConnKind, Disconnect, Hub, Outbound};
+use super::unread::{self, UnreadPush};
 use crate::http::ApiError;
 use crate::service::{Chat, ServiceError};
 
@@ -36,43 +34,20 @@ const CATCH_UP_PAGE: usize = 500;
 /// that says nothing goes live after this long.
 const RESUME_GRACE: Duration = Duration::from_secs(2);
 
-fn token(req: &Request) -> Option<String> {
-    if let Some(h) = req.header("authorization") {
-        return h.strip_prefix("Bearer ").map(str::to_owned);
+/// Serves an upgraded socket of an authenticated user.
+pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, stream: WebSocketStream) {
+    if let Err(e) = Connection::run(chat, hub, user, stream).await {
+        tracing::debug!(error = %e, "websocket ended with an error");
     }
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("access_token=").map(str::to_owned))
-}
-
-/// Authenticates at the upgrade: no or a bad token is a 401, never a served socket.
-#[handler]
-pub async fn ws(
-    req: &Request,
-    socket: WebSocket,
-    chat: Data<&Arc<Chat>>,
-    hub: Data<&Hub>,
-) -> Response {
-    let Some(claims) = token(req).and_then(|t| chat.auth().verify_access(&t)) else {
-        return ApiError::unauthorized("a valid access token is required (header or access_token)")
-            .into_response();
-    };
-    let (chat, hub, user) = (chat.0.clone(), hub.0.clone(), UserId(claims.sub));
-    socket
-        .on_upgrade(move |stream| async move {
-            if let Err(e) = Connection::run(chat, hub, user, stream).await {
-                tracing::debug!(error = %e, "websocket ended with an error");
-            }
-        })
-        .into_response()
 }
 
 struct Connection {
     chat: Arc<Chat>,
+    hub: Hub,
     user: UserId,
     /// Last seq sent per room; rooms not present start live.
     sent: HashMap<RoomId, u64>,
+    unread: UnreadPush,
     tokens: f64,
     refilled: Instant,
 }
@@ -87,74 +62,121 @@ impl Connection {
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
         let (mut sink, mut incoming) = stream.split();
-        let Some(mut reg) = hub.register(user).await else {
+        let Some(mut reg) = hub.register(user, ConnKind::WebSocket).await else {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
         };
         let mut conn = Connection {
             chat,
+            hub,
             user,
             sent: HashMap::new(),
+            unread: UnreadPush::default(),
             tokens: BURST,
             refilled: Instant::now(),
         };
+        // The first unread push is the baseline: every room with unread messages.
+        conn.unread.mark(0);
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_heard = Instant::now();
         let mut live = false;
         let grace = tokio::time::sleep(RESUME_GRACE);
         tokio::pin!(grace);
-        let result = loop {
+        let flush = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush);
+        let mut flush_armed = false;
+        loop {
+            if live && !flush_armed && conn.unread.is_dirty() {
+                flush
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + unread::COALESCE);
+                flush_armed = true;
+            }
             tokio::select! {
                 () = &mut grace, if !live => live = true,
-                frame = reg.frames.recv(), if live => match frame {
-                    Some(frame) => {
-                        if let Err(e) = conn.forward(&mut sink, frame).await {
-                            break Err(e);
-                        }
-                    }
+                () = &mut flush, if flush_armed => {
+                    flush_armed = false;
+                    conn.push_unread(&mut sink).await?;
+                }
+                item = reg.frames.recv(), if live => match item {
+                    Some(item) => conn.outbound(&mut sink, item).await?,
                     None => {
                         let (code, why) = match reg.reason.get() {
                             Disconnect::TooSlow => (CLOSE_RESUME, "too slow: reconnect and resume"),
                             _ => (u16::from(CloseCode::Restart), "server is restarting: resume"),
                         };
                         close(&mut sink, code, why).await;
-                        break Ok(());
+                        return Ok(());
                     }
                 },
                 message = incoming.next() => {
                     last_heard = Instant::now();
                     match message {
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(e) = conn.on_text(&mut sink, &text).await {
-                                break Err(e);
+                            // Whatever was queued before this frame goes out before its
+                            // answer (a `ping` is a barrier).
+                            while live && let Ok(item) = reg.frames.try_recv() {
+                                conn.outbound(&mut sink, item).await?;
                             }
+                            conn.on_text(&mut sink, &text).await?;
                             live = true;
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            conn.reply(&mut sink, frames::error(None, "bad_frame", "frames are JSON text")).await?;
+                            conn.reply(&mut sink, ServerFrame::error(None, "bad_frame", "frames are JSON text")).await?;
                         }
-                        Some(Ok(Message::Close(_))) | None => break Ok(()),
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
                         Some(Ok(_)) => {} // ping/pong: the library answers pings
-                        Some(Err(e)) => break Err(e.into()),
+                        Some(Err(e)) => return Err(e.into()),
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > IDLE_LIMIT {
                         close(&mut sink, u16::from(CloseCode::Away), "no traffic: presumed dead").await;
-                        break Ok(());
+                        return Ok(());
                     }
                     if sink.send(Message::Ping(Vec::new())).await.is_err() {
-                        break Ok(());
+                        return Ok(());
                     }
                 }
             }
-        };
-        hub.unregister(reg.id).await;
-        result
+        }
     }
 
-    async fn reply(&self, sink: &mut Sink, text: String) -> anyhow::Result<()> {
-        sink.send(Message::Text(text)).await?;
+    async fn reply(&self, sink: &mut Sink, frame: ServerFrame) -> anyhow::Result<()> {
+        sink.send(Message::Text(frame.text())).await?;
+        Ok(())
+    }
+
+    async fn outbound(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<()> {
+        match item {
+            Outbound::Event(frame) => {
+                if frame.touches_unread_of(self.user) {
+                    self.unread.mark(frame.position);
+                }
+                self.forward(sink, frame).await
+            }
+            Outbound::Notice(text) => {
+                sink.send(Message::Text(text.to_string())).await?;
+                Ok(())
+            }
+            Outbound::ReadMoved { position } => {
+                self.unread.mark(position);
+                Ok(())
+            }
+        }
+    }
+
+    async fn push_unread(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
+        let frames = match self.unread.changes(&self.chat, self.user).await {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read unread counts for a push");
+                return Ok(());
+            }
+        };
+        for frame in frames {
+            self.reply(sink, ServerFrame::Unread(frame)).await?;
+        }
         Ok(())
     }
 
@@ -185,7 +207,11 @@ impl Connection {
         let stream = streams::room(room);
         let mut next = after + 1;
         loop {
-            let page = self.chat.log_read(&stream, next, CATCH_UP_PAGE).await?;
+            let page = self
+                .chat
+                .log()
+                .read_stream(&stream, next, CATCH_UP_PAGE)
+                .await?;
             let n = page.len();
             for recorded in page {
                 if until.is_some_and(|u| recorded.version > u) {
@@ -218,25 +244,24 @@ impl Connection {
     async fn on_text(&mut self, sink: &mut Sink, text: &str) -> anyhow::Result<()> {
         if !self.allow() {
             return self
-                .reply(sink, frames::error(None, "rate_limited", "slow down"))
+                .reply(sink, ServerFrame::error(None, "rate_limited", "slow down"))
                 .await;
         }
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 return self
-                    .reply(sink, frames::error(None, e.code, &e.detail))
+                    .reply(sink, ServerFrame::error(None, e.code, &e.detail))
                     .await;
             }
         };
         match frame {
-            ClientFrame::Ping => self.reply(sink, frames::pong()).await,
-            ClientFrame::Resume { rooms } => {
-                for (room, after) in rooms {
+            ClientFrame::Ping(_) => self.reply(sink, ServerFrame::Pong(PongFrame {})).await,
+            ClientFrame::Resume(resume) => {
+                for (room, after) in resume.rooms {
+                    let room = RoomId(room);
                     if let Err(e) = self.chat.require_member(self.user, room).await {
-                        let (code, detail) = problem(e);
-                        self.reply(sink, frames::error(Some(&room.to_string()), &code, &detail))
-                            .await?;
+                        self.reply(sink, refusal(room.to_string(), e)).await?;
                         continue;
                     }
                     let from = self.sent.get(&room).copied().unwrap_or(after).max(after);
@@ -245,56 +270,54 @@ impl Connection {
                 }
                 Ok(())
             }
-            ClientFrame::Send {
-                room_id,
-                body,
-                client_msg_id,
-            } => {
+            ClientFrame::Send(send) => {
                 let result = match (
-                    MessageBody::parse(&body),
-                    schema::values::parse_client_msg_id(&client_msg_id),
+                    MessageBody::parse(&send.body),
+                    schema::values::parse_client_msg_id(&send.client_msg_id),
                 ) {
                     (Ok(body), Ok(key)) => {
                         self.chat
-                            .send(self.user, room_id, body, Some(key.to_owned()))
+                            .send(self.user, RoomId(send.room_id), body, Some(key.to_owned()))
                             .await
                     }
                     (Err(e), _) | (_, Err(e)) => Err(e.into()),
                 };
-                let text = match result {
-                    Ok(sent) => json!({"type": "ack", "client_msg_id": client_msg_id,
-                        "message_id": sent.message_id, "seq": sent.seq})
-                    .to_string(),
-                    Err(e) => {
-                        let (code, detail) = problem(e);
-                        frames::error(Some(&client_msg_id), &code, &detail)
-                    }
+                let frame = match result {
+                    Ok(sent) => ServerFrame::Ack(AckFrame {
+                        client_msg_id: send.client_msg_id,
+                        message_id: sent.message_id.0,
+                        seq: sent.seq,
+                    }),
+                    Err(e) => refusal(send.client_msg_id, e),
                 };
-                self.reply(sink, text).await
+                self.reply(sink, frame).await
             }
-            ClientFrame::Read { room_id, seq } => {
-                match self.chat.mark_read(self.user, room_id, seq).await {
+            ClientFrame::Read(read) => {
+                let room = RoomId(read.room_id);
+                match self.chat.mark_read(self.user, room, read.seq).await {
                     Ok(()) => Ok(()),
-                    Err(e) => {
-                        let (code, detail) = problem(e);
-                        self.reply(
-                            sink,
-                            frames::error(Some(&room_id.to_string()), &code, &detail),
-                        )
-                        .await
-                    }
+                    Err(e) => self.reply(sink, refusal(room.to_string(), e)).await,
                 }
             }
-            // Typing indicators arrive with presence (issue 4, next step); accepted and ignored.
-            ClientFrame::Typing { .. } => Ok(()),
+            ClientFrame::Typing(typing) => {
+                let room = RoomId(typing.room_id);
+                if self.hub.typing(self.user, room).await {
+                    return Ok(());
+                }
+                // Not a member as far as the hub knows: answer as the REST API would.
+                match self.chat.require_member(self.user, room).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.reply(sink, refusal(room.to_string(), e)).await,
+                }
+            }
         }
     }
 }
 
-/// The stable code and detail the REST API would give for this error.
-fn problem(e: ServiceError) -> (String, String) {
+/// An `error` frame with the stable code and detail the REST API would give for `e`.
+fn refusal(reference: String, e: ServiceError) -> ServerFrame {
     let ApiError::Problem(_, p) = ApiError::from(e);
-    (p.0.code, p.0.detail)
+    ServerFrame::error(Some(reference), &p.0.code, &p.0.detail)
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &str) {

@@ -60,6 +60,8 @@ async fn health_readiness_and_the_openapi_document() {
         ("/v1/friends", "get"),
         ("/v1/friends/{user_id}", "put"),
         ("/v1/friends/{user_id}", "delete"),
+        ("/v1/ws", "get"),
+        ("/v1/notifications", "get"),
     ] {
         let op = &paths
             .get(path)
@@ -73,6 +75,51 @@ async fn health_readiness_and_the_openapi_document() {
     }
     assert!(spec["components"]["schemas"]["Problem"]["properties"]["code"].is_object());
     assert!(spec["components"]["securitySchemes"]["BearerAuth"].is_object());
+
+    // The live endpoints: a 101 carrying the frame schemas, and an event stream.
+    let ws = &paths["/v1/ws"]["get"];
+    assert_eq!(
+        ws["responses"]["101"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/WebSocketFrames",
+        "{ws}"
+    );
+    let security: Vec<String> = ws["security"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s.as_object().unwrap().keys().cloned())
+        .collect();
+    assert_eq!(
+        security,
+        ["BearerAuth", "QueryToken"],
+        "header or query token"
+    );
+    let sse = &paths["/v1/notifications"]["get"]["responses"]["200"]["content"];
+    assert!(sse["text/event-stream"].is_object(), "{sse}");
+    let schemas = &spec["components"]["schemas"];
+    for (union, members) in [
+        (
+            "ServerFrame",
+            &[
+                "event", "ack", "error", "pong", "unread", "typing", "presence",
+            ][..],
+        ),
+        (
+            "ClientFrame",
+            &["resume", "send", "read", "typing", "ping"][..],
+        ),
+    ] {
+        let mapping = schemas[union]["discriminator"]["mapping"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{union}: {}", schemas[union]));
+        let mut got: Vec<&str> = mapping.keys().map(String::as_str).collect();
+        let mut want = members.to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want, "{union}");
+    }
+    assert!(schemas["AckFrame"]["properties"]["client_msg_id"].is_object());
+    assert!(schemas["MessageNotice"]["properties"]["preview"].is_object());
 
     let docs = app
         .http

@@ -14,6 +14,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::helpers::{Api, TestUser, spawn_app, spawn_app_with};
 
 const DEADLINE: Duration = Duration::from_secs(20);
+/// Frames that tests of room events skip over.
+const SIDE_FRAMES: [&str; 3] = ["unread", "typing", "presence"];
 
 struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -39,8 +41,29 @@ impl Client {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
 
-    /// The next JSON frame, within the deadline.
+    /// The next JSON frame that is not a side frame (`unread`, `typing`, `presence`), within
+    /// the deadline.
     async fn next(&mut self) -> Value {
+        loop {
+            let f = self.next_any().await;
+            if !SIDE_FRAMES.contains(&f["type"].as_str().unwrap_or_default()) {
+                return f;
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let f = self.next_any().await;
+            if f["type"] == kind {
+                return f;
+            }
+        }
+    }
+
+    /// The next JSON frame, within the deadline.
+    async fn next_any(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(DEADLINE, self.ws.next())
                 .await

@@ -1,0 +1,179 @@
+//! `GET /v1/notifications`: Server-Sent Events for clients that only need to be told (a
+//! notification service worker, a badge in another tab).
+//!
+//! `message` events (others' messages in your rooms; the SSE `id` is the log position) and
+//! `unread` events (your counts, the first ones a baseline of every room with unread messages).
+//! With `Last-Event-ID` the stream first replays the `message` events after that position,
+//! scanning at most [`REPLAY_LIMIT`] log events; further behind than that it starts live and the
+//! unread baseline tells the client where it stands. Like the WebSocket, the connection
+//! registers with the hub before it replays, and live events at or below the replayed position
+//! are dropped, so nothing is missed or repeated at the seam.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use schema::events::Event;
+use schema::{RoomId, UserId, streams};
+
+use super::frames::{MessageNotice, Notification, PREVIEW_CHARS};
+use super::hub::{ConnKind, Hub, Outbound, Registration};
+use super::unread::{self, UnreadPush};
+use crate::service::{Chat, Result, ServiceError};
+
+/// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
+/// found.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// A `Last-Event-ID` resume scans at most this many log events.
+pub const REPLAY_LIMIT: u64 = 10_000;
+const REPLAY_PAGE: usize = 1_000;
+
+struct Sse {
+    chat: Arc<Chat>,
+    user: UserId,
+    reg: Registration,
+    unread: UnreadPush,
+    pending: VecDeque<Notification>,
+    /// Live events at or below this position were covered by the replay.
+    replayed_to: u64,
+    flush_at: Option<tokio::time::Instant>,
+}
+
+/// The notification stream of `user`, resuming after `last_event_id` when given.
+pub async fn notifications(
+    chat: Arc<Chat>,
+    hub: Hub,
+    user: UserId,
+    last_event_id: Option<u64>,
+) -> Result<BoxStream<'static, Notification>> {
+    let reg = hub
+        .register(user, ConnKind::Sse)
+        .await
+        .ok_or(ServiceError::ShuttingDown)?;
+    let mut sse = Sse {
+        chat,
+        user,
+        reg,
+        unread: UnreadPush::default(),
+        pending: VecDeque::new(),
+        replayed_to: 0,
+        flush_at: Some(tokio::time::Instant::now()),
+    };
+    if let Some(after) = last_event_id {
+        sse.replay(after).await?;
+    }
+    sse.unread.mark(sse.replayed_to);
+    Ok(stream::unfold(sse, Sse::next).boxed())
+}
+
+impl Sse {
+    /// Queues the `message` notifications after `after`, following joins and leaves.
+    async fn replay(&mut self, after: u64) -> Result<()> {
+        let log = self.chat.log();
+        let head = log.head().await?;
+        if head.saturating_sub(after) > REPLAY_LIMIT {
+            return Ok(());
+        }
+        let mut rooms: HashSet<RoomId> = self
+            .chat
+            .rooms_of(self.user)
+            .await?
+            .into_iter()
+            .map(|r| r.room_id)
+            .collect();
+        let mut position = after;
+        while position < head {
+            let page = log.read_all(position, REPLAY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            position = last.position;
+            for recorded in &page {
+                let Some(room) = streams::room_of(&recorded.stream) else {
+                    continue;
+                };
+                let Ok(event) = Event::decode(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    &recorded.data,
+                ) else {
+                    continue;
+                };
+                match event {
+                    Event::RoomCreated { members, .. } if members.contains(&self.user) => {
+                        rooms.insert(room);
+                    }
+                    Event::MemberJoined { user_id, .. } if user_id == self.user => {
+                        rooms.insert(room);
+                    }
+                    Event::MemberLeft { user_id } if user_id == self.user => {
+                        rooms.remove(&room);
+                    }
+                    Event::MessageSent {
+                        sender_id, body, ..
+                    } if sender_id != self.user && rooms.contains(&room) => {
+                        self.pending.push_back(Notification::Message(MessageNotice {
+                            room_id: room.0,
+                            seq: recorded.version,
+                            sender_id: sender_id.0,
+                            preview: body.as_str().chars().take(PREVIEW_CHARS).collect(),
+                            position: recorded.position,
+                        }));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.replayed_to = position;
+        Ok(())
+    }
+
+    fn on(&mut self, item: Outbound) {
+        match item {
+            Outbound::Event(frame) => {
+                if frame.position <= self.replayed_to {
+                    return;
+                }
+                if frame.touches_unread_of(self.user) {
+                    self.unread.mark(frame.position);
+                }
+                if let Some(notice) = frame.notice
+                    && notice.sender_id != self.user.0
+                {
+                    self.pending
+                        .push_back(Notification::Message((*notice).clone()));
+                }
+            }
+            Outbound::ReadMoved { position } => self.unread.mark(position),
+            Outbound::Notice(_) => {}
+        }
+    }
+
+    async fn next(mut self) -> Option<(Notification, Self)> {
+        loop {
+            if let Some(n) = self.pending.pop_front() {
+                return Some((n, self));
+            }
+            if self.flush_at.is_none() && self.unread.is_dirty() {
+                self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
+            }
+            let flush_at = self.flush_at;
+            let flush = async move {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = flush => {
+                    self.flush_at = None;
+                    match self.unread.changes(&self.chat, self.user).await {
+                        Ok(frames) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
+                        Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
+                    }
+                }
+                // `None`: too slow or shutting down; the client reconnects with Last-Event-ID.
+                item = self.reg.frames.recv() => self.on(item?),
+            }
+        }
+    }
+}
