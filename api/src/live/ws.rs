@@ -25,6 +25,8 @@ pub const CLOSE_RESUME: u16 = 4000;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A peer that sends nothing (not even a pong) for this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// A peer that takes nothing we write for this long has stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames a client may send per second, and in a burst.
 const RATE: f64 = 20.0;
 const BURST: f64 = 40.0;
@@ -99,7 +101,9 @@ impl Connection {
                     conn.push_unread(&mut sink).await?;
                 }
                 item = reg.frames.recv(), if live => match item {
-                    Some(item) => conn.outbound(&mut sink, item).await?,
+                    Some(item) => if !conn.outbound_in_time(&mut sink, item).await? {
+                        return Ok(());
+                    },
                     None => {
                         let (code, why) = match reg.reason.get() {
                             Disconnect::TooSlow => (CLOSE_RESUME, "too slow: reconnect and resume"),
@@ -116,7 +120,9 @@ impl Connection {
                             // Whatever was queued before this frame goes out before its
                             // answer (a `ping` is a barrier).
                             while live && let Ok(item) = reg.frames.try_recv() {
-                                conn.outbound(&mut sink, item).await?;
+                                if !conn.outbound_in_time(&mut sink, item).await? {
+                                    return Ok(());
+                                }
                             }
                             conn.on_text(&mut sink, &text).await?;
                             live = true;
@@ -145,6 +151,18 @@ impl Connection {
     async fn reply(&self, sink: &mut Sink, frame: ServerFrame) -> anyhow::Result<()> {
         sink.send(Message::Text(frame.text())).await?;
         Ok(())
+    }
+
+    /// Sends a queued item; false when the peer has not taken it within [`WRITE_TIMEOUT`]
+    /// (it stopped reading: the connection is dropped).
+    async fn outbound_in_time(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<bool> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.outbound(sink, item)).await {
+            Ok(sent) => sent.map(|()| true),
+            Err(_) => {
+                tracing::info!(user = %self.user, "dropping a websocket whose peer stopped reading");
+                Ok(false)
+            }
+        }
     }
 
     async fn outbound(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<()> {

@@ -243,9 +243,15 @@ pub struct ChatdProcess {
 
 impl ChatdProcess {
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Starts with extra environment variables (settings).
+    pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("CHAT_JWT_SECRET")
             .stdout(Stdio::piped())
@@ -277,6 +283,17 @@ impl ChatdProcess {
             child,
             api: Api::new(addr),
         }
+    }
+
+    /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, …).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
     }
 
     pub fn kill9(&mut self) {

@@ -9,5 +9,6 @@ mod helpers;
 mod messages;
 mod ops;
 mod rooms;
+mod sse;
 mod unread;
 mod ws;

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{Api, TestUser, spawn_app, spawn_app_with};
+use crate::helpers::{Api, ChatdProcess, TestUser, spawn_app, spawn_app_with};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 /// Frames that tests of room events skip over.
@@ -87,6 +87,26 @@ impl Client {
             if done {
                 return events;
             }
+        }
+    }
+
+    /// Closes the connection and waits until the server has closed its side.
+    async fn close(&mut self) {
+        self.ws.close(None).await.unwrap();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
+    }
+
+    /// Sends a ping and returns every frame, side frames included, before the pong. The ping
+    /// is a barrier: everything queued for us before it was read is in the result.
+    async fn drain_any(&mut self) -> Vec<Value> {
+        self.send(json!({"type": "ping"})).await;
+        let mut before = Vec::new();
+        loop {
+            let f = self.next_any().await;
+            if f["type"] == "pong" {
+                return before;
+            }
+            before.push(f);
         }
     }
 
@@ -442,4 +462,240 @@ async fn events_arriving_between_connect_and_resume_stay_in_order() {
         "replay first, then live, no duplicates"
     );
     assert!(ws.drain().await.is_empty());
+}
+
+/// Frames of one type among `frames`.
+fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    frames.iter().filter(|f| f["type"] == kind).collect()
+}
+
+#[tokio::test]
+async fn unread_counts_are_pushed_when_they_change_on_any_device() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "counts", &[&bob]).await;
+    app.send(&alice, &room, "before bob connects").await;
+    let mut b = connect(&app.api, &bob).await;
+    let mut a = connect(&app.api, &alice).await;
+    a.send(json!({"type": "resume"})).await;
+    b.send(json!({"type": "resume"})).await;
+    // The first push is the baseline.
+    let f = b.next_of("unread").await;
+    assert_eq!(
+        f,
+        json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1})
+    );
+    // More messages: the count rises (bursts may be coalesced into one push).
+    let last = app.send(&alice, &room, "one").await;
+    app.send(&alice, &room, "two").await;
+    loop {
+        let f = b.next_of("unread").await;
+        let n = f["unread_count"].as_u64().unwrap();
+        assert!((2..=3).contains(&n), "{f}");
+        assert_eq!(f["total"], n);
+        if n == 3 {
+            break;
+        }
+    }
+    // Bob reads on another device (REST): this connection hears of it.
+    let seq = last["seq"].as_u64().unwrap() + 1;
+    let (status, _) = app
+        .post(
+            &format!("/v1/rooms/{room}/read"),
+            &bob.token,
+            json!({"seq": seq}),
+        )
+        .await;
+    assert!(status.is_success());
+    let f = b.next_of("unread").await;
+    assert_eq!(
+        f,
+        json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0})
+    );
+    // Alice's own messages never changed her count: she got no unread frame at all.
+    assert!(of_type(&a.drain_any().await, "unread").is_empty());
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_members_only_and_is_coalesced() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.create_room(&alice, "typing", &[&bob]).await;
+    // Carol shares another room with Alice, so she is connected and "near", but not a member.
+    app.create_room(&alice, "elsewhere", &[&carol]).await;
+    let (mut a, mut b, mut c) = (
+        connect(&app.api, &alice).await,
+        connect(&app.api, &bob).await,
+        connect(&app.api, &carol).await,
+    );
+    for ws in [&mut a, &mut b, &mut c] {
+        ws.send(json!({"type": "resume"})).await;
+    }
+    for _ in 0..5 {
+        a.send(json!({"type": "typing", "room_id": room})).await;
+    }
+    // Alice's pong means the hub has handled all five.
+    assert!(
+        of_type(&a.drain_any().await, "typing").is_empty(),
+        "not to herself"
+    );
+    let f = b.next_of("typing").await;
+    assert_eq!(
+        f,
+        json!({"type": "typing", "room_id": room, "user_id": alice.id})
+    );
+    assert!(
+        of_type(&b.drain_any().await, "typing").is_empty(),
+        "five keystrokes within a second are one typing frame"
+    );
+    assert!(
+        of_type(&c.drain_any().await, "typing").is_empty(),
+        "non-members never see it"
+    );
+    // A non-member's typing is refused like a REST call would be, and goes nowhere.
+    c.send(json!({"type": "typing", "room_id": room})).await;
+    let f = c.next().await;
+    assert_eq!(f["type"], "error");
+    assert_eq!(f["code"], "not_a_member");
+    assert_eq!(f["ref"], room);
+    assert!(of_type(&b.drain_any().await, "typing").is_empty());
+}
+
+async fn online(app: &crate::helpers::TestApp, viewer: &TestUser, user: &TestUser) -> bool {
+    let (status, friends) = app.get("/v1/friends", &viewer.token).await;
+    assert_eq!(status, StatusCode::OK);
+    friends
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["user_id"] == user.id.as_str())
+        .expect("on the friend list")["online"]
+        .as_bool()
+        .unwrap()
+}
+
+/// Polls `condition` until it holds, failing after the deadline.
+async fn eventually<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_goes_online_at_once_offline_after_the_grace_and_flapping_does_not_storm() {
+    let app = spawn_app_with(|s| s.presence_grace_ms = 1_000).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "presence", &[&bob]).await;
+    let (status, _) = app
+        .api
+        .call(
+            Method::PUT,
+            &format!("/v1/friends/{}", alice.id),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut b = connect(&app.api, &bob).await;
+    b.send(json!({"type": "resume"})).await;
+    assert!(!online(&app, &bob, &alice).await);
+
+    let mut a = connect(&app.api, &alice).await;
+    let f = b.next_of("presence").await;
+    assert_eq!(
+        f,
+        json!({"type": "presence", "user_id": alice.id, "online": true})
+    );
+    assert!(online(&app, &bob, &alice).await, "friends list");
+    let (_, detail) = app.get(&format!("/v1/rooms/{room}"), &bob.token).await;
+    let members = detail["members"].as_array().unwrap();
+    let online_of =
+        |id: &str| members.iter().find(|m| m["user_id"] == id).unwrap()["online"].clone();
+    assert_eq!(online_of(&alice.id), true, "{detail}");
+    assert_eq!(online_of(&bob.id), true, "{detail}");
+
+    // A flapping connection: five times closed (the server has seen it go), down for 100 ms,
+    // then reopened.
+    for _ in 0..5 {
+        a.close().await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // the flap, not a wait for a condition
+        a = connect(&app.api, &alice).await;
+    }
+    a.close().await;
+    eventually("alice shown offline", || async {
+        !online(&app, &bob, &alice).await
+    })
+    .await;
+    // Everything Bob was sent about Alice since she came online: one offline, no flapping.
+    let frames = b.drain_any().await;
+    assert_eq!(
+        of_type(&frames, "presence"),
+        [&json!({"type": "presence", "user_id": alice.id, "online": false})],
+        "{frames:?}"
+    );
+}
+
+/// `SENDERS` concurrent senders each send `EACH` messages of about 4 KB; returns the KiB sent.
+async fn flood(api: &Api, alice: &TestUser, room: &str) -> u64 {
+    const SENDERS: usize = 8;
+    const EACH: usize = 750;
+    let body = "x".repeat(3_980);
+    let mut senders = Vec::new();
+    for w in 0..SENDERS {
+        let (api, alice, room, body) = (api.clone(), alice.clone(), room.to_owned(), body.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                api.send(&alice, &room, &format!("{w}-{i} {body}")).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    (SENDERS * EACH * body.len() / 1024) as u64
+}
+
+/// Peak memory growth of a real server over a second flood, with or without a client that
+/// never reads connected during it; and the KiB sent.
+async fn growth_over_a_flood(stalled_client: bool) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChatdProcess::start_with(dir.path(), &[("CHAT_WS_QUEUE", "16")]).await;
+    let api = server.api.clone();
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let room = api.create_room(&alice, "firehose", &[&bob]).await;
+    flood(&api, &alice, &room).await;
+    let baseline = server.memory_kib("VmHWM");
+    let _stalled = if stalled_client {
+        Some(connect(&api, &bob).await)
+    } else {
+        None
+    };
+    let sent = flood(&api, &alice, &room).await;
+    (server.memory_kib("VmHWM").saturating_sub(baseline), sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_does_not_grow_the_servers_memory() {
+    // Sending alone grows the server (page caches fill as the log grows): measure it without
+    // the stalled client, then with it. Buffering for the stalled client would add about
+    // everything sent.
+    let (control, _) = growth_over_a_flood(false).await;
+    let (stalled, sent) = growth_over_a_flood(true).await;
+    eprintln!(
+        "peak growth: {control} KiB without, {stalled} KiB with a stalled client; {sent} KiB sent"
+    );
+    assert!(
+        stalled < control + sent / 4,
+        "the server kept what the stalled client did not read: grew {stalled} KiB (vs {control} KiB) for {sent} KiB sent"
+    );
 }
