@@ -108,7 +108,8 @@ impl App {
             &secret,
             settings.access_token_ttl(),
             settings.refresh_token_ttl_days,
-        );
+            (settings.argon2_memory_kib, settings.argon2_iterations),
+        )?;
         let (progress_tx, progress) = Progress::new();
         let head_at_start = log.head().await?;
         let presence = Presence::default();
@@ -192,7 +193,7 @@ impl App {
         let hub_task = supervise("hub", hub_run, failed.clone());
 
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
-        let app = crate::http::routes(chat, hub, readiness, settings.max_body_bytes);
+        let app = crate::http::routes(chat, hub, readiness, &settings);
         let stop = {
             let failed = failed.clone();
             async move {

@@ -40,6 +40,8 @@ pub struct Auth {
     hashing: Arc<Semaphore>,
     /// Verified against when the user does not exist, so a login takes as long either way.
     dummy_hash: Arc<String>,
+    /// Cost of new hashes (verification uses the cost stored in each hash).
+    params: argon2::Params,
 }
 
 impl std::fmt::Debug for Auth {
@@ -89,19 +91,35 @@ pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyho
     Ok(secret.into_bytes())
 }
 
+fn hasher(params: &argon2::Params) -> Argon2<'static> {
+    Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params.clone(),
+    )
+}
+
 impl Auth {
-    pub fn new(secret: &[u8], access_ttl: Duration, refresh_ttl_days: u64) -> Self {
+    /// `hash_cost` is argon2id's (memory KiB, iterations) for new password hashes.
+    pub fn new(
+        secret: &[u8],
+        access_ttl: Duration,
+        refresh_ttl_days: u64,
+        hash_cost: (u32, u32),
+    ) -> anyhow::Result<Self> {
+        let params = argon2::Params::new(hash_cost.0, hash_cost.1, 1, None)
+            .map_err(|e| anyhow::anyhow!("invalid argon2 cost: {e}"))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let dummy = Argon2::default()
+        let dummy = hasher(&params)
             .hash_password(
                 b"not a real password",
                 &SaltString::generate(&mut rand::thread_rng()),
             )
             .map(|h| h.to_string())
             .unwrap_or_default();
-        Self {
+        Ok(Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -109,7 +127,8 @@ impl Auth {
             refresh_ttl: chrono::Duration::days(refresh_ttl_days as i64),
             hashing: Arc::new(Semaphore::new(num_cpus())),
             dummy_hash: Arc::new(dummy),
-        }
+            params,
+        })
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -145,9 +164,10 @@ impl Auth {
 
     pub async fn hash_password(&self, password: schema::Password) -> anyhow::Result<String> {
         let _permit = self.hashing.acquire().await?;
+        let params = self.params.clone();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::thread_rng());
-            Argon2::default()
+            hasher(&params)
                 .hash_password(password.expose().as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
@@ -221,8 +241,8 @@ mod tests {
 
     #[test]
     fn access_tokens_verify_only_with_the_same_secret() {
-        let a = Auth::new(&[1; 32], Duration::from_secs(60), 30);
-        let b = Auth::new(&[2; 32], Duration::from_secs(60), 30);
+        let a = Auth::new(&[1; 32], Duration::from_secs(60), 30, (1024, 1)).unwrap();
+        let b = Auth::new(&[2; 32], Duration::from_secs(60), 30, (1024, 1)).unwrap();
         let (u, s) = (UserId::new(), SessionId::new());
         let t = a.issue_access(u, s);
         assert_eq!(a.verify_access(&t).map(|c| c.sub), Some(u.0));

@@ -74,6 +74,23 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub presence_grace_ms: u64,
 
+    /// Frames a WebSocket client may send per second (bursts of twice as many are allowed);
+    /// more are refused with `rate_limited`.
+    #[arg(long, env = "CHAT_WS_RATE", default_value_t = 20, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ws_rate: u32,
+
+    /// Memory cost of new password hashes (argon2id), in KiB. The default follows OWASP;
+    /// lower it only for load tests that provision many users.
+    #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19_456, global = true,
+          value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
+    pub argon2_memory_kib: u32,
+
+    /// Iterations of new password hashes (argon2id).
+    #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub argon2_iterations: u32,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

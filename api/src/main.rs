@@ -15,6 +15,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve) | None => {
+            // One descriptor per connection: use all the process may have.
+            match rlimit::increase_nofile_limit(u64::MAX) {
+                Ok(n) => tracing::info!(limit = n, "open files limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+            }
             let app = App::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }

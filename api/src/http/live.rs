@@ -23,6 +23,8 @@ use crate::service::Chat;
 pub struct Api {
     pub chat: Arc<Chat>,
     pub hub: Hub,
+    /// Frames a WebSocket client may send per second.
+    pub ws_rate: u32,
 }
 
 /// The access token in the `access_token` query parameter, for browsers' `WebSocket` and
@@ -112,8 +114,13 @@ impl Api {
     /// presence. A missing or bad token is refused here with 401; no socket is served.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
-        let (chat, hub, user) = (self.chat.clone(), self.hub.clone(), auth.user());
-        let upgraded = socket.on_upgrade(move |stream| ws::serve(chat, hub, user, stream));
+        let (chat, hub, user, rate) = (
+            self.chat.clone(),
+            self.hub.clone(),
+            auth.user(),
+            self.ws_rate,
+        );
+        let upgraded = socket.on_upgrade(move |stream| ws::serve(chat, hub, user, rate, stream));
         Ok(Upgrade(upgraded.into_response()))
     }
 

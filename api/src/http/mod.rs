@@ -80,14 +80,14 @@ type Apis = (
     live::Api,
 );
 
-pub fn api_service(chat: Arc<Chat>, hub: Hub) -> OpenApiService<Apis, ()> {
+pub fn api_service(chat: Arc<Chat>, hub: Hub, ws_rate: u32) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             accounts::Api { chat: chat.clone() },
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },
-            live::Api { chat, hub },
+            live::Api { chat, hub, ws_rate },
         ),
         "chatd",
         env!("CARGO_PKG_VERSION"),
@@ -123,9 +123,10 @@ pub fn routes(
     chat: Arc<Chat>,
     hub: Hub,
     readiness: crate::app::Readiness,
-    max_body: usize,
-) -> impl Endpoint {
-    let api = api_service(chat.clone(), hub);
+    settings: &crate::config::Settings,
+) -> impl Endpoint + use<> {
+    let max_body = settings.max_body_bytes;
+    let api = api_service(chat.clone(), hub, settings.ws_rate);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     Route::new()

@@ -27,9 +27,6 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// A peer that takes nothing we write for this long has stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Frames a client may send per second, and in a burst.
-const RATE: f64 = 20.0;
-const BURST: f64 = 40.0;
 const CATCH_UP_PAGE: usize = 500;
 /// Live frames wait (in the bounded queue) until the client's first frame — normally its
 /// `resume` — has been handled, so a replay never arrives after newer live events; a client
@@ -37,8 +34,9 @@ const CATCH_UP_PAGE: usize = 500;
 const RESUME_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves an upgraded socket of an authenticated user.
-pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, stream: WebSocketStream) {
-    if let Err(e) = Connection::run(chat, hub, user, stream).await {
+/// `rate`: frames the client may send per second (bursts of twice as many).
+pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, rate: u32, stream: WebSocketStream) {
+    if let Err(e) = Connection::run(chat, hub, user, f64::from(rate), stream).await {
         tracing::debug!(error = %e, "websocket ended with an error");
     }
 }
@@ -50,6 +48,7 @@ struct Connection {
     /// Last seq sent per room; rooms not present start live.
     sent: HashMap<RoomId, u64>,
     unread: UnreadPush,
+    rate: f64,
     tokens: f64,
     refilled: Instant,
 }
@@ -61,6 +60,7 @@ impl Connection {
         chat: Arc<Chat>,
         hub: Hub,
         user: UserId,
+        rate: f64,
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
         let (mut sink, mut incoming) = stream.split();
@@ -74,7 +74,8 @@ impl Connection {
             user,
             sent: HashMap::new(),
             unread: UnreadPush::default(),
-            tokens: BURST,
+            rate,
+            tokens: 2.0 * rate,
             refilled: Instant::now(),
         };
         // The first unread push is the baseline: every room with unread messages.
@@ -248,8 +249,8 @@ impl Connection {
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * RATE).min(BURST);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate)
+            .min(2.0 * self.rate);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
