@@ -312,6 +312,11 @@ impl Chat {
         Ok(executed)
     }
 
+    /// The log position the read models reflect.
+    pub fn projected(&self) -> u64 {
+        self.progress.position()
+    }
+
     /// Waits (boundedly) until the read models reflect the log up to `position`.
     pub async fn await_projection(&self, position: u64) {
         if let Err(e) = self
@@ -596,6 +601,14 @@ impl Chat {
         self.room_command(room, RoomCommand::Join { user: actor })
             .await?;
         Ok(())
+    }
+
+    /// The caller's rooms and the log position that reflects, in one snapshot.
+    pub async fn rooms_at_checkpoint(&self, actor: UserId) -> Result<(u64, Vec<RoomId>)> {
+        Ok(self
+            .models
+            .read(move |c| queries::rooms_at_checkpoint(c, actor))
+            .await?)
     }
 
     pub async fn rooms_of(&self, actor: UserId) -> Result<Vec<RoomSummary>> {

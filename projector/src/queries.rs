@@ -316,3 +316,15 @@ pub fn history(
     }
     Ok(Page { events, has_more })
 }
+
+/// The rooms `user` belongs to and the log position that reflects, read in one snapshot.
+pub fn rooms_at_checkpoint(c: &Connection, user: UserId) -> Result<(u64, Vec<RoomId>)> {
+    let tx = c.unchecked_transaction()?;
+    let position = crate::apply::checkpoint(&tx)?;
+    let rooms = tx
+        .prepare_cached("SELECT room_id FROM members WHERE user_id = ?1")?
+        .query_map([user.0], |r| Ok(RoomId(r.get(0)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    tx.commit()?;
+    Ok((position, rooms))
+}

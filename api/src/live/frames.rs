@@ -257,6 +257,8 @@ pub struct EventFrame {
     pub position: u64,
     pub text: Arc<str>,
     pub unread: UnreadEffect,
+    /// For `member_left`: who left.
+    pub leaver: Option<UserId>,
     /// For `message_sent`: the SSE notification.
     pub notice: Option<Arc<MessageNotice>>,
 }
@@ -291,6 +293,9 @@ impl EventFrame {
             }
             _ => (UnreadEffect::None, None),
         };
+        let leaver = (recorded.event_type == "member_left")
+            .then(|| event.get("user_id")?.as_str()?.parse().ok().map(UserId))
+            .flatten();
         if let Some(obj) = event.as_object_mut() {
             obj.insert("seq".into(), recorded.version.into());
             obj.insert(
@@ -312,6 +317,7 @@ impl EventFrame {
             position: recorded.position,
             text: frame.text().into(),
             unread,
+            leaver,
             notice,
         }
     }

@@ -189,8 +189,10 @@ struct State {
     followers: HashMap<UserId, HashSet<UserId>>,
     presence: Presence,
     offline_grace: Duration,
-    /// Users whose last connection closed, in the order their grace ends.
+    /// Users whose last connection closed, in the order their grace ends; an entry counts only
+    /// while it matches the user's deadline in `offline_at` (a reconnect removes it).
     going_offline: VecDeque<(Instant, UserId)>,
+    offline_at: HashMap<UserId, Instant>,
     typing_last: HashMap<(RoomId, UserId), Instant>,
 }
 
@@ -246,8 +248,9 @@ impl State {
             if reason == Disconnect::Shutdown {
                 self.presence.set(conn.user, false);
             } else {
-                self.going_offline
-                    .push_back((Instant::now() + self.offline_grace, conn.user));
+                let at = Instant::now() + self.offline_grace;
+                self.offline_at.insert(conn.user, at);
+                self.going_offline.push_back((at, conn.user));
             }
         }
     }
@@ -269,6 +272,7 @@ impl State {
                     },
                 );
                 self.by_user.entry(user).or_default().push(id);
+                self.offline_at.remove(&user);
                 if reply.send((id, frames, reason)).is_err() {
                     self.drop_conn(id, Disconnect::None);
                 } else if self.presence.set(user, true) {
@@ -348,9 +352,23 @@ impl State {
                 break;
             }
             self.going_offline.pop_front();
+            if self.offline_at.get(&user) != Some(&at) {
+                continue; // reconnected (and maybe left again later) meanwhile
+            }
+            self.offline_at.remove(&user);
             if !self.by_user.contains_key(&user) && self.presence.set(user, false) {
                 self.announce(user, false);
             }
+        }
+        // Connections whose task ended without unregistering (a cancelled registration).
+        let gone: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.out.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.drop_conn(id, Disconnect::None);
         }
         self.typing_last
             .retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
@@ -406,12 +424,8 @@ impl State {
     }
 
     fn leave(&mut self, room: RoomId, user: UserId) {
-        if let Some(m) = self.members.get_mut(&room) {
-            m.remove(&user);
-        }
-        if let Some(r) = self.rooms_of.get_mut(&user) {
-            r.remove(&room);
-        }
+        remove_from(&mut self.members, room, &user);
+        remove_from(&mut self.rooms_of, user, &room);
     }
 
     fn apply(&mut self, recorded: &eventlog::RecordedEvent) {
@@ -434,11 +448,8 @@ impl State {
                     }
                 }
                 Event::FriendRemoved { friend_id } => {
-                    if let (Some(user), Some(f)) = (
-                        streams::user_of(&recorded.stream),
-                        self.followers.get_mut(&friend_id),
-                    ) {
-                        f.remove(&user);
+                    if let Some(user) = streams::user_of(&recorded.stream) {
+                        remove_from(&mut self.followers, friend_id, &user);
                     }
                 }
                 Event::ReadMarkerMoved { user_id, .. } => {
@@ -469,6 +480,20 @@ impl State {
         self.deliver(room, recorded);
         if let Event::MemberLeft { user_id } = event {
             self.leave(room, user_id);
+        }
+    }
+}
+
+/// Removes `item` from the set at `key`, and the set when it becomes empty.
+fn remove_from<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, HashSet<V>>,
+    key: K,
+    item: &V,
+) {
+    if let Some(set) = map.get_mut(&key) {
+        set.remove(item);
+        if set.is_empty() {
+            map.remove(&key);
         }
     }
 }
@@ -538,6 +563,7 @@ pub async fn start(
         presence,
         offline_grace: settings.offline_grace,
         going_offline: VecDeque::new(),
+        offline_at: HashMap::new(),
         typing_last: HashMap::new(),
     };
     for (room, user) in snap.members {

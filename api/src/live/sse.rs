@@ -68,62 +68,92 @@ pub async fn notifications(
 }
 
 impl Sse {
-    /// Queues the `message` notifications after `after`, following joins and leaves.
+    /// Queues the `message` notifications after `after`. Membership at `after` is derived
+    /// from a snapshot of the read models (rooms at checkpoint C): events between `after` and
+    /// C are undone backwards, or events from C to `after` applied forwards; then the scan
+    /// follows joins and leaves.
     async fn replay(&mut self, after: u64) -> Result<()> {
         let log = self.chat.log();
         let head = log.head().await?;
-        if head.saturating_sub(after) > REPLAY_LIMIT {
-            return Ok(());
+        // An id from beyond the log (a restored backup, another server) resumes from now.
+        let after = after.min(head);
+        let (checkpoint, rooms) = self.chat.rooms_at_checkpoint(self.user).await?;
+        let start = checkpoint.min(after);
+        if head - start > REPLAY_LIMIT {
+            return Ok(()); // too far behind: live from now, with the unread baseline
         }
-        let mut rooms: HashSet<RoomId> = self
-            .chat
-            .rooms_of(self.user)
-            .await?
-            .into_iter()
-            .map(|r| r.room_id)
-            .collect();
-        let mut position = after;
+        let mut events = Vec::new();
+        let mut position = start;
         while position < head {
             let page = log.read_all(position, REPLAY_PAGE).await?;
             let Some(last) = page.last() else { break };
             position = last.position;
-            for recorded in &page {
-                let Some(room) = streams::room_of(&recorded.stream) else {
-                    continue;
-                };
-                let Ok(event) = Event::decode(
+            events.extend(page.into_iter().filter_map(|recorded| {
+                let room = streams::room_of(&recorded.stream)?;
+                let event = Event::decode(
                     &recorded.event_type,
                     recorded.schema_version,
                     &recorded.data,
-                ) else {
-                    continue;
+                )
+                .ok()?;
+                Some((recorded.position, recorded.version, room, event))
+            }));
+        }
+        let mut rooms: HashSet<RoomId> = rooms.into_iter().collect();
+        let me = self.user;
+        let membership = |event: &Event| match event {
+            Event::RoomCreated { members, .. } if members.contains(&me) => Some(true),
+            Event::MemberJoined { user_id, .. } if *user_id == me => Some(true),
+            Event::MemberLeft { user_id } if *user_id == me => Some(false),
+            _ => None,
+        };
+        // Undo what happened between `after` and the checkpoint.
+        for (_, _, room, event) in events
+            .iter()
+            .rev()
+            .filter(|e| e.0 > after && e.0 <= checkpoint)
+        {
+            match membership(event) {
+                Some(true) => rooms.remove(room),
+                Some(false) => rooms.insert(*room),
+                None => false,
+            };
+        }
+        for (pos, seq, room, event) in events {
+            if pos <= after {
+                // Between the checkpoint and `after`: only membership matters.
+                match membership(&event) {
+                    Some(true) => rooms.insert(room),
+                    Some(false) => rooms.remove(&room),
+                    None => false,
                 };
-                match event {
-                    Event::RoomCreated { members, .. } if members.contains(&self.user) => {
-                        rooms.insert(room);
-                    }
-                    Event::MemberJoined { user_id, .. } if user_id == self.user => {
-                        rooms.insert(room);
-                    }
-                    Event::MemberLeft { user_id } if user_id == self.user => {
-                        rooms.remove(&room);
-                    }
+                continue;
+            }
+            match (membership(&event), event) {
+                (Some(true), _) => {
+                    rooms.insert(room);
+                }
+                (Some(false), _) => {
+                    rooms.remove(&room);
+                }
+                (
+                    None,
                     Event::MessageSent {
                         sender_id, body, ..
-                    } if sender_id != self.user && rooms.contains(&room) => {
-                        self.pending.push_back(Notification::Message(MessageNotice {
-                            room_id: room.0,
-                            seq: recorded.version,
-                            sender_id: sender_id.0,
-                            preview: body.as_str().chars().take(PREVIEW_CHARS).collect(),
-                            position: recorded.position,
-                        }));
-                    }
-                    _ => {}
+                    },
+                ) if sender_id != me && rooms.contains(&room) => {
+                    self.pending.push_back(Notification::Message(MessageNotice {
+                        room_id: room.0,
+                        seq,
+                        sender_id: sender_id.0,
+                        preview: body.as_str().chars().take(PREVIEW_CHARS).collect(),
+                        position: pos,
+                    }));
                 }
+                _ => {}
             }
         }
-        self.replayed_to = position;
+        self.replayed_to = position.max(after);
         Ok(())
     }
 
@@ -167,7 +197,8 @@ impl Sse {
                 () = flush => {
                     self.flush_at = None;
                     match self.unread.changes(&self.chat, self.user).await {
-                        Ok(frames) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
+                        Ok(Some(frames)) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
+                        Ok(None) => {} // the read models are behind: the next flush retries
                         Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
                     }
                 }

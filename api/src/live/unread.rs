@@ -32,11 +32,18 @@ impl UnreadPush {
     /// The rooms whose count changed since the last push, each with the new total. Before the
     /// first push every count counts as 0, so the first push is the baseline: every room with
     /// unread messages. A room the user left is reported once with 0.
-    pub async fn changes(&mut self, chat: &Chat, user: UserId) -> Result<Vec<UnreadFrame>> {
-        if let Some(position) = self.dirty.take() {
-            chat.await_projection(position).await;
+    ///
+    /// `None` (still dirty) while the read models have not reached the marked position: the
+    /// caller tries again at its next flush rather than waiting.
+    pub async fn changes(&mut self, chat: &Chat, user: UserId) -> Result<Option<Vec<UnreadFrame>>> {
+        let Some(position) = self.dirty else {
+            return Ok(Some(Vec::new()));
+        };
+        if chat.projected() < position {
+            return Ok(None);
         }
         let counts = chat.unread_by_room(user).await?;
+        self.dirty = None;
         let total = counts.iter().map(|(_, n)| n).sum();
         let frame = |room: RoomId, unread_count| UnreadFrame {
             room_id: room.0,
@@ -57,6 +64,6 @@ impl UnreadPush {
             }
         }
         self.last = now;
-        Ok(frames)
+        Ok(Some(frames))
     }
 }

@@ -53,7 +53,22 @@ struct Connection {
     refilled: Instant,
 }
 
-type Sink = futures::stream::SplitSink<WebSocketStream, Message>;
+/// The socket's sending half. Every write has a deadline: a peer that takes nothing for
+/// [`WRITE_TIMEOUT`] has stopped reading, and the connection ends.
+struct Sink(futures::stream::SplitSink<WebSocketStream, Message>);
+
+impl Sink {
+    async fn send(&mut self, message: Message) -> anyhow::Result<()> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.0.send(message)).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => anyhow::bail!("the peer stopped reading"),
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.0.close()).await;
+    }
+}
 
 impl Connection {
     async fn run(
@@ -63,7 +78,8 @@ impl Connection {
         rate: f64,
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
-        let (mut sink, mut incoming) = stream.split();
+        let (sink, mut incoming) = stream.split();
+        let mut sink = Sink(sink);
         let Some(mut reg) = hub.register(user, ConnKind::WebSocket).await else {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
@@ -102,9 +118,7 @@ impl Connection {
                     conn.push_unread(&mut sink).await?;
                 }
                 item = reg.frames.recv(), if live => match item {
-                    Some(item) => if !conn.outbound_in_time(&mut sink, item).await? {
-                        return Ok(());
-                    },
+                    Some(item) => conn.outbound(&mut sink, item).await?,
                     None => {
                         let (code, why) = match reg.reason.get() {
                             Disconnect::TooSlow => (CLOSE_RESUME, "too slow: reconnect and resume"),
@@ -121,9 +135,7 @@ impl Connection {
                             // Whatever was queued before this frame goes out before its
                             // answer (a `ping` is a barrier).
                             while live && let Ok(item) = reg.frames.try_recv() {
-                                if !conn.outbound_in_time(&mut sink, item).await? {
-                                    return Ok(());
-                                }
+                                conn.outbound(&mut sink, item).await?;
                             }
                             conn.on_text(&mut sink, &text).await?;
                             live = true;
@@ -154,18 +166,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends a queued item; false when the peer has not taken it within [`WRITE_TIMEOUT`]
-    /// (it stopped reading: the connection is dropped).
-    async fn outbound_in_time(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<bool> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.outbound(sink, item)).await {
-            Ok(sent) => sent.map(|()| true),
-            Err(_) => {
-                tracing::info!(user = %self.user, "dropping a websocket whose peer stopped reading");
-                Ok(false)
-            }
-        }
-    }
-
     async fn outbound(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<()> {
         match item {
             Outbound::Event(frame) => {
@@ -187,7 +187,9 @@ impl Connection {
 
     async fn push_unread(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
         let frames = match self.unread.changes(&self.chat, self.user).await {
-            Ok(frames) => frames,
+            Ok(Some(frames)) => frames,
+            // The read models have not caught up yet: the next flush tries again.
+            Ok(None) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read unread counts for a push");
                 return Ok(());
@@ -211,7 +213,13 @@ impl Connection {
             }
         }
         sink.send(Message::Text(frame.text.to_string())).await?;
-        self.sent.insert(frame.room, frame.seq);
+        if frame.leaver == Some(self.user) {
+            // The room goes quiet; a later rejoin starts live from the join, without what
+            // happened while away.
+            self.sent.remove(&frame.room);
+        } else {
+            self.sent.insert(frame.room, frame.seq);
+        }
         Ok(())
     }
 
@@ -283,8 +291,9 @@ impl Connection {
                         self.reply(sink, refusal(room.to_string(), e)).await?;
                         continue;
                     }
-                    let from = self.sent.get(&room).copied().unwrap_or(after).max(after);
-                    self.catch_up(sink, room, from, None).await?;
+                    // The client's seq is authoritative: everything after it, even what went
+                    // out live before this resume (clients drop seqs they hold).
+                    self.catch_up(sink, room, after, None).await?;
                     self.sent.entry(room).or_insert(after);
                 }
                 Ok(())
@@ -346,5 +355,5 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
             reason.to_owned(),
         ))))
         .await;
-    let _ = sink.close().await;
+    sink.close().await;
 }

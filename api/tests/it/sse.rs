@@ -234,3 +234,15 @@ async fn an_sse_connection_makes_its_user_online() {
         "online as soon as the stream is open"
     );
 }
+
+#[tokio::test]
+async fn a_last_event_id_beyond_the_log_resumes_from_now() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "stale id", &[&bob]).await;
+    let mut sse = open(&app.api, &bob, Some("999999")).await;
+    app.send(&alice, &room, "still delivered").await;
+    let m = sse.next_of("message").await;
+    assert_eq!(m.data["preview"], "still delivered");
+}

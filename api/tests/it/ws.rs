@@ -331,6 +331,51 @@ async fn rooms_joined_later_are_live_and_left_rooms_go_quiet() {
         ws.drain().await.is_empty(),
         "no events from a room you left"
     );
+
+    // Invited back: the room is live again from the join, without what happened meanwhile.
+    let (status, _) = app
+        .post(
+            &format!("/v1/rooms/{room}/members"),
+            &alice.token,
+            json!({"user_ids": [bob.id]}),
+        )
+        .await;
+    assert!(status.is_success());
+    let joined = ws.next().await;
+    assert_eq!(joined["event"]["type"], "member_joined", "{joined}");
+    app.send(&alice, &room, "welcome back").await;
+    assert_eq!(ws.next().await["event"]["body"], "welcome back");
+    assert!(ws.drain().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_late_resume_replays_from_the_clients_seq() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "late", &[&bob]).await;
+    for i in 0..3 {
+        app.send(&alice, &room, &format!("missed {i}")).await;
+    }
+    // Bob's first frame is a ping, so the connection goes live before any resume.
+    let mut ws = connect(&app.api, &bob).await;
+    assert!(ws.drain().await.is_empty());
+    let live = app.send(&alice, &room, "live").await["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(ws.next().await["seq"], live);
+    // Now he resumes from seq 1: everything after it comes, the live one again included.
+    ws.send(json!({"type": "resume", "rooms": {room.clone(): 1}}))
+        .await;
+    let replay = ws.events_until(&room, live).await;
+    let seqs: Vec<u64> = replay.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (2..=live).collect::<Vec<_>>());
+    app.send(&alice, &room, "after").await;
+    assert_eq!(
+        ws.next().await["seq"],
+        live + 1,
+        "and live again without duplicates"
+    );
 }
 
 #[tokio::test]
@@ -631,10 +676,15 @@ async fn presence_goes_online_at_once_offline_after_the_grace_and_flapping_does_
         a = connect(&app.api, &alice).await;
     }
     a.close().await;
+    let closed = tokio::time::Instant::now();
     eventually("alice shown offline", || async {
         !online(&app, &bob, &alice).await
     })
     .await;
+    assert!(
+        closed.elapsed() >= Duration::from_millis(1_000),
+        "offline only a whole grace after the last disconnect, not an earlier one"
+    );
     // Everything Bob was sent about Alice since she came online: one offline, no flapping.
     let frames = b.drain_any().await;
     assert_eq!(
