@@ -341,7 +341,8 @@ pub async fn run(
                     let (room_index, room_id) = &plan.rooms[(sent_count as usize) % plan.rooms.len()];
                     let head = format!("lg {intended_us} ");
                     let body = format!("{head}{}", &pad[..plan.body_size.saturating_sub(head.len()).max(1)]);
-                    let key = format!("{}-{sent_count}", plan.index);
+                    // UUIDv7 keys, as the API recommends: ordered ids keep the log's writes cheap.
+                    let key = uuid::Uuid::now_v7().to_string();
                     let frame = json!({"type": "send", "room_id": room_id, "body": body, "client_msg_id": key});
                     pending.insert(key, (intended_us, *room_index));
                     sent_count += 1;

@@ -11,7 +11,7 @@ use super::frames::UnreadFrame;
 use crate::service::{Chat, Result};
 
 /// Pushes for one connection are at most this frequent (a burst of messages is one push).
-pub const COALESCE: Duration = Duration::from_millis(100);
+pub const COALESCE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 pub struct UnreadPush {

@@ -25,6 +25,8 @@ pub const CLOSE_RESUME: u16 = 4000;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A peer that sends nothing (not even a pong) for this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// Queued frames written out together, at most.
+const BATCH: usize = 64;
 /// A peer that takes nothing we write for this long has stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_PAGE: usize = 500;
@@ -53,14 +55,24 @@ struct Connection {
     refilled: Instant,
 }
 
-/// The socket's sending half. Every write has a deadline: a peer that takes nothing for
-/// [`WRITE_TIMEOUT`] has stopped reading, and the connection ends.
+/// The socket's sending half. Frames are buffered and flushed once per turn of the
+/// connection's loop, so a burst of frames costs one write, not one each. Every write has a
+/// deadline: a peer that takes nothing for [`WRITE_TIMEOUT`] has stopped reading, and the
+/// connection ends.
 struct Sink(futures::stream::SplitSink<WebSocketStream, Message>);
 
 impl Sink {
+    /// Buffers a frame (writing out when the buffer is full).
     async fn send(&mut self, message: Message) -> anyhow::Result<()> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.0.send(message)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.0.feed(message)).await {
             Ok(sent) => Ok(sent?),
+            Err(_) => anyhow::bail!("the peer stopped reading"),
+        }
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.0.flush()).await {
+            Ok(flushed) => Ok(flushed?),
             Err(_) => anyhow::bail!("the peer stopped reading"),
         }
     }
@@ -118,7 +130,14 @@ impl Connection {
                     conn.push_unread(&mut sink).await?;
                 }
                 item = reg.frames.recv(), if live => match item {
-                    Some(item) => conn.outbound(&mut sink, item).await?,
+                    Some(item) => {
+                        conn.outbound(&mut sink, item).await?;
+                        // Take what else is queued now, to write it out in one go.
+                        for _ in 0..BATCH {
+                            let Ok(item) = reg.frames.try_recv() else { break };
+                            conn.outbound(&mut sink, item).await?;
+                        }
+                    }
                     None => {
                         let (code, why) = match reg.reason.get() {
                             Disconnect::TooSlow => (CLOSE_RESUME, "too slow: reconnect and resume"),
@@ -158,6 +177,7 @@ impl Connection {
                     }
                 }
             }
+            sink.flush().await?;
         }
     }
 
