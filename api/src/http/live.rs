@@ -120,7 +120,9 @@ impl Api {
             auth.user(),
             self.ws_rate,
         );
-        let upgraded = socket.on_upgrade(move |stream| ws::serve(chat, hub, user, rate, stream));
+        let upgraded = socket
+            .config(ws::socket_config())
+            .on_upgrade(move |stream| ws::serve(chat, hub, user, rate, stream));
         Ok(Upgrade(upgraded.into_response()))
     }
 

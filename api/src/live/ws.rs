@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use poem::web::websocket::{CloseCode, Message, WebSocketStream};
+use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
 use schema::{MessageBody, RoomId, UserId, streams};
 
 use super::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
@@ -34,6 +34,19 @@ const CATCH_UP_PAGE: usize = 500;
 /// `resume` — has been handled, so a replay never arrives after newer live events; a client
 /// that says nothing goes live after this long.
 const RESUME_GRACE: Duration = Duration::from_secs(2);
+
+/// Buffers sized for many mostly idle connections: the library's defaults (128 KiB read
+/// buffer allocated up front) would cost ~130 KiB per connection. Messages over 64 KiB close
+/// the connection (1009); up to that, frames over [`MAX_CLIENT_FRAME`] get an error frame.
+///
+/// [`MAX_CLIENT_FRAME`]: super::frames::MAX_CLIENT_FRAME
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024))
+}
 
 /// Serves an upgraded socket of an authenticated user.
 /// `rate`: frames the client may send per second (bursts of twice as many).
