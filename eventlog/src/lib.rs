@@ -13,9 +13,11 @@
 //! are global, strictly increasing in commit order, starting at 1; position 0 means "before
 //! everything".
 //!
-//! Backends: [`sqlite::SqliteLog`] (the embedded default). [`conformance`] holds the test suite
+//! Backends: [`sqlite::SqliteLog`] (the embedded default) and [`jetstream::JetStreamLog`]
+//! (NATS JetStream, for several nodes). [`conformance`] holds the test suite
 //! every backend must pass.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -25,6 +27,8 @@ use futures::stream::BoxStream;
 use uuid::Uuid;
 
 pub mod conformance;
+pub mod jetstream;
+pub mod nats_server;
 pub mod sqlite;
 
 /// An event to append. The payload is opaque to the log.
@@ -198,4 +202,52 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// Stops taking appends, finishes (makes durable and answers) those already submitted,
     /// and releases the storage. Appends after this fail with [`Error::Closed`].
     async fn close(&self);
+}
+
+/// Longest stream name accepted, in bytes.
+pub const MAX_STREAM_NAME_LEN: usize = 256;
+
+/// Rejects malformed requests (the same way in every backend) before they reach storage.
+pub(crate) fn validate(stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<()> {
+    if stream.is_empty() {
+        return Err(Error::InvalidArgument("stream name is empty".into()));
+    }
+    if stream.len() > MAX_STREAM_NAME_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "stream name is {} bytes long, the limit is {MAX_STREAM_NAME_LEN}",
+            stream.len()
+        )));
+    }
+    if stream.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(
+            "stream name contains control characters".into(),
+        ));
+    }
+    if expected == ExpectedVersion::Exact(0) {
+        return Err(Error::InvalidArgument(
+            "expected version 0 does not exist; use NoStream for an empty stream".into(),
+        ));
+    }
+    match events {
+        [] => return Err(Error::InvalidArgument("no events to append".into())),
+        [_] => {}
+        [a, b] => {
+            if a.event_id == b.event_id {
+                return Err(duplicate_in_request(a.event_id));
+            }
+        }
+        _ => {
+            let mut seen = HashSet::with_capacity(events.len());
+            if let Some(e) = events.iter().find(|e| !seen.insert(e.event_id)) {
+                return Err(duplicate_in_request(e.event_id));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn duplicate_in_request(id: Uuid) -> Error {
+    Error::InvalidArgument(format!(
+        "event id {id} appears more than once in the request"
+    ))
 }

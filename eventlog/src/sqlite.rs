@@ -35,10 +35,10 @@
 //!
 //! Besides what the [`EventLog`] contract rejects (no events, an event id twice in one
 //! request) the log rejects with [`Error::InvalidArgument`]: an empty stream name, one longer
-//! than [`MAX_STREAM_NAME_LEN`] bytes or with control characters, and `Exact(0)` (use
+//! than [`crate::MAX_STREAM_NAME_LEN`] bytes or with control characters, and `Exact(0)` (use
 //! `NoStream`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +55,7 @@ use uuid::Uuid;
 
 use crate::{
     AppendResult, Error, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Result, Subscription,
+    validate,
 };
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
@@ -91,7 +92,6 @@ const READ_ALL: &str = "SELECT stream, version, position, event_id, event_type, 
 const STREAM_VERSION: &str = "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?1";
 
 /// Longest accepted stream name, in bytes.
-pub const MAX_STREAM_NAME_LEN: usize = 256;
 
 /// Tuning knobs for [`SqliteLog::open_with`].
 #[derive(Debug, Clone)]
@@ -375,51 +375,6 @@ impl SqliteLog {
             .await
             .map_err(|e| unavailable(format_args!("read task failed: {e}")))?
     }
-}
-
-/// Rejects malformed requests before they reach the writer.
-fn validate(stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<()> {
-    if stream.is_empty() {
-        return Err(Error::InvalidArgument("stream name is empty".into()));
-    }
-    if stream.len() > MAX_STREAM_NAME_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "stream name is {} bytes long, the limit is {MAX_STREAM_NAME_LEN}",
-            stream.len()
-        )));
-    }
-    if stream.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(
-            "stream name contains control characters".into(),
-        ));
-    }
-    if expected == ExpectedVersion::Exact(0) {
-        return Err(Error::InvalidArgument(
-            "expected version 0 does not exist; use NoStream for an empty stream".into(),
-        ));
-    }
-    match events {
-        [] => return Err(Error::InvalidArgument("no events to append".into())),
-        [_] => {}
-        [a, b] => {
-            if a.event_id == b.event_id {
-                return Err(duplicate_in_request(a.event_id));
-            }
-        }
-        _ => {
-            let mut seen = HashSet::with_capacity(events.len());
-            if let Some(e) = events.iter().find(|e| !seen.insert(e.event_id)) {
-                return Err(duplicate_in_request(e.event_id));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn duplicate_in_request(id: Uuid) -> Error {
-    Error::InvalidArgument(format!(
-        "event id {id} appears more than once in the request"
-    ))
 }
 
 #[async_trait]
@@ -1276,7 +1231,7 @@ mod tests {
             kind(validate("a\nb", ExpectedVersion::Any, &[e(a)])),
             invalid
         );
-        let long = "x".repeat(MAX_STREAM_NAME_LEN + 1);
+        let long = "x".repeat(crate::MAX_STREAM_NAME_LEN + 1);
         assert_eq!(
             kind(validate(&long, ExpectedVersion::Any, &[e(a)])),
             invalid

@@ -2,6 +2,7 @@
 //! SQLite-specific behaviour (reopening, group commit, lag).
 
 mod conformance;
+mod jetstream;
 mod sqlite;
 
 use std::path::PathBuf;

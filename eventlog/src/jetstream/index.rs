@@ -1,0 +1,244 @@
+//! The node-local event-id index of the JetStream backend.
+//!
+//! JetStream's own duplicate suppression (`Nats-Msg-Id`) only remembers ids for the stream's
+//! duplicate window (minutes). The product promises that a retried send is recognised at any
+//! later time, so each node keeps this index: a SQLite file mapping every event id in the
+//! stream to its (log stream, version, position, recorded_at), filled by a task that follows
+//! the JetStream stream. It also maps (log stream, version) to a position, so reading a long
+//! stream from a middle version starts where it should instead of scanning from the start.
+//!
+//! It is a cache of the stream, not a source of truth: delete it and it refills. It is only
+//! trusted for what it has seen ([`Index::covered`]); the append path makes sure it covers
+//! everything older than the duplicate window before relying on it (see the module above).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{Error, RecordedEvent, Result};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ids (
+    event_id    BLOB    PRIMARY KEY,
+    stream      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    position    INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ids_by_stream ON ids (stream, version, position);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT, WITHOUT ROWID;
+";
+
+/// Where an indexed event is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Index {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+    covered: watch::Sender<u64>,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("event-id index: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Index {
+    /// Opens (creating) the index at `path` for the JetStream stream `identity` (its name and
+    /// creation time). An index built from another stream is emptied first.
+    pub fn open(path: &Path, identity: &str) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(failed)?;
+        }
+        let write = Connection::open(path).map_err(failed)?;
+        write
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA cache_size = -16384;",
+            )
+            .map_err(failed)?;
+        write.execute_batch(SCHEMA).map_err(failed)?;
+        let stored: Option<String> = write
+            .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(failed)?;
+        if stored.as_deref() != Some(identity) {
+            if stored.is_some() {
+                tracing::warn!(
+                    index = %path.display(),
+                    "the event-id index belongs to another JetStream stream; rebuilding it"
+                );
+            }
+            write
+                .execute_batch("DELETE FROM ids; DELETE FROM meta;")
+                .map_err(failed)?;
+            write
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('identity', ?1), ('covered', '0')",
+                    [identity],
+                )
+                .map_err(failed)?;
+        }
+        let covered: u64 = write
+            .query_row("SELECT value FROM meta WHERE key = 'covered'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(failed)?
+            .parse()
+            .map_err(failed)?;
+        let read = Connection::open(path).map_err(failed)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                write: Mutex::new(write),
+                read: Mutex::new(read),
+                covered: watch::channel(covered).0,
+            }),
+        })
+    }
+
+    /// The position up to which every event is indexed.
+    pub fn covered(&self) -> u64 {
+        *self.inner.covered.borrow()
+    }
+
+    /// Waits until the index covers `position`.
+    pub async fn wait_for(&self, position: u64) {
+        let mut rx = self.inner.covered.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = rx.wait_for(|c| *c >= position).await;
+    }
+
+    /// Indexes a batch of events (in position order) and moves the covered position to the
+    /// last one.
+    pub async fn apply(&self, events: Vec<Arc<RecordedEvent>>) -> Result<()> {
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut conn = lock(&inner.write);
+            let tx = conn.transaction().map_err(failed)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO ids (event_id, stream, version, position, recorded_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(failed)?;
+                for e in &events {
+                    insert
+                        .execute(params![
+                            e.event_id.as_bytes().as_slice(),
+                            e.stream,
+                            e.version as i64,
+                            e.position as i64,
+                            e.recorded_at.timestamp_micros()
+                        ])
+                        .map_err(failed)?;
+                }
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'covered'",
+                    [last.to_string()],
+                )
+                .map_err(failed)?;
+            }
+            tx.commit().map_err(failed)?;
+            inner.covered.send_replace(last);
+            Ok(())
+        })
+        .await
+        .map_err(failed)?
+    }
+
+    /// Where each of `ids` is, if indexed.
+    pub async fn lookup(&self, ids: Vec<Uuid>) -> Result<Vec<Option<Hit>>> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Option<Hit>>> {
+            let conn = lock(&inner.read);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT stream, version, position, recorded_at FROM ids WHERE event_id = ?1",
+                )
+                .map_err(failed)?;
+            ids.iter()
+                .map(|id| {
+                    stmt.query_row([id.as_bytes().as_slice()], |r| {
+                        Ok(Hit {
+                            stream: r.get(0)?,
+                            version: r.get::<_, i64>(1)? as u64,
+                            position: r.get::<_, i64>(2)? as u64,
+                            recorded_at: DateTime::from_timestamp_micros(r.get(3)?)
+                                .unwrap_or_default(),
+                        })
+                    })
+                    .optional()
+                    .map_err(failed)
+                })
+                .collect()
+        })
+        .await
+        .map_err(failed)?
+    }
+
+    /// The position to start scanning `stream`'s subject from to find `from_version`: the
+    /// event's own position when indexed, else just after the last indexed event of the stream
+    /// before it (or after everything the index covers, if the stream has no indexed events).
+    pub async fn seek(&self, stream: &str, from_version: u64) -> Result<u64> {
+        let inner = self.inner.clone();
+        let stream = stream.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let conn = lock(&inner.read);
+            // Read the covered position first: everything the query below misses is after it.
+            let covered = *inner.covered.borrow();
+            let before: Option<(i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT version, position FROM ids WHERE stream = ?1 AND version <= ?2 \
+                     ORDER BY version DESC LIMIT 1",
+                )
+                .map_err(failed)?
+                .query_row(params![stream, from_version as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(failed)?;
+            Ok(match before {
+                Some((v, p)) if v as u64 == from_version => p as u64,
+                Some((_, p)) => p as u64 + 1,
+                None => {
+                    let any: Option<i64> = conn
+                        .prepare_cached("SELECT 1 FROM ids WHERE stream = ?1 LIMIT 1")
+                        .map_err(failed)?
+                        .query_row([&stream], |r| r.get(0))
+                        .optional()
+                        .map_err(failed)?;
+                    // Versions below `from_version` are unknown but the stream has indexed
+                    // events above it: start from the beginning.
+                    if any.is_some() { 1 } else { covered + 1 }
+                }
+            })
+        })
+        .await
+        .map_err(failed)?
+    }
+}
