@@ -91,8 +91,6 @@ const READ_ALL: &str = "SELECT stream, version, position, event_id, event_type, 
 /// entries in the `(stream, version)` index.
 const STREAM_VERSION: &str = "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?1";
 
-/// Longest accepted stream name, in bytes.
-
 /// Tuning knobs for [`SqliteLog::open_with`].
 #[derive(Debug, Clone)]
 pub struct Options {
