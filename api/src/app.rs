@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use eventlog::EventLog;
+use eventlog::jetstream::JetStreamLog;
 use eventlog::sqlite::SqliteLog;
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
@@ -58,16 +59,38 @@ pub struct App {
     chat: Arc<Chat>,
     readiness: Readiness,
     presence: Presence,
+    nats: Option<async_nats::Client>,
 }
 
-async fn open_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, ReadModels)> {
+/// The opened storage: the log, the read models and, on the scale-out backend, the NATS
+/// connection (for presence and typing across nodes).
+struct Storage {
+    log: Arc<dyn EventLog>,
+    models: ReadModels,
+    nats: Option<async_nats::Client>,
+}
+
+async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let log: Arc<dyn EventLog> = Arc::new(
-        SqliteLog::open(settings.events_path())
-            .await
-            .context("cannot open the event log")?,
-    );
+    let (log, nats): (Arc<dyn EventLog>, _) = match settings.jetstream() {
+        Some(options) => {
+            tracing::info!(url = %options.url, stream = %options.stream, "event log: NATS JetStream");
+            let log = JetStreamLog::connect(options)
+                .await
+                .context("cannot open the JetStream event log")?;
+            let client = log.client().clone();
+            (Arc::new(log), Some(client))
+        }
+        None => (
+            Arc::new(
+                SqliteLog::open(settings.events_path())
+                    .await
+                    .context("cannot open the event log")?,
+            ),
+            None,
+        ),
+    };
     let path = settings.read_models_path();
     let open = |path: std::path::PathBuf| async move {
         tokio::task::spawn_blocking(move || ReadModels::open(path))
@@ -88,7 +111,7 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>,
         ReadModels::delete(&path)?;
         models = open(path).await?;
     }
-    Ok((log, models))
+    Ok(Storage { log, models, nats })
 }
 
 impl std::fmt::Debug for App {
@@ -101,7 +124,13 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let (log, models) = open_storage(&settings).await?;
+        if settings.nats.url.is_some() && settings.jwt_secret.is_none() {
+            anyhow::bail!(
+                "CHAT_JWT_SECRET must be set when CHAT_NATS_URL is: every node must sign and \
+                 check tokens with the same secret"
+            );
+        }
+        let Storage { log, models, nats } = open_storage(&settings).await?;
         let secret =
             auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
         let auth = Auth::new(
@@ -144,6 +173,7 @@ impl App {
             chat,
             readiness,
             presence,
+            nats,
         })
     }
 
@@ -168,6 +198,7 @@ impl App {
             chat,
             readiness,
             presence,
+            nats,
         } = self;
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
@@ -176,6 +207,13 @@ impl App {
         let hub_settings = HubSettings {
             queue: settings.ws_queue,
             offline_grace: settings.presence_grace(),
+            peers: nats.map(|client| {
+                crate::live::peers::Peers::new(
+                    client,
+                    format!("{}.live", settings.nats.subject_prefix),
+                    settings.node_name(),
+                )
+            }),
         };
         let (hub, hub_run) = crate::live::hub::start(
             log.clone(),
@@ -253,7 +291,7 @@ fn supervise<E: Into<anyhow::Error>>(
 /// Returns the position replayed up to.
 pub async fn rebuild(settings: &Settings) -> anyhow::Result<u64> {
     ReadModels::delete(&settings.read_models_path())?;
-    let (log, models) = open_storage(settings).await?;
+    let Storage { log, models, .. } = open_storage(settings).await?;
     let head = log.head().await?;
     let (tx, progress) = Progress::new();
     let stop = CancellationToken::new();

@@ -91,8 +91,101 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub argon2_iterations: u32,
 
+    #[command(flatten)]
+    pub nats: NatsSettings,
+
+    /// This node's name in logs and in NATS connection names. Default: the host name.
+    #[arg(long, env = "CHAT_NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The scale-out backend: when `CHAT_NATS_URL` is set, the event log is a NATS JetStream
+/// stream shared by every node, and presence and typing cross nodes over NATS subjects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsSettings {
+    /// NATS server URLs, comma-separated (`nats://n1:4222,nats://n2:4222`). Unset: the
+    /// embedded SQLite log.
+    #[arg(long = "nats-url", env = "CHAT_NATS_URL", global = true)]
+    pub url: Option<String>,
+
+    /// A NATS `.creds` file (JWT and NKey seed).
+    #[arg(long = "nats-creds", env = "CHAT_NATS_CREDS", global = true)]
+    pub creds: Option<PathBuf>,
+
+    /// NATS user name (with `CHAT_NATS_PASSWORD`).
+    #[arg(long = "nats-user", env = "CHAT_NATS_USER", global = true)]
+    pub user: Option<String>,
+
+    /// NATS password.
+    #[arg(
+        long = "nats-password",
+        env = "CHAT_NATS_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(
+        long = "nats-token",
+        env = "CHAT_NATS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// PEM file of the CA certificates that sign the NATS servers' certificates.
+    #[arg(long = "nats-tls-ca", env = "CHAT_NATS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS, with `CHAT_NATS_TLS_KEY`.
+    #[arg(long = "nats-tls-cert", env = "CHAT_NATS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long = "nats-tls-key", env = "CHAT_NATS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse to talk to NATS without TLS.
+    #[arg(
+        long = "nats-require-tls",
+        env = "CHAT_NATS_REQUIRE_TLS",
+        global = true
+    )]
+    pub require_tls: bool,
+
+    /// The JetStream stream holding the event log.
+    #[arg(
+        long = "nats-stream",
+        env = "CHAT_NATS_STREAM",
+        default_value = "CHAT_EVENTS",
+        global = true
+    )]
+    pub stream: String,
+
+    /// Subject prefix: events go to `<prefix>.events.<stream>`, presence and typing to
+    /// `<prefix>.live.*`.
+    #[arg(
+        long = "nats-subject-prefix",
+        env = "CHAT_NATS_SUBJECT_PREFIX",
+        default_value = "chat",
+        global = true
+    )]
+    pub subject_prefix: String,
+
+    /// Replicas of the stream when chatd creates it: 1 on one server, 3 in a cluster.
+    #[arg(long = "nats-replicas", env = "CHAT_NATS_REPLICAS", default_value_t = 1, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5))]
+    pub replicas: usize,
+
+    /// JetStream's duplicate window for the stream when chatd creates it, in seconds. Retries
+    /// are recognised at any time regardless; this only bounds the server's memory for ids.
+    #[arg(long = "nats-duplicate-window", env = "CHAT_NATS_DUPLICATE_WINDOW", default_value_t = 120, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duplicate_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -118,6 +211,43 @@ impl Settings {
 
     pub fn read_models_path(&self) -> PathBuf {
         self.data_dir.join("readmodels.db")
+    }
+
+    /// The node-local event-id index of the JetStream backend.
+    pub fn jetstream_index_path(&self) -> PathBuf {
+        self.data_dir.join("jetstream-index.db")
+    }
+
+    /// This node's name: `CHAT_NODE_NAME`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "chatd".to_owned())
+        })
+    }
+
+    /// The JetStream backend's options, when NATS is configured.
+    pub fn jetstream(&self) -> Option<eventlog::jetstream::Options> {
+        let n = &self.nats;
+        let url = n.url.clone()?;
+        let mut o = eventlog::jetstream::Options::new(url, self.jetstream_index_path());
+        o.client_name = format!("chatd {}", self.node_name());
+        o.credentials = n.creds.clone();
+        o.user = n.user.clone();
+        o.password = n.password.clone();
+        o.token = n.token.clone();
+        o.tls_ca = n.tls_ca.clone();
+        o.tls_cert = n.tls_cert.clone();
+        o.tls_key = n.tls_key.clone();
+        o.require_tls = n.require_tls;
+        o.stream = n.stream.clone();
+        o.subject_prefix = format!("{}.events", n.subject_prefix);
+        o.replicas = n.replicas;
+        o.duplicate_window = Duration::from_secs(n.duplicate_window_secs);
+        Some(o)
     }
 
     pub fn presence_grace(&self) -> Duration {

@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
+use super::peers::{Outbox, PEER_TIMEOUT, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::Presence;
+use uuid::Uuid;
 
 /// A user's typing is forwarded at most once per this interval per room.
 pub const TYPING_EVERY: Duration = Duration::from_secs(1);
@@ -194,6 +196,12 @@ struct State {
     going_offline: VecDeque<(Instant, UserId)>,
     offline_at: HashMap<UserId, Instant>,
     typing_last: HashMap<(RoomId, UserId), Instant>,
+    /// Users announced online because of a connection on this node.
+    local: HashSet<UserId>,
+    /// Other nodes' online users, and when each node was last heard from.
+    remote: HashMap<Uuid, (HashSet<UserId>, Instant)>,
+    /// To the other nodes, on the scale-out backend.
+    outbox: Option<Outbox>,
 }
 
 enum Delivery {
@@ -246,6 +254,9 @@ impl State {
         if ids.is_empty() {
             self.by_user.remove(&conn.user);
             if reason == Disconnect::Shutdown {
+                // Other nodes keep this node's users for PEER_TIMEOUT: enough for them to
+                // reconnect elsewhere without blinking offline.
+                self.local.remove(&conn.user);
                 self.presence.set(conn.user, false);
             } else {
                 let at = Instant::now() + self.offline_grace;
@@ -275,8 +286,13 @@ impl State {
                 self.offline_at.remove(&user);
                 if reply.send((id, frames, reason)).is_err() {
                     self.drop_conn(id, Disconnect::None);
-                } else if self.presence.set(user, true) {
-                    self.announce(user, true);
+                } else {
+                    if self.local.insert(user) {
+                        self.publish(PeerMessage::Presence { user, online: true });
+                    }
+                    if self.presence.set(user, true) {
+                        self.announce(user, true);
+                    }
                 }
             }
             Command::Unregister { id } => self.drop_conn(id, Disconnect::None),
@@ -284,7 +300,7 @@ impl State {
                 let member = self.members.get(&room).is_some_and(|m| m.contains(&user));
                 let _ = reply.send(member);
                 if member {
-                    self.typing(user, room);
+                    self.typing(user, room, true);
                 }
             }
         }
@@ -356,8 +372,27 @@ impl State {
                 continue; // reconnected (and maybe left again later) meanwhile
             }
             self.offline_at.remove(&user);
-            if !self.by_user.contains_key(&user) && self.presence.set(user, false) {
-                self.announce(user, false);
+            if !self.by_user.contains_key(&user) && self.local.remove(&user) {
+                self.publish(PeerMessage::Presence {
+                    user,
+                    online: false,
+                });
+                self.recompute(user);
+            }
+        }
+        // Nodes not heard from: their users are offline as far as this node can tell.
+        let gone: Vec<Uuid> = self
+            .remote
+            .iter()
+            .filter(|(_, (_, seen))| now.duration_since(*seen) > PEER_TIMEOUT)
+            .map(|(node, _)| *node)
+            .collect();
+        for node in gone {
+            tracing::warn!(%node, "no word from a peer node; its users count as offline");
+            if let Some((users, _)) = self.remote.remove(&node) {
+                for user in users {
+                    self.recompute(user);
+                }
             }
         }
         // Connections whose task ended without unregistering (a cancelled registration).
@@ -374,13 +409,62 @@ impl State {
             .retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
     }
 
-    fn typing(&mut self, user: UserId, room: RoomId) {
+    fn publish(&self, message: PeerMessage) {
+        if let Some(outbox) = &self.outbox {
+            outbox.send(message);
+        }
+    }
+
+    /// Announces `user`'s presence if it changed: online while connected here or on any
+    /// other node.
+    fn recompute(&mut self, user: UserId) {
+        let online =
+            self.local.contains(&user) || self.remote.values().any(|(u, _)| u.contains(&user));
+        if self.presence.set(user, online) {
+            self.announce(user, online);
+        }
+    }
+
+    /// A message from another node.
+    fn peer(&mut self, node: Uuid, message: PeerMessage) {
+        let now = Instant::now();
+        let entry = self
+            .remote
+            .entry(node)
+            .or_insert_with(|| (HashSet::new(), now));
+        entry.1 = now;
+        match message {
+            PeerMessage::Typing { room, user } => self.typing(user, room, false),
+            PeerMessage::Presence { user, online } => {
+                if online {
+                    entry.0.insert(user);
+                } else {
+                    entry.0.remove(&user);
+                }
+                self.recompute(user);
+            }
+            PeerMessage::Sync { users } => {
+                let new: HashSet<UserId> = users.into_iter().collect();
+                let old = std::mem::replace(&mut entry.0, new.clone());
+                for user in old.symmetric_difference(&new).copied().collect::<Vec<_>>() {
+                    self.recompute(user);
+                }
+            }
+        }
+    }
+
+    /// Forwards typing to the room's members connected here (and, if it started here, to the
+    /// other nodes), at most once per [`TYPING_EVERY`].
+    fn typing(&mut self, user: UserId, room: RoomId, local: bool) {
         let now = Instant::now();
         match self.typing_last.get(&(room, user)) {
             Some(at) if now.duration_since(*at) < TYPING_EVERY => return,
             _ => {}
         }
         self.typing_last.insert((room, user), now);
+        if local {
+            self.publish(PeerMessage::Typing { room, user });
+        }
         let text: Arc<str> = ServerFrame::Typing(TypingFrame {
             room_id: room.0,
             user_id: user.0,
@@ -537,6 +621,8 @@ pub struct HubSettings {
     pub queue: usize,
     /// How long a user stays announced online after their last connection closed.
     pub offline_grace: Duration,
+    /// The other nodes, on the scale-out backend.
+    pub peers: Option<Peers>,
 }
 
 /// Starts the hub: returns its handle and the task to run until `shutdown`.
@@ -565,6 +651,13 @@ pub async fn start(
         going_offline: VecDeque::new(),
         offline_at: HashMap::new(),
         typing_last: HashMap::new(),
+        local: HashSet::new(),
+        remote: HashMap::new(),
+        outbox: settings.peers.as_ref().map(Peers::outbox),
+    };
+    let mut incoming = match &settings.peers {
+        Some(peers) => peers.incoming().await?,
+        None => futures::stream::pending().boxed(),
     };
     for (room, user) in snap.members {
         state.join(room, user);
@@ -578,11 +671,17 @@ pub async fn start(
         let mut events = log.subscribe(position);
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync = tokio::time::interval(SYNC_EVERY);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => state.expire(Instant::now()),
+                _ = sync.tick(), if state.outbox.is_some() => {
+                    let users = state.local.iter().copied().collect();
+                    state.publish(PeerMessage::Sync { users });
+                }
+                Some((node, message)) = incoming.next() => state.peer(node, message),
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
                     Some(Ok(recorded)) => state.apply(&recorded),

@@ -2,6 +2,7 @@
 
 pub mod frames;
 pub mod hub;
+pub mod peers;
 pub mod presence;
 pub mod sse;
 mod unread;

@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// Frames that tests of room events skip over.
 const SIDE_FRAMES: [&str; 3] = ["unread", "typing", "presence"];
 
-struct Client {
+pub(crate) struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
@@ -29,7 +29,7 @@ fn ws_url(api: &Api, token: Option<&str>) -> String {
     }
 }
 
-async fn connect(api: &Api, user: &TestUser) -> Client {
+pub(crate) async fn connect(api: &Api, user: &TestUser) -> Client {
     let (ws, _) = tokio_tungstenite::connect_async(ws_url(api, Some(&user.token)))
         .await
         .expect("upgrade");
@@ -37,13 +37,13 @@ async fn connect(api: &Api, user: &TestUser) -> Client {
 }
 
 impl Client {
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
 
     /// The next JSON frame that is not a side frame (`unread`, `typing`, `presence`), within
     /// the deadline.
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         loop {
             let f = self.next_any().await;
             if !SIDE_FRAMES.contains(&f["type"].as_str().unwrap_or_default()) {
@@ -53,7 +53,7 @@ impl Client {
     }
 
     /// The next frame of type `kind`, skipping others.
-    async fn next_of(&mut self, kind: &str) -> Value {
+    pub(crate) async fn next_of(&mut self, kind: &str) -> Value {
         loop {
             let f = self.next_any().await;
             if f["type"] == kind {
@@ -63,7 +63,7 @@ impl Client {
     }
 
     /// The next JSON frame, within the deadline.
-    async fn next_any(&mut self) -> Value {
+    pub(crate) async fn next_any(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(DEADLINE, self.ws.next())
                 .await
@@ -77,7 +77,7 @@ impl Client {
     }
 
     /// Event frames until `room` reaches `seq`, checking order per room on the way.
-    async fn events_until(&mut self, room: &str, seq: u64) -> Vec<Value> {
+    pub(crate) async fn events_until(&mut self, room: &str, seq: u64) -> Vec<Value> {
         let mut events = Vec::new();
         loop {
             let f = self.next().await;
@@ -91,14 +91,14 @@ impl Client {
     }
 
     /// Closes the connection and waits until the server has closed its side.
-    async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         self.ws.close(None).await.unwrap();
         while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
     }
 
     /// Sends a ping and returns every frame, side frames included, before the pong. The ping
     /// is a barrier: everything queued for us before it was read is in the result.
-    async fn drain_any(&mut self) -> Vec<Value> {
+    pub(crate) async fn drain_any(&mut self) -> Vec<Value> {
         self.send(json!({"type": "ping"})).await;
         let mut before = Vec::new();
         loop {
@@ -111,7 +111,7 @@ impl Client {
     }
 
     /// Sends a ping and returns every frame before the pong.
-    async fn drain(&mut self) -> Vec<Value> {
+    pub(crate) async fn drain(&mut self) -> Vec<Value> {
         self.send(json!({"type": "ping"})).await;
         let mut before = Vec::new();
         loop {
@@ -125,7 +125,7 @@ impl Client {
 }
 
 /// Per room, the seqs received must be consecutive.
-fn assert_gapless(events: &[Value]) -> HashMap<String, Vec<u64>> {
+pub(crate) fn assert_gapless(events: &[Value]) -> HashMap<String, Vec<u64>> {
     let mut by_room: HashMap<String, Vec<u64>> = HashMap::new();
     for e in events {
         by_room
@@ -510,7 +510,7 @@ async fn events_arriving_between_connect_and_resume_stay_in_order() {
 }
 
 /// Frames of one type among `frames`.
-fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_type<'a>(frames: &'a [Value], kind: &str) -> Vec<&'a Value> {
     frames.iter().filter(|f| f["type"] == kind).collect()
 }
 
@@ -623,7 +623,10 @@ async fn online(app: &crate::helpers::TestApp, viewer: &TestUser, user: &TestUse
 }
 
 /// Polls `condition` until it holds, failing after the deadline.
-async fn eventually<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+pub(crate) async fn eventually<F: Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !condition().await {
         assert!(

@@ -355,6 +355,11 @@ impl JetStreamLog {
     }
 
     /// Every event after `after` with the consumer's pending count and when it arrived.
+    ///
+    /// Losing the server (a NATS node going away, a consumer lost with its node) is not the
+    /// end: the ordered consumer is recreated from the last event delivered, with backoff,
+    /// until the log closes. Only a message that cannot be decoded ends the stream (with the
+    /// error), since skipping it would be a silent gap.
     fn follow(
         &self,
         after: u64,
@@ -362,64 +367,83 @@ impl JetStreamLog {
         let log = self.clone();
         let mut closed = self.inner.closed.subscribe();
         let stream = async_stream(move |tx| async move {
-            if *closed.borrow() {
-                return;
-            }
-            let deliver_policy = if after == 0 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
+            let mut last = after;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                if *closed.borrow() {
+                    return;
                 }
-            };
-            let consumer = log
-                .inner
-                .stream
-                .create_consumer(pull::OrderedConfig {
-                    deliver_policy,
-                    ..Default::default()
-                })
-                .await;
-            let mut messages = match consumer {
-                Ok(c) => match c.messages().await {
+                let deliver_policy = if last == 0 {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: last + 1,
+                    }
+                };
+                let messages = match log
+                    .inner
+                    .stream
+                    .create_consumer(pull::OrderedConfig {
+                        deliver_policy,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let mut messages = match messages {
                     Ok(m) => m,
                     Err(e) => {
-                        let _ = tx.send(Err(unavailable(format!("consumer: {e}")))).await;
+                        tracing::warn!(error = %e, after = last, "cannot follow the stream; retrying");
+                        tokio::select! {
+                            _ = closed.wait_for(|c| *c) => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        _ = closed.wait_for(|c| *c) => return,
+                        next = messages.next() => next,
+                    };
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, after = last, "lost the stream consumer; recreating it");
+                            break;
+                        }
+                        None => break,
+                    };
+                    let received = Instant::now();
+                    let item = match message.info() {
+                        Ok(info) if info.stream_sequence <= last => continue,
+                        Ok(info) => wire::decode(
+                            &log.inner.prefix,
+                            message.subject.as_str(),
+                            info.stream_sequence,
+                            message.headers.as_ref().unwrap_or(&HeaderMap::new()),
+                            &message.payload,
+                        )
+                        .map(|e| (Arc::new(e), info.pending, received)),
+                        Err(e) => Err(wire::corrupt(e)),
+                    };
+                    let failed = item.is_err();
+                    if let Ok((event, _, _)) = &item {
+                        last = event.position;
+                        backoff = Duration::from_millis(50);
+                    }
+                    if tx.send(item).await.is_err() || failed {
                         return;
                     }
-                },
-                Err(e) => {
-                    let _ = tx.send(Err(unavailable(format!("consumer: {e}")))).await;
-                    return;
                 }
-            };
-            loop {
-                let next = tokio::select! {
+                tokio::select! {
                     _ = closed.wait_for(|c| *c) => return,
-                    next = messages.next() => next,
-                };
-                let item = match next {
-                    None => Err(unavailable("the JetStream consumer ended")),
-                    Some(Err(e)) => Err(unavailable(format!("consumer: {e}"))),
-                    Some(Ok(message)) => {
-                        let received = Instant::now();
-                        match message.info() {
-                            Ok(info) => wire::decode(
-                                &log.inner.prefix,
-                                message.subject.as_str(),
-                                info.stream_sequence,
-                                message.headers.as_ref().unwrap_or(&HeaderMap::new()),
-                                &message.payload,
-                            )
-                            .map(|e| (Arc::new(e), info.pending, received)),
-                            Err(e) => Err(wire::corrupt(e)),
-                        }
-                    }
-                };
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    return;
+                    () = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
         stream.boxed()
