@@ -161,7 +161,43 @@ fn event_id(event: &Event) -> Uuid {
     }
 }
 
+tokio::task_local! {
+    /// The W3C `traceparent` of the request being handled, if its caller sent one. Events
+    /// appended while handling it carry it in their metadata, and the JetStream backend in a
+    /// `traceparent` header, so the trace continues on every node that consumes them.
+    pub static TRACE_PARENT: Option<String>;
+}
+
+/// `traceparent` if it is a well-formed W3C trace context (version 00).
+pub fn valid_traceparent(v: &str) -> Option<String> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [version, trace, span, flags]
+            if *version == "00"
+                && hex(trace, 32)
+                && hex(span, 16)
+                && hex(flags, 2)
+                && trace.bytes().any(|b| b != b'0')
+                && span.bytes().any(|b| b != b'0') =>
+        {
+            Some(v.trim().to_ascii_lowercase())
+        }
+        _ => None,
+    }
+}
+
 fn to_new(events: &[Event]) -> Vec<NewEvent> {
+    let metadata = TRACE_PARENT
+        .try_with(|t| t.clone())
+        .ok()
+        .flatten()
+        .map(|tp| {
+            serde_json::json!({ "traceparent": tp })
+                .to_string()
+                .into_bytes()
+        })
+        .unwrap_or_default();
     events
         .iter()
         .map(|e| NewEvent {
@@ -169,7 +205,7 @@ fn to_new(events: &[Event]) -> Vec<NewEvent> {
             event_type: e.type_name().to_owned(),
             schema_version: e.schema_version(),
             data: e.encode(),
-            metadata: Vec::new(),
+            metadata: metadata.clone(),
         })
         .collect()
 }

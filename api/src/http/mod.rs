@@ -137,6 +137,16 @@ pub fn routes(
         .at("/readyz", readyz)
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
+        .around(|ep, req| async move {
+            let trace = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::service::valid_traceparent);
+            crate::service::TRACE_PARENT
+                .scope(trace, ep.call(req))
+                .await
+        })
         .data(chat)
         .data(readiness)
         .with(CatchPanic::new())

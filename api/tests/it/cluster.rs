@@ -363,3 +363,62 @@ async fn r3_cluster_loses_the_stream_leader_and_no_acknowledged_send_is_lost() {
     // And sends keep working.
     chat.send(&alice, &room, "after the rejoin").await;
 }
+
+/// The last event message of a room, read straight from JetStream.
+async fn last_room_message(url: &str, room: &str) -> async_nats::jetstream::message::StreamMessage {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("CHAT_EVENTS").await.expect("stream");
+    stream
+        .direct_get_last_for_subject(format!("chat.events.room-{room}"))
+        .await
+        .expect("last message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_id_and_the_callers_trace_context_travel_in_message_headers() {
+    let nats = NatsServer::start();
+    let chat = node(&nats.url(), 1).await;
+    let alice = chat.user("alice").await;
+    let room = chat.create_room(&alice, "traced", &[]).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let sent: Value = chat
+        .http
+        .post(format!("{}/v1/rooms/{room}/messages", chat.base))
+        .bearer_auth(&alice.token)
+        .header("traceparent", traceparent)
+        .json(&json!({"body": "traced"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let message = last_room_message(&nats.url(), &room).await;
+    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("traceparent").as_deref(), Some(traceparent));
+    assert_eq!(
+        header("Nats-Msg-Id"),
+        sent["message_id"].as_str().map(str::to_owned)
+    );
+    assert_eq!(header("Chat-Event-Type").as_deref(), Some("message_sent"));
+    assert_eq!(
+        header("Chat-Version"),
+        sent["seq"].as_u64().map(|s| s.to_string())
+    );
+
+    // A malformed trace context is not passed on.
+    let status = chat
+        .http
+        .post(format!("{}/v1/rooms/{room}/messages", chat.base))
+        .bearer_auth(&alice.token)
+        .header("traceparent", "00-not-a-trace-01")
+        .json(&json!({"body": "untraced"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::CREATED);
+    let message = last_room_message(&nats.url(), &room).await;
+    assert!(message.headers.get("traceparent").is_none());
+}
