@@ -91,6 +91,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub argon2_iterations: u32,
 
+    /// Longest a sent, edited or deleted message waits before search reflects it, in
+    /// milliseconds (the search index commits in batches at most this far apart).
+    #[arg(long, env = "CHAT_SEARCH_COMMIT_MS", default_value_t = 250, global = true,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub search_commit_ms: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -99,7 +105,8 @@ pub struct Settings {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Delete the read models and rebuild them by replaying the event log, then exit.
+    /// Delete the read models and the search index and rebuild them by replaying the event
+    /// log, then exit.
     Rebuild,
 }
 
@@ -118,6 +125,17 @@ impl Settings {
 
     pub fn read_models_path(&self) -> PathBuf {
         self.data_dir.join("readmodels.db")
+    }
+
+    pub fn search_path(&self) -> PathBuf {
+        self.data_dir.join("search")
+    }
+
+    pub fn search_indexer(&self) -> search::IndexerSettings {
+        search::IndexerSettings {
+            commit_interval: Duration::from_millis(self.search_commit_ms),
+            ..search::IndexerSettings::default()
+        }
     }
 
     pub fn presence_grace(&self) -> Duration {
