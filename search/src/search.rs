@@ -173,7 +173,9 @@ impl Bm25StatisticsProvider for FrozenStats<'_> {
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
         match self.df.get(term) {
             Some(df) => Ok(*df),
-            None => self.live.doc_freq(term),
+            // Terms not frozen (exclusions, filters) do not affect the order, but BM25 asserts
+            // that no term is in more documents than the (frozen) total.
+            None => Ok(self.live.doc_freq(term)?.min(self.stats.n)),
         }
     }
 }

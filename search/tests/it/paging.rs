@@ -122,3 +122,35 @@ async fn foreign_or_damaged_cursors_are_refused() {
     }
     h.close().await;
 }
+
+#[tokio::test]
+async fn terms_that_grow_past_the_frozen_statistics_between_pages_are_harmless() {
+    let h = Harness::new().await;
+    let room = RoomId::new();
+    for i in 0..3 {
+        h.send(room, &format!("alpha {i}")).await;
+    }
+    h.caught_up().await;
+    let first = h.search_with("alpha -beta", &[room], |r| {
+        r.sort = Sort::Relevance;
+        r.limit = 1;
+    });
+    // Far more messages with the excluded word than the whole index held at the first page.
+    for i in 0..10 {
+        h.send(room, &format!("beta {i}")).await;
+    }
+    h.caught_up().await;
+    let mut cursor = first.next_cursor;
+    let mut seen = vec![first.hits[0].message_id];
+    while let Some(c) = cursor {
+        let page = h.search_with("alpha -beta", &[room], |r| {
+            r.sort = Sort::Relevance;
+            r.limit = 1;
+            r.cursor = Some(c);
+        });
+        seen.extend(page.hits.iter().map(|hit| hit.message_id));
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen.len(), 3);
+    h.close().await;
+}
