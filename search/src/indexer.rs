@@ -27,8 +27,11 @@ use uuid::Uuid;
 use crate::index::{INDEX_VERSION, Payload, SearchIndex};
 use crate::{Error, Result};
 
-/// Most events taken from the log for one trip to the writer.
+/// Most events taken from the log for one trip to the writer …
 const MAX_BATCH: usize = 4_096;
+/// … and most payload bytes, so a lagging indexer does not hold many large messages at once
+/// (bodies are up to 64 KiB).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// How the indexer batches its work.
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +50,15 @@ pub struct IndexerSettings {
 
 impl Default for IndexerSettings {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             commit_interval: Duration::from_millis(250),
             commit_docs: 20_000,
             checkpoint_interval: Duration::from_secs(5),
-            threads: cores.clamp(1, 4),
-            memory_budget_bytes: 64 << 20,
+            // One thread indexes far faster than a node takes messages (see
+            // docs/benchmarks.md), and each thread's in-memory segment adds tens of MB of
+            // peak memory; the server's cores are better spent serving.
+            threads: 1,
+            memory_budget_bytes: 32 << 20,
         }
     }
 }
@@ -307,11 +312,17 @@ pub async fn run(
             }
             return Err(Error::Task("the log subscription ended".into()));
         };
-        let mut batch = vec![first?];
+        let first = first?;
+        let mut bytes = first.data.len();
+        let mut batch = vec![first];
         // Take whatever else is already waiting: one trip to the writer for a burst.
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match events.next().now_or_never() {
-                Some(Some(event)) => batch.push(event?),
+                Some(Some(event)) => {
+                    let event = event?;
+                    bytes += event.data.len();
+                    batch.push(event);
+                }
                 _ => break,
             }
         }
