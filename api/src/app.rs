@@ -20,6 +20,7 @@ use crate::auth::{self, Auth};
 use crate::config::Settings;
 use crate::live::hub::HubSettings;
 use crate::live::presence::Presence;
+use crate::metrics::{Failures, MeteredLog, Watched};
 use crate::search::Search;
 use crate::service::Chat;
 
@@ -73,6 +74,7 @@ pub struct App {
     search_index: SearchIndex,
     search_tx: watch::Sender<u64>,
     search: Search,
+    failures: Arc<Failures>,
 }
 
 /// Opens the search index for `log` (rebuilt from it when missing, of another version, or
@@ -153,7 +155,10 @@ impl App {
                  check tokens with the same secret"
             );
         }
+        crate::metrics::install();
+        let failures = Arc::new(Failures::default());
         let Storage { log, models, nats } = open_storage(&settings).await?;
+        let log = MeteredLog::wrap(log, failures.clone());
         let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =
             auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
@@ -204,6 +209,7 @@ impl App {
             search_index,
             search_tx,
             search,
+            failures,
         })
     }
 
@@ -232,6 +238,7 @@ impl App {
             search_index,
             search_tx,
             search,
+            failures,
         } = self;
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
@@ -247,6 +254,7 @@ impl App {
                     settings.node_name(),
                 )
             }),
+            failures: failures.clone(),
         };
         let (hub, hub_run) = crate::live::hub::start(
             log.clone(),
@@ -256,6 +264,22 @@ impl App {
             stop_live.clone(),
         )
         .await?;
+        let monitor = supervise(
+            "monitor",
+            crate::metrics::monitor(
+                Watched {
+                    log: log.clone(),
+                    projections: vec![
+                        ("read_model", progress_tx.subscribe()),
+                        ("search", search_tx.subscribe()),
+                        ("hub", hub.position()),
+                    ],
+                    failures,
+                },
+                stop_projector.clone(),
+            ),
+            failed.clone(),
+        );
         let projector = supervise(
             "projector",
             projector::run(log.clone(), models, progress_tx, stop_projector.clone()),
@@ -302,12 +326,14 @@ impl App {
         let projected = projector.await.context("projector supervisor failed");
         let indexed = indexer.await.context("search indexer supervisor failed");
         let hub_result = hub_task.await.context("hub supervisor failed");
+        let monitored = monitor.await.context("monitor supervisor failed");
         log.close().await;
         tracing::info!("stopped");
         served.context("server failed")?;
         projected??;
         indexed??;
         hub_result??;
+        monitored??;
         Ok(())
     }
 }

@@ -7,13 +7,15 @@
 //! - [`auth`]: password hashing, access tokens, refresh tokens;
 //! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document;
 //! - [`live`]: the fan-out hub and the WebSocket endpoint;
-//! - [`search`]: member-only full-text search over the `search` crate's index.
+//! - [`search`]: member-only full-text search over the `search` crate's index;
+//! - [`metrics`]: Prometheus metrics, `/metrics`, and the once-a-second monitor.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod search;
 pub mod service;
 

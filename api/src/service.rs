@@ -730,6 +730,9 @@ impl Chat {
         let append = self.room_command(room, command).await?.append;
         let append =
             append.ok_or_else(|| ServiceError::Internal("a send appended nothing".into()))?;
+        if !append.duplicate {
+            metrics::counter!(crate::metrics::names::MESSAGES_SENT).increment(1);
+        }
         Ok(Sent {
             message_id,
             seq: append.first_version,

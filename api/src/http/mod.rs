@@ -146,6 +146,7 @@ pub fn routes(
         .nest("/docs", ui)
         .at("/healthz", healthz)
         .at("/readyz", readyz)
+        .at("/metrics", crate::metrics::render)
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
         .around(|ep, req| async move {
@@ -161,5 +162,6 @@ pub fn routes(
         .data(chat)
         .data(readiness)
         .with(CatchPanic::new())
+        .around(crate::metrics::track_http)
         .catch_all_error(error::render_framework_error)
 }

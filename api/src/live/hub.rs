@@ -23,12 +23,13 @@ use projector::ReadModels;
 use rusqlite::OptionalExtension;
 use schema::events::Event;
 use schema::{RoomId, UserId, streams};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
 use super::peers::{Outbox, PEER_TIMEOUT, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::Presence;
+use crate::metrics::{Failures, names};
 use uuid::Uuid;
 
 /// A user's typing is forwarded at most once per this interval per room.
@@ -127,6 +128,8 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Hub {
     commands: mpsc::Sender<Command>,
+    /// The position of the last log event the hub has delivered.
+    position: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Command {
@@ -140,6 +143,11 @@ impl std::fmt::Debug for Command {
 }
 
 impl Hub {
+    /// The position of the last log event the hub has handed to connections.
+    pub fn position(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
     /// Registers a live connection of `user`: from now on it receives every event of every
     /// room the user belongs to. `None` when the hub has stopped.
     pub async fn register(&self, user: UserId, kind: ConnKind) -> Option<Registration> {
@@ -202,6 +210,7 @@ struct State {
     remote: HashMap<Uuid, (HashSet<UserId>, Instant)>,
     /// To the other nodes, on the scale-out backend.
     outbox: Option<Outbox>,
+    failures: Arc<Failures>,
 }
 
 enum Delivery {
@@ -232,6 +241,11 @@ impl State {
             let closed = self.conns.get(&id).is_some_and(|c| c.out.is_closed());
             if !closed {
                 tracing::info!(conn = id, "disconnecting a client that cannot keep up");
+                metrics::counter!(names::FANOUT_FORCED_DISCONNECTS, "reason" => "too_slow")
+                    .increment(1);
+                self.failures
+                    .forced_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
             }
             let reason = if closed {
                 Disconnect::None
@@ -623,6 +637,8 @@ pub struct HubSettings {
     pub offline_grace: Duration,
     /// The other nodes, on the scale-out backend.
     pub peers: Option<Peers>,
+    /// Where forced disconnects are counted for the alert rules.
+    pub failures: Arc<Failures>,
 }
 
 /// Starts the hub: returns its handle and the task to run until `shutdown`.
@@ -654,6 +670,7 @@ pub async fn start(
         local: HashSet::new(),
         remote: HashMap::new(),
         outbox: settings.peers.as_ref().map(Peers::outbox),
+        failures: settings.failures.clone(),
     };
     let mut incoming = match &settings.peers {
         Some(peers) => peers.incoming().await?,
@@ -666,6 +683,7 @@ pub async fn start(
         state.followers.entry(friend).or_default().insert(user);
     }
     let position = snap.position;
+    let (position_tx, position_rx) = watch::channel(position);
     let tick_every = (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY);
     let run = async move {
         let mut events = log.subscribe(position);
@@ -676,7 +694,15 @@ pub async fn start(
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => state.expire(Instant::now()),
+                _ = tick.tick() => {
+                    state.expire(Instant::now());
+                    let queued: usize = state
+                        .conns
+                        .values()
+                        .map(|c| c.out.max_capacity() - c.out.capacity())
+                        .sum();
+                    metrics::gauge!(names::FANOUT_QUEUE_DEPTH).set(queued as f64);
+                }
                 _ = sync.tick(), if state.outbox.is_some() => {
                     let users = state.local.iter().copied().collect();
                     state.publish(PeerMessage::Sync { users });
@@ -684,7 +710,10 @@ pub async fn start(
                 Some((node, message)) = incoming.next() => state.peer(node, message),
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
-                    Some(Ok(recorded)) => state.apply(&recorded),
+                    Some(Ok(recorded)) => {
+                        state.apply(&recorded);
+                        position_tx.send_replace(recorded.position);
+                    }
                     Some(Err(e)) => {
                         for id in state.conns.keys().copied().collect::<Vec<_>>() {
                             state.drop_conn(id, Disconnect::Shutdown);
@@ -700,5 +729,11 @@ pub async fn start(
         }
         Ok(())
     };
-    Ok((Hub { commands: tx }, run))
+    Ok((
+        Hub {
+            commands: tx,
+            position: position_rx,
+        },
+        run,
+    ))
 }

@@ -20,6 +20,7 @@ use schema::{RoomId, UserId, streams};
 use super::frames::{MessageNotice, Notification, PREVIEW_CHARS};
 use super::hub::{ConnKind, Hub, Outbound, Registration};
 use super::unread::{self, UnreadPush};
+use crate::metrics::{ConnectionGauge, names};
 use crate::service::{Chat, Result, ServiceError};
 
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
@@ -38,6 +39,7 @@ struct Sse {
     /// Live events at or below this position were covered by the replay.
     replayed_to: u64,
     flush_at: Option<tokio::time::Instant>,
+    _open: ConnectionGauge,
 }
 
 /// The notification stream of `user`, resuming after `last_event_id` when given.
@@ -59,6 +61,7 @@ pub async fn notifications(
         pending: VecDeque::new(),
         replayed_to: 0,
         flush_at: Some(tokio::time::Instant::now()),
+        _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
     };
     if let Some(after) = last_event_id {
         sse.replay(after).await?;
@@ -181,6 +184,9 @@ impl Sse {
     async fn next(mut self) -> Option<(Notification, Self)> {
         loop {
             if let Some(n) = self.pending.pop_front() {
+                if matches!(n, Notification::Message(_)) {
+                    metrics::counter!(names::DELIVERIES, "transport" => "sse").increment(1);
+                }
                 return Some((n, self));
             }
             if self.flush_at.is_none() && self.unread.is_dirty() {

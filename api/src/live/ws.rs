@@ -17,6 +17,7 @@ use super::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use super::hub::{ConnKind, Disconnect, Hub, Outbound};
 use super::unread::{self, UnreadPush};
 use crate::http::ApiError;
+use crate::metrics::{ConnectionGauge, names};
 use crate::service::{Chat, ServiceError};
 
 /// Close code telling the client to reconnect and resume (it fell behind, or the server is
@@ -109,6 +110,7 @@ impl Connection {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
         };
+        let _open = ConnectionGauge::open(names::WS_CONNECTIONS);
         let mut conn = Connection {
             chat,
             hub,
@@ -246,6 +248,7 @@ impl Connection {
             }
         }
         sink.send(Message::Text(frame.text.to_string())).await?;
+        delivered();
         if frame.leaver == Some(self.user) {
             // The room goes quiet; a later rejoin starts live from the join, without what
             // happened while away.
@@ -279,6 +282,7 @@ impl Connection {
                 }
                 let frame = EventFrame::new(room, &recorded);
                 sink.send(Message::Text(frame.text.to_string())).await?;
+                delivered();
                 self.sent.insert(room, recorded.version);
                 next = recorded.version + 1;
             }
@@ -389,4 +393,9 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
         ))))
         .await;
     sink.close().await;
+}
+
+/// Counts one event frame written to a WebSocket.
+fn delivered() {
+    metrics::counter!(names::DELIVERIES, "transport" => "ws").increment(1);
 }

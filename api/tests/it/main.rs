@@ -8,6 +8,7 @@ mod errors;
 mod friends;
 mod helpers;
 mod messages;
+mod metrics;
 mod ops;
 mod rooms;
 mod search;

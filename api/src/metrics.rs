@@ -1,0 +1,348 @@
+//! Prometheus metrics: the recorder, `GET /metrics`, and what chatd measures.
+//!
+//! Code records through the `metrics` facade (`metrics::counter!(names::…)`); the
+//! Prometheus recorder is installed once per process by [`install`] and rendered by the
+//! `/metrics` route. Every metric name is a constant in [`names`], so dashboards, alert
+//! rules (`docker/prometheus/`) and tests have one list to agree with.
+//!
+//! Gauges that describe the state of the node rather than count things (projection lag,
+//! fan-out queue depth) are set by [`monitor`] once a second, which also drives the alert
+//! rules that watch them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use eventlog::{AppendResult, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Subscription};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Metric names (the Prometheus text shows them as is).
+pub mod names {
+    pub const HTTP_REQUESTS: &str = "chat_http_requests_total";
+    pub const HTTP_DURATION: &str = "chat_http_request_duration_seconds";
+    pub const WS_CONNECTIONS: &str = "chat_ws_connections";
+    pub const SSE_CONNECTIONS: &str = "chat_sse_connections";
+    pub const MESSAGES_SENT: &str = "chat_messages_sent_total";
+    pub const DELIVERIES: &str = "chat_deliveries_total";
+    pub const FANOUT_QUEUE_DEPTH: &str = "chat_fanout_queue_depth";
+    pub const FANOUT_FORCED_DISCONNECTS: &str = "chat_fanout_forced_disconnects_total";
+    pub const APPEND_DURATION: &str = "chat_eventlog_append_duration_seconds";
+    pub const APPEND_ERRORS: &str = "chat_eventlog_append_errors_total";
+    pub const PROJECTION_LAG_EVENTS: &str = "chat_projection_lag_events";
+    pub const PROJECTION_LAG_SECONDS: &str = "chat_projection_lag_seconds";
+}
+
+/// Upper bounds of the latency histograms' buckets, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once; later calls return the same
+/// handle). `None` if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    describe();
+                    zero();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the Prometheus recorder");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use names::*;
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route and status"
+    );
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration");
+    describe_gauge!(WS_CONNECTIONS, "open WebSocket connections");
+    describe_gauge!(SSE_CONNECTIONS, "open SSE streams");
+    describe_counter!(
+        MESSAGES_SENT,
+        "messages sent (appended; retries not counted)"
+    );
+    describe_counter!(DELIVERIES, "events delivered to live clients, by transport");
+    describe_gauge!(FANOUT_QUEUE_DEPTH, "frames queued for live clients");
+    describe_counter!(
+        FANOUT_FORCED_DISCONNECTS,
+        "live clients disconnected because they could not keep up"
+    );
+    describe_histogram!(APPEND_DURATION, Unit::Seconds, "event-log append latency");
+    describe_counter!(APPEND_ERRORS, "failed event-log appends, by kind");
+    describe_gauge!(
+        PROJECTION_LAG_EVENTS,
+        "events in the log a projection has not applied yet"
+    );
+    describe_gauge!(
+        PROJECTION_LAG_SECONDS,
+        Unit::Seconds,
+        "age of the oldest event a projection has not applied yet"
+    );
+}
+
+/// Shows the series that start at zero from the first scrape, so dashboards and rates have
+/// them before the first message or connection.
+fn zero() {
+    use names::*;
+    metrics::counter!(MESSAGES_SENT).absolute(0);
+    metrics::gauge!(WS_CONNECTIONS).increment(0.0);
+    metrics::gauge!(SSE_CONNECTIONS).increment(0.0);
+    for transport in ["ws", "sse"] {
+        metrics::counter!(DELIVERIES, "transport" => transport).absolute(0);
+    }
+    metrics::counter!(FANOUT_FORCED_DISCONNECTS, "reason" => "too_slow").absolute(0);
+}
+
+/// `GET /metrics`: the Prometheus text format.
+#[poem::handler]
+pub fn render() -> Response {
+    match install() {
+        Some(handle) => Response::builder()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(handle.render()),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Middleware: counts and times every request by method, route and status.
+pub async fn track_http<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = route_of(req.uri().path());
+    let result = ep.call(req).await.map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let labels = [("method", method), ("route", route.to_owned())];
+    metrics::histogram!(names::HTTP_DURATION, &labels).record(elapsed);
+    metrics::counter!(
+        names::HTTP_REQUESTS,
+        "method" => labels[0].1.clone(),
+        "route" => labels[1].1.clone(),
+        "status" => status.as_u16().to_string(),
+    )
+    .increment(1);
+    result
+}
+
+/// The route template of `path`: ids become `{id}`, and paths outside the API collapse into
+/// one label, so a scanner cannot blow up the number of series.
+fn route_of(path: &str) -> &'static str {
+    static ROUTES: OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        OnceLock::new();
+    let template: String = path
+        .trim_end_matches('/')
+        .split('/')
+        .map(|seg| {
+            if uuid::Uuid::parse_str(seg).is_ok()
+                || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()))
+            {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    let known = template.starts_with("/v1/")
+        || matches!(
+            template.as_str(),
+            "/healthz" | "/readyz" | "/metrics" | "/openapi.json"
+        );
+    if !known || template.len() > 80 || template.split('/').count() > 7 {
+        return "other";
+    }
+    let routes = ROUTES.get_or_init(Default::default);
+    let mut routes = routes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(r) = routes.get(template.as_str()) {
+        return r;
+    }
+    // Only templates of real routes reach here more than once; a bound keeps a stream of
+    // made-up paths under /v1 from growing the set without end.
+    if routes.len() >= 256 {
+        return "other";
+    }
+    let leaked: &'static str = Box::leak(template.into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
+/// Counts a connection in a gauge while it lives.
+#[derive(Debug)]
+pub struct ConnectionGauge(&'static str);
+
+impl ConnectionGauge {
+    pub fn open(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
+/// Failures the alert rules watch, counted since start.
+#[derive(Debug, Default)]
+pub struct Failures {
+    pub append_errors: AtomicU64,
+    pub forced_disconnects: AtomicU64,
+}
+
+/// The event log, timed: every append's latency and every failed append (a version
+/// conflict is not a failure: it is how optimistic concurrency works).
+#[derive(Debug)]
+pub struct MeteredLog {
+    inner: Arc<dyn EventLog>,
+    failures: Arc<Failures>,
+}
+
+impl MeteredLog {
+    pub fn wrap(inner: Arc<dyn EventLog>, failures: Arc<Failures>) -> Arc<dyn EventLog> {
+        Arc::new(Self { inner, failures })
+    }
+}
+
+#[async_trait]
+impl EventLog for MeteredLog {
+    #[tracing::instrument(name = "eventlog.append", skip_all, fields(stream, events = events.len()))]
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> eventlog::Result<AppendResult> {
+        tracing::Span::current().record("stream", stream);
+        let started = Instant::now();
+        let result = self.inner.append(stream, expected, events).await;
+        metrics::histogram!(names::APPEND_DURATION).record(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            let kind = e.kind();
+            if kind != eventlog::ErrorKind::VersionConflict {
+                let kind = format!("{kind:?}").to_ascii_lowercase();
+                metrics::counter!(names::APPEND_ERRORS, "kind" => kind).increment(1);
+                self.failures.append_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> eventlog::Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> eventlog::Result<Vec<RecordedEvent>> {
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn head(&self) -> eventlog::Result<u64> {
+        self.inner.head().await
+    }
+
+    fn subscribe(&self, after: u64) -> Subscription {
+        self.inner.subscribe(after)
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+/// What [`monitor`] watches.
+#[derive(Debug)]
+pub struct Watched {
+    pub log: Arc<dyn EventLog>,
+    /// Each projection's applied position, by its label.
+    pub projections: Vec<(&'static str, watch::Receiver<u64>)>,
+    pub failures: Arc<Failures>,
+}
+
+/// Once a second: sets the projection lag gauges and runs Prometheus upkeep. Ends on
+/// `shutdown`.
+pub async fn monitor(watched: Watched, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Some(handle) = install() {
+            handle.run_upkeep();
+        }
+        let Ok(head) = watched.log.head().await else {
+            continue; // the log's own errors are reported where they happen
+        };
+        for (name, position) in &watched.projections {
+            let applied = *position.borrow();
+            let (events, seconds) = lag(watched.log.as_ref(), head, applied).await;
+            metrics::gauge!(names::PROJECTION_LAG_EVENTS, "projection" => *name).set(events as f64);
+            metrics::gauge!(names::PROJECTION_LAG_SECONDS, "projection" => *name).set(seconds);
+        }
+    }
+}
+
+/// How far a projection at `position` is behind `head`: in events, and the age of the
+/// oldest event it has not applied.
+async fn lag(log: &dyn EventLog, head: u64, position: u64) -> (u64, f64) {
+    let events = head.saturating_sub(position);
+    if events == 0 {
+        return (0, 0.0);
+    }
+    let seconds = match log.read_all(position, 1).await {
+        Ok(next) => next.first().map_or(0.0, |e| {
+            (Utc::now() - e.recorded_at).num_milliseconds().max(0) as f64 / 1000.0
+        }),
+        Err(_) => 0.0,
+    };
+    (events, seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn routes_are_templates() {
+        assert_eq!(
+            route_of("/v1/rooms/0190f3c2-8d4e-7a51-b0c2-1f2e3d4c5b6a/messages/17"),
+            "/v1/rooms/{id}/messages/{id}"
+        );
+        assert_eq!(route_of("/v1/rooms/"), "/v1/rooms");
+        assert_eq!(route_of("/metrics"), "/metrics");
+        assert_eq!(route_of("/wp-admin/setup.php"), "other");
+        assert_eq!(route_of(&format!("/v1/{}", "a/".repeat(20))), "other");
+    }
+}
