@@ -20,7 +20,8 @@ use crate::auth::{self, Auth};
 use crate::config::Settings;
 use crate::live::hub::HubSettings;
 use crate::live::presence::Presence;
-use crate::metrics::{Failures, MeteredLog, Watched};
+use crate::metrics::{Failures, MeteredLog};
+use crate::monitor::{Change, Watched};
 use crate::search::Search;
 use crate::service::Chat;
 
@@ -266,7 +267,7 @@ impl App {
         .await?;
         let monitor = supervise(
             "monitor",
-            crate::metrics::monitor(
+            crate::monitor::run(
                 Watched {
                     log: log.clone(),
                     projections: vec![
@@ -275,6 +276,19 @@ impl App {
                         ("hub", hub.position()),
                     ],
                     failures,
+                    thresholds: settings.alert_thresholds(),
+                },
+                |change| match change {
+                    Change::Raise {
+                        key,
+                        title,
+                        message,
+                    } => {
+                        tracing::warn!(alert = %key, %title, "{message}");
+                    }
+                    Change::Resolve { key, message } => {
+                        tracing::info!(alert = %key, "resolved: {message}");
+                    }
                 },
                 stop_projector.clone(),
             ),

@@ -105,6 +105,17 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub search_commit_ms: u64,
 
+    /// Alert when a projection (read models, search, live fan-out) is this many seconds
+    /// behind the log.
+    #[arg(long, env = "CHAT_ALERT_LAG_SECS", default_value_t = 30, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alert_lag_secs: u64,
+
+    /// Alert when this many live clients are disconnected as too slow within a minute.
+    #[arg(long, env = "CHAT_ALERT_DISCONNECTS_PER_MIN", default_value_t = 50, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alert_disconnects_per_min: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -266,6 +277,13 @@ impl Settings {
         search::IndexerSettings {
             commit_interval: Duration::from_millis(self.search_commit_ms),
             ..search::IndexerSettings::default()
+        }
+    }
+
+    pub fn alert_thresholds(&self) -> crate::monitor::Thresholds {
+        crate::monitor::Thresholds {
+            lag: Duration::from_secs(self.alert_lag_secs),
+            disconnects_per_minute: self.alert_disconnects_per_min,
         }
     }
 

@@ -8,7 +8,8 @@
 //! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document;
 //! - [`live`]: the fan-out hub and the WebSocket endpoint;
 //! - [`search`]: member-only full-text search over the `search` crate's index;
-//! - [`metrics`]: Prometheus metrics, `/metrics`, and the once-a-second monitor.
+//! - [`metrics`]: Prometheus metrics and `/metrics`;
+//! - [`monitor`]: projection lag and the alert rules, once a second.
 
 pub mod app;
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod monitor;
 pub mod search;
 pub mod service;
 

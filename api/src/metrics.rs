@@ -5,22 +5,19 @@
 //! `/metrics` route. Every metric name is a constant in [`names`], so dashboards, alert
 //! rules (`docker/prometheus/`) and tests have one list to agree with.
 //!
-//! Gauges that describe the state of the node rather than count things (projection lag,
-//! fan-out queue depth) are set by [`monitor`] once a second, which also drives the alert
-//! rules that watch them.
+//! Gauges that describe the state of the node rather than count things are set where that
+//! state lives: the fan-out queue depth by the hub, projection lag by
+//! [`crate::monitor`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use eventlog::{AppendResult, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Subscription};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::http::StatusCode;
 use poem::{Endpoint, IntoResponse, Request, Response};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Metric names (the Prometheus text shows them as is).
 pub mod names {
@@ -278,56 +275,6 @@ impl EventLog for MeteredLog {
     async fn close(&self) {
         self.inner.close().await;
     }
-}
-
-/// What [`monitor`] watches.
-#[derive(Debug)]
-pub struct Watched {
-    pub log: Arc<dyn EventLog>,
-    /// Each projection's applied position, by its label.
-    pub projections: Vec<(&'static str, watch::Receiver<u64>)>,
-    pub failures: Arc<Failures>,
-}
-
-/// Once a second: sets the projection lag gauges and runs Prometheus upkeep. Ends on
-/// `shutdown`.
-pub async fn monitor(watched: Watched, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        if let Some(handle) = install() {
-            handle.run_upkeep();
-        }
-        let Ok(head) = watched.log.head().await else {
-            continue; // the log's own errors are reported where they happen
-        };
-        for (name, position) in &watched.projections {
-            let applied = *position.borrow();
-            let (events, seconds) = lag(watched.log.as_ref(), head, applied).await;
-            metrics::gauge!(names::PROJECTION_LAG_EVENTS, "projection" => *name).set(events as f64);
-            metrics::gauge!(names::PROJECTION_LAG_SECONDS, "projection" => *name).set(seconds);
-        }
-    }
-}
-
-/// How far a projection at `position` is behind `head`: in events, and the age of the
-/// oldest event it has not applied.
-async fn lag(log: &dyn EventLog, head: u64, position: u64) -> (u64, f64) {
-    let events = head.saturating_sub(position);
-    if events == 0 {
-        return (0, 0.0);
-    }
-    let seconds = match log.read_all(position, 1).await {
-        Ok(next) => next.first().map_or(0.0, |e| {
-            (Utc::now() - e.recorded_at).num_milliseconds().max(0) as f64 / 1000.0
-        }),
-        Err(_) => 0.0,
-    };
-    (events, seconds)
 }
 
 #[cfg(test)]
