@@ -2,11 +2,22 @@ use anyhow::Context;
 use api::config::Command;
 use api::{App, Settings};
 use clap::Parser;
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    observability::init("chatd");
+    let telemetry = observability::init(observability::Settings::from_env(
+        "chatd",
+        settings.node_name(),
+    )?)?;
+    let result = run(settings).await;
+    // Give the log shipper and the alert sender a moment to deliver the last lines.
+    telemetry.shutdown(Duration::from_secs(5)).await;
+    result
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
     match settings.command {
         Some(Command::Rebuild) => {
             api::app::rebuild(&settings)
