@@ -216,23 +216,25 @@ where
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     let error_alerts = settings.slack.as_ref().is_some_and(|s| s.error_events);
-    let (stdout, pretty) = if json {
-        (Some(writer), None)
-    } else {
-        (
-            None,
-            Some(tracing_subscriber::fmt::layer().with_writer(writer)),
+    let ecs = |stdout| {
+        ecs::EcsLayer::new(
+            &settings.service_name,
+            &settings.node_name,
+            stdout,
+            shipper.as_ref().map(Shipper::handle),
+            alerts.clone(),
+            error_alerts,
         )
     };
-    let ecs = ecs::EcsLayer::new(
-        &settings.service_name,
-        &settings.node_name,
-        stdout,
-        shipper.as_ref().map(Shipper::handle),
-        alerts.clone(),
-        error_alerts,
-    );
-    let layer = otel.and_then(ecs).and_then(pretty).boxed();
+    // Not an `Option` layer for the pretty one: a `None` layer caps the level hint at OFF.
+    let layer = if json {
+        otel.and_then(ecs(Some(writer))).boxed()
+    } else {
+        let pretty = tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(writer);
+        otel.and_then(ecs(None)).and_then(pretty).boxed()
+    };
     let telemetry = Telemetry {
         alerts,
         alert_sender,

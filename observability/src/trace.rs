@@ -150,7 +150,8 @@ pub fn set_parent_from_headers(
     if let Some(ts) = tracestate {
         carrier.insert("tracestate".to_owned(), ts.to_owned());
     }
-    let cx = TraceContextPropagator::new().extract(&carrier);
+    // Against an empty context: a malformed header must not fall back to the current one.
+    let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &carrier);
     if span_context_of(&cx).is_none() {
         return false;
     }
