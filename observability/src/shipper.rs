@@ -25,6 +25,7 @@ use std::time::Duration;
 use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::Url;
+use elasticsearch::http::headers::{CONTENT_TYPE, HeaderValue};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::{BulkParts, Elasticsearch};
 use serde_json::Value;
@@ -414,6 +415,12 @@ impl Worker {
         let response = self
             .client
             .bulk(BulkParts::Index(&self.settings.data_stream))
+            // The client's default is application/json, which Elasticsearch accepts too; proxies
+            // and collectors in between expect the bulk format's own type.
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            )
             .filter_path(&["errors", "items.*.status", "items.*.error"])
             .body(body)
             .send()
