@@ -350,10 +350,6 @@ impl FakeSlack {
         self.state.received.lock().unwrap().clone()
     }
 
-    pub fn bodies(&self) -> Vec<Value> {
-        self.received().into_iter().map(|(_, b)| b).collect()
-    }
-
     /// Waits until `n` requests have arrived. Works with the paused clock: the timeout is
     /// tokio time, which only moves when everything is idle.
     pub async fn wait_requests(&self, n: usize) -> Vec<(Instant, Value)> {
