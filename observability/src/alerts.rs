@@ -277,10 +277,12 @@ impl AlertSender {
     pub async fn shutdown(self, deadline: Duration) -> AlertStats {
         let at = Instant::now() + deadline;
         let _ = self.shutdown.send(Some(at));
-        if tokio::time::timeout_at(at + Duration::from_secs(1), self.task)
+        let mut task = self.task;
+        if tokio::time::timeout_at(at + Duration::from_secs(1), &mut task)
             .await
             .is_err()
         {
+            task.abort();
             tracing::warn!("the Slack alert sender did not stop in time");
         }
         self.stats.snapshot()

@@ -477,6 +477,10 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // Pretty logs, nothing shipped, no alerts: no line is ever built, so keep no fields.
+        if self.stdout.is_none() && self.shipper.is_none() && !self.alerts.is_enabled() {
+            return;
+        }
         if let Some(span) = ctx.span(id) {
             let mut fields = Fields::default();
             attrs.record(&mut fields);

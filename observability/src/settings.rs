@@ -25,6 +25,9 @@ pub struct Settings {
     /// The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself. Without it, spans
     /// still get trace ids (for log lines and propagation) but go nowhere.
     pub otlp: bool,
+    /// Full URL of the OTLP traces endpoint (`http://collector:4318/v1/traces`), overriding
+    /// the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables. `None` (default): from the environment.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How log lines are written to stdout.
@@ -193,6 +196,7 @@ impl Settings {
             elasticsearch: None,
             slack: None,
             otlp: false,
+            otlp_endpoint: None,
         }
     }
 

@@ -219,10 +219,12 @@ impl Shipper {
         let _ = self.shutdown.send(Some(at));
         // The task gives up at the deadline itself; the extra second covers a request that is
         // being torn down.
-        if tokio::time::timeout_at(at + Duration::from_secs(1), self.task)
+        let mut task = self.task;
+        if tokio::time::timeout_at(at + Duration::from_secs(1), &mut task)
             .await
             .is_err()
         {
+            task.abort();
             tracing::warn!("the log shipper did not stop in time");
         }
         self.handle.stats()

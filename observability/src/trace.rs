@@ -53,6 +53,9 @@ pub(crate) fn provider(
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(TokioHttpClient { client, runtime });
+        if let Some(endpoint) = &settings.otlp_endpoint {
+            exporter = exporter.with_endpoint(endpoint.clone());
+        }
         let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
             .ok();

@@ -71,3 +71,62 @@ fn parent_child_and_a_span_continued_from_a_traceparent_share_the_trace_id() {
 fn no_span_no_traceparent() {
     assert!(current_traceparent().is_none());
 }
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_http_protobuf() {
+    use std::sync::{Arc, Mutex};
+
+    use poem::listener::{Acceptor, Listener, TcpListener};
+    use poem::{Request, Response, Server};
+
+    let received: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+    let r = received.clone();
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+    let collector = tokio::spawn(async move {
+        let app = poem::endpoint::make(move |req: Request| {
+            let r = r.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let ct = req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = req.into_body().into_vec().await.unwrap();
+                r.lock().unwrap().push((path, ct, body));
+                Response::builder()
+                    .content_type("application/x-protobuf")
+                    .body(Vec::<u8>::new())
+            }
+        });
+        let _ = Server::new_with_acceptor(acceptor).run(app).await;
+    });
+
+    let mut settings = Settings::new("chatd", "node-1");
+    settings.format = LogFormat::Json;
+    settings.otlp = true;
+    settings.otlp_endpoint = Some(format!("http://{addr}/v1/traces"));
+    let (layer, telemetry) =
+        observability::layers_with_writer::<Registry, _>(settings, Capture::default()).unwrap();
+    {
+        let _default = tracing::subscriber::set_default(Registry::default().with(layer));
+        let span = tracing::info_span!("send_message", room_id = 1);
+        span.in_scope(|| tracing::info_span!("append_events").in_scope(|| {}));
+    }
+    // Shutdown flushes the batch processor, whose export runs on this runtime.
+    telemetry.shutdown(std::time::Duration::from_secs(10)).await;
+    let got = received.lock().unwrap().clone();
+    assert!(!got.is_empty(), "nothing exported");
+    let (path, ct, body) = &got[0];
+    assert_eq!(path, "/v1/traces");
+    assert_eq!(ct, "application/x-protobuf");
+    let body = String::from_utf8_lossy(body);
+    assert!(body.contains("send_message") && body.contains("append_events"));
+    assert!(body.contains("chatd"), "service.name in the resource");
+    collector.abort();
+}
