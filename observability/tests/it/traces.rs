@@ -79,7 +79,9 @@ async fn spans_are_exported_over_otlp_http_protobuf() {
     use poem::listener::{Acceptor, Listener, TcpListener};
     use poem::{Request, Response, Server};
 
-    let received: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+    /// Path, content type, body.
+    type Export = (String, String, Vec<u8>);
+    let received: Arc<Mutex<Vec<Export>>> = Arc::default();
     let r = received.clone();
     let acceptor = TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
