@@ -12,6 +12,7 @@ use eventlog::sqlite::SqliteLog;
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use projector::{Progress, ReadModels};
+use search::SearchIndex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,7 @@ use crate::auth::{self, Auth};
 use crate::config::Settings;
 use crate::live::hub::HubSettings;
 use crate::live::presence::Presence;
+use crate::search::Search;
 use crate::service::Chat;
 
 /// Whether the server can serve reads that reflect the log: the log answers and the
@@ -28,6 +30,9 @@ pub struct Readiness {
     log: Arc<dyn EventLog>,
     progress: Progress,
     head_at_start: u64,
+    /// How far the search index is; reported, not required (a rebuilding index must not
+    /// keep the rest of the API from serving).
+    indexed: Progress,
 }
 
 impl Readiness {
@@ -44,7 +49,12 @@ impl Readiness {
                 self.head_at_start
             ));
         }
-        Ok(serde_json::json!({ "status": "ready", "log_head": head, "projected": applied }))
+        Ok(serde_json::json!({
+            "status": "ready",
+            "log_head": head,
+            "projected": applied,
+            "indexed": self.indexed.position(),
+        }))
     }
 }
 
@@ -60,6 +70,19 @@ pub struct App {
     readiness: Readiness,
     presence: Presence,
     nats: Option<async_nats::Client>,
+    search_index: SearchIndex,
+    search_tx: watch::Sender<u64>,
+    search: Search,
+}
+
+/// Opens the search index for `log` (rebuilt from it when missing, of another version, or
+/// ahead of it).
+async fn open_search(settings: &Settings, log: &dyn EventLog) -> anyhow::Result<SearchIndex> {
+    let head = log.head().await?;
+    let path = settings.search_path();
+    tokio::task::spawn_blocking(move || SearchIndex::open_for_log(path, head))
+        .await?
+        .context("cannot open the search index")
 }
 
 /// The opened storage: the log, the read models and, on the scale-out backend, the NATS
@@ -131,6 +154,7 @@ impl App {
             );
         }
         let Storage { log, models, nats } = open_storage(&settings).await?;
+        let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =
             auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
         let auth = Auth::new(
@@ -158,10 +182,13 @@ impl App {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .context("listener has no socket address")?;
+        let (search_tx, indexed) = Progress::new();
+        let search = Search::new(chat.clone(), search_index.clone(), indexed.clone());
         let readiness = Readiness {
             log: log.clone(),
             progress,
             head_at_start,
+            indexed,
         };
         Ok(Self {
             settings,
@@ -174,6 +201,9 @@ impl App {
             readiness,
             presence,
             nats,
+            search_index,
+            search_tx,
+            search,
         })
     }
 
@@ -199,6 +229,9 @@ impl App {
             readiness,
             presence,
             nats,
+            search_index,
+            search_tx,
+            search,
         } = self;
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
@@ -229,9 +262,20 @@ impl App {
             failed.clone(),
         );
         let hub_task = supervise("hub", hub_run, failed.clone());
+        let indexer = supervise(
+            "search indexer",
+            search::run(
+                log.clone(),
+                search_index,
+                search_tx,
+                stop_projector.clone(),
+                settings.search_indexer(),
+            ),
+            failed.clone(),
+        );
 
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
-        let app = crate::http::routes(chat, hub, readiness, &settings);
+        let app = crate::http::routes(chat, hub, readiness, &settings, search);
         let stop = {
             let failed = failed.clone();
             async move {
@@ -256,11 +300,13 @@ impl App {
         // next time), then close the log, which finishes and syncs any append still queued.
         stop_projector.cancel();
         let projected = projector.await.context("projector supervisor failed");
+        let indexed = indexer.await.context("search indexer supervisor failed");
         let hub_result = hub_task.await.context("hub supervisor failed");
         log.close().await;
         tracing::info!("stopped");
         served.context("server failed")?;
         projected??;
+        indexed??;
         hub_result??;
         Ok(())
     }
@@ -287,22 +333,34 @@ fn supervise<E: Into<anyhow::Error>>(
     })
 }
 
-/// `chatd rebuild`: deletes the read models and replays the whole log into new ones.
-/// Returns the position replayed up to.
+/// `chatd rebuild`: deletes the read models and the search index and replays the whole log
+/// into new ones. Returns the position replayed up to.
 pub async fn rebuild(settings: &Settings) -> anyhow::Result<u64> {
     ReadModels::delete(&settings.read_models_path())?;
+    SearchIndex::delete(&settings.search_path())?;
     let Storage { log, models, .. } = open_storage(settings).await?;
+    let index = open_search(settings, log.as_ref()).await?;
     let head = log.head().await?;
     let (tx, progress) = Progress::new();
+    let (search_tx, indexed) = Progress::new();
     let stop = CancellationToken::new();
     let runner = tokio::spawn(projector::run(log.clone(), models, tx, stop.clone()));
-    let waited = progress
-        .wait_for(head, Duration::from_secs(24 * 3600))
-        .await;
+    let indexer = tokio::spawn(search::run(
+        log.clone(),
+        index,
+        search_tx,
+        stop.clone(),
+        settings.search_indexer(),
+    ));
+    let day = Duration::from_secs(24 * 3600);
+    let waited = progress.wait_for(head, day).await;
+    let indexed_waited = indexed.wait_for(head, day).await;
     stop.cancel();
     runner.await.context("projector task panicked")??;
+    indexer.await.context("search indexer task panicked")??;
     waited?;
+    indexed_waited?;
     log.close().await;
-    tracing::info!(position = head, "read models rebuilt");
+    tracing::info!(position = head, "read models and search index rebuilt");
     Ok(head)
 }

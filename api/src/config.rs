@@ -98,6 +98,13 @@ pub struct Settings {
     #[arg(long, env = "CHAT_NODE_NAME", global = true)]
     pub node_name: Option<String>,
 
+    /// How long a sent, edited or deleted message waits before search reflects it, in
+    /// milliseconds, while the node is quiet (the search index commits in batches this far
+    /// apart; under load the gap stretches up to 700 ms so commits do not crowd out sends).
+    #[arg(long, env = "CHAT_SEARCH_COMMIT_MS", default_value_t = 250, global = true,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub search_commit_ms: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -192,7 +199,8 @@ pub struct NatsSettings {
 pub enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Delete the read models and rebuild them by replaying the event log, then exit.
+    /// Delete the read models and the search index and rebuild them by replaying the event
+    /// log, then exit.
     Rebuild,
 }
 
@@ -248,6 +256,17 @@ impl Settings {
         o.replicas = n.replicas;
         o.duplicate_window = Duration::from_secs(n.duplicate_window_secs);
         Some(o)
+    }
+
+    pub fn search_path(&self) -> PathBuf {
+        self.data_dir.join("search")
+    }
+
+    pub fn search_indexer(&self) -> search::IndexerSettings {
+        search::IndexerSettings {
+            commit_interval: Duration::from_millis(self.search_commit_ms),
+            ..search::IndexerSettings::default()
+        }
     }
 
     pub fn presence_grace(&self) -> Duration {

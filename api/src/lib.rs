@@ -6,13 +6,15 @@
 //! - [`service`]: the application service — commands on aggregates, queries on read models;
 //! - [`auth`]: password hashing, access tokens, refresh tokens;
 //! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document;
-//! - [`live`]: the fan-out hub and the WebSocket endpoint.
+//! - [`live`]: the fan-out hub and the WebSocket endpoint;
+//! - [`search`]: member-only full-text search over the `search` crate's index.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
 pub mod live;
+pub mod search;
 pub mod service;
 
 pub use app::App;

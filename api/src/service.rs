@@ -55,6 +55,9 @@ pub enum ServiceError {
     /// The read models failed.
     #[error(transparent)]
     ReadModel(#[from] projector::Error),
+    /// The query or cursor was refused, or the search index failed.
+    #[error(transparent)]
+    Search(#[from] search::Error),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,

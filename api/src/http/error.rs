@@ -109,6 +109,20 @@ impl From<ServiceError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry",
             ),
+            ServiceError::Search(e) if e.kind() == search::ErrorKind::InvalidQuery => {
+                Self::bad_request("invalid_query", e.to_string())
+            }
+            ServiceError::Search(e) if e.kind() == search::ErrorKind::InvalidCursor => {
+                Self::bad_request("invalid_cursor", e.to_string())
+            }
+            ServiceError::Search(e) if e.kind() == search::ErrorKind::Unavailable => {
+                tracing::error!(error = %e, "search index unavailable");
+                Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "search is unavailable; retry",
+                )
+            }
             ServiceError::Log(e) if e.kind() == eventlog::ErrorKind::Closed => Self::new(
                 S::SERVICE_UNAVAILABLE,
                 "shutting_down",

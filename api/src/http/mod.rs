@@ -21,6 +21,7 @@ mod live;
 mod messages;
 mod models;
 mod rooms;
+mod search;
 
 pub use error::{ApiError, Problem};
 
@@ -36,6 +37,8 @@ enum Tag {
     Friends,
     /// Live delivery: the WebSocket and the notification stream.
     Live,
+    /// Full-text search of your messages.
+    Search,
 }
 
 /// The authenticated caller.
@@ -78,9 +81,15 @@ type Apis = (
     rooms::Api,
     messages::Api,
     live::Api,
+    search::Api,
 );
 
-pub fn api_service(chat: Arc<Chat>, hub: Hub, ws_rate: u32) -> OpenApiService<Apis, ()> {
+pub fn api_service(
+    chat: Arc<Chat>,
+    hub: Hub,
+    ws_rate: u32,
+    search: crate::search::Search,
+) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             accounts::Api { chat: chat.clone() },
@@ -88,6 +97,7 @@ pub fn api_service(chat: Arc<Chat>, hub: Hub, ws_rate: u32) -> OpenApiService<Ap
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },
             live::Api { chat, hub, ws_rate },
+            search::Api { search },
         ),
         "chatd",
         env!("CARGO_PKG_VERSION"),
@@ -124,9 +134,10 @@ pub fn routes(
     hub: Hub,
     readiness: crate::app::Readiness,
     settings: &crate::config::Settings,
+    search: crate::search::Search,
 ) -> impl Endpoint + use<> {
     let max_body = settings.max_body_bytes;
-    let api = api_service(chat.clone(), hub, settings.ws_rate);
+    let api = api_service(chat.clone(), hub, settings.ws_rate, search);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     Route::new()

@@ -286,9 +286,17 @@ impl ChatdProcess {
         }
     }
 
-    /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, …).
+    /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, `RssAnon`, …).
     pub fn memory_kib(&self, field: &str) -> u64 {
-        let pid = self.child.id().expect("running");
+        Self::memory_kib_of(self.pid(), field)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// [`Self::memory_kib`] of any process.
+    pub fn memory_kib_of(pid: u32, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
         status
             .lines()

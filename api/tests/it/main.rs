@@ -10,6 +10,7 @@ mod helpers;
 mod messages;
 mod ops;
 mod rooms;
+mod search;
 mod soak;
 mod sse;
 mod unread;
