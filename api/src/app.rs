@@ -76,6 +76,7 @@ pub struct App {
     search_tx: watch::Sender<u64>,
     search: Search,
     failures: Arc<Failures>,
+    alerts: observability::Alerts,
 }
 
 /// Opens the search index for `log` (rebuilt from it when missing, of another version, or
@@ -211,7 +212,14 @@ impl App {
             search_tx,
             search,
             failures,
+            alerts: observability::Alerts::disabled(),
         })
+    }
+
+    /// Where the alert rules post (Slack, when configured); off by default.
+    pub fn with_alerts(mut self, alerts: observability::Alerts) -> Self {
+        self.alerts = alerts;
+        self
     }
 
     /// The bound address (useful with port 0).
@@ -240,6 +248,7 @@ impl App {
             search_tx,
             search,
             failures,
+            alerts,
         } = self;
         let failed = CancellationToken::new();
         let stop_projector = CancellationToken::new();
@@ -278,16 +287,28 @@ impl App {
                     failures,
                     thresholds: settings.alert_thresholds(),
                 },
-                |change| match change {
+                move |change| match change {
                     Change::Raise {
                         key,
                         title,
                         message,
                     } => {
                         tracing::warn!(alert = %key, %title, "{message}");
+                        alerts.raise(
+                            key,
+                            observability::Alert {
+                                title,
+                                message,
+                                severity: observability::Severity::Critical,
+                                details: Vec::new(),
+                                error_chain: Vec::new(),
+                                trace_id: None,
+                            },
+                        );
                     }
                     Change::Resolve { key, message } => {
                         tracing::info!(alert = %key, "resolved: {message}");
+                        alerts.resolve(key);
                     }
                 },
                 stop_projector.clone(),

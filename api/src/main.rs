@@ -2,11 +2,22 @@ use anyhow::Context;
 use api::config::Command;
 use api::{App, Settings};
 use clap::Parser;
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    observability::init("chatd");
+    let telemetry = observability::init(observability::Settings::from_env(
+        "chatd",
+        settings.node_name(),
+    )?)?;
+    let result = run(settings, telemetry.alerts()).await;
+    // Give the log shipper and the alert sender a moment to deliver the last lines.
+    telemetry.shutdown(Duration::from_secs(5)).await;
+    result
+}
+
+async fn run(settings: Settings, alerts: observability::Alerts) -> anyhow::Result<()> {
     match settings.command {
         Some(Command::Rebuild) => {
             api::app::rebuild(&settings)
@@ -20,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
                 Ok(n) => tracing::info!(limit = n, "open files limit"),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
             }
-            let app = App::build(settings).await?;
+            let app = App::build(settings).await?.with_alerts(alerts);
             app.run_until_stopped(shutdown_signal()).await
         }
     }

@@ -60,6 +60,23 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl RecordedEvent {
+    /// The W3C `traceparent` the event's metadata carries (the trace of the request that
+    /// appended it), so consumers can continue that trace.
+    pub fn traceparent(&self) -> Option<String> {
+        if self.metadata.is_empty() {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            traceparent: Option<String>,
+        }
+        serde_json::from_slice::<Meta>(&self.metadata)
+            .ok()?
+            .traceparent
+    }
+}
+
 /// The state a stream must be in for an append to go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {

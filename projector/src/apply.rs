@@ -33,6 +33,11 @@ pub(crate) fn apply_batch(
         if recorded.position <= position {
             continue;
         }
+        let span = observability::trace::continuing(
+            tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
+            recorded.traceparent().as_deref(),
+        );
+        let _entered = span.enter();
         apply_one(&tx, recorded)?;
         position = recorded.position;
     }

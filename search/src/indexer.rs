@@ -120,6 +120,11 @@ impl Writer {
             if recorded.position <= self.applied {
                 continue;
             }
+            let span = observability::trace::continuing(
+                tracing::info_span!("projection.apply", projection = "search", event.position = recorded.position, event.type = %recorded.event_type),
+                recorded.traceparent().as_deref(),
+            );
+            let _entered = span.enter();
             self.apply_one(recorded)?;
             self.applied = recorded.position;
         }

@@ -10,6 +10,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handle
 use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 use schema::UserId;
+use tracing::Instrument;
 
 use crate::live::Hub;
 use crate::service::Chat;
@@ -128,6 +129,39 @@ async fn readyz(req: &Request) -> Response {
     }
 }
 
+/// Middleware: one span per request, continuing the caller's W3C trace when it sends a
+/// `traceparent`. Events appended while handling the request carry the span's context (or,
+/// without OpenTelemetry, the caller's), so projections and fan-out on every node join the
+/// same trace.
+async fn traced<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
+    let header = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::service::valid_traceparent);
+    let span = tracing::info_span!(
+        "http.request",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(tp) = &header {
+        observability::trace::set_parent_from_traceparent(&span, tp);
+    }
+    let trace = observability::trace::traceparent_of(&span).or(header);
+    let result = crate::service::TRACE_PARENT
+        .scope(trace, ep.call(req))
+        .instrument(span.clone())
+        .await
+        .map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    result
+}
+
 /// The whole HTTP application.
 pub fn routes(
     chat: Arc<Chat>,
@@ -149,16 +183,7 @@ pub fn routes(
         .at("/metrics", crate::metrics::render)
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
-        .around(|ep, req| async move {
-            let trace = req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::service::valid_traceparent);
-            crate::service::TRACE_PARENT
-                .scope(trace, ep.call(req))
-                .await
-        })
+        .around(traced)
         .data(chat)
         .data(readiness)
         .with(CatchPanic::new())

@@ -711,7 +711,11 @@ pub async fn start(
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
                     Some(Ok(recorded)) => {
-                        state.apply(&recorded);
+                        let span = observability::trace::continuing(
+                            tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type),
+                            recorded.traceparent().as_deref(),
+                        );
+                        span.in_scope(|| state.apply(&recorded));
                         position_tx.send_replace(recorded.position);
                     }
                     Some(Err(e)) => {

@@ -266,7 +266,8 @@ impl ChatdProcess {
                 if let Ok(v) = serde_json::from_str::<Value>(&line)
                     && v["message"] == "listening"
                 {
-                    return v["addr"]
+                    // ECS lines put fields that are not ECS under `chat.`.
+                    return v["chat.addr"]
                         .as_str()
                         .expect("addr field")
                         .parse()
