@@ -14,5 +14,6 @@ mod rooms;
 mod search;
 mod soak;
 mod sse;
+mod traces;
 mod unread;
 mod ws;
