@@ -4,7 +4,8 @@
 Kibana's saved objects nest JSON documents inside JSON strings (visState, panelsJSON,
 searchSourceJSON), which is miserable to edit by hand; edit this script instead and run it:
 
-    python3 docker/kibana/generate.py
+    python3 docker/kibana/generate.py            # rewrites saved_objects.ndjson
+    python3 docker/kibana/generate.py --stdout   # prints it (the test compares the two)
 
 The objects are aggregation-based visualizations and a saved search (the export format that
 Kibana 8 imports and migrates without surprises). Every field they use is mapped in
@@ -515,5 +516,11 @@ OBJECTS = [
 ]
 
 if __name__ == "__main__":
-    OUT.write_text("".join(dumps(obj) + "\n" for obj in OBJECTS), encoding="utf-8")
-    print(f"wrote {len(OBJECTS)} objects to {OUT}")
+    import sys
+
+    text = "".join(dumps(obj) + "\n" for obj in OBJECTS)
+    if "--stdout" in sys.argv[1:]:
+        sys.stdout.write(text)
+    else:
+        OUT.write_text(text, encoding="utf-8")
+        print(f"wrote {len(OBJECTS)} objects to {OUT}")
