@@ -17,7 +17,7 @@ use serde_json::Value;
 // ---- what chatd exports ---------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -27,7 +27,7 @@ enum Kind {
 /// `instance`, which Prometheus adds). The alert rules and the Grafana dashboard may use these
 /// and nothing else; the dashboard must show every one of them. Keep this list equal to
 /// chatd's real `/metrics` output (its `# TYPE` lines).
-const CHATD_METRICS: &[(&str, Kind, &[&str])] = &[
+pub(crate) const CHATD_METRICS: &[(&str, Kind, &[&str])] = &[
     (
         "chat_http_requests_total",
         Kind::Counter,

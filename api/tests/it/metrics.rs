@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use reqwest::StatusCode;
 
+use crate::docker::{CHATD_METRICS, Kind};
 use crate::helpers::{Api, ChatdProcess};
 use crate::ws::{connect, eventually};
 
@@ -250,6 +251,40 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
         })
     })
     .await;
+
+    // The dashboards and alert rules are written against `CHATD_METRICS`: every metric chatd
+    // really exports is there, with its type and labels.
+    for (name, kind) in &after.types {
+        let listed = CHATD_METRICS.iter().find(|(n, ..)| n == name);
+        let Some((_, listed_kind, labels)) = listed else {
+            panic!("{name} is exported but not in docker.rs CHATD_METRICS");
+        };
+        let kind = match kind.as_str() {
+            "counter" => Kind::Counter,
+            "gauge" => Kind::Gauge,
+            "histogram" => Kind::Histogram,
+            other => panic!("{name} has type {other}"),
+        };
+        assert_eq!(kind, *listed_kind, "{name}");
+        for series in after
+            .samples
+            .keys()
+            .filter(|k| k.starts_with(name.as_str()))
+        {
+            let (_, label_part) = series.split_once('{').unwrap();
+            for pair in label_part
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
+                let label = pair.split_once('=').unwrap().0;
+                assert!(
+                    label == "le" || labels.contains(&label),
+                    "{series}: label {label} not in CHATD_METRICS"
+                );
+            }
+        }
+    }
 
     ws.close().await;
     eventually("the WebSocket uncounted", || async {
