@@ -14,7 +14,7 @@ use crate::ws::{assert_gapless, connect, eventually};
 const SECRET: &str = "a-secret-every-node-shares-0123456789";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn node(url: &str, replicas: usize) -> TestApp {
+pub(crate) async fn node(url: &str, replicas: usize) -> TestApp {
     let url = url.to_owned();
     spawn_app_with(move |s| {
         s.nats.url = Some(url);

@@ -132,3 +132,51 @@ async fn the_spans_of_one_send_share_its_trace() {
         "{sends:?}"
     );
 }
+
+#[tokio::test]
+async fn a_send_is_one_trace_on_every_node_that_consumes_it() {
+    exporter();
+    let nats = eventlog::nats_server::NatsServer::start();
+    let a = crate::cluster::node(&nats.url(), 1).await;
+    let b = crate::cluster::node(&nats.url(), 1).await;
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let room = a.create_room(&alice, "across", &[&bob]).await;
+
+    let trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+    let resp = a
+        .http
+        .post(format!("{}/v1/rooms/{room}/messages", a.base))
+        .bearer_auth(&alice.token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({"body": "to both nodes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+
+    // Node A handles the request; both nodes project the event and fan it out.
+    let count = |spans: &[SpanData], name: &str, projection: Option<&str>| {
+        spans
+            .iter()
+            .filter(|s| s.name == name && attr(s, "projection").as_deref() == projection)
+            .count()
+    };
+    eventually("both nodes' consumers in the trace", || async {
+        let spans = spans_of(&trace);
+        count(&spans, "fanout", None) == 2
+            && count(&spans, "projection.apply", Some("read_model")) == 2
+            && count(&spans, "projection.apply", Some("search")) == 2
+    })
+    .await;
+    let spans = spans_of(&trace);
+    assert_eq!(count(&spans, "http.request", None), 1);
+    let request = spans.iter().find(|s| s.name == "http.request").unwrap();
+    for consumer in spans
+        .iter()
+        .filter(|s| s.name == "fanout" || s.name == "projection.apply")
+    {
+        assert_eq!(consumer.parent_span_id, request.span_context.span_id());
+    }
+    drop(b);
+}
