@@ -311,7 +311,9 @@ impl App {
                         alerts.resolve(key);
                     }
                 },
-                stop_projector.clone(),
+                // Stops with live delivery, when draining starts: from then on the hub
+                // (deliberately) falls behind and must not page anyone.
+                stop_live.clone(),
             ),
             failed.clone(),
         );

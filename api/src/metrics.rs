@@ -94,7 +94,7 @@ fn describe() {
     describe_gauge!(
         PROJECTION_LAG_SECONDS,
         Unit::Seconds,
-        "age of the oldest event a projection has not applied yet"
+        "how long a projection has been behind the head of the log it last saw"
     );
 }
 
@@ -109,6 +109,10 @@ fn zero() {
         metrics::counter!(DELIVERIES, "transport" => transport).absolute(0);
     }
     metrics::counter!(FANOUT_FORCED_DISCONNECTS, "reason" => "too_slow").absolute(0);
+    // So `rate()` sees the first failure of the kinds that happen in production.
+    for kind in ["unavailable", "closed"] {
+        metrics::counter!(APPEND_ERRORS, "kind" => kind).absolute(0);
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format.
@@ -125,7 +129,17 @@ pub fn render() -> Response {
 /// Middleware: counts and times every request by method, route and status.
 pub async fn track_http<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Any token is a valid method to hyper: only the standard ones get their own series.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
     let route = route_of(req.uri().path());
     let result = ep.call(req).await.map(IntoResponse::into_response);
     let status = match &result {
@@ -133,60 +147,54 @@ pub async fn track_http<E: Endpoint>(ep: E, req: Request) -> poem::Result<Respon
         Err(e) => e.status(),
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let labels = [("method", method), ("route", route.to_owned())];
-    metrics::histogram!(names::HTTP_DURATION, &labels).record(elapsed);
+    metrics::histogram!(names::HTTP_DURATION, "method" => method, "route" => route).record(elapsed);
     metrics::counter!(
         names::HTTP_REQUESTS,
-        "method" => labels[0].1.clone(),
-        "route" => labels[1].1.clone(),
+        "method" => method,
+        "route" => route,
         "status" => status.as_u16().to_string(),
     )
     .increment(1);
     result
 }
 
-/// The route template of `path`: ids become `{id}`, and paths outside the API collapse into
-/// one label, so a scanner cannot blow up the number of series.
-fn route_of(path: &str) -> &'static str {
-    static ROUTES: OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
-        OnceLock::new();
-    let template: String = path
-        .trim_end_matches('/')
+/// The routes chatd serves, as templates with every path parameter written `{id}`.
+static ROUTES: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+
+/// Records the API's routes from its OpenAPI document (its `paths`, which include the
+/// service's URL prefix), plus the operational endpoints. Only these become `route` labels.
+pub fn register_routes(openapi_json: &str) {
+    ROUTES.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(openapi_json).unwrap_or_default();
+        let api = spec["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|paths| paths.keys())
+            .map(|path| template(path, |seg| seg.starts_with('{')));
+        let ops = ["/healthz", "/readyz", "/metrics", "/openapi.json"].map(String::from);
+        api.chain(ops).collect()
+    });
+}
+
+fn template(path: &str, is_param: impl Fn(&str) -> bool) -> String {
+    path.trim_end_matches('/')
         .split('/')
-        .map(|seg| {
-            if uuid::Uuid::parse_str(seg).is_ok()
-                || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()))
-            {
-                "{id}"
-            } else {
-                seg
-            }
-        })
+        .map(|seg| if is_param(seg) { "{id}" } else { seg })
         .collect::<Vec<_>>()
-        .join("/");
-    let known = template.starts_with("/v1/")
-        || matches!(
-            template.as_str(),
-            "/healthz" | "/readyz" | "/metrics" | "/openapi.json"
-        );
-    if !known || template.len() > 80 || template.split('/').count() > 7 {
-        return "other";
-    }
-    let routes = ROUTES.get_or_init(Default::default);
-    let mut routes = routes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(r) = routes.get(template.as_str()) {
-        return r;
-    }
-    // Only templates of real routes reach here more than once; a bound keeps a stream of
-    // made-up paths under /v1 from growing the set without end.
-    if routes.len() >= 256 {
-        return "other";
-    }
-    let leaked: &'static str = Box::leak(template.into_boxed_str());
-    routes.insert(leaked);
-    leaked
+        .join("/")
+}
+
+/// The route template of `path` (ids become `{id}`) if chatd serves it, else `other`, so
+/// made-up paths cannot multiply the series.
+fn route_of(path: &str) -> &'static str {
+    let template = template(path, |seg| {
+        uuid::Uuid::parse_str(seg).is_ok()
+            || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()))
+    });
+    ROUTES
+        .get()
+        .and_then(|routes| routes.get(&template))
+        .map_or("other", String::as_str)
 }
 
 /// Counts a connection in a gauge while it lives.
@@ -279,10 +287,13 @@ impl EventLog for MeteredLog {
 
 #[cfg(test)]
 mod tests {
-    use super::route_of;
+    use super::{register_routes, route_of};
 
     #[test]
     fn routes_are_templates() {
+        register_routes(
+            r#"{"paths": {"/v1/rooms": {}, "/v1/rooms/{room_id}": {}, "/v1/rooms/{room_id}/messages/{message_id}": {}}}"#,
+        );
         assert_eq!(
             route_of("/v1/rooms/0190f3c2-8d4e-7a51-b0c2-1f2e3d4c5b6a/messages/17"),
             "/v1/rooms/{id}/messages/{id}"
@@ -291,5 +302,7 @@ mod tests {
         assert_eq!(route_of("/metrics"), "/metrics");
         assert_eq!(route_of("/wp-admin/setup.php"), "other");
         assert_eq!(route_of(&format!("/v1/{}", "a/".repeat(20))), "other");
+        // Only served routes: an id that is not one does not make a new label.
+        assert_eq!(route_of("/v1/rooms/undefined"), "other");
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! The rules ([`Rules`]) are pure: given a [`Sample`] of the node's state they say which
 //! alerts start and which end, so they are tested without a clock or a webhook.
-//! - **projection lag**: a projection's oldest unapplied event is older than
-//!   `CHAT_ALERT_LAG_SECS`; resolved when it is back under half of that;
+//! - **projection lag**: a projection has been behind for longer than `CHAT_ALERT_LAG_SECS`
+//!   (see [`LagClock`]); resolved when it is back under half of that;
 //! - **append errors**: any failed event-log append (other than a version conflict) in the
 //!   last minute; resolved after a minute without one;
 //! - **fan-out drops**: at least `CHAT_ALERT_DISCONNECTS_PER_MIN` live clients disconnected
@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
 use eventlog::EventLog;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -70,12 +69,40 @@ pub enum Change {
     },
 }
 
+/// How long a projection has been behind, in seconds: the time since the log's head first
+/// moved past what the projection has applied, measured against that head. The clock
+/// restarts each time the projection reaches the head it was chasing, so a projection that
+/// keeps up under load reads as milliseconds, and one that catches up quickly after a restart
+/// does not count the downtime (the age of the oldest unapplied event would).
+#[derive(Debug, Default)]
+pub struct LagClock {
+    /// The head being chased and when it was first seen ahead of the projection.
+    chasing: Option<(u64, Instant)>,
+}
+
+impl LagClock {
+    pub fn seconds(&mut self, head: u64, applied: u64, now: Instant) -> f64 {
+        match self.chasing {
+            Some((target, since)) if applied < target => {
+                return now.duration_since(since).as_secs_f64();
+            }
+            _ => self.chasing = None,
+        }
+        if applied < head {
+            self.chasing = Some((head, now));
+        }
+        0.0
+    }
+}
+
 /// The alert rules and what they remember between samples.
 #[derive(Debug)]
 pub struct Rules {
     thresholds: Thresholds,
     /// Counter values over the last minute, oldest first.
     history: VecDeque<(Instant, u64, u64)>,
+    /// The newest sample older than the window (zeros at start): the counters' baseline.
+    baseline: (u64, u64),
     firing: HashSet<String>,
 }
 
@@ -84,6 +111,7 @@ impl Rules {
         Self {
             thresholds,
             history: VecDeque::new(),
+            baseline: (0, 0),
             firing: HashSet::new(),
         }
     }
@@ -116,30 +144,24 @@ impl Rules {
 
         self.history
             .push_back((now, sample.append_errors, sample.forced_disconnects));
-        while self
-            .history
-            .front()
-            .is_some_and(|(at, ..)| now.duration_since(*at) > WINDOW)
+        while let Some(&(at, errors, drops)) = self.history.front()
+            && now.duration_since(at) > WINDOW
         {
+            self.baseline = (errors, drops);
             self.history.pop_front();
         }
-        let (errors_then, drops_then) = self
-            .history
-            .front()
-            .map_or((0, 0), |&(_, errors, drops)| (errors, drops));
-        let errors = sample.append_errors - errors_then;
-        let drops = sample.forced_disconnects - drops_then;
-        // The window starts at the oldest sample kept, so "since then" covers the last minute.
-        let new_errors = errors > 0 || (self.history.len() == 1 && sample.append_errors > 0);
-        if new_errors {
+        // Since the newest sample older than a minute: the last minute, also across a gap
+        // in sampling.
+        let errors = sample.append_errors - self.baseline.0;
+        let drops = sample.forced_disconnects - self.baseline.1;
+        if errors > 0 {
             self.raise(
                 &mut changes,
                 "eventlog_append_errors".into(),
                 "Event-log appends are failing".into(),
                 format!(
-                    "{} appends failed in the last minute ({} since start): commands are \
-                     being refused.",
-                    errors.max(1),
+                    "{errors} appends failed in the last minute ({} since start): commands \
+                     are being refused.",
                     sample.append_errors
                 ),
             );
@@ -196,6 +218,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut rules = Rules::new(watched.thresholds);
+    let mut clocks: Vec<LagClock> = watched
+        .projections
+        .iter()
+        .map(|_| LagClock::default())
+        .collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -206,41 +233,31 @@ pub async fn run(
         if let Some(handle) = install() {
             handle.run_upkeep();
         }
-        let Ok(head) = watched.log.head().await else {
-            continue; // the log's own errors are reported where they happen
-        };
         let mut sample = Sample {
             append_errors: watched.failures.append_errors.load(Ordering::Relaxed),
             forced_disconnects: watched.failures.forced_disconnects.load(Ordering::Relaxed),
             ..Sample::default()
         };
-        for (name, position) in &watched.projections {
+        // Without the head (the log unreachable) the lag is unknown: the counter rules still
+        // run, and that outage shows as failing appends.
+        let head = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            head = watched.log.head() => head.ok(),
+        };
+        let now = Instant::now();
+        for ((name, position), clock) in watched.projections.iter().zip(&mut clocks) {
+            let Some(head) = head else { break };
             let applied = *position.borrow();
-            let (events, seconds) = lag(watched.log.as_ref(), head, applied).await;
+            let events = head.saturating_sub(applied);
+            let seconds = clock.seconds(head, applied, now);
             metrics::gauge!(names::PROJECTION_LAG_EVENTS, "projection" => *name).set(events as f64);
             metrics::gauge!(names::PROJECTION_LAG_SECONDS, "projection" => *name).set(seconds);
             sample.lag.push((name, events, seconds));
         }
-        for change in rules.evaluate(&sample, Instant::now()) {
+        for change in rules.evaluate(&sample, now) {
             on_change(change);
         }
     }
-}
-
-/// How far a projection at `position` is behind `head`: in events, and the age of the
-/// oldest event it has not applied.
-async fn lag(log: &dyn EventLog, head: u64, position: u64) -> (u64, f64) {
-    let events = head.saturating_sub(position);
-    if events == 0 {
-        return (0, 0.0);
-    }
-    let seconds = match log.read_all(position, 1).await {
-        Ok(next) => next.first().map_or(0.0, |e| {
-            (Utc::now() - e.recorded_at).num_milliseconds().max(0) as f64 / 1000.0
-        }),
-        Err(_) => 0.0,
-    };
-    (events, seconds)
 }
 
 #[cfg(test)]
@@ -309,7 +326,50 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(resolved_at, Some(61), "a minute after the last failure");
+        assert_eq!(resolved_at, Some(62), "a minute after the last failure");
+    }
+
+    #[test]
+    fn a_gap_in_sampling_neither_hides_errors_nor_flaps() {
+        let mut r = rules();
+        let t = Instant::now();
+        let errors = |n| Sample {
+            append_errors: n,
+            ..Sample::default()
+        };
+        assert!(r.evaluate(&errors(0), t).is_empty());
+        // The log was unreachable for two minutes; appends failed meanwhile.
+        let later = t + Duration::from_secs(120);
+        assert_eq!(
+            keys(&r.evaluate(&errors(5), later)),
+            ["+eventlog_append_errors"]
+        );
+        for s in 1..=60 {
+            assert!(
+                r.evaluate(&errors(5), later + Duration::from_secs(s))
+                    .is_empty(),
+                "still within a minute of the failures at {s} s"
+            );
+        }
+    }
+
+    #[test]
+    fn lag_is_how_long_the_projection_has_been_chasing_the_head() {
+        let mut c = LagClock::default();
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_secs(s);
+        assert_eq!(c.seconds(100, 100, at(0)), 0.0, "caught up");
+        assert_eq!(c.seconds(120, 100, at(1)), 0.0, "starts chasing 120");
+        assert_eq!(c.seconds(150, 110, at(3)), 2.0);
+        // 120 reached: the clock restarts against the new head, so a projection that keeps
+        // up under load never accumulates lag.
+        assert_eq!(c.seconds(200, 130, at(4)), 0.0);
+        assert_eq!(c.seconds(260, 199, at(9)), 5.0);
+        assert_eq!(c.seconds(260, 260, at(10)), 0.0);
+        // A restart after downtime: the events are old, but the clock starts now.
+        let mut fresh = LagClock::default();
+        assert_eq!(fresh.seconds(1_000, 0, at(500)), 0.0);
+        assert_eq!(fresh.seconds(1_000, 1_000, at(501)), 0.0);
     }
 
     #[test]
@@ -329,23 +389,29 @@ mod tests {
     fn fan_out_drops_count_over_a_sliding_minute() {
         let mut r = rules();
         let t = Instant::now();
-        let drops = |n| Sample {
-            forced_disconnects: n,
-            ..Sample::default()
+        // Sampled every second: no drops until 30 s, nine at 30 s, one more at 40 s.
+        let drops_at = |s: u64| match s {
+            0..30 => 0,
+            30..40 => 9,
+            _ => 10,
         };
-        assert!(r.evaluate(&drops(0), t).is_empty());
-        assert!(
-            r.evaluate(&drops(9), t + Duration::from_secs(30))
-                .is_empty()
-        );
+        let mut changes = Vec::new();
+        for s in 0..=120 {
+            let sample = Sample {
+                forced_disconnects: drops_at(s),
+                ..Sample::default()
+            };
+            for c in keys(&r.evaluate(&sample, t + Duration::from_secs(s))) {
+                changes.push((s, c));
+            }
+        }
+        // Ten within a minute at 40 s; the minute before 91 s holds only the last one.
         assert_eq!(
-            keys(&r.evaluate(&drops(10), t + Duration::from_secs(40))),
-            ["+fanout_drops"]
-        );
-        // 80 s after the start the window holds only samples from 30 s on: 1 drop.
-        assert_eq!(
-            keys(&r.evaluate(&drops(10), t + Duration::from_secs(80))),
-            ["-fanout_drops"]
+            changes,
+            [
+                (40, "+fanout_drops".to_owned()),
+                (91, "-fanout_drops".to_owned())
+            ]
         );
     }
 }

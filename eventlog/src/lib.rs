@@ -62,9 +62,12 @@ pub struct RecordedEvent {
 
 impl RecordedEvent {
     /// The W3C `traceparent` the event's metadata carries (the trace of the request that
-    /// appended it), so consumers can continue that trace.
-    pub fn traceparent(&self) -> Option<String> {
-        if self.metadata.is_empty() {
+    /// appended it), so consumers can continue that trace — while it is live: `None` for an
+    /// event recorded over a minute ago (a catch-up or a rebuild replaying history would
+    /// otherwise hang spans on traces long finished).
+    pub fn live_traceparent(&self) -> Option<String> {
+        if self.metadata.is_empty() || Utc::now() - self.recorded_at > chrono::TimeDelta::minutes(1)
+        {
             return None;
         }
         #[derive(serde::Deserialize)]

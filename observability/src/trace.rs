@@ -142,13 +142,18 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) -> b
     set_parent_from_headers(span, traceparent, None)
 }
 
-/// `span`, continuing the trace in `traceparent` when there is one: for the consumers of an
-/// event (projections, the search index, fan-out), whose work belongs to the trace of the
-/// request that appended it.
-pub fn continuing(span: tracing::Span, traceparent: Option<&str>) -> tracing::Span {
-    if let Some(tp) = traceparent {
-        set_parent_from_traceparent(&span, tp);
-    }
+/// A span made by `make`, continuing the trace in `traceparent`; no span at all without one.
+/// For the consumers of an event (projections, the search index, fan-out), whose work
+/// belongs to the trace of the request that appended it, and costs nothing otherwise.
+pub fn continuing(
+    traceparent: Option<String>,
+    make: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    let Some(tp) = traceparent else {
+        return tracing::Span::none();
+    };
+    let span = make();
+    set_parent_from_traceparent(&span, &tp);
     span
 }
 

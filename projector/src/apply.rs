@@ -34,8 +34,8 @@ pub(crate) fn apply_batch(
             continue;
         }
         let span = observability::trace::continuing(
-            tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
-            recorded.traceparent().as_deref(),
+            recorded.live_traceparent(),
+            || tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
         );
         let _entered = span.enter();
         apply_one(&tx, recorded)?;

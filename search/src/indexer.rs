@@ -35,6 +35,9 @@ const MAX_BATCH: usize = 4_096;
 /// (bodies are up to 64 KiB).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// The events that change the index; the others only move its checkpoint.
+const MESSAGE_EVENTS: [&str; 3] = ["message_sent", "message_edited", "message_deleted"];
+
 /// How the indexer batches its work.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexerSettings {
@@ -121,8 +124,10 @@ impl Writer {
                 continue;
             }
             let span = observability::trace::continuing(
-                tracing::info_span!("projection.apply", projection = "search", event.position = recorded.position, event.type = %recorded.event_type),
-                recorded.traceparent().as_deref(),
+                recorded
+                    .live_traceparent()
+                    .filter(|_| MESSAGE_EVENTS.contains(&recorded.event_type.as_str())),
+                || tracing::info_span!("projection.apply", projection = "search", event.position = recorded.position, event.type = %recorded.event_type),
             );
             let _entered = span.enter();
             self.apply_one(recorded)?;
@@ -132,10 +137,7 @@ impl Writer {
     }
 
     fn apply_one(&mut self, recorded: &RecordedEvent) -> Result<()> {
-        if !matches!(
-            recorded.event_type.as_str(),
-            "message_sent" | "message_edited" | "message_deleted"
-        ) {
+        if !MESSAGE_EVENTS.contains(&recorded.event_type.as_str()) {
             return Ok(());
         }
         let Some(room) = streams::room_of(&recorded.stream) else {

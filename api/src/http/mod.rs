@@ -172,6 +172,7 @@ pub fn routes(
 ) -> impl Endpoint + use<> {
     let max_body = settings.max_body_bytes;
     let api = api_service(chat.clone(), hub, settings.ws_rate, search);
+    crate::metrics::register_routes(&api.spec());
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     Route::new()

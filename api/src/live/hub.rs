@@ -711,10 +711,9 @@ pub async fn start(
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
                     Some(Ok(recorded)) => {
-                        let span = observability::trace::continuing(
-                            tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type),
-                            recorded.traceparent().as_deref(),
-                        );
+                        let span = observability::trace::continuing(recorded.live_traceparent(), || {
+                            tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
+                        });
                         span.in_scope(|| state.apply(&recorded));
                         position_tx.send_replace(recorded.position);
                     }

@@ -19,6 +19,7 @@ use super::unread::{self, UnreadPush};
 use crate::http::ApiError;
 use crate::metrics::{ConnectionGauge, names};
 use crate::service::{Chat, ServiceError};
+use tracing::Instrument;
 
 /// Close code telling the client to reconnect and resume (it fell behind, or the server is
 /// going away). 4000–4999 are application codes.
@@ -341,8 +342,19 @@ impl Connection {
                     schema::values::parse_client_msg_id(&send.client_msg_id),
                 ) {
                     (Ok(body), Ok(key)) => {
-                        self.chat
-                            .send(self.user, RoomId(send.room_id), body, Some(key.to_owned()))
+                        // One trace per send, as for REST: its events carry the span's
+                        // context to every consumer.
+                        let span = tracing::info_span!("ws.send", room.id = %send.room_id);
+                        let trace = observability::trace::traceparent_of(&span);
+                        let sent = self.chat.send(
+                            self.user,
+                            RoomId(send.room_id),
+                            body,
+                            Some(key.to_owned()),
+                        );
+                        crate::service::TRACE_PARENT
+                            .scope(trace, sent)
+                            .instrument(span)
                             .await
                     }
                     (Err(e), _) | (_, Err(e)) => Err(e.into()),
