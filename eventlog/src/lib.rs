@@ -14,8 +14,8 @@
 //! everything".
 //!
 //! Backends: [`sqlite::SqliteLog`] (the embedded default) and [`jetstream::JetStreamLog`]
-//! (NATS JetStream, for several nodes). [`conformance`] holds the test suite
-//! every backend must pass.
+//! (NATS JetStream, for several nodes). The dev-only `eventlog-testkit` crate holds the
+//! conformance suite every backend must pass.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -26,9 +26,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use uuid::Uuid;
 
-pub mod conformance;
 pub mod jetstream;
-pub mod nats_server;
 pub mod sqlite;
 
 /// An event to append. The payload is opaque to the log.

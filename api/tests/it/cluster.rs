@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use eventlog::nats_server::{NatsCluster, NatsServer};
+use eventlog_testkit::nats_server::{NatsCluster, NatsServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

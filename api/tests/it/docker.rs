@@ -891,7 +891,10 @@ fn images_match_the_versions_chatd_is_tested_with() {
     // NATS: the version the JetStream tests run (atomic batches need 2.12 or newer).
     let nats: BTreeSet<&String> = images.values().filter(|i| i.starts_with("nats:")).collect();
     assert_eq!(nats.len(), 1, "NATS servers on different images: {nats:?}");
-    let expected = format!("nats:{}-alpine", eventlog::nats_server::PINNED_VERSION);
+    let expected = format!(
+        "nats:{}-alpine",
+        eventlog_testkit::nats_server::PINNED_VERSION
+    );
     assert_eq!(nats.into_iter().next().unwrap(), &expected);
     // Elasticsearch, Kibana and Logstash must be the same version.
     let elastic: BTreeSet<&str> = images
@@ -936,7 +939,7 @@ fn the_nats_configuration_is_valid_and_routes_to_every_server() {
         assert_eq!(env["NATS_SERVER_NAME"].as_str(), Some(name.as_str()));
     }
 
-    let bin = eventlog::nats_server::binary();
+    let bin = eventlog_testkit::nats_server::binary();
     for name in &servers {
         let out = Command::new(&bin)
             .arg("-t")

@@ -136,7 +136,7 @@ async fn the_spans_of_one_send_share_its_trace() {
 #[tokio::test]
 async fn a_send_is_one_trace_on_every_node_that_consumes_it() {
     exporter();
-    let nats = eventlog::nats_server::NatsServer::start();
+    let nats = eventlog_testkit::nats_server::NatsServer::start();
     let a = crate::cluster::node(&nats.url(), 1).await;
     let b = crate::cluster::node(&nats.url(), 1).await;
     let alice = a.user("alice").await;

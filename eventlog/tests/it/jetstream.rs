@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eventlog::conformance::{self, events, read_everything};
 use eventlog::jetstream::{JetStreamLog, Options};
-use eventlog::nats_server::NatsServer;
 use eventlog::{EventLog, ExpectedVersion};
+use eventlog_testkit::conformance::{events, read_everything};
+use eventlog_testkit::nats_server::NatsServer;
 use tempfile::TempDir;
 
 /// A server plus a directory of index files; each `make` is a fresh stream.
@@ -52,36 +52,7 @@ impl Fixture {
     }
 }
 
-macro_rules! conformance_cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let fixture = Fixture::new();
-                conformance::$case(|| fixture.make()).await;
-            }
-        )*
-    };
-}
-
-conformance_cases!(
-    append_and_read_round_trip,
-    expected_version_is_enforced,
-    malformed_requests_are_rejected,
-    racing_appenders_have_one_winner,
-    reappend_returns_original_result,
-    partially_stored_ids_are_a_mismatch,
-    ids_stored_in_another_stream_are_a_mismatch,
-    racing_duplicates_write_once,
-    read_stream_ranges,
-    read_all_pages,
-    subscribe_catches_up_then_goes_live,
-    subscribe_from_a_middle_position,
-    subscribe_sees_concurrent_appends_once_in_order,
-    subscribe_during_appends_has_no_seam_gap,
-    subscribers_see_the_same_sequence,
-    close_ends_appends_and_subscriptions,
-);
+eventlog_testkit::conformance_tests!(Fixture::new());
 
 /// Waits until JetStream has forgotten message ids published now: a probe stream with the
 /// same duplicate window is sent the same id until it stores it again.

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventlog::conformance::{collect_count, events, read_everything};
 use eventlog::sqlite::{Options, SqliteLog};
 use eventlog::{AppendResult, Error, ErrorKind, EventLog, ExpectedVersion};
+use eventlog_testkit::conformance::{collect_count, events, read_everything};
 use futures::future::join_all;
 
 use crate::Fixture;

@@ -1,16 +1,12 @@
 //! The conformance suite every [`EventLog`] backend must pass.
 //!
 //! Each case is a public async function taking a factory that makes a **fresh, empty** log;
-//! cases call it once or more and close what they make. [`run_all`] runs them in turn. A
-//! backend's integration tests call each case from its own `#[tokio::test]` (multi-thread
-//! flavour: several cases race tasks against each other):
+//! cases call it once or more and close what they make. A backend's integration tests get one
+//! `#[tokio::test]` per case from [`conformance_tests!`](crate::conformance_tests), the one
+//! list of cases:
 //!
 //! ```ignore
-//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-//! async fn racing_appenders_have_one_winner() {
-//!     let fixture = Fixture::new();
-//!     conformance::racing_appenders_have_one_winner(|| fixture.make()).await;
-//! }
+//! eventlog_testkit::conformance_tests!(Fixture::new());
 //! ```
 //!
 //! The cases panic on failure, like tests do. They wait on conditions with deadlines
@@ -23,41 +19,63 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::StreamExt;
-use tokio::time::timeout;
-use uuid::Uuid;
-
-use crate::{
+use eventlog::{
     AppendResult, Error, ErrorKind, EventLog, ExpectedVersion, NewEvent, RecordedEvent,
     Subscription,
 };
+use futures::StreamExt;
+use tokio::time::timeout;
+use uuid::Uuid;
 
 /// How long a case waits for something that should happen (an event on a subscription, a
 /// task to finish) before failing.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Runs every case, each with a fresh log from `make`.
-pub async fn run_all<F, Fut>(make: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn EventLog>>,
-{
-    append_and_read_round_trip(&make).await;
-    expected_version_is_enforced(&make).await;
-    malformed_requests_are_rejected(&make).await;
-    racing_appenders_have_one_winner(&make).await;
-    reappend_returns_original_result(&make).await;
-    partially_stored_ids_are_a_mismatch(&make).await;
-    ids_stored_in_another_stream_are_a_mismatch(&make).await;
-    racing_duplicates_write_once(&make).await;
-    read_stream_ranges(&make).await;
-    read_all_pages(&make).await;
-    subscribe_catches_up_then_goes_live(&make).await;
-    subscribe_from_a_middle_position(&make).await;
-    subscribe_sees_concurrent_appends_once_in_order(&make).await;
-    subscribe_during_appends_has_no_seam_gap(&make).await;
-    subscribers_see_the_same_sequence(&make).await;
-    close_ends_appends_and_subscriptions(&make).await;
+/// One `#[tokio::test]` (multi-thread flavour: several cases race tasks against each other)
+/// per conformance case, in the module where it is invoked.
+///
+/// `conformance_tests!(FIXTURE)`: `FIXTURE` is an expression evaluated afresh in every test;
+/// its value has `async fn make(&self) -> Arc<dyn EventLog>` returning a fresh, empty log.
+///
+/// `conformance_tests!(optional FIXTURE)`: `FIXTURE` is an `Option` of such a value; a test
+/// whose fixture is `None` returns at once (the expression says why, where a reader sees it:
+/// this is how a backend whose server cannot run here is reported as skipped).
+#[macro_export]
+macro_rules! conformance_tests {
+    (optional $fixture:expr) => {
+        $crate::conformance_tests!(@cases [$fixture]
+            append_and_read_round_trip,
+            expected_version_is_enforced,
+            malformed_requests_are_rejected,
+            racing_appenders_have_one_winner,
+            reappend_returns_original_result,
+            partially_stored_ids_are_a_mismatch,
+            ids_stored_in_another_stream_are_a_mismatch,
+            racing_duplicates_write_once,
+            read_stream_ranges,
+            read_all_pages,
+            subscribe_catches_up_then_goes_live,
+            subscribe_from_a_middle_position,
+            subscribe_sees_concurrent_appends_once_in_order,
+            subscribe_during_appends_has_no_seam_gap,
+            subscribers_see_the_same_sequence,
+            close_ends_appends_and_subscriptions,
+        );
+    };
+    (@cases [$fixture:expr] $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let ::std::option::Option::Some(fixture) = $fixture else {
+                    return;
+                };
+                $crate::conformance::$case(|| fixture.make()).await;
+            }
+        )*
+    };
+    ($fixture:expr) => {
+        $crate::conformance_tests!(optional ::std::option::Option::Some($fixture));
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,7 +164,7 @@ async fn push_next(sub: &mut Subscription, last: u64, out: &mut Vec<Arc<Recorded
     position
 }
 
-fn expect_error<T: std::fmt::Debug>(result: crate::Result<T>, kind: ErrorKind) -> Error {
+fn expect_error<T: std::fmt::Debug>(result: eventlog::Result<T>, kind: ErrorKind) -> Error {
     match result {
         Err(err) if err.kind() == kind => err,
         other => panic!("expected a {kind:?} error, got {other:?}"),

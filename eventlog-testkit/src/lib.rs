@@ -1,0 +1,8 @@
+//! Test support for the event log, used only as a dev-dependency:
+//!
+//! - [`conformance`]: the suite every [`eventlog::EventLog`] backend must pass, and
+//!   [`conformance_tests!`], which writes one test per case for a backend;
+//! - [`nats_server`]: real `nats-server` processes (one, or a JetStream cluster) on loopback.
+
+pub mod conformance;
+pub mod nats_server;
