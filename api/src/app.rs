@@ -97,10 +97,30 @@ struct Storage {
     nats: Option<async_nats::Client>,
 }
 
+#[cfg(feature = "kurrentdb")]
+async fn open_kurrentdb(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    let url = settings.kurrentdb_url.clone().unwrap_or_default();
+    let options = eventlog::kurrentdb::Options::new(url, settings.kurrentdb_index_path());
+    tracing::info!(prefix = %options.stream_prefix, "event log: KurrentDB");
+    let log = eventlog::kurrentdb::KurrentLog::connect(options)
+        .await
+        .context("cannot open the KurrentDB event log")?;
+    Ok(Arc::new(log))
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+async fn open_kurrentdb(_: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+    anyhow::bail!(
+        "CHAT_KURRENTDB_URL is set but this chatd was built without KurrentDB support \
+         (cargo build --release --features kurrentdb)"
+    )
+}
+
 async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let (log, nats): (Arc<dyn EventLog>, _) = match settings.jetstream() {
+        _ if settings.kurrentdb_url.is_some() => (open_kurrentdb(settings).await?, None),
         Some(options) => {
             tracing::info!(url = %options.url, stream = %options.stream, "event log: NATS JetStream");
             let log = JetStreamLog::connect(options)
@@ -151,10 +171,15 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        if settings.nats.url.is_some() && settings.jwt_secret.is_none() {
+        if settings.nats.url.is_some() && settings.kurrentdb_url.is_some() {
+            anyhow::bail!("set CHAT_NATS_URL or CHAT_KURRENTDB_URL, not both");
+        }
+        if (settings.nats.url.is_some() || settings.kurrentdb_url.is_some())
+            && settings.jwt_secret.is_none()
+        {
             anyhow::bail!(
-                "CHAT_JWT_SECRET must be set when CHAT_NATS_URL is: every node must sign and \
-                 check tokens with the same secret"
+                "CHAT_JWT_SECRET must be set when CHAT_NATS_URL or CHAT_KURRENTDB_URL is: every \
+                 node must sign and check tokens with the same secret"
             );
         }
         crate::metrics::install();

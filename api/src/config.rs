@@ -94,6 +94,17 @@ pub struct Settings {
     #[command(flatten)]
     pub nats: NatsSettings,
 
+    /// KurrentDB (EventStoreDB) connection string (`kurrentdb://host:2113?tls=false`): the
+    /// event log is KurrentDB, one stream per aggregate (`chat-room-…`). Needs a chatd built
+    /// with `--features kurrentdb`; not together with `CHAT_NATS_URL` (docs/kurrentdb.md).
+    #[arg(
+        long = "kurrentdb-url",
+        env = "CHAT_KURRENTDB_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub kurrentdb_url: Option<String>,
+
     /// This node's name in logs and in NATS connection names. Default: the host name.
     #[arg(long, env = "CHAT_NODE_NAME", global = true)]
     pub node_name: Option<String>,
@@ -235,6 +246,11 @@ impl Settings {
     /// The node-local event-id index of the JetStream backend.
     pub fn jetstream_index_path(&self) -> PathBuf {
         self.data_dir.join("jetstream-index.db")
+    }
+
+    /// The node-local event-id index of the KurrentDB backend.
+    pub fn kurrentdb_index_path(&self) -> PathBuf {
+        self.data_dir.join("kurrentdb-index.db")
     }
 
     /// This node's name: `CHAT_NODE_NAME`, else the host name.

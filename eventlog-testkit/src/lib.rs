@@ -2,7 +2,9 @@
 //!
 //! - [`conformance`]: the suite every [`eventlog::EventLog`] backend must pass, and
 //!   [`conformance_tests!`], which writes one test per case for a backend;
-//! - [`nats_server`]: real `nats-server` processes (one, or a JetStream cluster) on loopback.
+//! - [`nats_server`]: real `nats-server` processes (one, or a JetStream cluster) on loopback;
+//! - [`kurrentdb_server`]: a local KurrentDB gRPC endpoint (no KurrentDB server runs here).
 
 pub mod conformance;
+pub mod kurrentdb_server;
 pub mod nats_server;

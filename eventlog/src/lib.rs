@@ -27,6 +27,8 @@ use futures::stream::BoxStream;
 use uuid::Uuid;
 
 pub mod jetstream;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod sqlite;
 
 /// An event to append. The payload is opaque to the log.

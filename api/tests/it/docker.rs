@@ -139,6 +139,9 @@ const STACKS: &[&[&str]] = &[
     &["compose.yaml", "compose.ops.yaml", "compose.logstash.yaml"],
 ];
 
+/// The KurrentDB stack (docs/kurrentdb.md), on its own.
+const KURRENTDB_STACK: &[&str] = &["compose.kurrentdb.yaml"];
+
 // ---- files ----------------------------------------------------------------------------------
 
 fn repo() -> PathBuf {
@@ -458,7 +461,7 @@ fn host_path(binds: &[(PathBuf, String)], container_path: &str) -> Option<PathBu
 #[test]
 fn compose_stacks_refer_to_services_volumes_files_and_ports_that_exist() {
     let dir = docker_dir();
-    for files in STACKS {
+    for files in STACKS.iter().chain([&KURRENTDB_STACK]) {
         let stack = stack(files);
         let names: BTreeSet<&str> = stack.services.keys().map(String::as_str).collect();
         let mut host_ports: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -615,8 +618,13 @@ fn url_hosts(text: &str) -> Vec<(String, String)> {
 #[test]
 fn every_address_in_the_configuration_names_a_compose_service() {
     let full = stack(STACKS[STACKS.len() - 1]);
-    let known =
-        |host: &str| full.services.contains_key(host) || host == "localhost" || host == "127.0.0.1";
+    let kurrentdb = stack(KURRENTDB_STACK);
+    let known = |host: &str| {
+        full.services.contains_key(host)
+            || kurrentdb.services.contains_key(host)
+            || host == "localhost"
+            || host == "127.0.0.1"
+    };
     let dir = docker_dir();
     let mut checked = 0;
     for path in files_under(&dir) {
@@ -813,6 +821,69 @@ fn chatd_containers_get_only_settings_chatd_reads() {
     for name in env_names {
         check_chatd_variable(&name, &known, "docker/Dockerfile ENV");
     }
+}
+
+/// The KurrentDB stack: nodes built with the `kurrentdb` feature, pointed at the stack's
+/// KurrentDB, with a required shared secret, a name and a volume each, and no NATS.
+#[test]
+fn the_kurrentdb_stack_runs_feature_built_nodes_on_its_kurrentdb() {
+    let known = known_chatd_settings();
+    let stack = stack(KURRENTDB_STACK);
+    let chatd = chatd_services(&stack);
+    assert!(chatd.len() >= 2, "chatd nodes {chatd:?}");
+    let servers: BTreeSet<String> = stack
+        .services
+        .iter()
+        .filter(|(_, s)| s.image().is_some_and(|i| i.contains("/kurrentdb:")))
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let dockerfile = read(&docker_dir().join("Dockerfile"));
+    assert!(
+        dockerfile.contains("ARG CHATD_FEATURES")
+            && dockerfile.contains("--features \"$CHATD_FEATURES\""),
+        "the Dockerfile does not pass CHATD_FEATURES to cargo"
+    );
+    let (mut names, mut volumes) = (BTreeSet::new(), BTreeSet::new());
+    for name in &chatd {
+        let svc = &stack.services[name];
+        let features: Vec<&Value> = svc
+            .all("build")
+            .into_iter()
+            .filter_map(|b| b.pointer("/args/CHATD_FEATURES"))
+            .collect();
+        assert_eq!(features, [&Value::from("kurrentdb")], "{name}: build args");
+        let env = svc.environment();
+        for key in env.keys() {
+            check_chatd_variable(key, &known, &format!("{} {name}", stack.name));
+            assert!(
+                !key.starts_with("CHAT_NATS_"),
+                "{name}: {key} on the KurrentDB stack"
+            );
+        }
+        let url = env["CHAT_KURRENTDB_URL"].as_str().unwrap();
+        let hosts: BTreeSet<String> = url_hosts(url).into_iter().map(|(_, h)| h).collect();
+        assert_eq!(hosts, servers, "{name}: CHAT_KURRENTDB_URL");
+        assert!(
+            env["CHAT_JWT_SECRET"]
+                .as_str()
+                .unwrap()
+                .starts_with("${CHAT_JWT_SECRET:?"),
+            "{name}: CHAT_JWT_SECRET must come from the environment, and be required"
+        );
+        assert!(names.insert(env["CHAT_NODE_NAME"].as_str().unwrap().to_owned()));
+        for v in svc.all("volumes") {
+            for m in v.as_array().unwrap() {
+                if let Some(Mount::Named(vol)) = Mount::parse(m) {
+                    assert!(
+                        volumes.insert(vol.clone()),
+                        "{vol} is shared by two chatd nodes"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(volumes.len(), chatd.len());
 }
 
 #[test]
@@ -1925,7 +1996,7 @@ fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
         }
         cmd.output().unwrap()
     };
-    for files in STACKS {
+    for files in STACKS.iter().chain([&KURRENTDB_STACK]) {
         let out = run(files, Some("0123456789abcdef0123456789abcdef"));
         assert!(
             out.status.success(),
@@ -1933,7 +2004,11 @@ fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
             String::from_utf8_lossy(&out.stderr)
         );
         let merged: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(merged["name"], "chat");
+        let kurrentdb = *files == KURRENTDB_STACK;
+        assert_eq!(
+            merged["name"],
+            if kurrentdb { "chat-kurrentdb" } else { "chat" }
+        );
         let services = merged["services"].as_object().unwrap();
         let ours = stack(files);
         assert_eq!(
@@ -1943,7 +2018,9 @@ fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
         for node in chatd_services(&ours) {
             let env = &services[&node]["environment"];
             assert_eq!(env["CHAT_JWT_SECRET"], "0123456789abcdef0123456789abcdef");
-            assert_eq!(env["CHAT_NATS_REPLICAS"], "3");
+            if !kurrentdb {
+                assert_eq!(env["CHAT_NATS_REPLICAS"], "3");
+            }
         }
 
         let out = run(files, None);

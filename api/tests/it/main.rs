@@ -8,6 +8,8 @@ mod docker;
 mod errors;
 mod friends;
 mod helpers;
+#[cfg(feature = "kurrentdb")]
+mod kurrentdb;
 mod messages;
 mod metrics;
 mod ops;

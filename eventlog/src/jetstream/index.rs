@@ -1,4 +1,4 @@
-//! The node-local event-id index of the JetStream backend.
+//! The node-local event-id index of the JetStream and KurrentDB backends.
 //!
 //! JetStream's own duplicate suppression (`Nats-Msg-Id`) only remembers ids for the stream's
 //! duplicate window (minutes). The product promises that a retried send is recognised at any
@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{Error, RecordedEvent, Result};
+use crate::{AppendResult, Error, RecordedEvent, Result};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ids (
@@ -241,4 +241,50 @@ impl Index {
         .await
         .map_err(failed)?
     }
+}
+
+/// What a request whose ids are (partly) stored gets: the original result if every id is
+/// stored in `stream` in request order, else a mismatch. `None` if no id is stored.
+pub(crate) fn judge(
+    stream: &str,
+    ids: &[uuid::Uuid],
+    hits: &[Option<Hit>],
+) -> Option<Result<AppendResult>> {
+    if hits.iter().all(Option::is_none) {
+        return None;
+    }
+    let mismatch = || {
+        Some(Err(Error::IdempotencyMismatch(format!(
+            "{} of the {} event ids are stored already{}",
+            hits.iter().filter(|h| h.is_some()).count(),
+            ids.len(),
+            if hits.iter().flatten().any(|h| h.stream != stream) {
+                ", in another stream"
+            } else {
+                ""
+            }
+        ))))
+    };
+    let stored: Vec<&Hit> = hits.iter().flatten().collect();
+    if stored.len() != ids.len() {
+        return mismatch();
+    }
+    let first = stored[0];
+    let in_order = stored.iter().enumerate().all(|(i, h)| {
+        h.stream == stream
+            && h.version == first.version + i as u64
+            && h.recorded_at == first.recorded_at
+    });
+    if !in_order {
+        return mismatch();
+    }
+    let last = stored[stored.len() - 1];
+    Some(Ok(AppendResult {
+        first_version: first.version,
+        last_version: last.version,
+        first_position: first.position,
+        last_position: last.position,
+        recorded_at: first.recorded_at,
+        duplicate: true,
+    }))
 }

@@ -54,7 +54,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{RwLock, watch};
 
-use self::index::{Hit, Index};
+use self::index::Index;
 use crate::{
     AppendResult, Error, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Result, Subscription,
     validate,
@@ -518,52 +518,6 @@ impl JetStreamLog {
             })
     }
 
-    /// What a request whose ids are (partly) stored gets: the original result if every id is
-    /// stored in `stream` in request order, else a mismatch. `None` if no id is stored.
-    fn judge(
-        stream: &str,
-        ids: &[uuid::Uuid],
-        hits: &[Option<Hit>],
-    ) -> Option<Result<AppendResult>> {
-        if hits.iter().all(Option::is_none) {
-            return None;
-        }
-        let mismatch = || {
-            Some(Err(Error::IdempotencyMismatch(format!(
-                "{} of the {} event ids are stored already{}",
-                hits.iter().filter(|h| h.is_some()).count(),
-                ids.len(),
-                if hits.iter().flatten().any(|h| h.stream != stream) {
-                    ", in another stream"
-                } else {
-                    ""
-                }
-            ))))
-        };
-        let stored: Vec<&Hit> = hits.iter().flatten().collect();
-        if stored.len() != ids.len() {
-            return mismatch();
-        }
-        let first = stored[0];
-        let in_order = stored.iter().enumerate().all(|(i, h)| {
-            h.stream == stream
-                && h.version == first.version + i as u64
-                && h.recorded_at == first.recorded_at
-        });
-        if !in_order {
-            return mismatch();
-        }
-        let last = stored[stored.len() - 1];
-        Some(Ok(AppendResult {
-            first_version: first.version,
-            last_version: last.version,
-            first_position: first.position,
-            last_position: last.position,
-            recorded_at: first.recorded_at,
-            duplicate: true,
-        }))
-    }
-
     /// Looks the ids up after the index has caught up with the whole stream.
     async fn judge_after_catching_up(
         &self,
@@ -573,7 +527,7 @@ impl JetStreamLog {
         let head = self.head().await?;
         self.wait_for_index(head).await?;
         let hits = self.inner.index.lookup(ids.to_vec()).await?;
-        Ok(Self::judge(stream, ids, &hits))
+        Ok(index::judge(stream, ids, &hits))
     }
 
     /// Publishes `events` as versions `tail.version + 1 ..`, conditional on the subject's last
@@ -795,7 +749,7 @@ impl EventLog for JetStreamLog {
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
         self.ensure_index_fresh().await?;
         if let Some(judged) =
-            Self::judge(stream, &ids, &self.inner.index.lookup(ids.clone()).await?)
+            index::judge(stream, &ids, &self.inner.index.lookup(ids.clone()).await?)
         {
             return judged;
         }

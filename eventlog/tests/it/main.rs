@@ -3,6 +3,7 @@
 
 mod conformance;
 mod jetstream;
+mod kurrentdb;
 mod sqlite;
 
 use std::path::PathBuf;
