@@ -658,6 +658,9 @@ function markRead() {
   const r = state.rooms.get(tl.room_id);
   if ((state.readSent.get(tl.room_id) ?? 0) >= tl.newest && !r?.unread_count) return;
   state.readSent.set(tl.room_id, tl.newest);
+  // Everything we hold is read now. The server pushes a count only when it changes, and the
+  // baseline after a reconnect leaves out rooms at 0, so do not wait for a push to say so.
+  if (r?.unread_count) setUnread({ room_id: tl.room_id, unread_count: 0 });
   const frame = { type: 'read', room_id: tl.room_id, seq: tl.newest };
   if (!live.send(frame)) session.call('POST', `/v1/rooms/${tl.room_id}/read`, { seq: tl.newest }).catch(report);
 }

@@ -207,6 +207,54 @@ async fn scenario(
         }
     }
 
+    // ---- The dialogs: a public room Bob joins, a private one Alice invites him to, and a
+    // direct conversation Bob starts.
+    click(&alice, "#new-group").await?;
+    type_into(&alice, "#f-name", "open house").await?;
+    js(
+        &alice,
+        "document.getElementById('f-visibility').value = 'public'",
+    )
+    .await?;
+    click(&alice, "#dialog-ok").await?;
+    wait_js(&alice, "the new room open", &room_title_is("open house")).await?;
+    click(&bob, "#browse").await?;
+    wait_js(
+        &bob,
+        "the public room listed",
+        "!!document.querySelector('#dialog .public li button')",
+    )
+    .await?;
+    click(&bob, "#dialog .public li button").await?;
+    wait_js(&bob, "the joined room open", &room_title_is("open house")).await?;
+    wait_js(&alice, "Bob's arrival", &timeline_sys_has("bob joined")).await?;
+
+    click(&alice, "#new-group").await?;
+    type_into(&alice, "#f-name", "plans").await?;
+    click(&alice, "#dialog-ok").await?;
+    wait_js(&alice, "the private room open", &room_title_is("plans")).await?;
+    click(&alice, "#invite").await?;
+    type_into(&alice, "#f-invitees", "Bob").await?;
+    click(&alice, "#dialog-ok").await?;
+    wait_js(&alice, "the invitation", &timeline_sys_has("You added bob")).await?;
+    wait_js(
+        &bob,
+        "the room he was invited to, in his list",
+        "[...document.querySelectorAll('#rooms .room-name')].some(n => n.textContent === 'plans')",
+    )
+    .await?;
+
+    click(&bob, "#new-direct").await?;
+    type_into(&bob, "#f-who", "alice").await?;
+    click(&bob, "#dialog-ok").await?;
+    wait_js(&bob, "the direct room open", &room_title_is("Alice")).await?;
+    wait_js(
+        &alice,
+        "the direct room, named after Bob, with his presence",
+        "[...document.querySelectorAll('#rooms .room-item')].some(b => b.querySelector('.room-name').textContent === 'bob' && b.querySelector('.dot')?.dataset.online === 'true')",
+    )
+    .await?;
+
     // ---- Real time: Alice writes in the lobby while Bob looks at another room.
     open_room(&bob, &random).await?;
     open_room(&alice, &lobby).await?;
@@ -232,6 +280,7 @@ async fn scenario(
     open_room(&bob, &lobby).await?;
     wait_js(&bob, "Alice's messages", &timeline_has("are you there?")).await?;
     wait_js(&bob, "the lobby read", &unread_is(&lobby, 0)).await?;
+    server_unread_is_zero(&api, &bob_user).await?;
     wait_js(
         &alice,
         "Bob shown online",
@@ -320,6 +369,14 @@ async fn scenario(
         "document.querySelectorAll('#outbox li').length === 0",
     )
     .await?;
+    // Alice reads Bob's message as it arrives, and the server agrees.
+    wait_js(
+        &alice,
+        "the lobby read after the restart",
+        &unread_is(&lobby, 0),
+    )
+    .await?;
+    server_unread_is_zero(&chatd.api, &alice_user).await?;
     // Nothing lost, nothing twice: the timeline holds exactly the server's events.
     let history: Vec<Value> = chatd.api.full_history(&bob_user, &lobby).await;
     let server_seqs: Vec<u64> = history.iter().filter_map(|e| e["seq"].as_u64()).collect();
@@ -453,6 +510,21 @@ fn unread_is(room: &str, n: u64) -> String {
     format!("{}?.dataset.unread === '{n}'", room_item(room))
 }
 
+fn room_title_is(title: &str) -> String {
+    format!(
+        "document.getElementById('room-title').textContent === {} && !document.getElementById('room').hidden",
+        json!(title)
+    )
+}
+
+/// A membership line of the open room, e.g. "bob joined".
+fn timeline_sys_has(text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#messages .sys')].some(l => l.textContent.startsWith({}))",
+        json!(text)
+    )
+}
+
 fn timeline_has(text: &str) -> String {
     format!(
         "[...document.querySelectorAll('#messages .msg .body')].some(b => b.textContent === {})",
@@ -497,6 +569,14 @@ async fn login_as(api: &Api, username: &str) -> TestUser {
             .unwrap_or_default()
             .to_owned(),
     }
+}
+
+async fn server_unread_is_zero(api: &Api, user: &TestUser) -> anyhow::Result<()> {
+    until("no unread messages on the server", || async {
+        let (_, unread) = api.get("/v1/unread", &user.token).await;
+        Ok((unread["total"] == json!(0)).then_some(()))
+    })
+    .await
 }
 
 /// Waits until the search index has the message (it commits about every 250 ms).
