@@ -3,7 +3,7 @@
 // into an ApiError.
 
 const KEY = 'chatd.session';
-/** Refresh this long before the access token expires. */
+/** Refresh this long before the access token expires (at most a quarter of its lifetime). */
 const EARLY_MS = 60_000;
 
 export class ApiError extends Error {
@@ -98,6 +98,7 @@ export class Session {
       access_token: tokens.access_token,
       refresh_token: tokens.refresh_token,
       expires_at: Date.now() + tokens.expires_in * 1000,
+      refresh_at: Date.now() + tokens.expires_in * 1000 - Math.min(EARLY_MS, tokens.expires_in * 250),
       user_id: tokens.user_id,
     };
     localStorage.setItem(KEY, JSON.stringify(this.data));
@@ -107,14 +108,14 @@ export class Session {
   schedule() {
     clearTimeout(this.timer);
     if (!this.data) return;
-    const wait = Math.max(1000, this.data.expires_at - EARLY_MS - Date.now());
+    const wait = Math.max(1000, this.data.refresh_at - Date.now());
     this.timer = setTimeout(() => this.refresh().catch(() => {}), wait);
   }
 
   /** An access token valid for at least a while (refreshing first if needed). */
   async token() {
     if (!this.data) throw new ApiError(401, 'unauthorized', 'Not logged in.');
-    if (this.data.expires_at - Date.now() < EARLY_MS) await this.refresh();
+    if (Date.now() >= this.data.refresh_at) await this.refresh();
     return this.data.access_token;
   }
 
@@ -155,7 +156,7 @@ export class Session {
 function read() {
   try {
     const v = JSON.parse(localStorage.getItem(KEY));
-    return v && v.access_token && v.refresh_token ? v : null;
+    return v && v.access_token && v.refresh_token && v.refresh_at ? v : null;
   } catch {
     return null;
   }

@@ -118,6 +118,9 @@ async fn the_client_is_served_with_strict_headers_and_cache_validators() {
 
 // ---------------------------------------------------------------- in Chromium
 
+/// Access tokens live 10 s (the least allowed), so the clients refresh them every 7.5 s.
+const SETTINGS: &[(&str, &str)] = &[("CHAT_ACCESS_TOKEN_TTL", "10")];
+
 /// Deadline for every condition the browser test waits for.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -128,7 +131,7 @@ async fn two_people_chat_in_chromium_through_a_restart_and_search_in_korean() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut driver = Driver::start(&tools).await;
-    let mut chatd = ChatdProcess::start(dir.path()).await;
+    let mut chatd = ChatdProcess::start_with(dir.path(), SETTINGS).await;
     let base = chatd.api.base.clone();
     let alice_browser = driver.session(&tools, "alice").await;
     let bob_browser = driver.session(&tools, "bob").await;
@@ -189,6 +192,7 @@ async fn scenario(
     type_into(&alice, "#auth-display", "Alice").await?;
     click(&alice, "#auth-submit").await?;
     wait_js(&alice, "connected", CONNECTED).await?;
+    let alice_refresh = js(&alice, REFRESH_TOKEN).await?;
     let alice_user = login_as(&api, "alice").await;
 
     let lobby = api.create_room(&alice_user, "lobby", &[&bob_user]).await;
@@ -199,6 +203,7 @@ async fn scenario(
     type_into(&bob, "#auth-password", PASSWORD).await?;
     click(&bob, "#auth-submit").await?;
     wait_js(&bob, "connected", CONNECTED).await?;
+    let bob_refresh = js(&bob, REFRESH_TOKEN).await?;
 
     // Both lists show both rooms (Alice's rooms appeared live, after she had loaded the page).
     for b in [&alice, &bob] {
@@ -355,7 +360,7 @@ async fn scenario(
         elsewhere.terminate();
         elsewhere.wait().await;
     }
-    *chatd = ChatdProcess::start_on(data_dir, &addr.to_string(), &[]).await;
+    *chatd = ChatdProcess::start_on(data_dir, &addr.to_string(), SETTINGS).await;
     for b in [&bob, &alice] {
         wait_js(b, "reconnected", CONNECTED).await?;
     }
@@ -466,6 +471,43 @@ async fn scenario(
     .await?;
     ensure!(placed == json!(true), "the message is scrolled into view");
 
+    // ---- History paging: Alice opens the long room and scrolls to the top, which loads the
+    // older pages until the room's first event.
+    open_room(&alice, &random).await?;
+    wait_js(
+        &alice,
+        "older pages available",
+        "!document.getElementById('older').hidden",
+    )
+    .await?;
+    let first = js(
+        &alice,
+        "Number(document.querySelector('#messages [data-seq]').dataset.seq)",
+    )
+    .await?;
+    ensure!(
+        first.as_u64() > Some(1),
+        "the first page is not the whole room: {first}"
+    );
+    wait_js(
+        &alice,
+        "the room's first event, after scrolling up",
+        "(document.getElementById('scroller').scrollTop = 0, document.querySelector('#messages [data-seq]').dataset.seq === '1' && document.getElementById('older').hidden)",
+    )
+    .await?;
+
+    // Both sessions have lived through several access-token lifetimes on rotated refresh
+    // tokens (a reused one would have revoked the session and logged them out).
+    for (b, initial) in [(&alice, &alice_refresh), (&bob, &bob_refresh)] {
+        wait_js(
+            b,
+            "a rotated refresh token",
+            &format!("{REFRESH_TOKEN} !== {initial}"),
+        )
+        .await?;
+        wait_js(b, "still connected", CONNECTED).await?;
+    }
+
     // ---- A phone: one pane at a time, with a way back to the list.
     bob.set_window_size(390, 844).await?;
     wait_js(
@@ -499,6 +541,8 @@ async fn scenario(
     .await?;
     Ok(())
 }
+
+const REFRESH_TOKEN: &str = "JSON.parse(localStorage.getItem('chatd.session')).refresh_token";
 
 const CONNECTED: &str = "document.getElementById('conn')?.dataset.state === 'online'";
 
