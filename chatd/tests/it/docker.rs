@@ -90,7 +90,7 @@ const REQUIRED_ALERTS: &[&str] = &[
 
 /// Settings of chatd's observability (log format, Elasticsearch shipper, Slack alerts) that the
 /// stacks use. They are read by the `observability` crate; until it defines them they are
-/// allowed by this list. A `CHAT_*` name found in neither `api/src/config.rs`, nor
+/// allowed by this list. A `CHAT_*` name found in neither `chatd/src/config.rs`, nor
 /// `observability/src`, nor here fails the test.
 const OBSERVABILITY_SETTINGS: &[&str] = &[
     "CHAT_LOG_FORMAT",
@@ -699,7 +699,7 @@ fn chatd_port() -> String {
 /// Every `CHAT_*` name chatd reads: flags in config.rs, observability's settings, and the
 /// allowed observability names.
 fn known_chatd_settings() -> String {
-    let mut text = read(&repo().join("api/src/config.rs"));
+    let mut text = read(&repo().join("chatd/src/config.rs"));
     let obs = repo().join("observability/src");
     for path in files_under(&obs) {
         if has_ext(&path, &["rs"]) {
@@ -713,7 +713,7 @@ fn check_chatd_variable(name: &str, known: &str, at: &str) {
     if name.starts_with("CHAT_") {
         assert!(
             known.contains(&format!("\"{name}\"")) || OBSERVABILITY_SETTINGS.contains(&name),
-            "{at}: chatd has no setting {name} (not in api/src/config.rs, observability/src, or OBSERVABILITY_SETTINGS)"
+            "{at}: chatd has no setting {name} (not in chatd/src/config.rs, observability/src, or OBSERVABILITY_SETTINGS)"
         );
     } else {
         assert!(
@@ -818,11 +818,11 @@ fn chatd_containers_get_only_settings_chatd_reads() {
 #[test]
 fn the_dockerfile_builds_the_chatd_binary_with_a_new_enough_rust_and_checks_real_routes() {
     let dockerfile = read(&docker_dir().join("Dockerfile"));
-    assert!(dockerfile.contains("cargo build --release --locked -p api --bin chatd"));
-    let manifest = read(&repo().join("api/Cargo.toml"));
+    assert!(dockerfile.contains("cargo build --release --locked -p chatd --bin chatd"));
+    let manifest = read(&repo().join("chatd/Cargo.toml"));
     assert!(
         manifest.contains("name = \"chatd\""),
-        "api has no chatd binary"
+        "the chatd package has no chatd binary"
     );
     assert!(dockerfile.contains("target/release/chatd"));
 
@@ -850,7 +850,7 @@ fn the_dockerfile_builds_the_chatd_binary_with_a_new_enough_rust_and_checks_real
     assert!(dockerfile.contains("ENTRYPOINT [\"chatd\"]"));
 
     // Health checks ask for routes chatd serves.
-    let routes = read(&repo().join("api/src/http/mod.rs"));
+    let routes = read(&repo().join("chatd/src/http/mod.rs"));
     let mut texts = vec![dockerfile];
     for file in ["compose.yaml", "caddy/Caddyfile"] {
         texts.push(read(&docker_dir().join(file)));
