@@ -2,11 +2,12 @@
 //! check what would break them at run time: every YAML, JSON and NDJSON file parses; compose
 //! services, volumes, ports, mounted files and URLs refer to things that exist; the chatd
 //! settings in the stacks are settings chatd reads; Prometheus rules and the Grafana dashboard
-//! use the metrics chatd exports ([`CHATD_METRICS`]); the Kibana objects reference each other
+//! use the metrics chatd exports (`chatd::metrics::CATALOGUE`); the Kibana objects reference each other
 //! and fields the Elasticsearch template maps. Where the real tool is installed (`nats-server`
 //! always, as for the other tests; `promtool`, `caddy`, `docker compose` and `python3` when
 //! present) it validates its own configuration too; a missing optional tool is reported and
 //! skipped.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,59 +17,7 @@ use serde_json::Value;
 
 // ---- what chatd exports ---------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-/// The metrics chatd exports on `/metrics`, with their labels (besides `node`, `job` and
-/// `instance`, which Prometheus adds). The alert rules and the Grafana dashboard may use these
-/// and nothing else; the dashboard must show every one of them. Keep this list equal to
-/// chatd's real `/metrics` output (its `# TYPE` lines).
-pub(crate) const CHATD_METRICS: &[(&str, Kind, &[&str])] = &[
-    (
-        "chat_http_requests_total",
-        Kind::Counter,
-        &["method", "route", "status"],
-    ),
-    (
-        "chat_http_request_duration_seconds",
-        Kind::Histogram,
-        &["method", "route"],
-    ),
-    ("chat_ws_connections", Kind::Gauge, &[]),
-    ("chat_sse_connections", Kind::Gauge, &[]),
-    ("chat_messages_sent_total", Kind::Counter, &[]),
-    ("chat_deliveries_total", Kind::Counter, &["transport"]),
-    ("chat_fanout_queue_depth", Kind::Gauge, &[]),
-    (
-        "chat_fanout_forced_disconnects_total",
-        Kind::Counter,
-        &["reason"],
-    ),
-    (
-        "chat_eventlog_append_duration_seconds",
-        Kind::Histogram,
-        &[],
-    ),
-    (
-        "chat_eventlog_append_errors_total",
-        Kind::Counter,
-        &["kind"],
-    ),
-    ("chat_projection_lag_events", Kind::Gauge, &["projection"]),
-    ("chat_projection_lag_seconds", Kind::Gauge, &["projection"]),
-    ("chat_log_shipper_events_total", Kind::Counter, &["outcome"]),
-    ("chat_log_shipper_queue_depth", Kind::Gauge, &[]),
-    (
-        "chat_log_shipper_batches_total",
-        Kind::Counter,
-        &["outcome"],
-    ),
-    ("chat_alerts_total", Kind::Counter, &["outcome"]),
-];
+use chatd::metrics::{CATALOGUE as CHATD_METRICS, Kind};
 
 /// Labels every scraped series has (the scrape config sets `node` from the target).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];
