@@ -266,7 +266,10 @@ function onEvent(roomId, ev) {
     removeRoom(roomId);
     return;
   }
-  if (ev.type === 'member_joined' || ev.type === 'member_left') state.members.delete(roomId);
+  if (ev.type === 'member_joined' || ev.type === 'member_left') {
+    state.members.delete(roomId);
+    if (state.tl?.room_id === roomId) loadMembers(roomId).catch(report);
+  }
   if (ev.type === 'message_sent') {
     const p = ev.client_msg_id && state.pending.get(ev.client_msg_id);
     if (p && ev.sender_id === me) {
