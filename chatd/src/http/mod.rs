@@ -23,6 +23,7 @@ mod messages;
 mod models;
 mod rooms;
 mod search;
+mod web;
 
 pub use error::{ApiError, Problem};
 
@@ -175,7 +176,7 @@ pub fn routes(
     crate::metrics::register_routes(&api.spec());
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
-    Route::new()
+    web::mount(Route::new())
         .nest("/v1", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui)

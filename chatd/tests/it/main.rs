@@ -4,7 +4,6 @@
 mod accounts;
 mod cluster;
 mod crash;
-mod docker;
 mod errors;
 mod friends;
 mod helpers;
@@ -19,4 +18,5 @@ mod soak;
 mod sse;
 mod traces;
 mod unread;
+mod web;
 mod ws;
