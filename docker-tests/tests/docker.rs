@@ -721,21 +721,7 @@ fn chatd_containers_get_only_settings_chatd_reads() {
             );
             assert!(node_names.insert(env["CHAT_NODE_NAME"].as_str().unwrap().to_owned()));
         }
-        // Each node keeps its state in its own volume.
-        let mut data = BTreeSet::new();
-        for name in &chatd {
-            for v in stack.services[name].all("volumes") {
-                for m in v.as_array().unwrap() {
-                    if let Some(Mount::Named(vol)) = Mount::parse(m) {
-                        assert!(
-                            data.insert(vol.clone()),
-                            "{vol} is shared by two chatd nodes"
-                        );
-                    }
-                }
-            }
-        }
-        assert_eq!(data.len(), chatd.len());
+        assert_a_volume_per_node(&stack, &chatd);
     }
     for required in [
         "CHAT_NATS_URL",
@@ -793,7 +779,7 @@ fn the_kurrentdb_stack_runs_feature_built_nodes_on_its_kurrentdb() {
             && dockerfile.contains("--features \"$CHATD_FEATURES\""),
         "the Dockerfile does not pass CHATD_FEATURES to cargo"
     );
-    let (mut names, mut volumes) = (BTreeSet::new(), BTreeSet::new());
+    let mut names = BTreeSet::new();
     for name in &chatd {
         let svc = &stack.services[name];
         let features: Vec<&Value> = svc
@@ -821,18 +807,27 @@ fn the_kurrentdb_stack_runs_feature_built_nodes_on_its_kurrentdb() {
             "{name}: CHAT_JWT_SECRET must come from the environment, and be required"
         );
         assert!(names.insert(env["CHAT_NODE_NAME"].as_str().unwrap().to_owned()));
-        for v in svc.all("volumes") {
+    }
+    assert_a_volume_per_node(&stack, &chatd);
+}
+
+/// Each chatd node keeps its state in a named volume of its own.
+fn assert_a_volume_per_node(stack: &Stack, chatd: &[String]) {
+    let mut data = BTreeSet::new();
+    for name in chatd {
+        for v in stack.services[name].all("volumes") {
             for m in v.as_array().unwrap() {
                 if let Some(Mount::Named(vol)) = Mount::parse(m) {
                     assert!(
-                        volumes.insert(vol.clone()),
-                        "{vol} is shared by two chatd nodes"
+                        data.insert(vol.clone()),
+                        "{}: {vol} is shared by two chatd nodes",
+                        stack.name
                     );
                 }
             }
         }
     }
-    assert_eq!(volumes.len(), chatd.len());
+    assert_eq!(data.len(), chatd.len(), "{}", stack.name);
 }
 
 #[test]
