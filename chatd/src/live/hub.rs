@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
 use super::peers::{Outbox, PEER_TIMEOUT, PeerMessage, Peers, SYNC_EVERY};
-use super::presence::Presence;
-use crate::metrics::{Failures, names};
+use crate::chat::Presence;
+use crate::ops::metered_log::Failures;
+use crate::ops::metrics::names;
 use uuid::Uuid;
 
 /// A user's typing is forwarded at most once per this interval per room.
@@ -496,7 +497,7 @@ impl State {
         self.notify(others, &text);
     }
 
-    fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent) {
+    fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
         let Some(members) = self.members.get(&room) else {
             return;
         };
@@ -504,7 +505,7 @@ impl State {
         let mut slow = Vec::new();
         for user in members {
             for &id in self.by_user.get(user).into_iter().flatten() {
-                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded));
+                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
                 self.send(
                     id,
                     Outbound::Event(frame.clone()),
@@ -575,7 +576,7 @@ impl State {
             Event::MemberJoined { user_id, .. } => self.join(room, *user_id),
             _ => {}
         }
-        self.deliver(room, recorded);
+        self.deliver(room, recorded, &event);
         if let Event::MemberLeft { user_id } = event {
             self.leave(room, user_id);
         }
@@ -711,7 +712,7 @@ pub async fn start(
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
                     Some(Ok(recorded)) => {
-                        let span = observability::trace::continuing(recorded.live_traceparent(), || {
+                        let span = tracecontext::continuing(recorded.live_traceparent(), || {
                             tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
                         });
                         span.in_scope(|| state.apply(&recorded));

@@ -3,7 +3,6 @@
 pub mod frames;
 pub mod hub;
 pub mod peers;
-pub mod presence;
 pub mod sse;
 mod unread;
 pub mod ws;

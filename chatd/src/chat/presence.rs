@@ -22,8 +22,9 @@ impl Presence {
             .contains(&user)
     }
 
-    /// Records an announced change; false when it was already so.
-    pub(super) fn set(&self, user: UserId, online: bool) -> bool {
+    /// Records an announced change (the live hub is the one announcer); false when it was
+    /// already so.
+    pub fn set(&self, user: UserId, online: bool) -> bool {
         let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
         if online {
             set.insert(user)
