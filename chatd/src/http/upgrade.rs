@@ -16,8 +16,9 @@ use schema::UserId;
 
 use super::{ApiError, BearerAuth, Caller, Tag};
 use crate::chat::Chat;
+use crate::live::Hub;
+use crate::live::connections::{sse, ws};
 use crate::live::frames::{ClientFrame, Notification, ServerFrame};
-use crate::live::{Hub, sse, ws};
 
 #[derive(Debug)]
 pub struct Api {

@@ -17,10 +17,10 @@ use futures::stream::{self, BoxStream, StreamExt};
 use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 
-use super::frames::{MessageNotice, Notification};
-use super::hub::{ConnKind, Hub, Outbound, Registration};
 use super::unread::{self, UnreadPush};
 use crate::chat::{Chat, ChatError, Result};
+use crate::live::frames::{MessageNotice, Notification};
+use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
 use crate::ops::metrics::{ConnectionGauge, names};
 
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are

@@ -14,10 +14,10 @@ use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream}
 use schema::events::Event;
 use schema::{MessageBody, RoomId, UserId, streams};
 
-use super::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
-use super::hub::{ConnKind, Disconnect, Hub, Outbound};
 use super::unread::{self, UnreadPush};
 use crate::chat::{Chat, ChatError, Code, Refusal};
+use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
+use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
 use tracing::Instrument;
 
@@ -41,7 +41,7 @@ const RESUME_GRACE: Duration = Duration::from_secs(2);
 /// buffer allocated up front) would cost ~130 KiB per connection. Messages over 64 KiB close
 /// the connection (1009); up to that, frames over [`MAX_CLIENT_FRAME`] get an error frame.
 ///
-/// [`MAX_CLIENT_FRAME`]: super::frames::MAX_CLIENT_FRAME
+/// [`MAX_CLIENT_FRAME`]: crate::live::frames::MAX_CLIENT_FRAME
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
