@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 ///
 /// With no arguments it serves on the embedded default: the event log and the read models
 /// are SQLite files in the data directory; nothing else needs to be installed.
-/// Log verbosity follows `RUST_LOG` (default `info`).
+/// Log verbosity follows `RUST_LOG` (default `info`); the OpenTelemetry SDK reads its other
+/// `OTEL_*` variables itself.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chatd", version, about, long_about)]
 pub struct Settings {
@@ -93,6 +94,10 @@ pub struct Settings {
 
     #[command(flatten)]
     pub nats: NatsSettings,
+
+    /// Logs, log shipping, alerts and traces (the `observability` crate's settings).
+    #[command(flatten)]
+    pub telemetry: observability::TelemetryArgs,
 
     /// This node's name in logs and in NATS connection names. Default: the host name.
     #[arg(long, env = "CHAT_NODE_NAME", global = true)]
