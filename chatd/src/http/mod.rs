@@ -25,6 +25,7 @@ mod models;
 mod rooms;
 mod search;
 mod upgrade;
+mod web;
 
 pub use error::{ApiError, Problem};
 
@@ -174,7 +175,7 @@ pub fn routes(
     metrics::register_routes(&api.spec());
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
-    Route::new()
+    web::mount(Route::new())
         .nest("/v1", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui)
