@@ -5,6 +5,7 @@ mod accounts;
 mod cluster;
 mod crash;
 mod docker;
+mod environment;
 mod errors;
 mod friends;
 mod helpers;
