@@ -285,8 +285,8 @@ impl Settings {
         }
     }
 
-    pub fn alert_thresholds(&self) -> crate::monitor::Thresholds {
-        crate::monitor::Thresholds {
+    pub fn alert_thresholds(&self) -> crate::ops::monitor::Thresholds {
+        crate::ops::monitor::Thresholds {
             lag: Duration::from_secs(self.alert_lag_secs),
             disconnects_per_minute: self.alert_disconnects_per_min,
         }

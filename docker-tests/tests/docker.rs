@@ -2,7 +2,7 @@
 //! check what would break them at run time: every YAML, JSON and NDJSON file parses; compose
 //! services, volumes, ports, mounted files and URLs refer to things that exist; the chatd
 //! settings in the stacks are settings chatd reads; Prometheus rules and the Grafana dashboard
-//! use the metrics chatd exports (`chatd::metrics::CATALOGUE`); the Kibana objects reference each other
+//! use the metrics chatd exports (`chatd::ops::metrics::CATALOGUE`); the Kibana objects reference each other
 //! and fields the Elasticsearch template maps. Where the real tool is installed (`nats-server`
 //! always, as for the other tests; `promtool`, `caddy`, `docker compose` and `python3` when
 //! present) it validates its own configuration too; a missing optional tool is recorded as
@@ -17,7 +17,7 @@ use serde_json::Value;
 
 // ---- what chatd exports ---------------------------------------------------------------------
 
-use chatd::metrics::{CATALOGUE as CHATD_METRICS, Kind};
+use chatd::ops::metrics::{CATALOGUE as CHATD_METRICS, Kind};
 
 /// Labels every scraped series has (the scrape config sets `node` from the target).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];

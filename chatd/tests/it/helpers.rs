@@ -249,8 +249,13 @@ impl ChatdProcess {
     /// Starts with extra environment variables (settings): these and nothing else, whatever
     /// `CHAT_*`, `OTEL_*` or `RUST_LOG` the test runner's environment has.
     pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", env).await
+    }
+
+    /// Starts listening on `listen` (e.g. the port of a server that was stopped).
+    pub async fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut child = chatd()
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")

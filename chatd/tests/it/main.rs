@@ -17,4 +17,5 @@ mod soak;
 mod sse;
 mod traces;
 mod unread;
+mod web;
 mod ws;

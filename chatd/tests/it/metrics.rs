@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::{Api, ChatdProcess};
 use crate::ws::{connect, eventually};
-use chatd::metrics::{CATALOGUE as CHATD_METRICS, Kind};
+use chatd::ops::metrics::{CATALOGUE as CHATD_METRICS, Kind};
 
 /// One scrape: `name{sorted labels}` → value.
 #[derive(Debug, Default)]
@@ -262,7 +262,7 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     for (name, kind) in &after.types {
         let listed = CHATD_METRICS.iter().find(|(n, ..)| n == name);
         let Some((_, listed_kind, labels)) = listed else {
-            panic!("{name} is exported but not in chatd::metrics::CATALOGUE");
+            panic!("{name} is exported but not in chatd::ops::metrics::CATALOGUE");
         };
         let kind = match kind.as_str() {
             "counter" => Kind::Counter,
