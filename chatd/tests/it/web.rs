@@ -3,9 +3,9 @@
 //! The browser test drives Debian's Chromium through chromedriver (WebDriver, via fantoccini)
 //! against the real `chatd` binary: two users chat in real time, unread counts move in the
 //! other's list, the server is killed and restarted without the client losing or repeating a
-//! message, and search finds a Korean message and jumps to it. It reports itself as skipped
-//! (on the real stderr, visible without `--nocapture`) when Chromium or chromedriver is not
-//! installed; `scripts/test` installs them. On failure, screenshots of both browsers are saved
+//! message, and search finds a Korean message and jumps to it. It is recorded as skipped
+//! (`test_support::skip!`: on the real stderr, and in `scripts/test`'s summary) when Chromium
+//! or chromedriver is not installed; `scripts/test` installs them. On failure, screenshots of both browsers are saved
 //! under `target/tmp/web-client/` and their paths printed.
 
 use std::future::Future;
