@@ -221,9 +221,14 @@ pub enum Command {
 }
 
 impl Settings {
-    /// Settings for tests and embedding: defaults, the given data dir, a free port.
+    /// Settings for tests and embedding: defaults, the given data dir, a free port. The
+    /// environment is not read: a `CHAT_*` variable the caller happens to have changes nothing.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let mut s = Self::parse_from(["chatd"]);
+        use clap::{CommandFactory, FromArgMatches};
+        let defaults = Self::command()
+            .mut_args(|arg| arg.env(None))
+            .get_matches_from(["chatd"]);
+        let mut s = Self::from_arg_matches(&defaults).expect("the defaults parse");
         s.data_dir = data_dir.into();
         s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         s

@@ -5,8 +5,8 @@
 //! use the metrics chatd exports (`chatd::ops::metrics::CATALOGUE`); the Kibana objects reference each other
 //! and fields the Elasticsearch template maps. Where the real tool is installed (`nats-server`
 //! always, as for the other tests; `promtool`, `caddy`, `docker compose` and `python3` when
-//! present) it validates its own configuration too; a missing optional tool is reported and
-//! skipped.
+//! present) it validates its own configuration too; a missing optional tool is recorded as
+//! skipped (`test_support::skip!`).
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1729,14 +1729,12 @@ fn the_setup_scripts_are_valid_bash() {
 
 // ---- the tools themselves, when installed ---------------------------------------------------
 
-/// Runs a command; `None` (with a note) when the program is not installed. Fails the test when
-/// it runs and fails.
+/// Runs a command; `None` (recorded as skipped) when the program is not installed. Fails the
+/// test when it runs and fails.
 fn tool_output(cmd: &mut Command, what: &str) -> Option<String> {
     match cmd.output() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "note: {what} is not installed; skipping this check (scripts/test installs it)"
-            );
+            test_support::skip!("{what} is not installed (scripts/test installs it)");
             None
         }
         Err(e) => panic!("{what}: {e}"),
@@ -1849,8 +1847,8 @@ fn compose_command() -> Option<Vec<String>> {
 #[test]
 fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
     let Some(compose) = compose_command() else {
-        eprintln!(
-            "note: Docker Compose v2 is not installed; skipping `docker compose config` (scripts/test installs it)"
+        test_support::skip!(
+            "Docker Compose v2 is not installed: `docker compose config` not run (scripts/test installs it)"
         );
         return;
     };
