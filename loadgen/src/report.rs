@@ -197,6 +197,8 @@ impl Report {
 pub struct Machine {
     pub cores: usize,
     pub memory_gib: f64,
+    /// 1, 5 and 15 minute load averages when the report was made (other work on the box).
+    pub load_average: [f64; 3],
 }
 
 impl Machine {
@@ -209,7 +211,14 @@ impl Machine {
                     .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             })
             .unwrap_or(0.0);
+        let mut load_average = [0.0; 3];
+        if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+            for (slot, v) in load_average.iter_mut().zip(l.split_whitespace()) {
+                *slot = v.parse().unwrap_or(0.0);
+            }
+        }
         Self {
+            load_average,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         }
@@ -223,7 +232,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} · {:?}: {} users, {} rooms × {} members, {} connections, {} senders at {} msg/s, {} B, {} s (+{} s warm-up) · {} cores, {} GiB",
+            "{} · {:?}: {} users, {} rooms × {} members, {} connections, {} senders at {} msg/s, {} B, {} s (+{} s warm-up) · {} cores, {} GiB, load {:.1}",
             self.target,
             s.preset,
             s.users,
@@ -236,7 +245,8 @@ impl Report {
             s.duration_secs,
             s.warmup_secs,
             self.machine.cores,
-            self.machine.memory_gib
+            self.machine.memory_gib,
+            self.machine.load_average[0]
         );
         let _ = writeln!(
             out,
