@@ -75,7 +75,7 @@ struct Send<'a> {
     client_msg_id: std::borrow::Cow<'a, str>,
 }
 
-/// chatd's socket buffers (api/src/live/ws.rs), so both pay the same per connection.
+/// chatd's socket buffers (chatd/src/live/ws.rs), so both pay the same per connection.
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)

@@ -2,7 +2,7 @@
 //! sockets): it must count exactly what the server stored and delivered, report no loss when
 //! there is none, and report loss when a connection comes back without resuming.
 
-use api::{App, Settings};
+use chatd::{App, Settings};
 use loadgen::scenario::Preset;
 use loadgen::{Options, Target};
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
 use anyhow::Context;
-use api::config::Command;
-use api::{App, Settings};
+use chatd::config::Command;
+use chatd::{App, Settings};
 use clap::Parser;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(settings: Settings, alerts: observability::Alerts) -> anyhow::Result<()> {
     match settings.command {
         Some(Command::Rebuild) => {
-            api::app::rebuild(&settings)
+            chatd::app::rebuild(&settings)
                 .await
                 .context("rebuild failed")?;
             Ok(())
