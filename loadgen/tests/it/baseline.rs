@@ -24,6 +24,8 @@ async fn a_clean_baseline_run_counts_every_delivery_once() {
         "0.5",
         "--size",
         "64",
+        "--drain", // ends when everything has arrived
+        "120",
     ]);
     let opts = Options {
         target: Target::Baseline { addr },

@@ -48,6 +48,10 @@ fn scenario(extra: &[&str]) -> loadgen::scenario::Scenario {
         "0",
         "--size",
         "64",
+        // The drain ends when everything has arrived; a busy machine must not turn a slow
+        // answer into a missing one.
+        "--drain",
+        "120",
     ];
     args.extend_from_slice(extra);
     let s = crate::scenario(&args);
