@@ -127,6 +127,9 @@ pub struct ConnPlan {
     pub rooms: Vec<ConnRoom>,
     /// Messages per second this connection sends (0: none).
     pub rate: f64,
+    /// Where in its send interval this sender starts (0–1): senders are spread evenly over
+    /// the interval, so together they send at a steady rate rather than in bursts.
+    pub phase: f64,
     pub body_size: usize,
     /// Mean lifetime before a drop, when churning.
     pub churn: Option<Duration>,
@@ -273,10 +276,8 @@ pub async fn run(
                 && let Some(g) = *go.borrow()
             {
                 let interval = Duration::from_secs_f64(1.0 / plan.rate);
-                // Spread senders over the first interval, then keep the schedule.
-                let phase = interval.mul_f64((plan.index % 1000) as f64 / 1000.0);
                 schedule = Some(Schedule {
-                    first: g.t0 + phase,
+                    first: g.t0 + interval.mul_f64(plan.phase),
                     interval,
                     end: g.end,
                 });

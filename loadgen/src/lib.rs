@@ -193,6 +193,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
             } else {
                 0.0
             },
+            phase: c as f64 / s.senders.max(1) as f64,
             body_size: s.size,
             churn: s.churn_secs.map(Duration::from_secs_f64),
             resume: s.resume,

@@ -113,6 +113,9 @@ pub const GROWTH_FLOOR: f64 = 10.0;
 /// Why a measured run is saturated under `s`'s bounds (empty: it held).
 pub fn saturation(s: &Scenario, m: &Measured) -> Vec<String> {
     let mut why = Vec::new();
+    if m.offered_per_sec > 0.0 && m.counts.sent_in_window == 0 {
+        why.push("no send was due inside the window: nothing to judge".to_owned());
+    }
     if m.ack.count > 0 && m.ack.p99_ms > s.ack_p99_ms {
         why.push(format!(
             "send→ack p99 {:.1} ms > {} ms",
