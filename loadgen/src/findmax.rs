@@ -42,7 +42,10 @@ pub fn next_rate(held: Option<f64>, saturated: Option<f64>, s: &Search) -> Optio
         (Some(lo), Some(hi)) if hi <= lo * (1.0 + s.precision) => return None,
         (Some(lo), Some(hi)) => (lo + hi) / 2.0,
     };
-    Some(rate.round().max(1.0))
+    let rate = rate.round().max(1.0);
+    // Rates are whole: no step between two neighbours, and none tried twice.
+    let tried = held.is_some_and(|lo| rate <= lo) || saturated.is_some_and(|hi| rate >= hi);
+    (!tried).then_some(rate)
 }
 
 /// One step, in brief.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use loadgen::accounting::{self, Backlog, CEILING_US, Ledger, Live, Mark, Window};
+use loadgen::accounting::{self, Backlog, CEILING_US, Counts, Ledger, Live, Mark, Window};
 use loadgen::findmax::{Search, next_rate};
 use loadgen::report::{Latency, Measured, saturation};
 
@@ -228,7 +228,10 @@ fn measured(backlog_end: u64, ack_p99_ms: f64) -> Measured {
             answers: backlog_end,
             deliveries: 900,
         },
-        counts: Default::default(),
+        counts: Counts {
+            sent_in_window: 5000,
+            ..Counts::default()
+        },
         ack: latency(ack_p99_ms),
         delivery: latency(10.0),
         send_lag: latency(1.0),
@@ -248,6 +251,10 @@ fn a_run_is_saturated_when_p99_exceeds_the_bound_or_the_backlog_grows() {
     assert!(why.len() == 1 && why[0].contains("send→ack p99"), "{why:?}");
     let s = crate::scenario(&["--p99-ms", "100", "--ack-p99-ms", "200"]);
     assert!(saturation(&s, &measured(100, 150.0)).is_empty());
+    // A rate so low that no send fell inside the window proves nothing.
+    let mut m = measured(100, 50.0);
+    m.counts.sent_in_window = 0;
+    assert!(!saturation(&s, &m).is_empty());
 }
 
 #[test]
@@ -277,4 +284,9 @@ fn the_search_doubles_then_bisects_to_the_precision() {
     assert_eq!(next_rate(None, Some(1.0), &s), None);
     assert_eq!(next_rate(None, Some(1000.0), &s), Some(500.0));
     assert_eq!(next_rate(Some(100_000.0), None, &s), None, "capped");
+    assert_eq!(
+        next_rate(Some(1.0), Some(2.0), &s),
+        None,
+        "no rate between 1 and 2"
+    );
 }
