@@ -7,10 +7,8 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    let telemetry = observability::init(observability::Settings::from_env(
-        "chatd",
-        settings.node_name(),
-    )?)?;
+    let telemetry =
+        observability::init(settings.telemetry.settings("chatd", settings.node_name())?)?;
     let result = run(settings, telemetry.alerts()).await;
     // Give the log shipper and the alert sender a moment to deliver the last lines.
     telemetry.shutdown(Duration::from_secs(5)).await;

@@ -4,6 +4,7 @@
 mod accounts;
 mod cluster;
 mod crash;
+mod environment;
 mod errors;
 mod friends;
 mod helpers;
@@ -16,4 +17,5 @@ mod soak;
 mod sse;
 mod traces;
 mod unread;
+mod web;
 mod ws;
