@@ -1,9 +1,17 @@
-//! The baseline: a bare WebSocket broadcast server with chatd's frame shape and nothing else
-//! (no persistence, no auth, no projections). `GET /ws?user=<id>&rooms=<id>,<id>`; a `send`
-//! gets the next seq of its room, one serialised `event` frame shared by every member's bounded
-//! queue, and an `ack`. What chatd achieves is reported as a fraction of this.
+//! The baseline: the best bare WebSocket broadcast server we can write on chatd's stack (tokio
+//! and tokio-tungstenite, the library under chatd's web framework), with chatd's frame shapes
+//! and nothing else (no persistence, no auth, no projections). It is the physical limit the
+//! load generator measures chatd against, on the same machine.
+//!
+//! `GET /ws?user=<id>&rooms=<id>,<id>`. A `send` takes the next seq of its room and is fanned
+//! out under that room's own lock (rooms live in sharded maps; no global lock): the `event`
+//! frame is serialised once and every member's bounded queue gets a reference to the same
+//! bytes. Each connection's task, like chatd's, takes a queued frame, feeds every other frame
+//! already queued (up to [`BATCH`]) and flushes once per turn of its loop; the `ack` goes
+//! through the same buffer.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -12,33 +20,73 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use uuid::Uuid;
 
-/// Frames queued per connection before it is dropped (as chatd's default).
+/// Frames queued per connection before it is dropped from its rooms (chatd's default).
 const QUEUE: usize = 4096;
+/// Queued frames written out together, at most (as chatd).
+const BATCH: usize = 64;
+/// Room map shards.
+const SHARDS: usize = 64;
 
 #[derive(Default)]
 struct Room {
     seq: u64,
-    members: Vec<(u64, mpsc::Sender<Arc<str>>)>,
+    members: Vec<(u64, mpsc::Sender<Utf8Bytes>)>,
 }
 
-type Rooms = Arc<Mutex<HashMap<String, Room>>>;
+/// Rooms by id, in shards; each room has its own lock, held while it numbers and fans out a
+/// message (so members see a room's messages in seq order).
+struct Rooms {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<String, Arc<Mutex<Room>>>>>,
+}
+
+impl Rooms {
+    fn new() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn room(&self, id: &str) -> Arc<Mutex<Room>> {
+        let shard = &self.shards[self.hasher.hash_one(id) as usize % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(room) = shard.get(id) {
+            return room.clone();
+        }
+        shard.entry(id.to_owned()).or_default().clone()
+    }
+}
 
 #[derive(Deserialize)]
-struct Send {
-    #[serde(rename = "type")]
-    kind: String,
-    room_id: String,
-    body: String,
-    client_msg_id: String,
+struct Send<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    room_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    body: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    client_msg_id: std::borrow::Cow<'a, str>,
+}
+
+/// chatd's socket buffers (chatd/src/live/ws.rs), so both pay the same per connection.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024))
 }
 
 /// Serves until the process ends.
 pub async fn serve(listener: TcpListener) -> anyhow::Result<()> {
-    let rooms: Rooms = Arc::default();
+    let rooms = Arc::new(Rooms::new());
     let mut next_id = 0u64;
     loop {
         let (stream, _) = listener.accept().await?;
@@ -51,7 +99,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::bind(addr).await?)
 }
 
-async fn connection(stream: TcpStream, rooms: Rooms, id: u64) {
+async fn connection(stream: TcpStream, rooms: Arc<Rooms>, id: u64) {
     let _ = stream.set_nodelay(true);
     let mut query = String::new();
     #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
@@ -59,75 +107,84 @@ async fn connection(stream: TcpStream, rooms: Rooms, id: u64) {
         query = req.uri().query().unwrap_or_default().to_owned();
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(socket_config()))
+            .await;
     let Ok(ws) = ws else { return };
     let params: HashMap<&str, &str> = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .collect();
     let user = params.get("user").copied().unwrap_or_default().to_owned();
-    let joined: Vec<String> = params
+    let joined: Vec<Arc<Mutex<Room>>> = params
         .get("rooms")
-        .map(|r| {
-            r.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    let (tx, mut rx) = mpsc::channel::<Arc<str>>(QUEUE);
-    {
-        let mut rooms = rooms.lock().unwrap_or_else(|e| e.into_inner());
-        for room in &joined {
-            rooms
-                .entry(room.clone())
-                .or_default()
-                .members
-                .push((id, tx.clone()));
-        }
+        .into_iter()
+        .flat_map(|r| r.split(','))
+        .filter(|s| !s.is_empty())
+        .map(|r| rooms.room(r))
+        .collect();
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(QUEUE);
+    for room in &joined {
+        let mut room = room.lock().unwrap_or_else(|e| e.into_inner());
+        room.members.push((id, tx.clone()));
     }
+    drop(tx);
     let (mut sink, mut incoming) = ws.split();
     loop {
-        tokio::select! {
+        let turn = tokio::select! {
             frame = rx.recv() => match frame {
-                Some(text) => if sink.send(Message::text(text.to_string())).await.is_err() { break },
-                None => break,
+                Some(frame) => {
+                    let mut fed = sink.feed(Message::Text(frame)).await;
+                    // Take what else is queued now, to write it out in one go.
+                    for _ in 0..BATCH {
+                        let Ok(frame) = rx.try_recv() else { break };
+                        if fed.is_err() { break }
+                        fed = sink.feed(Message::Text(frame)).await;
+                    }
+                    fed.is_ok()
+                }
+                None => false,
             },
-            msg = incoming.next() => {
-                let Some(Ok(Message::Text(text))) = msg else {
-                    if matches!(msg, Some(Ok(_))) { continue }
-                    break;
-                };
-                let Ok(send) = serde_json::from_str::<Send>(text.as_str()) else { continue };
-                if send.kind != "send" {
-                    continue;
-                }
-                let message_id = Uuid::new_v4();
-                let seq = {
-                    let mut rooms = rooms.lock().unwrap_or_else(|e| e.into_inner());
-                    let room = rooms.entry(send.room_id.clone()).or_default();
-                    room.seq += 1;
-                    let frame: Arc<str> = json!({"type": "event", "room_id": send.room_id, "seq": room.seq,
-                        "event": {"type": "message_sent", "seq": room.seq, "message_id": message_id,
-                                  "sender_id": user, "body": send.body}})
-                    .to_string()
-                    .into();
-                    // A full queue drops the member, as chatd does.
-                    room.members.retain(|(_, m)| m.try_send(frame.clone()).is_ok());
-                    room.seq
-                };
-                let ack = json!({"type": "ack", "client_msg_id": send.client_msg_id,
-                    "message_id": message_id, "seq": seq});
-                if sink.send(Message::text(ack.to_string())).await.is_err() {
-                    break;
-                }
-            }
+            msg = incoming.next() => match msg {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Send<'_>>(text.as_str()) {
+                    Ok(send) if send.kind == "send" => {
+                        let ack = fan_out(&rooms, &user, &send);
+                        sink.feed(Message::text(ack)).await.is_ok()
+                    }
+                    _ => true,
+                },
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => false,
+                Some(Ok(_)) => true,
+            },
+        };
+        if !turn || sink.flush().await.is_err() {
+            break;
         }
     }
-    let mut rooms = rooms.lock().unwrap_or_else(|e| e.into_inner());
     for room in &joined {
-        if let Some(r) = rooms.get_mut(room) {
-            r.members.retain(|(m, _)| *m != id);
-        }
+        let mut room = room.lock().unwrap_or_else(|e| e.into_inner());
+        room.members.retain(|(m, _)| *m != id);
     }
+}
+
+/// Numbers the message, queues one shared frame for every member, and returns the ack.
+fn fan_out(rooms: &Rooms, user: &str, send: &Send<'_>) -> String {
+    let message_id = Uuid::new_v4();
+    let room = rooms.room(&send.room_id);
+    let mut room = room.lock().unwrap_or_else(|e| e.into_inner());
+    room.seq += 1;
+    let seq = room.seq;
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let frame = Utf8Bytes::from(
+        json!({"type": "event", "room_id": send.room_id, "seq": seq,
+            "event": {"type": "message_sent", "message_id": message_id, "sender_id": user,
+                      "body": send.body, "client_msg_id": send.client_msg_id, "seq": seq, "at": at}})
+        .to_string(),
+    );
+    // A full queue drops the member (chatd closes it; its client would resume).
+    room.members
+        .retain(|(_, m)| m.try_send(frame.clone()).is_ok());
+    drop(room);
+    json!({"type": "ack", "client_msg_id": send.client_msg_id, "message_id": message_id, "seq": seq})
+        .to_string()
 }

@@ -1,15 +1,14 @@
 //! One task per WebSocket connection: connects (spread over source addresses), resumes,
-//! sends open-loop if it is a sender, and accounts for every event it receives.
+//! sends open-loop if it is a sender, and hands everything it sees to its [`Ledger`].
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
@@ -17,6 +16,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::accounting::{Ledger, Live, Mark, Window};
 
 /// Where and how connections connect.
 #[derive(Debug, Clone)]
@@ -32,41 +33,36 @@ pub struct Endpoint {
 
 /// How long a churning connection stays down before it reconnects.
 pub const CHURN_DOWNTIME: Duration = Duration::from_millis(50);
+/// Sends written out together at most, when the schedule is behind.
+const SEND_BATCH: usize = 64;
 
-/// Latencies are recorded in microseconds, up to one minute.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+/// The start signal: when sending starts and ends, and the measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct Go {
+    pub t0: Instant,
+    /// No send is intended at or after this.
+    pub end: Instant,
+    pub window: Window,
 }
 
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// t = 0 of the run; message bodies carry their intended send time relative to it.
-    pub epoch: std::time::Instant,
-    /// Intended send times (µs since epoch) inside [from, to) are measured (set at go).
-    pub window_from: AtomicU64,
-    pub window_to: AtomicU64,
+    /// Time 0 of every µs timestamp of the run.
+    pub epoch: Instant,
     pub room_index: HashMap<String, usize>,
     /// Highest acknowledged seq per room.
     pub final_seq: Vec<AtomicU64>,
-    /// Sends stop.
-    pub sending_over: AtomicBool,
+    pub live: Arc<Live>,
     /// Every send has been answered (or given up on): `final_seq` is final.
-    pub acks_settled: AtomicBool,
+    pub acks_settled: watch::Sender<bool>,
     /// Everyone stops (drain done or given up).
     pub stop: watch::Sender<bool>,
     pub connected: AtomicUsize,
     pub caught_up: AtomicUsize,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub delivered: AtomicU64,
-    pub acked_in_window: AtomicU64,
-    pub delivered_in_window: AtomicU64,
     pub reconnects: AtomicU64,
-    /// Sends whose connection dropped before the answer (stored or not: unknown).
-    pub unanswered: AtomicU64,
     pub errors: Mutex<BTreeMap<String, u64>>,
-    pub results: Mutex<Vec<ConnResult>>,
+    pub results: Mutex<Vec<Ledger>>,
     /// Handshakes in flight.
     pub handshakes: Semaphore,
 }
@@ -74,47 +70,31 @@ pub struct Shared {
 impl Shared {
     pub fn new(room_ids: &[String]) -> Self {
         Self {
-            epoch: std::time::Instant::now(),
-            window_from: AtomicU64::new(u64::MAX),
-            window_to: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
             room_index: room_ids
                 .iter()
                 .enumerate()
                 .map(|(i, r)| (r.clone(), i))
                 .collect(),
             final_seq: room_ids.iter().map(|_| AtomicU64::new(0)).collect(),
-            sending_over: AtomicBool::new(false),
-            acks_settled: AtomicBool::new(false),
+            live: Arc::default(),
+            acks_settled: watch::channel(false).0,
             stop: watch::channel(false).0,
             connected: AtomicUsize::new(0),
             caught_up: AtomicUsize::new(0),
-            sent: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            acked_in_window: AtomicU64::new(0),
-            delivered_in_window: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
-            unanswered: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             results: Mutex::new(Vec::new()),
             handshakes: Semaphore::new(128),
         }
     }
 
+    pub fn us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
     fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    fn in_window(&self, t: u64) -> bool {
-        t >= self.window_from.load(Ordering::Relaxed) && t < self.window_to.load(Ordering::Relaxed)
-    }
-
-    pub fn error_count(&self) -> u64 {
-        self.errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .sum()
+        self.us(Instant::now())
     }
 
     fn error(&self, code: &str) {
@@ -127,42 +107,15 @@ impl Shared {
     }
 }
 
-/// Per room, what one connection received.
-#[derive(Debug, Default, Clone)]
-pub struct RoomTrack {
-    pub last: u64,
-    pub missing: BTreeSet<u64>,
-    pub duplicates: u64,
-    pub out_of_order: u64,
-}
-
-impl RoomTrack {
-    fn receive(&mut self, seq: u64) {
-        if seq == self.last + 1 {
-            self.last = seq;
-        } else if seq > self.last {
-            self.missing.extend(self.last + 1..seq);
-            self.last = seq;
-        } else if self.missing.remove(&seq) {
-            self.out_of_order += 1;
-        } else {
-            self.duplicates += 1;
-        }
-    }
-
-    /// Events this connection should have and does not.
-    pub fn lost(&self, final_seq: u64) -> u64 {
-        self.missing.len() as u64 + final_seq.saturating_sub(self.last)
-    }
-}
-
-/// One connection's results.
-#[derive(Debug)]
-pub struct ConnResult {
-    pub ack: Histogram<u64>,
-    pub delivery: Histogram<u64>,
-    /// (room index, track).
-    pub rooms: Vec<(usize, RoomTrack)>,
+/// One of a connection's rooms.
+#[derive(Debug, Clone)]
+pub struct ConnRoom {
+    pub index: usize,
+    pub id: String,
+    /// The seq the connection resumes after.
+    pub start_seq: u64,
+    /// Other connections in the room.
+    pub recipients: u64,
 }
 
 /// One connection's plan.
@@ -171,10 +124,12 @@ pub struct ConnPlan {
     pub index: usize,
     pub user_id: String,
     pub token: String,
-    /// (room index, room id).
-    pub rooms: Vec<(usize, String)>,
+    pub rooms: Vec<ConnRoom>,
     /// Messages per second this connection sends (0: none).
     pub rate: f64,
+    /// Where in its send interval this sender starts (0–1): senders are spread evenly over
+    /// the interval, so together they send at a steady rate rather than in bursts.
+    pub phase: f64,
     pub body_size: usize,
     /// Mean lifetime before a drop, when churning.
     pub churn: Option<Duration>,
@@ -193,14 +148,14 @@ struct Frame<'a> {
     event: Option<EventPart<'a>>,
     #[serde(default, borrow)]
     client_msg_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "ref")]
+    reference: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     code: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
 struct EventPart<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
     #[serde(default, borrow)]
     body: Option<Cow<'a, str>>,
 }
@@ -209,7 +164,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn connect(endpoint: &Endpoint, plan: &ConnPlan, shared: &Shared) -> anyhow::Result<Ws> {
     let url = if endpoint.baseline {
-        let rooms: Vec<&str> = plan.rooms.iter().map(|(_, id)| id.as_str()).collect();
+        let rooms: Vec<&str> = plan.rooms.iter().map(|r| r.id.as_str()).collect();
         format!(
             "{}/ws?user={}&rooms={}",
             endpoint.ws_base,
@@ -234,43 +189,60 @@ async fn connect(endpoint: &Endpoint, plan: &ConnPlan, shared: &Shared) -> anyho
     Ok(ws)
 }
 
-/// Runs one connection until told to stop. `go` carries the time sending starts.
+/// The open-loop schedule of one sender: send `k` is intended at `first + k × interval`.
+struct Schedule {
+    first: Instant,
+    interval: Duration,
+    end: Instant,
+}
+
+impl Schedule {
+    fn at(&self, k: u64) -> Option<Instant> {
+        let t = self.first + self.interval.mul_f64(k as f64);
+        (t < self.end).then_some(t)
+    }
+}
+
+/// Runs one connection until told to stop; its ledger goes to `shared.results`.
 pub async fn run(
     endpoint: Endpoint,
     plan: ConnPlan,
     shared: Arc<Shared>,
-    mut go: watch::Receiver<Option<Instant>>,
+    mut go: watch::Receiver<Option<Go>>,
 ) {
-    let mut ack = histogram();
-    let mut delivery = histogram();
-    let mut tracks: HashMap<usize, RoomTrack> = plan
-        .rooms
-        .iter()
-        .map(|(r, _)| (*r, RoomTrack::default()))
-        .collect();
+    let mut ledger = Ledger::new(
+        plan.index,
+        Window {
+            run: 0,
+            from_us: u64::MAX,
+            to_us: u64::MAX,
+        },
+        shared.live.clone(),
+        plan.rooms
+            .iter()
+            .map(|r| (r.index, r.start_seq, r.recipients)),
+    );
     let mut stop = shared.stop.subscribe();
-    // client_msg_id → (intended send time, room index)
-    let mut pending: HashMap<String, (u64, usize)> = HashMap::new();
+    let mut settled = shared.acks_settled.subscribe();
+    let mut schedule: Option<Schedule> = None;
     let mut sent_count: u64 = 0;
     let mut first = true;
     let mut caught_up = false;
-    let pad = "x".repeat(plan.body_size);
     let mut rng = fastrand_seed(plan.index as u64);
     'connection: loop {
         // Whatever was in flight on the previous connection will never be answered.
-        shared
-            .unanswered
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        pending.clear();
+        ledger.give_up_pending();
+        if *stop.borrow() {
+            break;
+        }
         let mut ws = match connect(&endpoint, &plan, &shared).await {
             Ok(ws) => ws,
             Err(e) => {
                 shared.error(&format!("connect: {e}"));
-                if *stop.borrow() {
-                    break;
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
         };
         if first {
@@ -282,7 +254,7 @@ pub async fn run(
             let rooms: HashMap<&str, u64> = plan
                 .rooms
                 .iter()
-                .map(|(r, id)| (id.as_str(), tracks[r].last))
+                .map(|r| (r.id.as_str(), ledger.tracks[&r.index].last))
                 .collect();
             let resume = json!({"type": "resume", "rooms": rooms}).to_string();
             if ws.send(Message::text(resume)).await.is_err() {
@@ -293,25 +265,26 @@ pub async fn run(
             let _ = ws.send(Message::text(r#"{"type":"resume"}"#)).await;
         }
         first = false;
-        let lifetime = plan.churn.map(|mean| {
+        let dies_at = plan.churn.map(|mean| {
             // Exponentially distributed lifetimes, so drops come at any moment.
             let u = (rng() as f64 / u64::MAX as f64).max(1e-9);
-            mean.mul_f64(-u.ln()).min(mean * 10)
+            Instant::now() + mean.mul_f64(-u.ln()).min(mean * 10)
         });
-        let dies_at = lifetime.map(|l| Instant::now() + l);
-        let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
-        let mut next_send: Option<Instant> = None;
         loop {
-            if next_send.is_none()
-                && !shared.sending_over.load(Ordering::Relaxed)
-                && let (Some(interval), Some(start)) = (interval, *go.borrow())
+            if schedule.is_none()
+                && plan.rate > 0.0
+                && let Some(g) = *go.borrow()
             {
-                // Spread senders over the first interval, then keep the schedule.
-                let phase = interval.mul_f64((plan.index % 1000) as f64 / 1000.0);
-                next_send = Some(start + phase + interval.mul_f64(sent_count as f64));
+                let interval = Duration::from_secs_f64(1.0 / plan.rate);
+                schedule = Some(Schedule {
+                    first: g.t0 + interval.mul_f64(plan.phase),
+                    interval,
+                    end: g.end,
+                });
             }
-            if !caught_up && shared.acks_settled.load(Ordering::Relaxed) {
-                let done = tracks
+            if !caught_up && *settled.borrow() {
+                let done = ledger
+                    .tracks
                     .iter()
                     .all(|(r, t)| t.last >= shared.final_seq[*r].load(Ordering::Relaxed));
                 if done {
@@ -319,36 +292,44 @@ pub async fn run(
                     shared.caught_up.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let send_at = next_send.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let die_at = dies_at
-                .filter(|_| !shared.sending_over.load(Ordering::Relaxed))
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let next_send = schedule.as_ref().and_then(|s| s.at(sent_count));
+            // Churn only while sending; the drain is measured on stable connections.
+            let die_at = dies_at.filter(|_| next_send.is_some());
             tokio::select! {
                 _ = stop.changed() => break 'connection,
-                _ = go.changed() => {}
-                () = tokio::time::sleep_until(die_at) => {
+                _ = settled.changed() => {}
+                _ = go.changed() => {
+                    if let Some(g) = *go.borrow() {
+                        ledger.set_window(g.window);
+                    }
+                }
+                () = sleep_until(die_at) => {
                     drop(ws); // no close handshake: a dropped network
                     tokio::time::sleep(CHURN_DOWNTIME).await;
                     continue 'connection;
                 }
-                () = tokio::time::sleep_until(send_at), if next_send.is_some() => {
-                    if shared.sending_over.load(Ordering::Relaxed) {
-                        next_send = None;
-                        continue;
+                () = sleep_until(next_send) => {
+                    // Everything due goes out now (the schedule may be behind), in one write.
+                    let now = Instant::now();
+                    let now_us = shared.us(now);
+                    let mut batch = 0;
+                    while batch < SEND_BATCH
+                        && let Some(at) = schedule.as_ref().and_then(|s| s.at(sent_count))
+                        && at <= now
+                    {
+                        let room = &plan.rooms[(sent_count as usize) % plan.rooms.len()];
+                        let mark = Mark { run: ledger.window().run, conn: plan.index, intended_us: shared.us(at) };
+                        // UUIDv7 keys, as the API recommends: ordered ids keep the log's writes cheap.
+                        let key = uuid::Uuid::now_v7().to_string();
+                        let frame = json!({"type": "send", "room_id": room.id, "body": mark.body(plan.body_size), "client_msg_id": key});
+                        ledger.sent(key, room.index, mark.intended_us, now_us);
+                        sent_count += 1;
+                        batch += 1;
+                        if ws.feed(Message::text(frame.to_string())).await.is_err() {
+                            continue 'connection;
+                        }
                     }
-                    let intended = send_at;
-                    let intended_us = intended.into_std().duration_since(shared.epoch).as_micros() as u64;
-                    let (room_index, room_id) = &plan.rooms[(sent_count as usize) % plan.rooms.len()];
-                    let head = format!("lg {intended_us} ");
-                    let body = format!("{head}{}", &pad[..plan.body_size.saturating_sub(head.len()).max(1)]);
-                    // UUIDv7 keys, as the API recommends: ordered ids keep the log's writes cheap.
-                    let key = uuid::Uuid::now_v7().to_string();
-                    let frame = json!({"type": "send", "room_id": room_id, "body": body, "client_msg_id": key});
-                    pending.insert(key, (intended_us, *room_index));
-                    sent_count += 1;
-                    next_send = interval.map(|i| intended + i);
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
-                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                    if ws.flush().await.is_err() {
                         continue 'connection;
                     }
                 }
@@ -362,6 +343,7 @@ pub async fn run(
                         Some(Ok(_)) => continue,
                         Some(Err(_)) | None => continue 'connection,
                     };
+                    let now_us = shared.now_us();
                     let Ok(frame) = serde_json::from_str::<Frame<'_>>(text.as_str()) else {
                         shared.error("unparsable frame");
                         continue;
@@ -370,48 +352,41 @@ pub async fn run(
                         "event" => {
                             let (Some(room), Some(seq)) = (frame.room_id.as_deref(), frame.seq) else { continue };
                             let Some(&r) = shared.room_index.get(room) else { continue };
-                            if let Some(track) = tracks.get_mut(&r) {
-                                track.receive(seq);
-                            }
-                            let Some(ev) = frame.event else { continue };
-                            if ev.kind != "message_sent" {
-                                continue;
-                            }
-                            let Some(t) = ev.body.as_deref().and_then(|b| b.strip_prefix("lg ")).and_then(|b| b.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) else { continue };
-                            shared.delivered.fetch_add(1, Ordering::Relaxed);
-                            if shared.in_window(t) {
-                                shared.delivered_in_window.fetch_add(1, Ordering::Relaxed);
-                                let _ = delivery.record(shared.now_us().saturating_sub(t).max(1));
-                            }
+                            let mark = frame.event.and_then(|e| e.body).and_then(|b| Mark::parse(&b));
+                            ledger.event(r, seq, mark, now_us);
                         }
                         "ack" => {
-                            let Some(key) = frame.client_msg_id else { continue };
-                            let Some((t, room)) = pending.remove(key.as_ref()) else { continue };
-                            if let Some(seq) = frame.seq {
+                            let (Some(key), Some(seq)) = (frame.client_msg_id, frame.seq) else { continue };
+                            if let Some(room) = ledger.acked(&key, seq, now_us) {
                                 shared.final_seq[room].fetch_max(seq, Ordering::Relaxed);
                             }
-                            shared.acked.fetch_add(1, Ordering::Relaxed);
-                            if shared.in_window(t) {
-                                shared.acked_in_window.fetch_add(1, Ordering::Relaxed);
-                                let _ = ack.record(shared.now_us().saturating_sub(t).max(1));
+                        }
+                        "error" => {
+                            shared.error(frame.code.as_deref().unwrap_or("error"));
+                            if let Some(key) = frame.reference {
+                                ledger.failed(&key);
                             }
                         }
-                        "error" => shared.error(frame.code.as_deref().unwrap_or("error")),
                         _ => {}
                     }
                 }
             }
         }
     }
+    ledger.give_up_pending();
     shared
         .results
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(ConnResult {
-            ack,
-            delivery,
-            rooms: tracks.into_iter().collect(),
-        });
+        .push(ledger);
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A tiny xorshift generator (no dependency needed for jitter).

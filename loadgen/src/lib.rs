@@ -3,11 +3,15 @@
 //! It provisions users and rooms through the REST API, opens WebSocket connections, sends at a
 //! target rate (open loop: each message has an intended send time, and latency is measured from
 //! it, so a slow server shows up as latency, not as a lower offered load), and accounts for every
-//! event each connection receives: per room, seqs must arrive once and in order, so loss,
-//! duplicates and reordering are counted exactly.
+//! event each connection receives (see [`accounting`]): per room, seqs must arrive once and in
+//! order, so loss, duplicates and reordering are counted exactly. Throughput is what *arrived*
+//! inside the measured window; a run whose p99 exceeds the bound or whose backlog grows is
+//! reported saturated, and [`findmax`] searches for the highest rate that is not.
 
+pub mod accounting;
 pub mod baseline;
 pub mod client;
+pub mod findmax;
 pub mod provision;
 pub mod report;
 pub mod scenario;
@@ -23,8 +27,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::client::{ConnPlan, Endpoint, Shared, histogram};
-use crate::report::{Latency, Machine, Report, Server};
+use crate::accounting::Window;
+use crate::client::{ConnPlan, ConnRoom, Endpoint, Go, Shared};
+use crate::provision::Plan;
+use crate::report::{Latency, Measured, Report, Server};
 use crate::scenario::{Preset, Scenario};
 
 /// What to load.
@@ -79,15 +85,32 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// Runs one scenario against one target.
-pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
+/// A target ready to be loaded: users and rooms exist, and where each room's seq stands.
+#[derive(Debug)]
+pub struct Prepared {
+    target: &'static str,
+    plan: Plan,
+    endpoint: Endpoint,
+    /// Per room, the seq connections resume after (advanced by every step).
+    start_seqs: Vec<u64>,
+}
+
+impl Prepared {
+    pub fn target(&self) -> &'static str {
+        self.target
+    }
+}
+
+/// Provisions the scenario's users and rooms on the target (made up for the baseline).
+pub async fn prepare(s: &Scenario, opts: &Options) -> anyhow::Result<Prepared> {
     raise_fd_limit(s.connections as u64 + 4096);
     let template = "{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})";
-    let (plan, endpoint, target_name) = match &opts.target {
+    Ok(match &opts.target {
         Target::Chatd { url, prefix } => {
             let pb = bar(opts.progress, 0, template);
             let plan = provision::chatd(url, prefix, s, &pb).await?;
             pb.finish_and_clear();
+            let start_seqs = provision::room_seqs(url, &plan).await?;
             let ws_base = url.replacen("http://", "ws://", 1);
             let host = url.trim_start_matches("http://").trim_end_matches('/');
             let addr = host
@@ -95,58 +118,88 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
                 .with_context(|| format!("cannot resolve {host}"))?
                 .next()
                 .context("no address")?;
-            (
+            Prepared {
+                target: "chatd",
                 plan,
-                Endpoint {
+                endpoint: Endpoint {
                     ws_base,
                     addr,
                     baseline: false,
                     source_addrs: opts.source_addrs,
                 },
-                "chatd",
-            )
+                start_seqs,
+            }
         }
-        Target::Baseline { addr } => (
-            provision::synthetic(s),
-            Endpoint {
+        Target::Baseline { addr } => Prepared {
+            target: "baseline",
+            plan: provision::synthetic(s),
+            endpoint: Endpoint {
                 ws_base: format!("ws://{addr}"),
                 addr: *addr,
                 baseline: true,
                 source_addrs: opts.source_addrs,
             },
-            "baseline",
-        ),
-    };
-    let room_ids: Vec<String> = plan.rooms.iter().map(|(id, _)| id.clone()).collect();
-    let rooms_of = plan.rooms_of();
+            start_seqs: vec![0; s.rooms],
+        },
+    })
+}
+
+/// Runs one scenario against one target.
+pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
+    let mut prepared = prepare(s, opts).await?;
+    step(s, &mut prepared, opts).await
+}
+
+/// One measured run at `s.rate` on a prepared target.
+pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Result<Report> {
+    if p.endpoint.baseline {
+        // The baseline cannot resume: fresh rooms, so nothing of an earlier step arrives.
+        p.plan = provision::synthetic(s);
+        p.start_seqs = vec![0; s.rooms];
+    }
+    let room_ids: Vec<String> = p.plan.rooms.iter().map(|(id, _)| id.clone()).collect();
+    let rooms_of = p.plan.rooms_of();
     let online = s.online_users().max(1);
+    let user_of = |c: usize| c % online;
+    let mut conns_in_room = vec![0u64; room_ids.len()];
+    for c in 0..s.connections {
+        for &r in &rooms_of[user_of(c)] {
+            conns_in_room[r] += 1;
+        }
+    }
     let shared = Arc::new(Shared::new(&room_ids));
     let (go_tx, go_rx) = watch::channel(None);
     let rss_before = opts.server_pid.and_then(sysmon::read).map(|(_, rss)| rss);
 
     let mut tasks = Vec::with_capacity(s.connections);
     for c in 0..s.connections {
-        let user = c % online;
+        let user = user_of(c);
         let sender = c < s.senders;
         let conn = ConnPlan {
             index: c,
-            user_id: plan.users[user].0.clone(),
-            token: plan.users[user].1.clone(),
+            user_id: p.plan.users[user].0.clone(),
+            token: p.plan.users[user].1.clone(),
             rooms: rooms_of[user]
                 .iter()
-                .map(|&r| (r, room_ids[r].clone()))
+                .map(|&r| ConnRoom {
+                    index: r,
+                    id: room_ids[r].clone(),
+                    start_seq: p.start_seqs[r],
+                    recipients: conns_in_room[r].saturating_sub(1),
+                })
                 .collect(),
             rate: if sender && !rooms_of[user].is_empty() {
                 s.rate / s.senders as f64
             } else {
                 0.0
             },
+            phase: c as f64 / s.senders.max(1) as f64,
             body_size: s.size,
             churn: s.churn_secs.map(Duration::from_secs_f64),
             resume: s.resume,
         };
         tasks.push(tokio::spawn(client::run(
-            endpoint.clone(),
+            p.endpoint.clone(),
             conn,
             shared.clone(),
             go_rx.clone(),
@@ -165,84 +218,94 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
     })
     .await;
     pb.finish_and_clear();
-    anyhow::ensure!(
-        all_connected,
-        "only {} of {} connections opened: {:?}",
-        shared.connected.load(Ordering::Relaxed),
-        s.connections,
-        shared.errors.lock().map(|e| e.clone()).unwrap_or_default()
-    );
+    if !all_connected {
+        shared.stop.send_replace(true);
+        anyhow::bail!(
+            "only {} of {} connections opened: {:?}",
+            shared.connected.load(Ordering::Relaxed),
+            s.connections,
+            shared.errors.lock().map(|e| e.clone()).unwrap_or_default()
+        );
+    }
     // Let the resumes settle before measuring memory and starting the clock.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settle = if s.preset == Preset::Idle { 1000 } else { 300 };
+    tokio::time::sleep(Duration::from_millis(settle)).await;
     let rss_connected = opts.server_pid.and_then(sysmon::read).map(|(_, rss)| rss);
 
     let (sampler_stop, sampler_rx) = watch::channel(false);
     let sampler = opts
         .server_pid
         .map(|pid| tokio::spawn(sysmon::sample(pid, Duration::from_secs(1), sampler_rx)));
-    let t0 = Instant::now();
-    let epoch_us = |t: Instant| t.into_std().duration_since(shared.epoch).as_micros() as u64;
-    shared
-        .window_from
-        .store(epoch_us(t0 + s.warmup()), Ordering::Relaxed);
-    shared
-        .window_to
-        .store(epoch_us(t0 + s.warmup() + s.duration()), Ordering::Relaxed);
-    go_tx.send_replace(Some(t0));
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let (from, end) = (t0 + s.warmup(), t0 + s.warmup() + s.duration());
+    let window = Window {
+        run: uuid::Uuid::new_v4().as_u128() as u32,
+        from_us: shared.us(from),
+        to_us: shared.us(end),
+    };
+    go_tx.send_replace(Some(Go { t0, end, window }));
 
-    let total = s.warmup() + s.duration();
     let pb = bar(
         opts.progress,
-        total.as_secs(),
+        (s.warmup() + s.duration()).as_secs(),
         "{spinner} {msg} [{bar:40}] {pos}/{len} s",
     );
+    let live = shared.live.clone();
     let mut last = (Instant::now(), 0u64, 0u64);
-    while t0.elapsed() < total {
-        tokio::time::sleep(Duration::from_millis(500).min(total.saturating_sub(t0.elapsed())))
-            .await;
-        let (acked, delivered) = (
-            shared.acked.load(Ordering::Relaxed),
-            shared.delivered.load(Ordering::Relaxed),
+    let mut backlog_start = None;
+    while Instant::now() < end {
+        let next = (Instant::now() + Duration::from_millis(500)).min(end);
+        let next = match backlog_start {
+            None if next >= from => from,
+            _ => next,
+        };
+        tokio::time::sleep_until(next).await;
+        if backlog_start.is_none() && Instant::now() >= from {
+            backlog_start = Some(live.backlog());
+        }
+        let (answered, delivered) = (
+            live.answered.load(Ordering::Relaxed),
+            live.delivered.load(Ordering::Relaxed),
         );
         let secs = last.0.elapsed().as_secs_f64().max(1e-3);
         pb.set_position(t0.elapsed().as_secs());
         pb.set_message(format!(
-            "{} acked/s, {} deliveries/s{}",
-            ((acked - last.1) as f64 / secs) as u64,
+            "{} answered/s, {} deliveries/s{}",
+            ((answered - last.1) as f64 / secs) as u64,
             ((delivered - last.2) as f64 / secs) as u64,
-            if t0.elapsed() < s.warmup() {
+            if Instant::now() < from {
                 " (warming up)"
             } else {
                 ""
             }
         ));
-        last = (Instant::now(), acked, delivered);
+        last = (Instant::now(), answered, delivered);
     }
+    let backlog_end = live.backlog();
     pb.finish_and_clear();
 
-    // Stop sending; wait for the answers, then for every connection to hold every event.
-    shared.sending_over.store(true, Ordering::Relaxed);
-    go_tx.send_replace(Some(t0));
-    wait_until(Duration::from_secs(15), || {
-        shared.acked.load(Ordering::Relaxed)
-            + shared.error_count()
-            + shared.unanswered.load(Ordering::Relaxed)
-            >= shared.sent.load(Ordering::Relaxed)
-    })
+    // Sending is over: wait for the answers, then for every connection to hold every event.
+    let drain_until = Instant::now() + Duration::from_secs_f64(s.drain_secs);
+    wait_until(
+        drain_until.saturating_duration_since(Instant::now()),
+        || live.backlog().answers == 0,
+    )
     .await;
-    shared.acks_settled.store(true, Ordering::Relaxed);
-    go_tx.send_replace(Some(t0));
+    shared.acks_settled.send_replace(true);
     // Done when every connection holds every event, or when nothing has arrived for a while
     // (what is missing then is lost).
-    let mut quiet = (shared.delivered.load(Ordering::Relaxed), Instant::now());
-    wait_until(Duration::from_secs(30), || {
-        let delivered = shared.delivered.load(Ordering::Relaxed);
-        if delivered != quiet.0 {
-            quiet = (delivered, Instant::now());
-        }
-        shared.caught_up.load(Ordering::Relaxed) >= s.connections
-            || quiet.1.elapsed() > Duration::from_secs(3)
-    })
+    let mut quiet = (live.delivered.load(Ordering::Relaxed), Instant::now());
+    wait_until(
+        drain_until.saturating_duration_since(Instant::now()),
+        || {
+            let delivered = live.delivered.load(Ordering::Relaxed);
+            if delivered != quiet.0 {
+                quiet = (delivered, Instant::now());
+            }
+            shared.caught_up.load(Ordering::Relaxed) >= s.connections
+                || quiet.1.elapsed() > Duration::from_secs(3)
+        },
+    )
     .await;
     shared.stop.send_replace(true);
     for t in tasks {
@@ -254,24 +317,17 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
         None => Vec::new(),
     };
 
-    let mut ack = histogram();
-    let mut delivery = histogram();
-    let (mut lost, mut duplicates, mut out_of_order) = (0, 0, 0);
-    for r in shared
-        .results
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        ack.add(&r.ack).ok();
-        delivery.add(&r.delivery).ok();
-        for (room, track) in &r.rooms {
-            lost += track.lost(shared.final_seq[*room].load(Ordering::Relaxed));
-            duplicates += track.duplicates;
-            out_of_order += track.out_of_order;
+    let ledgers = std::mem::take(&mut *shared.results.lock().unwrap_or_else(|e| e.into_inner()));
+    let tally = accounting::settle(&ledgers);
+    // The next step resumes after everything this one saw.
+    for l in &ledgers {
+        for (&r, t) in &l.tracks {
+            p.start_seqs[r] = p.start_seqs[r].max(t.last);
         }
     }
-    let secs = s.duration_secs;
+    for (&r, &seq) in &tally.final_seq {
+        p.start_seqs[r] = p.start_seqs[r].max(seq);
+    }
     let server = opts.server_pid.map(|pid| {
         let cpu: Vec<f64> = samples.iter().map(|x| x.cpu_percent).collect();
         Server {
@@ -294,27 +350,27 @@ pub async fn run(s: &Scenario, opts: &Options) -> anyhow::Result<Report> {
             samples,
         }
     });
+    let sent = live.sent.load(Ordering::Relaxed).max(1);
+    let measured = Measured {
+        window_secs: window.secs(),
+        offered_per_sec: s.rate,
+        recipients_per_send: live.expected_deliveries.load(Ordering::Relaxed) as f64 / sent as f64,
+        backlog_start: backlog_start.unwrap_or_default(),
+        backlog_end,
+        counts: tally.counts,
+        ack: Latency::of(&tally.ack),
+        delivery: Latency::of(&tally.delivery),
+        send_lag: Latency::of(&tally.send_lag),
+    };
     let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
-    Ok(Report {
-        target: target_name.to_owned(),
-        scenario: s.clone(),
-        machine: Machine::this(),
-        connections: s.connections,
-        reconnects: shared.reconnects.load(Ordering::Relaxed),
-        sent: shared.sent.load(Ordering::Relaxed),
-        acked: shared.acked.load(Ordering::Relaxed),
-        unanswered: shared.unanswered.load(Ordering::Relaxed),
-        delivered: shared.delivered.load(Ordering::Relaxed),
-        acked_per_sec: shared.acked_in_window.load(Ordering::Relaxed) as f64 / secs,
-        deliveries_per_sec: shared.delivered_in_window.load(Ordering::Relaxed) as f64 / secs,
-        ack_latency: Latency::of(&ack),
-        delivery_latency: Latency::of(&delivery),
-        lost,
-        duplicates,
-        out_of_order,
+    Ok(Report::new(
+        p.target,
+        s,
+        measured,
+        shared.reconnects.load(Ordering::Relaxed),
         errors,
         server,
-    })
+    ))
 }
 
 /// Starts the baseline server as a child process (`chat-loadgen baseline-server`), so that it

@@ -154,3 +154,40 @@ pub async fn chatd(
         .await?;
     Ok(Plan { users, rooms })
 }
+
+/// Each room's last seq now (`GET /v1/rooms` of each room's first member), so connections
+/// resume after it rather than replaying the room's history.
+pub async fn room_seqs(base: &str, plan: &Plan) -> anyhow::Result<Vec<u64>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let mut owners: Vec<usize> = plan.rooms.iter().map(|(_, m)| m[0]).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let listed: Vec<Value> = futures::stream::iter(owners)
+        .map(|u| {
+            let req = http
+                .get(format!("{base}/v1/rooms"))
+                .bearer_auth(&plan.users[u].1);
+            async move {
+                let resp = req.send().await?.error_for_status()?;
+                anyhow::Ok(resp.json::<Value>().await?)
+            }
+        })
+        .buffered(PARALLEL)
+        .try_collect()
+        .await?;
+    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for rooms in &listed {
+        for room in rooms.as_array().into_iter().flatten() {
+            if let (Some(id), Some(seq)) = (room["room_id"].as_str(), room["last_seq"].as_u64()) {
+                last.insert(id, seq);
+            }
+        }
+    }
+    Ok(plan
+        .rooms
+        .iter()
+        .map(|(id, _)| last.get(id.as_str()).copied().unwrap_or(0))
+        .collect())
+}

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::accounting::{Backlog, Counts};
 use crate::scenario::Scenario;
 use crate::sysmon::Sample;
 
@@ -65,29 +66,142 @@ pub struct Report {
     pub machine: Machine,
     pub connections: usize,
     pub reconnects: u64,
-    pub sent: u64,
-    pub acked: u64,
-    /// Sends whose connection dropped before their ack.
-    pub unanswered: u64,
-    pub delivered: u64,
-    /// Acknowledged sends per second of the measured window.
-    pub acked_per_sec: f64,
-    /// Deliveries (message events received by members) per second of the measured window.
-    pub deliveries_per_sec: f64,
+    pub window_secs: f64,
+    /// Sends per second offered (the schedule), and the deliveries they call for.
+    pub offered_per_sec: f64,
+    pub offered_deliveries_per_sec: f64,
+    /// Acks and deliveries that *arrived* inside the window, per second of it.
+    pub sustained_acked_per_sec: f64,
+    pub sustained_deliveries_per_sec: f64,
+    /// Outstanding answers and deliveries when the window opened and when it closed.
+    pub backlog_start: Backlog,
+    pub backlog_end: Backlog,
+    pub counts: Counts,
+    /// Over sends intended inside the window; failures and missing answers at one hour.
     pub ack_latency: Latency,
+    /// Over messages intended inside the window, per recipient; missing ones at one hour.
     pub delivery_latency: Latency,
-    /// Events some connection should have received and did not.
-    pub lost: u64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
+    /// How late the generator made its sends (its own lag, not the server's).
+    pub send_lag: Latency,
+    /// The run could not hold the offered rate within the bounds: why.
+    pub saturated: bool,
+    pub saturation: Vec<String>,
     pub errors: BTreeMap<String, u64>,
     pub server: Option<Server>,
+}
+
+/// What a run measured, before it is judged.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub window_secs: f64,
+    pub offered_per_sec: f64,
+    /// Deliveries each send calls for, on average.
+    pub recipients_per_send: f64,
+    pub backlog_start: Backlog,
+    pub backlog_end: Backlog,
+    pub counts: Counts,
+    pub ack: Latency,
+    pub delivery: Latency,
+    pub send_lag: Latency,
+}
+
+/// A backlog that grows by more than this share of the window's offered work (or by
+/// [`GROWTH_FLOOR`], if more) means the server did not keep up.
+pub const GROWTH_SHARE: f64 = 0.02;
+pub const GROWTH_FLOOR: f64 = 10.0;
+
+/// Why a measured run is saturated under `s`'s bounds (empty: it held).
+pub fn saturation(s: &Scenario, m: &Measured) -> Vec<String> {
+    let mut why = Vec::new();
+    if m.offered_per_sec > 0.0 && m.counts.sent_in_window == 0 {
+        why.push("no send was due inside the window: nothing to judge".to_owned());
+    }
+    if m.ack.count > 0 && m.ack.p99_ms > s.ack_p99_ms {
+        why.push(format!(
+            "send→ack p99 {:.1} ms > {} ms",
+            m.ack.p99_ms, s.ack_p99_ms
+        ));
+    }
+    if m.delivery.count > 0 && m.delivery.p99_ms > s.delivery_p99_ms {
+        why.push(format!(
+            "send→delivery p99 {:.1} ms > {} ms",
+            m.delivery.p99_ms, s.delivery_p99_ms
+        ));
+    }
+    let offered = m.offered_per_sec * m.window_secs;
+    let grew = |name: &str, start: u64, end: u64, work: f64, why: &mut Vec<String>| {
+        let limit = (work * GROWTH_SHARE).max(GROWTH_FLOOR);
+        if end as f64 - start as f64 > limit {
+            why.push(format!(
+                "{name} backlog grew {start} → {end} over the window"
+            ));
+        }
+    };
+    grew(
+        "answer",
+        m.backlog_start.answers,
+        m.backlog_end.answers,
+        offered,
+        &mut why,
+    );
+    grew(
+        "delivery",
+        m.backlog_start.deliveries,
+        m.backlog_end.deliveries,
+        offered * m.recipients_per_send,
+        &mut why,
+    );
+    if m.send_lag.count > 0 && m.send_lag.p99_ms > s.ack_p99_ms.min(s.delivery_p99_ms) {
+        why.push(format!(
+            "the load generator fell behind its schedule (send lag p99 {:.1} ms)",
+            m.send_lag.p99_ms
+        ));
+    }
+    why
+}
+
+impl Report {
+    pub fn new(
+        target: &str,
+        scenario: &Scenario,
+        m: Measured,
+        reconnects: u64,
+        errors: BTreeMap<String, u64>,
+        server: Option<Server>,
+    ) -> Self {
+        let saturation = saturation(scenario, &m);
+        let secs = m.window_secs.max(1e-9);
+        Self {
+            target: target.to_owned(),
+            scenario: scenario.clone(),
+            machine: Machine::this(),
+            connections: scenario.connections,
+            reconnects,
+            window_secs: m.window_secs,
+            offered_per_sec: m.offered_per_sec,
+            offered_deliveries_per_sec: m.offered_per_sec * m.recipients_per_send,
+            sustained_acked_per_sec: m.counts.acked_arrived_in_window as f64 / secs,
+            sustained_deliveries_per_sec: m.counts.delivered_arrived_in_window as f64 / secs,
+            backlog_start: m.backlog_start,
+            backlog_end: m.backlog_end,
+            counts: m.counts,
+            ack_latency: m.ack,
+            delivery_latency: m.delivery,
+            send_lag: m.send_lag,
+            saturated: !saturation.is_empty(),
+            saturation,
+            errors,
+            server,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cores: usize,
     pub memory_gib: f64,
+    /// 1, 5 and 15 minute load averages when the report was made (other work on the box).
+    pub load_average: [f64; 3],
 }
 
 impl Machine {
@@ -100,7 +214,14 @@ impl Machine {
                     .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             })
             .unwrap_or(0.0);
+        let mut load_average = [0.0; 3];
+        if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+            for (slot, v) in load_average.iter_mut().zip(l.split_whitespace()) {
+                *slot = v.parse().unwrap_or(0.0);
+            }
+        }
         Self {
+            load_average,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         }
@@ -114,7 +235,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} · {:?}: {} users, {} rooms × {} members, {} connections, {} senders at {} msg/s, {} B, {} s (+{} s warm-up) · {} cores, {} GiB",
+            "{} · {:?}: {} users, {} rooms × {} members, {} connections, {} senders at {} msg/s, {} B, {} s (+{} s warm-up) · {} cores, {} GiB, load {:.1}",
             self.target,
             s.preset,
             s.users,
@@ -127,19 +248,23 @@ impl Report {
             s.duration_secs,
             s.warmup_secs,
             self.machine.cores,
-            self.machine.memory_gib
+            self.machine.memory_gib,
+            self.machine.load_average[0]
         );
         let _ = writeln!(
             out,
-            "  {:<24}{:>14}",
-            "acked sends/s",
-            format!("{:.0}", self.acked_per_sec)
+            "  {:<24}{:>14}{:>14}",
+            "per second", "offered", "sustained"
         );
         let _ = writeln!(
             out,
-            "  {:<24}{:>14}",
-            "deliveries/s",
-            format!("{:.0}", self.deliveries_per_sec)
+            "  {:<24}{:>14.0}{:>14.0}",
+            "acked sends", self.offered_per_sec, self.sustained_acked_per_sec
+        );
+        let _ = writeln!(
+            out,
+            "  {:<24}{:>14.0}{:>14.0}",
+            "deliveries", self.offered_deliveries_per_sec, self.sustained_deliveries_per_sec
         );
         let _ = writeln!(
             out,
@@ -149,6 +274,7 @@ impl Report {
         for (name, l) in [
             ("send → ack", &self.ack_latency),
             ("send → delivery", &self.delivery_latency),
+            ("generator send lag", &self.send_lag),
         ] {
             let _ = writeln!(
                 out,
@@ -156,16 +282,39 @@ impl Report {
                 name, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
             );
         }
+        let c = &self.counts;
         let _ = writeln!(
             out,
-            "  sent {} · acked {} · unanswered {} · delivered {} · reconnects {}",
-            self.sent, self.acked, self.unanswered, self.delivered, self.reconnects
+            "  sent {} · acked {} · failed {} · unanswered {} · delivered {} · echoes {} · undelivered {} · reconnects {}",
+            c.sent,
+            c.acked,
+            c.failed,
+            c.unanswered,
+            c.delivered,
+            c.echoes,
+            c.undelivered,
+            self.reconnects
         );
         let _ = writeln!(
             out,
-            "  lost {} · duplicates {} · out of order {}",
-            self.lost, self.duplicates, self.out_of_order
+            "  lost {} · duplicates {} · out of order {} · backlog (answers/deliveries) {}/{} → {}/{}",
+            c.lost,
+            c.duplicates,
+            c.out_of_order,
+            self.backlog_start.answers,
+            self.backlog_start.deliveries,
+            self.backlog_end.answers,
+            self.backlog_end.deliveries
         );
+        if self.saturated {
+            let _ = writeln!(out, "  SATURATED: {}", self.saturation.join("; "));
+        } else {
+            let _ = writeln!(
+                out,
+                "  held: p99 send→ack ≤ {} ms, send→delivery ≤ {} ms, no backlog growth",
+                self.scenario.ack_p99_ms, self.scenario.delivery_p99_ms
+            );
+        }
         if !self.errors.is_empty() {
             let list: Vec<String> = self
                 .errors

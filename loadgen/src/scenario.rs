@@ -12,6 +12,8 @@ pub enum Preset {
     Throughput,
     /// One room of 10,000 members, 1,000 online, 10 senders.
     BigRoom,
+    /// One room of 100 members, all online, all sending.
+    HotRoom,
     /// As many idle connections as the machine allows (`--connections`), no messages.
     Idle,
     /// Like throughput, smaller, while clients disconnect and resume constantly.
@@ -60,6 +62,19 @@ pub struct ScenarioArgs {
     /// Reconnect without `resume` after a drop (to see loss being reported).
     #[arg(long)]
     pub no_resume: bool,
+    /// Seconds to wait after sending stops for answers and deliveries still due; what has not
+    /// come by then counts as unanswered or undelivered (in the latency tail at one hour).
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// The latency bound: a run whose p99 send→ack or send→delivery exceeds it is saturated.
+    #[arg(long, default_value_t = 1000.0)]
+    pub p99_ms: f64,
+    /// The bound for send→ack alone (default: --p99-ms).
+    #[arg(long)]
+    pub ack_p99_ms: Option<f64>,
+    /// The bound for send→delivery alone (default: --p99-ms).
+    #[arg(long)]
+    pub delivery_p99_ms: Option<f64>,
 }
 
 /// A resolved scenario.
@@ -78,6 +93,10 @@ pub struct Scenario {
     pub warmup_secs: f64,
     pub churn_secs: Option<f64>,
     pub resume: bool,
+    pub drain_secs: f64,
+    /// Saturated above these p99 latencies.
+    pub ack_p99_ms: f64,
+    pub delivery_p99_ms: f64,
 }
 
 impl ScenarioArgs {
@@ -86,6 +105,7 @@ impl ScenarioArgs {
         let d = match self.preset {
             Preset::Throughput => (1000, 100, 10, 1.0, 1000, 50_000.0, 100, 20.0, 5.0, None),
             Preset::BigRoom => (10_000, 1, 10_000, 0.1, 10, 100.0, 100, 20.0, 5.0, None),
+            Preset::HotRoom => (100, 1, 100, 1.0, 100, 1_000.0, 100, 20.0, 5.0, None),
             Preset::Idle => (1000, 100, 10, 1.0, 0, 0.0, 100, 30.0, 0.0, None),
             Preset::Churn => (500, 50, 10, 1.0, 500, 2_000.0, 100, 20.0, 5.0, Some(2.0)),
         };
@@ -106,6 +126,9 @@ impl ScenarioArgs {
             warmup_secs: self.warmup.unwrap_or(d.8),
             churn_secs: self.churn.or(d.9),
             resume: !self.no_resume,
+            drain_secs: self.drain.unwrap_or(15.0),
+            ack_p99_ms: self.ack_p99_ms.unwrap_or(self.p99_ms),
+            delivery_p99_ms: self.delivery_p99_ms.unwrap_or(self.p99_ms),
         };
         anyhow::ensure!(s.users > 0 && s.rooms > 0, "need users and rooms");
         anyhow::ensure!(
@@ -121,6 +144,10 @@ impl ScenarioArgs {
         anyhow::ensure!(
             s.rate >= 0.0 && s.duration_secs > 0.0,
             "rate ≥ 0, duration > 0"
+        );
+        anyhow::ensure!(
+            s.drain_secs >= 0.0 && s.ack_p99_ms > 0.0 && s.delivery_p99_ms > 0.0,
+            "drain ≥ 0, bounds > 0"
         );
         Ok(s)
     }

@@ -107,3 +107,27 @@ pub async fn sample(
     }
     samples
 }
+
+/// CPU below which a server counts as idle, in % of one core.
+pub const IDLE_PERCENT: f64 = 10.0;
+
+/// Waits until `pid` uses less than [`IDLE_PERCENT`] of a core over a quarter second (it has
+/// worked off its backlog), at most `limit`; false if it never did.
+pub async fn wait_idle(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let every = Duration::from_millis(250);
+    let Some((mut ticks, _)) = read(pid) else {
+        return false;
+    };
+    while Instant::now() < deadline {
+        tokio::time::sleep(every).await;
+        let Some((now, _)) = read(pid) else {
+            return false;
+        };
+        if (now - ticks) as f64 / TICKS_PER_SEC / every.as_secs_f64() * 100.0 < IDLE_PERCENT {
+            return true;
+        }
+        ticks = now;
+    }
+    false
+}
