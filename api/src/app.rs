@@ -98,11 +98,12 @@ struct Storage {
 }
 
 async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    // Before `secure` re-protects it: a secret others could read must be replaced, not hidden.
+    crate::datadir::check_secret_file(&settings.data_dir.join(auth::SECRET_FILE))?;
+    crate::datadir::secure(&settings.data_dir)?;
     let (log, nats): (Arc<dyn EventLog>, _) = match settings.jetstream() {
         Some(options) => {
-            tracing::info!(url = %options.url, stream = %options.stream, "event log: NATS JetStream");
+            tracing::info!(url = %eventlog::jetstream::redact_url(&options.url), stream = %options.stream, "event log: NATS JetStream");
             let log = JetStreamLog::connect(options)
                 .await
                 .context("cannot open the JetStream event log")?;
@@ -164,6 +165,14 @@ impl App {
         let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =
             auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
+        if secret.len() < crate::datadir::SHORT_SECRET {
+            tracing::warn!(
+                characters = secret.len(),
+                "the JWT secret is short: use at least {} random characters \
+                 (`openssl rand -base64 32`)",
+                crate::datadir::SHORT_SECRET
+            );
+        }
         let auth = Auth::new(
             &secret,
             settings.access_token_ttl(),

@@ -1,6 +1,7 @@
 //! `chatd`: the chat server.
 //!
 //! - [`config`]: typed settings from flags and `CHAT_…` variables;
+//! - [`datadir`]: the data directory's permissions (owner only) and the secret file check;
 //! - [`app`]: [`app::App::build`] opens storage and binds the listener,
 //!   [`app::App::run_until_stopped`] serves and shuts down gracefully; `rebuild`;
 //! - [`service`]: the application service — commands on aggregates, queries on read models;
@@ -14,6 +15,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod datadir;
 pub mod http;
 pub mod live;
 pub mod metrics;

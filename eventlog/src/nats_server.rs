@@ -61,6 +61,11 @@ pub struct NatsServer {
 impl NatsServer {
     /// A single JetStream server on a free port, storing in a new temporary directory.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`NatsServer::start`] with more configuration (`authorization { … }`, say).
+    pub fn start_with(extra_config: &str) -> Self {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let port = free_port();
         let config = dir.path().join("nats.conf");
@@ -68,7 +73,7 @@ impl NatsServer {
             &config,
             format!(
                 "listen: 127.0.0.1:{port}\nserver_name: solo\n\
-                 jetstream {{ store_dir: \"{}\" }}\n",
+                 jetstream {{ store_dir: \"{}\" }}\n{extra_config}\n",
                 dir.path().join("store").display()
             ),
         )

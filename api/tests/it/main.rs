@@ -13,6 +13,7 @@ mod metrics;
 mod ops;
 mod rooms;
 mod search;
+mod security;
 mod soak;
 mod sse;
 mod traces;

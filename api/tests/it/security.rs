@@ -1,0 +1,328 @@
+//! The outer ring of security: what the real binary does with secrets in its settings.
+//!
+//! Each test runs `chatd` as a child process with only the settings it gives (none from the
+//! developer's environment) and its stdout and stderr captured in one file, so a test can
+//! assert on everything the process printed.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use eventlog::nats_server::NatsServer;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A `chatd` process and the file holding everything it printed.
+pub struct Chatd {
+    pub child: tokio::process::Child,
+    pub output: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Chatd {
+    /// Starts `chatd` with `args` and `env` only (plus `RUST_LOG=info` unless given), its data
+    /// dir `data` under a fresh temporary directory.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(tempfile::tempdir().expect("temp dir"), args, env)
+    }
+
+    /// [`Chatd::spawn`] with the data dir `<dir>/data`, which may be prepared beforehand. The
+    /// process starts with umask 022, the usual default, so whatever makes its files private
+    /// is chatd's doing.
+    pub fn spawn_in(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let output = dir.path().join("output.log");
+        let out = std::fs::File::create(&output).expect("output file");
+        let err = out.try_clone().expect("output file");
+        let child = tokio::process::Command::new("sh")
+            .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_chatd"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .env("CHAT_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chatd starts");
+        Self { child, output, dir }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything printed so far.
+    pub fn printed(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    /// The `chat.addr` of the first ECS line with this message, waiting up to a minute for
+    /// it (panics, showing the output, if the process exits or the minute passes first).
+    pub async fn address_logged(&mut self, message: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let printed = self.printed();
+            for line in printed.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line)
+                    && v["message"] == message
+                {
+                    return v["chat.addr"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or_else(|| panic!("no chat.addr in {line}"));
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("chatd exited ({status}) before logging {message:?}:\n{printed}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} within a minute:\n{printed}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (up to a minute) for the process to exit by itself.
+    pub async fn exit(&mut self) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("chatd still running:\n{}", self.printed()))
+            .expect("wait");
+        (status, self.printed())
+    }
+
+    /// Waits until `/readyz` at `addr` answers 200 (so the server is serving, and its signal
+    /// handlers are installed).
+    pub async fn ready(&self, addr: SocketAddr) {
+        let http = crate::helpers::client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready within a minute:\n{}",
+                self.printed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(&mut self) -> String {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let (status, printed) = self.exit().await;
+        assert!(status.success(), "{status}:\n{printed}");
+        printed
+    }
+}
+
+/// A run must not print `secret`, and must have printed something (so an empty capture
+/// cannot pass).
+#[track_caller]
+fn assert_not_printed(printed: &str, secret: &str) {
+    assert!(!printed.trim().is_empty(), "nothing captured");
+    assert!(
+        !printed.contains(secret),
+        "{secret:?} was printed:\n{printed}"
+    );
+}
+
+const JWT_SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+/// Credentials in `CHAT_NATS_URL` work and are never printed: not in the start-up line, not in
+/// the client library's debug lines, not in the error when NATS refuses them.
+#[tokio::test]
+async fn nats_credentials_in_the_url_are_used_and_never_printed() {
+    let nats = NatsServer::start_with("authorization { user: chatd, password: \"n4tsPassw0rd\" }");
+    let url = |password: &str| format!("nats://chatd:{password}@127.0.0.1:{}", nats.port);
+
+    let good = url("n4tsPassw0rd");
+    let mut chatd = Chatd::spawn(
+        &[],
+        &[
+            ("CHAT_NATS_URL", &good),
+            ("CHAT_JWT_SECRET", JWT_SECRET),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let addr = chatd.address_logged("listening").await;
+    chatd.ready(addr).await;
+    let printed = chatd.stop().await;
+    assert!(printed.contains("event log: NATS JetStream"), "{printed}");
+    assert_not_printed(&printed, "n4tsPassw0rd");
+
+    let bad = url("Wr0ngPassw0rd");
+    let mut chatd = Chatd::spawn(
+        &[],
+        &[
+            ("CHAT_NATS_URL", &bad),
+            ("CHAT_JWT_SECRET", JWT_SECRET),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let (status, printed) = chatd.exit().await;
+    assert!(!status.success(), "{printed}");
+    assert!(printed.contains("cannot connect to NATS"), "{printed}");
+    assert_not_printed(&printed, "Wr0ngPassw0rd");
+}
+
+/// Nothing listening: the connection error names the server, not its credentials.
+#[tokio::test]
+async fn an_unreachable_nats_url_is_reported_without_its_token() {
+    let port = eventlog::nats_server::free_port();
+    let url = format!("nats://T0kenS3cret@127.0.0.1:{port}");
+    let mut chatd = Chatd::spawn(
+        &[],
+        &[
+            ("CHAT_NATS_URL", &url),
+            ("CHAT_JWT_SECRET", JWT_SECRET),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let (status, printed) = chatd.exit().await;
+    assert!(!status.success(), "{printed}");
+    assert!(
+        printed.contains(&format!("127.0.0.1:{port}")),
+        "the server is named: {printed}"
+    );
+    assert_not_printed(&printed, "T0kenS3cret");
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Every entry under `dir` (itself included) with its mode.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out = vec![(dir.to_owned(), mode(dir))];
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(modes(&path));
+        } else {
+            out.push((path.clone(), mode(&path)));
+        }
+    }
+    out
+}
+
+/// After a start and some traffic, the data dir and everything in it — event log and read
+/// models with their WAL files, search index, generated secret, and a file an older version
+/// left readable — are owner-only.
+#[tokio::test]
+async fn the_data_dir_and_every_file_in_it_are_owner_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("left-by-an-older-version"), "x").unwrap();
+    for (path, m) in [
+        (data.clone(), 0o755),
+        (data.join("left-by-an-older-version"), 0o644),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let mut chatd = Chatd::spawn_in(dir, &[], &[]);
+    let addr = chatd.address_logged("listening").await;
+    chatd.ready(addr).await;
+    let api = crate::helpers::Api::new(addr);
+    let alice = api.user("alice").await;
+    let room = api.create_room(&alice, "secrets", &[]).await;
+    api.send(&alice, &room, "zanzibar").await;
+    // Searchable means the index has committed its files.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, hits) = api.get("/v1/search?q=zanzibar", &alice.token).await;
+        assert_eq!(status, 200, "{hits}");
+        if hits["hits"].as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not indexed: {hits}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let listed = modes(&chatd.data_dir());
+    let names: Vec<String> = listed
+        .iter()
+        .map(|(p, m)| format!("{:o} {}", m, p.display()))
+        .collect();
+    let names = names.join("\n");
+    for wanted in [
+        "events.db-wal",
+        "readmodels.db-wal",
+        "jwt_secret",
+        "search/meta.json",
+    ] {
+        assert!(names.contains(wanted), "no {wanted} in\n{names}");
+    }
+    for (path, m) in &listed {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*m, want, "{} in\n{names}", path.display());
+    }
+    let printed = chatd.stop().await;
+    assert!(printed.contains("now owner-only"), "{printed}");
+}
+
+/// A secret file others could have read is refused, with a message that says what to do;
+/// once only its owner can read it, chatd starts.
+#[tokio::test]
+async fn a_jwt_secret_file_readable_by_others_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let secret = data.join("jwt_secret");
+    std::fs::write(&secret, "s".repeat(64)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut chatd = Chatd::spawn_in(dir, &[], &[]);
+    let (status, printed) = chatd.exit().await;
+    assert!(!status.success(), "{printed}");
+    assert!(
+        printed.contains("accessible to group or others (mode 0644)"),
+        "{printed}"
+    );
+    assert_eq!(mode(&secret), 0o644, "left for the operator to deal with");
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dir = std::mem::replace(&mut chatd.dir, tempfile::tempdir().unwrap());
+    let mut chatd = Chatd::spawn_in(dir, &[], &[]);
+    let addr = chatd.address_logged("listening").await;
+    chatd.ready(addr).await;
+    chatd.stop().await;
+}
+
+/// A short configured secret is accepted with a warning; a long one without.
+#[tokio::test]
+async fn a_short_jwt_secret_is_warned_about() {
+    for (secret, warned) in [("x".repeat(32), true), ("y".repeat(64), false)] {
+        let mut chatd = Chatd::spawn(&[], &[("CHAT_JWT_SECRET", &secret)]);
+        let addr = chatd.address_logged("listening").await;
+        chatd.ready(addr).await;
+        let printed = chatd.stop().await;
+        assert_eq!(
+            printed.contains("the JWT secret is short"),
+            warned,
+            "{printed}"
+        );
+        assert_not_printed(&printed, &secret);
+    }
+}
