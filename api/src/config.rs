@@ -116,6 +116,11 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub alert_disconnects_per_min: u64,
 
+    /// Alert when this many logins fail (wrong username or password) within a minute.
+    #[arg(long, env = "CHAT_ALERT_FAILED_LOGINS_PER_MIN", default_value_t = 20, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alert_failed_logins_per_min: u64,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -284,6 +289,7 @@ impl Settings {
         crate::monitor::Thresholds {
             lag: Duration::from_secs(self.alert_lag_secs),
             disconnects_per_minute: self.alert_disconnects_per_min,
+            failed_logins_per_minute: self.alert_failed_logins_per_min,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`http`]: the REST interface (poem-openapi), its error mapping and its OpenAPI document;
 //! - [`live`]: the fan-out hub and the WebSocket endpoint;
 //! - [`search`]: member-only full-text search over the `search` crate's index;
+//! - [`security`]: security events (authentication failures) as ECS lines, counted;
 //! - [`metrics`]: Prometheus metrics and `/metrics`;
 //! - [`monitor`]: projection lag and the alert rules, once a second.
 
@@ -21,6 +22,7 @@ pub mod live;
 pub mod metrics;
 pub mod monitor;
 pub mod search;
+pub mod security;
 pub mod service;
 
 pub use app::App;

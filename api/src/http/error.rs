@@ -75,7 +75,10 @@ impl From<DomainError> for ApiError {
             DomainError::RoomNotPublic => (S::FORBIDDEN, "room_not_public"),
             DomainError::DirectWithSelf => (S::BAD_REQUEST, "direct_with_self"),
             DomainError::InvalidRefreshToken => (S::UNAUTHORIZED, "invalid_refresh_token"),
-            DomainError::RefreshTokenReused => (S::UNAUTHORIZED, "refresh_token_reused"),
+            DomainError::RefreshTokenReused => {
+                crate::security::auth_failure(crate::security::AuthFailure::RefreshTokenReused);
+                (S::UNAUTHORIZED, "refresh_token_reused")
+            }
         };
         Self::new(status, code, e.to_string())
     }
@@ -86,11 +89,14 @@ impl From<ServiceError> for ApiError {
         use StatusCode as S;
         match e {
             ServiceError::Domain(d) => d.into(),
-            ServiceError::InvalidCredentials => Self::new(
-                S::UNAUTHORIZED,
-                "invalid_credentials",
-                "wrong username or password",
-            ),
+            ServiceError::InvalidCredentials => {
+                crate::security::auth_failure(crate::security::AuthFailure::InvalidCredentials);
+                Self::new(
+                    S::UNAUTHORIZED,
+                    "invalid_credentials",
+                    "wrong username or password",
+                )
+            }
             ServiceError::UnknownUsers(ids) => {
                 let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
                 Self::new(

@@ -326,3 +326,132 @@ async fn a_short_jwt_secret_is_warned_about() {
         assert_not_printed(&printed, &secret);
     }
 }
+
+/// A local endpoint speaking Slack's incoming-webhook protocol: it keeps what it was posted.
+async fn fake_slack() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use poem::listener::{Acceptor, Listener};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = got.clone();
+    let app = poem::endpoint::make(move |mut req: poem::Request| {
+        let kept = kept.clone();
+        async move {
+            let body = req
+                .take_body()
+                .into_json::<Value>()
+                .await
+                .unwrap_or_default();
+            kept.lock().unwrap().push(body);
+            "ok"
+        }
+    });
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    (format!("http://{addr}/services/T0/B0/hook"), got)
+}
+
+/// Failed logins and a reused refresh token are ECS security events; a burst of failed logins
+/// raises the alert, posted to Slack.
+#[tokio::test]
+async fn failed_logins_are_security_events_and_a_burst_pages() {
+    let (webhook, posted) = fake_slack().await;
+    let mut chatd = Chatd::spawn(
+        &[],
+        &[
+            ("CHAT_SLACK_WEBHOOK_URL", &webhook),
+            ("CHAT_ALERT_FAILED_LOGINS_PER_MIN", "3"),
+            ("CHAT_ARGON2_MEMORY_KIB", "1024"),
+            ("CHAT_ARGON2_ITERATIONS", "1"),
+        ],
+    );
+    let addr = chatd.address_logged("listening").await;
+    chatd.ready(addr).await;
+    let api = crate::helpers::Api::new(addr);
+    let alice = api.user("alice").await;
+    for _ in 0..3 {
+        let wrong = serde_json::json!({"username": "alice", "password": "not her password"});
+        let got = api
+            .call(reqwest::Method::POST, "/v1/auth/login", None, Some(wrong))
+            .await;
+        crate::helpers::assert_problem(
+            &got,
+            reqwest::StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        );
+    }
+    // Refresh twice with the same token: the second is a reuse.
+    let refresh = serde_json::json!({"refresh_token": alice.refresh});
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(refresh.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(refresh),
+        )
+        .await;
+    crate::helpers::assert_problem(
+        &got,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "refresh_token_reused",
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !posted.lock().unwrap().iter().any(|p| {
+        p["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Many failed logins"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no alert posted: {:?}\n{}",
+            posted.lock().unwrap(),
+            chatd.printed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let printed = chatd.stop().await;
+    let events: Vec<Value> = printed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event.category"] == "authentication")
+        .collect();
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event.outcome"], "failure", "{e}");
+            assert_eq!(e["log.level"], "warn", "{e}");
+            (
+                e["event.action"].as_str().unwrap(),
+                e["event.reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("login", "invalid_credentials"),
+            ("login", "invalid_credentials"),
+            ("login", "invalid_credentials"),
+            ("token-refresh", "refresh_token_reused"),
+        ],
+        "{printed}"
+    );
+    assert!(
+        events[0]["url.path"] == "/v1/auth/login",
+        "the request's fields come with it: {}",
+        events[0]
+    );
+}
