@@ -65,6 +65,8 @@ pub struct App {
     settings: Settings,
     acceptor: TcpAcceptor,
     addr: SocketAddr,
+    /// The admin listener (`CHAT_ADMIN_LISTEN`), when configured.
+    admin: Option<(TcpAcceptor, SocketAddr)>,
     log: Arc<dyn EventLog>,
     models: ReadModels,
     progress_tx: watch::Sender<u64>,
@@ -189,15 +191,11 @@ impl App {
             auth,
             presence.clone(),
         ));
-        let acceptor = TcpListener::bind(settings.listen.to_string())
-            .into_acceptor()
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .context("listener has no socket address")?;
+        let (acceptor, addr) = bind(settings.listen).await?;
+        let admin = match settings.admin_listen {
+            Some(listen) => Some(bind(listen).await?),
+            None => None,
+        };
         let (search_tx, indexed) = Progress::new();
         let search = Search::new(chat.clone(), search_index.clone(), indexed.clone());
         let readiness = Readiness {
@@ -210,6 +208,7 @@ impl App {
             settings,
             acceptor,
             addr,
+            admin,
             log,
             models,
             progress_tx,
@@ -236,6 +235,11 @@ impl App {
         self.addr
     }
 
+    /// The admin listener's bound address, when `CHAT_ADMIN_LISTEN` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// Serves until `shutdown` resolves (or a background task fails), then stops accepting,
     /// lets in-flight requests finish, flushes the log and stops the projector.
     pub async fn run_until_stopped(
@@ -246,6 +250,7 @@ impl App {
             settings,
             acceptor,
             addr,
+            admin,
             log,
             models,
             progress_tx,
@@ -344,10 +349,25 @@ impl App {
             failed.clone(),
         );
 
+        // The admin listener stops accepting when the public one starts draining.
+        let admin_stopped = CancellationToken::new();
+        let admin_server = admin.map(|(acceptor, addr)| {
+            tracing::info!(%addr, "admin listening");
+            let app = crate::http::admin_routes(readiness.clone());
+            let stop = admin_stopped.clone();
+            tokio::spawn(
+                Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+                    app,
+                    async move { stop.cancelled().await },
+                    Some(Duration::from_secs(1)),
+                ),
+            )
+        });
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
         let app = crate::http::routes(chat, hub, readiness, &settings, search);
         let stop = {
             let failed = failed.clone();
+            let admin_stopped = admin_stopped.clone();
             async move {
                 tokio::select! {
                     () = shutdown => tracing::info!("shutdown requested"),
@@ -356,6 +376,7 @@ impl App {
                 // Live connections would otherwise hold the drain open: close them now (with
                 // a code that tells clients to resume elsewhere or later).
                 stop_live.cancel();
+                admin_stopped.cancel();
             }
         };
         let served = Server::new_with_acceptor(acceptor)
@@ -366,6 +387,7 @@ impl App {
             )
             .await;
 
+        admin_stopped.cancel();
         // No request is in flight any more. Stop the projector (it resumes from its checkpoint
         // next time), then close the log, which finishes and syncs any append still queued.
         stop_projector.cancel();
@@ -374,14 +396,33 @@ impl App {
         let hub_result = hub_task.await.context("hub supervisor failed");
         let monitored = monitor.await.context("monitor supervisor failed");
         log.close().await;
+        let admin_served = match admin_server {
+            Some(task) => task.await.context("admin server task failed")?,
+            None => Ok(()),
+        };
         tracing::info!("stopped");
         served.context("server failed")?;
+        admin_served.context("admin server failed")?;
         projected??;
         indexed??;
         hub_result??;
         monitored??;
         Ok(())
     }
+}
+
+/// Binds a listener on `addr` (port 0 picks a free one); returns it with its bound address.
+async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpAcceptor, SocketAddr)> {
+    let acceptor = TcpListener::bind(addr.to_string())
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .context("listener has no socket address")?;
+    Ok((acceptor, bound))
 }
 
 /// Runs a long-lived task; an error or a panic is logged and cancels `failed`, which stops the

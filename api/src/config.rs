@@ -23,6 +23,12 @@ pub struct Settings {
     )]
     pub listen: SocketAddr,
 
+    /// Address for the operations endpoints (`/metrics`, `/readyz`, `/healthz`). When set,
+    /// they are served only there (the public listener answers 404 for them); unset, they
+    /// are served on `--listen`.
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Directory for the event log, the read models and the generated JWT secret.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,

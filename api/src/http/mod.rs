@@ -162,6 +162,23 @@ async fn traced<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
     result
 }
 
+/// `route` with the operations endpoints: `/healthz`, `/readyz`, `/metrics`.
+fn with_ops(route: Route) -> Route {
+    route
+        .at("/healthz", healthz)
+        .at("/readyz", readyz)
+        .at("/metrics", crate::metrics::render)
+}
+
+/// The admin listener's application (`CHAT_ADMIN_LISTEN`): the operations endpoints alone.
+pub fn admin_routes(readiness: crate::app::Readiness) -> impl Endpoint + use<> {
+    with_ops(Route::new())
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .data(readiness)
+        .with(CatchPanic::new())
+        .catch_all_error(error::render_framework_error)
+}
+
 /// The whole HTTP application.
 pub fn routes(
     chat: Arc<Chat>,
@@ -175,13 +192,17 @@ pub fn routes(
     crate::metrics::register_routes(&api.spec());
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
-    Route::new()
+    let public = Route::new()
         .nest("/v1", api)
         .at("/openapi.json", spec)
-        .nest("/docs", ui)
-        .at("/healthz", healthz)
-        .at("/readyz", readyz)
-        .at("/metrics", crate::metrics::render)
+        .nest("/docs", ui);
+    // With an admin listener the operations endpoints are served there only.
+    let public = if settings.admin_listen.is_some() {
+        public
+    } else {
+        with_ops(public)
+    };
+    public
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
         .around(traced)

@@ -70,8 +70,10 @@ impl Chatd {
         loop {
             let printed = self.printed();
             for line in printed.lines() {
+                // poem logs a "listening" of its own.
                 if let Ok(v) = serde_json::from_str::<Value>(line)
                     && v["message"] == message
+                    && v["log.logger"] != "poem::server"
                 {
                     return v["chat.addr"]
                         .as_str()
@@ -454,4 +456,54 @@ async fn failed_logins_are_security_events_and_a_burst_pages() {
         "the request's fields come with it: {}",
         events[0]
     );
+}
+
+/// With `CHAT_ADMIN_LISTEN`, the operations endpoints answer there and only there.
+#[tokio::test]
+async fn operations_endpoints_move_to_the_admin_listener() {
+    let http = crate::helpers::client();
+    let status = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.expect("request").status() }
+    };
+    let mut chatd = Chatd::spawn(&[], &[("CHAT_ADMIN_LISTEN", "127.0.0.1:0")]);
+    let admin = chatd.address_logged("admin listening").await;
+    let public = chatd.address_logged("listening").await;
+    assert_ne!(admin, public);
+    chatd.ready(admin).await;
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        assert_eq!(status(format!("http://{admin}{path}")).await, 200, "{path}");
+        let (code, body) = crate::helpers::Api::new(public)
+            .call(reqwest::Method::GET, path, None, None)
+            .await;
+        assert_eq!(code, 404, "{path} on the public listener: {body}");
+        assert_eq!(body["code"], "route_not_found", "{body}");
+    }
+    let metrics = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("chat_http_requests_total"), "{metrics}");
+    // The API itself stays on the public listener only.
+    assert_eq!(status(format!("http://{public}/openapi.json")).await, 200);
+    assert_eq!(status(format!("http://{admin}/openapi.json")).await, 404);
+    chatd.stop().await;
+
+    // Unset: everything on the one listener, as before.
+    let mut chatd = Chatd::spawn(&[], &[]);
+    let public = chatd.address_logged("listening").await;
+    chatd.ready(public).await;
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        assert_eq!(
+            status(format!("http://{public}{path}")).await,
+            200,
+            "{path}"
+        );
+    }
+    let printed = chatd.stop().await;
+    assert!(!printed.contains("admin listening"), "{printed}");
 }
