@@ -19,3 +19,4 @@ mod sse;
 mod traces;
 mod unread;
 mod ws;
+mod wsfuzz;

@@ -135,6 +135,18 @@ impl Chatd {
     }
 }
 
+impl Drop for Chatd {
+    /// A failing test shows the end of what the server printed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let printed = self.printed();
+            let lines: Vec<&str> = printed.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            eprintln!("--- the last lines chatd printed:\n{}", tail.join("\n"));
+        }
+    }
+}
+
 /// A run must not print `secret`, and must have printed something (so an empty capture
 /// cannot pass).
 #[track_caller]
