@@ -16,6 +16,7 @@ use crate::live::Hub;
 use crate::service::Chat;
 
 mod accounts;
+mod allow;
 pub mod error;
 mod friends;
 mod live;
@@ -189,7 +190,9 @@ pub fn routes(
 ) -> impl Endpoint + use<> {
     let max_body = settings.max_body_bytes;
     let api = api_service(chat.clone(), hub, settings.ws_rate, search);
-    crate::metrics::register_routes(&api.spec());
+    let openapi = api.spec();
+    crate::metrics::register_routes(&openapi);
+    let allow = allow::AllowTable::from_spec(&openapi);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
     let public = Route::new()
@@ -211,4 +214,5 @@ pub fn routes(
         .with(CatchPanic::new())
         .around(crate::metrics::track_http)
         .catch_all_error(error::render_framework_error)
+        .around(move |ep, req| allow::add_allow(ep, req, allow.clone()))
 }
