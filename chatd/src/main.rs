@@ -1,6 +1,6 @@
 use anyhow::Context;
-use api::config::Command;
-use api::{App, Settings};
+use chatd::config::Command;
+use chatd::{App, Settings};
 use clap::Parser;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 async fn main() -> anyhow::Result<()> {
     // Before anything is created: the event log, read models, search index and secret are
     // readable by chatd's user only.
-    api::datadir::restrict_new_files();
+    chatd::datadir::restrict_new_files();
     let settings = Settings::parse();
     let telemetry = observability::init(observability::Settings::from_env(
         "chatd",
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(settings: Settings, alerts: observability::Alerts) -> anyhow::Result<()> {
     match settings.command {
         Some(Command::Rebuild) => {
-            api::app::rebuild(&settings)
+            chatd::app::rebuild(&settings)
                 .await
                 .context("rebuild failed")?;
             Ok(())

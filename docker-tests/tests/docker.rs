@@ -2,11 +2,12 @@
 //! check what would break them at run time: every YAML, JSON and NDJSON file parses; compose
 //! services, volumes, ports, mounted files and URLs refer to things that exist; the chatd
 //! settings in the stacks are settings chatd reads; Prometheus rules and the Grafana dashboard
-//! use the metrics chatd exports ([`CHATD_METRICS`]); the Kibana objects reference each other
+//! use the metrics chatd exports (`chatd::metrics::CATALOGUE`); the Kibana objects reference each other
 //! and fields the Elasticsearch template maps. Where the real tool is installed (`nats-server`
 //! always, as for the other tests; `promtool`, `caddy`, `docker compose` and `python3` when
 //! present) it validates its own configuration too; a missing optional tool is reported and
 //! skipped.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,59 +17,7 @@ use serde_json::Value;
 
 // ---- what chatd exports ---------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-/// The metrics chatd exports on `/metrics`, with their labels (besides `node`, `job` and
-/// `instance`, which Prometheus adds). The alert rules and the Grafana dashboard may use these
-/// and nothing else; the dashboard must show every one of them. Keep this list equal to
-/// chatd's real `/metrics` output (its `# TYPE` lines).
-pub(crate) const CHATD_METRICS: &[(&str, Kind, &[&str])] = &[
-    (
-        "chat_http_requests_total",
-        Kind::Counter,
-        &["method", "route", "status"],
-    ),
-    (
-        "chat_http_request_duration_seconds",
-        Kind::Histogram,
-        &["method", "route"],
-    ),
-    ("chat_ws_connections", Kind::Gauge, &[]),
-    ("chat_sse_connections", Kind::Gauge, &[]),
-    ("chat_messages_sent_total", Kind::Counter, &[]),
-    ("chat_deliveries_total", Kind::Counter, &["transport"]),
-    ("chat_fanout_queue_depth", Kind::Gauge, &[]),
-    (
-        "chat_fanout_forced_disconnects_total",
-        Kind::Counter,
-        &["reason"],
-    ),
-    (
-        "chat_eventlog_append_duration_seconds",
-        Kind::Histogram,
-        &[],
-    ),
-    (
-        "chat_eventlog_append_errors_total",
-        Kind::Counter,
-        &["kind"],
-    ),
-    ("chat_projection_lag_events", Kind::Gauge, &["projection"]),
-    ("chat_projection_lag_seconds", Kind::Gauge, &["projection"]),
-    ("chat_log_shipper_events_total", Kind::Counter, &["outcome"]),
-    ("chat_log_shipper_queue_depth", Kind::Gauge, &[]),
-    (
-        "chat_log_shipper_batches_total",
-        Kind::Counter,
-        &["outcome"],
-    ),
-    ("chat_alerts_total", Kind::Counter, &["outcome"]),
-];
+use chatd::metrics::{CATALOGUE as CHATD_METRICS, Kind};
 
 /// Labels every scraped series has (the scrape config sets `node` from the target).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];
@@ -90,7 +39,7 @@ const REQUIRED_ALERTS: &[&str] = &[
 
 /// Settings of chatd's observability (log format, Elasticsearch shipper, Slack alerts) that the
 /// stacks use. They are read by the `observability` crate; until it defines them they are
-/// allowed by this list. A `CHAT_*` name found in neither `api/src/config.rs`, nor
+/// allowed by this list. A `CHAT_*` name found in neither `chatd/src/config.rs`, nor
 /// `observability/src`, nor here fails the test.
 const OBSERVABILITY_SETTINGS: &[&str] = &[
     "CHAT_LOG_FORMAT",
@@ -719,7 +668,7 @@ fn chatd_admin_port() -> String {
 /// Every `CHAT_*` name chatd reads: flags in config.rs, observability's settings, and the
 /// allowed observability names.
 fn known_chatd_settings() -> String {
-    let mut text = read(&repo().join("api/src/config.rs"));
+    let mut text = read(&repo().join("chatd/src/config.rs"));
     let obs = repo().join("observability/src");
     for path in files_under(&obs) {
         if has_ext(&path, &["rs"]) {
@@ -733,7 +682,7 @@ fn check_chatd_variable(name: &str, known: &str, at: &str) {
     if name.starts_with("CHAT_") {
         assert!(
             known.contains(&format!("\"{name}\"")) || OBSERVABILITY_SETTINGS.contains(&name),
-            "{at}: chatd has no setting {name} (not in api/src/config.rs, observability/src, or OBSERVABILITY_SETTINGS)"
+            "{at}: chatd has no setting {name} (not in chatd/src/config.rs, observability/src, or OBSERVABILITY_SETTINGS)"
         );
     } else {
         assert!(
@@ -838,11 +787,11 @@ fn chatd_containers_get_only_settings_chatd_reads() {
 #[test]
 fn the_dockerfile_builds_the_chatd_binary_with_a_new_enough_rust_and_checks_real_routes() {
     let dockerfile = read(&docker_dir().join("Dockerfile"));
-    assert!(dockerfile.contains("cargo build --release --locked -p api --bin chatd"));
-    let manifest = read(&repo().join("api/Cargo.toml"));
+    assert!(dockerfile.contains("cargo build --release --locked -p chatd --bin chatd"));
+    let manifest = read(&repo().join("chatd/Cargo.toml"));
     assert!(
         manifest.contains("name = \"chatd\""),
-        "api has no chatd binary"
+        "the chatd package has no chatd binary"
     );
     assert!(dockerfile.contains("target/release/chatd"));
 
@@ -870,7 +819,7 @@ fn the_dockerfile_builds_the_chatd_binary_with_a_new_enough_rust_and_checks_real
     assert!(dockerfile.contains("ENTRYPOINT [\"chatd\"]"));
 
     // Health checks ask for routes chatd serves.
-    let routes = read(&repo().join("api/src/http/mod.rs"));
+    let routes = read(&repo().join("chatd/src/http/mod.rs"));
     let mut texts = vec![dockerfile];
     for file in ["compose.yaml", "caddy/Caddyfile"] {
         texts.push(read(&docker_dir().join(file)));

@@ -4,7 +4,6 @@
 mod accounts;
 mod cluster;
 mod crash;
-mod docker;
 mod errors;
 mod friends;
 mod helpers;

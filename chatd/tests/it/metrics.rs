@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use reqwest::StatusCode;
 
-use crate::docker::{CHATD_METRICS, Kind};
 use crate::helpers::{Api, ChatdProcess};
 use crate::ws::{connect, eventually};
+use chatd::metrics::{CATALOGUE as CHATD_METRICS, Kind};
 
 /// One scrape: `name{sorted labels}` → value.
 #[derive(Debug, Default)]
@@ -257,7 +257,7 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     for (name, kind) in &after.types {
         let listed = CHATD_METRICS.iter().find(|(n, ..)| n == name);
         let Some((_, listed_kind, labels)) = listed else {
-            panic!("{name} is exported but not in docker.rs CHATD_METRICS");
+            panic!("{name} is exported but not in chatd::metrics::CATALOGUE");
         };
         let kind = match kind.as_str() {
             "counter" => Kind::Counter,

@@ -323,7 +323,7 @@ async fn random_and_malformed_frames_neither_crash_nor_wedge_the_server() {
         &[],
         &[
             ("CHAT_WS_RATE", "1000000"),
-            ("RUST_LOG", "info,api::live=debug"),
+            ("RUST_LOG", "info,chatd::live=debug"),
             ("CHAT_ARGON2_MEMORY_KIB", "1024"),
             ("CHAT_ARGON2_ITERATIONS", "1"),
         ],
@@ -449,7 +449,7 @@ async fn random_and_malformed_frames_neither_crash_nor_wedge_the_server() {
 }
 
 /// Found by the fuzzer: `resume` from seq `u64::MAX` overflows `after + 1` in the catch-up
-/// (`api/src/live/ws.rs`, `catch_up`): the connection task panics (debug builds) or wraps to
+/// (`chatd/src/live/ws.rs`, `catch_up`): the connection task panics (debug builds) or wraps to
 /// seq 0 and replays the whole room (release builds). The fix (`saturating_add`, or refusing
 /// such a seq) belongs to the issue-16 work on `live/`; until then this test is ignored, so the
 /// gap is visible in every test run rather than silently excluded from the fuzzer.

@@ -35,6 +35,46 @@ pub mod names {
     pub const PROJECTION_LAG_SECONDS: &str = "chat_projection_lag_seconds";
 }
 
+/// The kind of a metric, as Prometheus' `# TYPE` line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The metrics chatd exports on `/metrics`, with their labels (besides `node`, `job` and
+/// `instance`, which Prometheus adds). The alert rules and the Grafana dashboard may use these
+/// and nothing else; the dashboard must show every one of them. The integration test `metrics` checks
+/// it against the real `/metrics` output (its `# TYPE` lines); `docker-tests` checks the
+/// dashboards and alert rules against it.
+pub const CATALOGUE: &[(&str, Kind, &[&str])] = &[
+    (
+        names::HTTP_REQUESTS,
+        Kind::Counter,
+        &["method", "route", "status"],
+    ),
+    (names::HTTP_DURATION, Kind::Histogram, &["method", "route"]),
+    (names::WS_CONNECTIONS, Kind::Gauge, &[]),
+    (names::SSE_CONNECTIONS, Kind::Gauge, &[]),
+    (names::MESSAGES_SENT, Kind::Counter, &[]),
+    (names::DELIVERIES, Kind::Counter, &["transport"]),
+    (names::FANOUT_QUEUE_DEPTH, Kind::Gauge, &[]),
+    (names::FANOUT_FORCED_DISCONNECTS, Kind::Counter, &["reason"]),
+    (names::APPEND_DURATION, Kind::Histogram, &[]),
+    (names::APPEND_ERRORS, Kind::Counter, &["kind"]),
+    (names::PROJECTION_LAG_EVENTS, Kind::Gauge, &["projection"]),
+    (names::PROJECTION_LAG_SECONDS, Kind::Gauge, &["projection"]),
+    ("chat_log_shipper_events_total", Kind::Counter, &["outcome"]),
+    ("chat_log_shipper_queue_depth", Kind::Gauge, &[]),
+    (
+        "chat_log_shipper_batches_total",
+        Kind::Counter,
+        &["outcome"],
+    ),
+    ("chat_alerts_total", Kind::Counter, &["outcome"]),
+];
+
 /// Upper bounds of the latency histograms' buckets, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
