@@ -24,6 +24,7 @@ mod messages;
 mod models;
 mod rooms;
 mod search;
+mod web;
 
 pub use error::{ApiError, Problem};
 
@@ -195,7 +196,7 @@ pub fn routes(
     let allow = allow::AllowTable::from_spec(&openapi);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
-    let public = Route::new()
+    let public = web::mount(Route::new())
         .nest("/v1", api)
         .at("/openapi.json", spec)
         .nest("/docs", ui);

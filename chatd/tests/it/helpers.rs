@@ -248,8 +248,13 @@ impl ChatdProcess {
 
     /// Starts with extra environment variables (settings).
     pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", env).await
+    }
+
+    /// Starts listening on `listen` (e.g. the port of a server that was stopped).
+    pub async fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env_remove("CHAT_JWT_SECRET")
             .envs(env.iter().copied())

@@ -17,5 +17,6 @@ mod soak;
 mod sse;
 mod traces;
 mod unread;
+mod web;
 mod ws;
 mod wsfuzz;
