@@ -16,49 +16,13 @@ use search::SearchIndex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{self, Auth};
+use crate::chat::auth::{self, Auth};
+use crate::chat::{Chat, Presence, Search};
 use crate::config::Settings;
 use crate::live::hub::HubSettings;
-use crate::live::presence::Presence;
-use crate::metrics::{Failures, MeteredLog};
-use crate::monitor::{Change, Watched};
-use crate::search::Search;
-use crate::service::Chat;
-
-/// Whether the server can serve reads that reflect the log: the log answers and the
-/// projections have caught up with what the log held at start.
-#[derive(Debug, Clone)]
-pub struct Readiness {
-    log: Arc<dyn EventLog>,
-    progress: Progress,
-    head_at_start: u64,
-    /// How far the search index is; reported, not required (a rebuilding index must not
-    /// keep the rest of the API from serving).
-    indexed: Progress,
-}
-
-impl Readiness {
-    pub async fn check(&self) -> Result<serde_json::Value, String> {
-        let head = self
-            .log
-            .head()
-            .await
-            .map_err(|e| format!("event log: {e}"))?;
-        let applied = self.progress.position();
-        if applied < self.head_at_start {
-            return Err(format!(
-                "projections catching up: {applied} of {}",
-                self.head_at_start
-            ));
-        }
-        Ok(serde_json::json!({
-            "status": "ready",
-            "log_head": head,
-            "projected": applied,
-            "indexed": self.indexed.position(),
-        }))
-    }
-}
+use crate::ops::health::Readiness;
+use crate::ops::metered_log::{Failures, MeteredLog};
+use crate::ops::monitor::{Change, Watched};
 
 /// A built server: storage open, listener bound, not yet serving.
 pub struct App {
@@ -160,7 +124,7 @@ impl App {
                  check tokens with the same secret"
             );
         }
-        crate::metrics::install();
+        crate::ops::metrics::install();
         let failures = Arc::new(Failures::default());
         let Storage { log, models, nats } = open_storage(&settings).await?;
         let log = MeteredLog::wrap(log, failures.clone());
@@ -290,7 +254,7 @@ impl App {
         .await?;
         let monitor = supervise(
             "monitor",
-            crate::monitor::run(
+            crate::ops::monitor::run(
                 Watched {
                     log: log.clone(),
                     projections: vec![

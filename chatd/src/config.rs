@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 ///
 /// With no arguments it serves on the embedded default: the event log and the read models
 /// are SQLite files in the data directory; nothing else needs to be installed.
-/// Log verbosity follows `RUST_LOG` (default `info`).
+/// Log verbosity follows `RUST_LOG` (default `info`); the OpenTelemetry SDK reads its other
+/// `OTEL_*` variables itself.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chatd", version, about, long_about)]
 pub struct Settings {
@@ -99,6 +100,10 @@ pub struct Settings {
 
     #[command(flatten)]
     pub nats: NatsSettings,
+
+    /// Logs, log shipping, alerts and traces (the `observability` crate's settings).
+    #[command(flatten)]
+    pub telemetry: observability::TelemetryArgs,
 
     /// This node's name in logs and in NATS connection names. Default: the host name.
     #[arg(long, env = "CHAT_NODE_NAME", global = true)]
@@ -227,9 +232,14 @@ pub enum Command {
 }
 
 impl Settings {
-    /// Settings for tests and embedding: defaults, the given data dir, a free port.
+    /// Settings for tests and embedding: defaults, the given data dir, a free port. The
+    /// environment is not read: a `CHAT_*` variable the caller happens to have changes nothing.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let mut s = Self::parse_from(["chatd"]);
+        use clap::{CommandFactory, FromArgMatches};
+        let defaults = Self::command()
+            .mut_args(|arg| arg.env(None))
+            .get_matches_from(["chatd"]);
+        let mut s = Self::from_arg_matches(&defaults).expect("the defaults parse");
         s.data_dir = data_dir.into();
         s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         s
@@ -291,8 +301,8 @@ impl Settings {
         }
     }
 
-    pub fn alert_thresholds(&self) -> crate::monitor::Thresholds {
-        crate::monitor::Thresholds {
+    pub fn alert_thresholds(&self) -> crate::ops::monitor::Thresholds {
+        crate::ops::monitor::Thresholds {
             lag: Duration::from_secs(self.alert_lag_secs),
             disconnects_per_minute: self.alert_disconnects_per_min,
             failed_logins_per_minute: self.alert_failed_logins_per_min,

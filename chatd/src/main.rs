@@ -10,10 +10,8 @@ async fn main() -> anyhow::Result<()> {
     // readable by chatd's user only.
     chatd::datadir::restrict_new_files();
     let settings = Settings::parse();
-    let telemetry = observability::init(observability::Settings::from_env(
-        "chatd",
-        settings.node_name(),
-    )?)?;
+    let telemetry =
+        observability::init(settings.telemetry.settings("chatd", settings.node_name())?)?;
     let result = run(settings, telemetry.alerts()).await;
     // Give the log shipper and the alert sender a moment to deliver the last lines.
     telemetry.shutdown(Duration::from_secs(5)).await;

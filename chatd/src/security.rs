@@ -1,10 +1,10 @@
 //! Security events: one structured log line per authentication failure, in ECS terms
 //! (`event.category: authentication`, `event.outcome: failure`, `event.action`,
 //! `event.reason`), so a SIEM or a Kibana search finds them without parsing messages; and a
-//! count of failed logins for the alert rule in [`crate::monitor`].
+//! count of failed logins for the alert rule in [`crate::ops::monitor`].
 //!
-//! Failures are recorded where they become API errors (`http::error`), the one place every
-//! refusal passes through.
+//! Failures are recorded where they become refusals with a code (`chat::error`), the one
+//! place every refusal passes through.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

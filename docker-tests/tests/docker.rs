@@ -2,11 +2,11 @@
 //! check what would break them at run time: every YAML, JSON and NDJSON file parses; compose
 //! services, volumes, ports, mounted files and URLs refer to things that exist; the chatd
 //! settings in the stacks are settings chatd reads; Prometheus rules and the Grafana dashboard
-//! use the metrics chatd exports (`chatd::metrics::CATALOGUE`); the Kibana objects reference each other
+//! use the metrics chatd exports (`chatd::ops::metrics::CATALOGUE`); the Kibana objects reference each other
 //! and fields the Elasticsearch template maps. Where the real tool is installed (`nats-server`
 //! always, as for the other tests; `promtool`, `caddy`, `docker compose` and `python3` when
-//! present) it validates its own configuration too; a missing optional tool is reported and
-//! skipped.
+//! present) it validates its own configuration too; a missing optional tool is recorded as
+//! skipped (`test_support::skip!`).
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +17,7 @@ use serde_json::Value;
 
 // ---- what chatd exports ---------------------------------------------------------------------
 
-use chatd::metrics::{CATALOGUE as CHATD_METRICS, Kind};
+use chatd::ops::metrics::{CATALOGUE as CHATD_METRICS, Kind};
 
 /// Labels every scraped series has (the scrape config sets `node` from the target).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];
@@ -37,23 +37,10 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ChatdLogShippingDropping",
 ];
 
-/// Settings of chatd's observability (log format, Elasticsearch shipper, Slack alerts) that the
-/// stacks use. They are read by the `observability` crate; until it defines them they are
-/// allowed by this list. A `CHAT_*` name found in neither `chatd/src/config.rs`, nor
-/// `observability/src`, nor here fails the test.
-const OBSERVABILITY_SETTINGS: &[&str] = &[
-    "CHAT_LOG_FORMAT",
-    "CHAT_ELASTICSEARCH_URL",
-    "CHAT_ELASTICSEARCH_USERNAME",
-    "CHAT_ELASTICSEARCH_PASSWORD",
-    "CHAT_ELASTICSEARCH_API_KEY",
-    "CHAT_SLACK_WEBHOOK_URL",
-];
-
-/// Environment variables a chatd container may get besides `CHAT_*`.
+/// Environment variables a chatd container may get besides its settings: read by the
+/// logging filter and the OpenTelemetry SDK themselves.
 const OTHER_CHATD_ENV: &[&str] = &[
     "RUST_LOG",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_SERVICE_NAME",
 ];
@@ -665,30 +652,42 @@ fn chatd_admin_port() -> String {
     port
 }
 
-/// Every `CHAT_*` name chatd reads: flags in config.rs, observability's settings, and the
-/// allowed observability names.
-fn known_chatd_settings() -> String {
-    let mut text = read(&repo().join("chatd/src/config.rs"));
-    let obs = repo().join("observability/src");
-    for path in files_under(&obs) {
-        if has_ext(&path, &["rs"]) {
-            text.push_str(&read(&path));
+/// Every environment variable chatd's settings read: the `env` of each of its flags (clap),
+/// the observability ones included.
+fn known_chatd_settings() -> BTreeSet<String> {
+    use clap::CommandFactory;
+    let command = chatd::Settings::command();
+    let mut names = BTreeSet::new();
+    let mut commands = vec![&command];
+    while let Some(c) = commands.pop() {
+        for arg in c.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                names.insert(env.to_string_lossy().into_owned());
+            }
         }
+        commands.extend(c.get_subcommands());
     }
-    text
+    names
 }
 
-fn check_chatd_variable(name: &str, known: &str, at: &str) {
-    if name.starts_with("CHAT_") {
-        assert!(
-            known.contains(&format!("\"{name}\"")) || OBSERVABILITY_SETTINGS.contains(&name),
-            "{at}: chatd has no setting {name} (not in chatd/src/config.rs, observability/src, or OBSERVABILITY_SETTINGS)"
-        );
-    } else {
-        assert!(
-            OTHER_CHATD_ENV.contains(&name),
-            "{at}: {name} is not a variable chatd reads (OTHER_CHATD_ENV)"
-        );
+fn check_chatd_variable(name: &str, known: &BTreeSet<String>, at: &str) {
+    assert!(
+        known.contains(name) || OTHER_CHATD_ENV.contains(&name),
+        "{at}: {name} is not a variable chatd reads (none of its settings in `chatd --help`, nor OTHER_CHATD_ENV)"
+    );
+}
+
+#[test]
+fn chatd_settings_include_the_observability_ones() {
+    let known = known_chatd_settings();
+    for name in [
+        "CHAT_LISTEN",
+        "CHAT_NATS_URL",
+        "CHAT_LOG_FORMAT",
+        "CHAT_SLACK_WEBHOOK_URL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        assert!(known.contains(name), "{name}");
     }
 }
 
@@ -1906,14 +1905,12 @@ fn the_setup_scripts_are_valid_bash() {
 
 // ---- the tools themselves, when installed ---------------------------------------------------
 
-/// Runs a command; `None` (with a note) when the program is not installed. Fails the test when
-/// it runs and fails.
+/// Runs a command; `None` (recorded as skipped) when the program is not installed. Fails the
+/// test when it runs and fails.
 fn tool_output(cmd: &mut Command, what: &str) -> Option<String> {
     match cmd.output() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "note: {what} is not installed; skipping this check (scripts/test installs it)"
-            );
+            test_support::skip!("{what} is not installed (scripts/test installs it)");
             None
         }
         Err(e) => panic!("{what}: {e}"),
@@ -2026,8 +2023,8 @@ fn compose_command() -> Option<Vec<String>> {
 #[test]
 fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
     let Some(compose) = compose_command() else {
-        eprintln!(
-            "note: Docker Compose v2 is not installed; skipping `docker compose config` (scripts/test installs it)"
+        test_support::skip!(
+            "Docker Compose v2 is not installed: `docker compose config` not run (scripts/test installs it)"
         );
         return;
     };

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::models::{LoginRequest, RefreshRequest, RegisterRequest, TokenResponse, User};
 use super::{ApiError, BearerAuth, Tag};
-use crate::service::Chat;
+use crate::chat::{Chat, Code};
 
 #[derive(Debug)]
 pub struct Api {
@@ -90,17 +90,11 @@ impl Api {
     ) -> Result<Json<Vec<User>>, ApiError> {
         let q = q.0.trim().to_owned();
         if q.is_empty() || q.chars().count() > schema::limits::USERNAME_MAX {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "q must be 1–32 characters",
-            ));
+            return Err(ApiError::invalid_parameter("q must be 1–32 characters"));
         }
         let limit = limit.0.unwrap_or(20);
         if !(1..=100).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "limit must be 1–100",
-            ));
+            return Err(ApiError::invalid_parameter("limit must be 1–100"));
         }
         let users = self.chat.search_users(q, limit as usize).await?;
         Ok(Json(users.into_iter().map(Into::into).collect()))
@@ -117,11 +111,7 @@ impl Api {
     async fn profile(&self, id: UserId) -> Result<Json<User>, ApiError> {
         match self.chat.user(id).await? {
             Some(u) => Ok(Json(u.into())),
-            None => Err(ApiError::new(
-                poem::http::StatusCode::NOT_FOUND,
-                "user_not_found",
-                "no such user",
-            )),
+            None => Err(ApiError::new(Code::UserNotFound, "no such user")),
         }
     }
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::models::Member;
 use super::{ApiError, BearerAuth, Tag};
-use crate::service::Chat;
+use crate::chat::Chat;
 
 #[derive(Debug)]
 pub struct Api {

@@ -12,7 +12,7 @@ use super::models::{
     UnreadResponse,
 };
 use super::{ApiError, BearerAuth, Tag};
-use crate::service::Chat;
+use crate::chat::Chat;
 
 const DEFAULT_LIMIT: u64 = 50;
 const MAX_LIMIT: u64 = 200;
@@ -149,10 +149,9 @@ impl Api {
     ) -> Result<Json<HistoryPage>, ApiError> {
         let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("limit must be 1–{MAX_LIMIT}"),
-            ));
+            return Err(ApiError::invalid_parameter(format!(
+                "limit must be 1–{MAX_LIMIT}"
+            )));
         }
         let page = self
             .chat
@@ -164,25 +163,8 @@ impl Api {
                 limit as usize,
             )
             .await?;
-        let events = page
-            .events
-            .into_iter()
-            .map(|e| {
-                let mut v: serde_json::Value = serde_json::from_str(&e.event).unwrap_or_default();
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("seq".into(), e.seq.into());
-                    obj.insert(
-                        "at".into(),
-                        e.recorded_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                            .into(),
-                    );
-                }
-                v
-            })
-            .collect();
         Ok(Json(HistoryPage {
-            events,
+            events: page.events,
             has_more: page.has_more,
         }))
     }

@@ -12,18 +12,20 @@ use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 use schema::UserId;
 use tracing::Instrument;
 
+use crate::chat::{Chat, Code, Search};
 use crate::live::Hub;
-use crate::service::Chat;
+use crate::ops::health::Readiness;
+use crate::ops::metrics;
 
 mod accounts;
 mod allow;
 pub mod error;
 mod friends;
-mod live;
 mod messages;
 mod models;
 mod rooms;
 mod search;
+mod upgrade;
 mod web;
 
 pub use error::{ApiError, Problem};
@@ -83,7 +85,7 @@ type Apis = (
     friends::Api,
     rooms::Api,
     messages::Api,
-    live::Api,
+    upgrade::Api,
     search::Api,
 );
 
@@ -91,7 +93,7 @@ pub fn api_service(
     chat: Arc<Chat>,
     hub: Hub,
     ws_rate: u32,
-    search: crate::search::Search,
+    search: Search,
 ) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
@@ -99,7 +101,7 @@ pub fn api_service(
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },
-            live::Api { chat, hub, ws_rate },
+            upgrade::Api { chat, hub, ws_rate },
             search::Api { search },
         ),
         "chatd",
@@ -120,14 +122,12 @@ fn healthz() -> &'static str {
 
 #[handler]
 async fn readyz(req: &Request) -> Response {
-    let Some(ready) = req.data::<crate::app::Readiness>() else {
+    let Some(ready) = req.data::<Readiness>() else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     match ready.check().await {
         Ok(status) => PoemJson(status).into_response(),
-        Err(detail) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail).into_response()
-        }
+        Err(detail) => ApiError::new(Code::NotReady, detail).into_response(),
     }
 }
 
@@ -140,7 +140,7 @@ async fn traced<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::service::valid_traceparent);
+        .and_then(tracecontext::parse);
     let span = tracing::info_span!(
         "http.request",
         http.request.method = %req.method(),
@@ -148,11 +148,10 @@ async fn traced<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
         http.response.status_code = tracing::field::Empty,
     );
     if let Some(tp) = &header {
-        observability::trace::set_parent_from_traceparent(&span, tp);
+        tracecontext::set_parent(&span, tp);
     }
-    let trace = observability::trace::traceparent_of(&span).or(header);
-    let result = crate::service::TRACE_PARENT
-        .scope(trace, ep.call(req))
+    let trace = tracecontext::of(&span).or(header);
+    let result = tracecontext::scope(trace, ep.call(req))
         .instrument(span.clone())
         .await
         .map(IntoResponse::into_response);
@@ -169,11 +168,11 @@ fn with_ops(route: Route) -> Route {
     route
         .at("/healthz", healthz)
         .at("/readyz", readyz)
-        .at("/metrics", crate::metrics::render)
+        .at("/metrics", metrics::render)
 }
 
 /// The admin listener's application (`CHAT_ADMIN_LISTEN`): the operations endpoints alone.
-pub fn admin_routes(readiness: crate::app::Readiness) -> impl Endpoint + use<> {
+pub fn admin_routes(readiness: Readiness) -> impl Endpoint + use<> {
     with_ops(Route::new())
         .with(NormalizePath::new(TrailingSlash::Trim))
         .data(readiness)
@@ -185,14 +184,14 @@ pub fn admin_routes(readiness: crate::app::Readiness) -> impl Endpoint + use<> {
 pub fn routes(
     chat: Arc<Chat>,
     hub: Hub,
-    readiness: crate::app::Readiness,
+    readiness: Readiness,
     settings: &crate::config::Settings,
-    search: crate::search::Search,
+    search: Search,
 ) -> impl Endpoint + use<> {
     let max_body = settings.max_body_bytes;
     let api = api_service(chat.clone(), hub, settings.ws_rate, search);
     let openapi = api.spec();
-    crate::metrics::register_routes(&openapi);
+    metrics::register_routes(&openapi);
     let allow = allow::AllowTable::from_spec(&openapi);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
@@ -213,7 +212,7 @@ pub fn routes(
         .data(chat)
         .data(readiness)
         .with(CatchPanic::new())
-        .around(crate::metrics::track_http)
+        .around(metrics::track_http)
         .catch_all_error(error::render_framework_error)
         .around(move |ep, req| allow::add_allow(ep, req, allow.clone()))
 }

@@ -12,7 +12,7 @@ use projector::queries::{MessageView, RoomSummary, UserView};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::service::{Changed, Person, RoomDetail, Sent, Tokens};
+use crate::chat::{Changed, Person, RoomDetail, Sent, Tokens};
 
 /// A JSON string and nothing else. poem-openapi's `String` also accepts numbers and booleans
 /// (`{"name": 1}` would become "1"); request fields use this so a wrong type is a 400.

@@ -10,7 +10,7 @@ use super::models::{
     CreateRoomRequest, DirectRoomRequest, InviteRequest, Room, RoomWithMembers, Visibility,
 };
 use super::{ApiError, BearerAuth, Tag};
-use crate::service::Chat;
+use crate::chat::Chat;
 
 #[derive(Debug)]
 pub struct Api {
@@ -86,10 +86,7 @@ impl Api {
     ) -> Result<Json<Vec<Room>>, ApiError> {
         let limit = limit.0.unwrap_or(50);
         if !(1..=100).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "limit must be 1–100",
-            ));
+            return Err(ApiError::invalid_parameter("limit must be 1–100"));
         }
         let q = q.0.unwrap_or_default().trim().to_owned();
         let rooms = self.chat.public_rooms(q, limit as usize).await?;

@@ -6,7 +6,7 @@ use schema::{RoomId, UserId};
 use uuid::Uuid;
 
 use super::{ApiError, BearerAuth, Tag};
-use crate::search::{Search, SearchParams};
+use crate::chat::{Code, Search, SearchParams};
 
 const DEFAULT_LIMIT: u64 = 20;
 const MAX_LIMIT: u64 = 100;
@@ -99,21 +99,17 @@ impl Api {
     ) -> Result<Json<SearchResults>, ApiError> {
         let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("limit must be 1–{MAX_LIMIT}"),
-            ));
+            return Err(ApiError::invalid_parameter(format!(
+                "limit must be 1–{MAX_LIMIT}"
+            )));
         }
         if let (Some(from), Some(to)) = (from.0, to.0)
             && from > to
         {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "from must not be after to",
-            ));
+            return Err(ApiError::invalid_parameter("from must not be after to"));
         }
         let Some(q) = q.0 else {
-            return Err(ApiError::bad_request("invalid_query", "q is required"));
+            return Err(ApiError::new(Code::InvalidQuery, "q is required"));
         };
         let params = SearchParams {
             q,

@@ -9,10 +9,14 @@ use std::sync::Arc;
 
 use eventlog::RecordedEvent;
 use poem_openapi::{Object, Union};
+use schema::events::Event;
 use schema::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
+
+use crate::chat::Code;
+use crate::chat::view::{Current, event_view};
 
 /// Largest client frame accepted, in bytes; larger ones get an `error` frame.
 pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
@@ -80,7 +84,7 @@ const CLIENT_TYPES: [&str; 5] = ["resume", "send", "read", "typing", "ping"];
 /// Why a client frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
-    pub code: &'static str,
+    pub code: Code,
     pub detail: String,
 }
 
@@ -88,31 +92,31 @@ impl ClientFrame {
     pub fn parse(text: &str) -> Result<Self, FrameError> {
         if text.len() > MAX_CLIENT_FRAME {
             return Err(FrameError {
-                code: "frame_too_large",
+                code: Code::FrameTooLarge,
                 detail: format!("frames are limited to {MAX_CLIENT_FRAME} bytes"),
             });
         }
         let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
-            code: "bad_frame",
+            code: Code::BadFrame,
             detail: format!("not JSON: {e}"),
         })?;
         match value.get("type").and_then(Value::as_str) {
             Some(t) if CLIENT_TYPES.contains(&t) => {}
             Some(t) => {
                 return Err(FrameError {
-                    code: "unknown_type",
+                    code: Code::UnknownType,
                     detail: format!("unknown frame type {t:?}"),
                 });
             }
             None => {
                 return Err(FrameError {
-                    code: "bad_frame",
+                    code: Code::BadFrame,
                     detail: "a frame needs a string `type`".into(),
                 });
             }
         }
         serde_json::from_value(value).map_err(|e| FrameError {
-            code: "bad_frame",
+            code: Code::BadFrame,
             detail: e.to_string(),
         })
     }
@@ -204,10 +208,10 @@ impl ServerFrame {
         serde_json::to_string(self).expect("frames serialise")
     }
 
-    pub fn error(reference: Option<String>, code: &str, detail: &str) -> Self {
+    pub fn error(reference: Option<String>, code: Code, detail: &str) -> Self {
         Self::Error(ErrorFrame {
             reference,
-            code: code.to_owned(),
+            code: code.as_str().to_owned(),
             detail: detail.to_owned(),
         })
     }
@@ -227,6 +231,19 @@ pub struct MessageNotice {
     #[serde(skip)]
     #[oai(skip)]
     pub position: u64,
+}
+
+impl MessageNotice {
+    /// The notice of `sender`'s message `body`, seq `seq` of `room` at log `position`.
+    pub fn new(room: RoomId, seq: u64, position: u64, sender: UserId, body: &str) -> Self {
+        Self {
+            room_id: room.0,
+            seq,
+            sender_id: sender.0,
+            preview: body.chars().take(PREVIEW_CHARS).collect(),
+            position,
+        }
+    }
 }
 
 /// An SSE notification: the SSE `event:` is `unread` or `message`, `data:` is the object.
@@ -264,52 +281,41 @@ pub struct EventFrame {
 }
 
 impl EventFrame {
-    /// `{"type":"event","room_id","seq","event":{…the event, with seq and at…}}`.
-    pub fn new(room: RoomId, recorded: &RecordedEvent) -> Self {
-        let mut event: Value = serde_json::from_slice(&recorded.data).unwrap_or_default();
-        let sender = event
-            .get("sender_id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .map(UserId);
-        let (unread, notice) = match (recorded.event_type.as_str(), sender) {
-            ("message_sent", Some(sender)) => {
-                let preview = event
-                    .get("body")
-                    .and_then(Value::as_str)
-                    .map(|b| b.chars().take(PREVIEW_CHARS).collect())
-                    .unwrap_or_default();
-                let notice = MessageNotice {
-                    room_id: room.0,
-                    seq: recorded.version,
-                    sender_id: sender.0,
-                    preview,
-                    position: recorded.position,
-                };
-                (UnreadEffect::AllBut(sender), Some(Arc::new(notice)))
+    /// `{"type":"event","room_id","seq","event":{…the event's view…}}`, and what the event
+    /// means for unread counts, leaves and notifications (read from the typed event).
+    pub fn new(room: RoomId, recorded: &RecordedEvent, event: &Event) -> Self {
+        let (unread, notice) = match event {
+            Event::MessageSent {
+                sender_id, body, ..
+            } => {
+                let notice = MessageNotice::new(
+                    room,
+                    recorded.version,
+                    recorded.position,
+                    *sender_id,
+                    body.as_str(),
+                );
+                (UnreadEffect::AllBut(*sender_id), Some(Arc::new(notice)))
             }
-            ("message_deleted" | "member_joined" | "member_left" | "room_created", _) => {
-                (UnreadEffect::All, None)
-            }
+            Event::MessageDeleted { .. }
+            | Event::MemberJoined { .. }
+            | Event::MemberLeft { .. }
+            | Event::RoomCreated { .. } => (UnreadEffect::All, None),
             _ => (UnreadEffect::None, None),
         };
-        let leaver = (recorded.event_type == "member_left")
-            .then(|| event.get("user_id")?.as_str()?.parse().ok().map(UserId))
-            .flatten();
-        if let Some(obj) = event.as_object_mut() {
-            obj.insert("seq".into(), recorded.version.into());
-            obj.insert(
-                "at".into(),
-                recorded
-                    .recorded_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                    .into(),
-            );
-        }
+        let leaver = match event {
+            Event::MemberLeft { user_id } => Some(*user_id),
+            _ => None,
+        };
         let frame = ServerFrame::Event(EventBody {
             room_id: room.0,
             seq: recorded.version,
-            event,
+            event: event_view(
+                event,
+                recorded.version,
+                recorded.recorded_at,
+                Current::AsRecorded,
+            ),
         });
         Self {
             room,
@@ -352,18 +358,18 @@ mod tests {
             ClientFrame::parse(r#"{"type":"resume"}"#),
             Ok(ClientFrame::Resume(r)) if r.rooms.is_empty()
         ));
-        assert_eq!(ClientFrame::parse("nope").unwrap_err().code, "bad_frame");
+        assert_eq!(ClientFrame::parse("nope").unwrap_err().code, Code::BadFrame);
         assert_eq!(
             ClientFrame::parse(r#"{"type":"dance"}"#).unwrap_err().code,
-            "unknown_type"
+            Code::UnknownType
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type":"read"}"#).unwrap_err().code,
-            "bad_frame"
+            Code::BadFrame
         );
         assert_eq!(
             ClientFrame::parse(r#"{"kind":"ping"}"#).unwrap_err().code,
-            "bad_frame"
+            Code::BadFrame
         );
         let huge = format!(
             r#"{{"type":"ping","pad":"{}"}}"#,
@@ -371,7 +377,7 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::parse(&huge).unwrap_err().code,
-            "frame_too_large"
+            Code::FrameTooLarge
         );
     }
 
@@ -380,13 +386,14 @@ mod tests {
         let v: Value = serde_json::from_str(&ServerFrame::Pong(PongFrame {}).text()).unwrap();
         assert_eq!(v, serde_json::json!({"type": "pong"}));
         let v: Value =
-            serde_json::from_str(&ServerFrame::error(None, "bad_frame", "x").text()).unwrap();
+            serde_json::from_str(&ServerFrame::error(None, Code::BadFrame, "x").text()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type": "error", "code": "bad_frame", "detail": "x"})
         );
         let v: Value =
-            serde_json::from_str(&ServerFrame::error(Some("k".into()), "c", "d").text()).unwrap();
+            serde_json::from_str(&ServerFrame::error(Some("k".into()), Code::Internal, "d").text())
+                .unwrap();
         assert_eq!(v["ref"], "k");
     }
 }

@@ -1,5 +1,5 @@
-//! The fan-out hub: one task owns every live connection, the membership of every room, who
-//! follows whom (friend lists) and who is online.
+//! The fan-out hub: one task owns every live connection, the [`Audience`] (the membership of
+//! every room, who follows whom) and the presence [`Tracker`] (who is online, who is typing).
 //!
 //! It consumes the log (events arrive once durable) and, for each room event, serialises one
 //! frame and hands the shared bytes to every connection of every member. Membership and friend
@@ -12,7 +12,7 @@
 //! loses nothing, and the server's memory stays bounded. Ephemeral frames (typing, presence)
 //! are simply not queued for a full connection.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -20,20 +20,20 @@ use std::time::{Duration, Instant};
 use eventlog::EventLog;
 use futures::StreamExt;
 use projector::ReadModels;
-use rusqlite::OptionalExtension;
+use projector::queries::{self, Relations};
 use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::audience::Audience;
 use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
-use super::peers::{Outbox, PEER_TIMEOUT, PeerMessage, Peers, SYNC_EVERY};
-use super::presence::Presence;
-use crate::metrics::{Failures, names};
+use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
+use super::presence::{Effect, TYPING_EVERY, Tracker};
+use crate::chat::Presence;
+use crate::ops::metered_log::Failures;
+use crate::ops::metrics::names;
 use uuid::Uuid;
-
-/// A user's typing is forwarded at most once per this interval per room.
-pub const TYPING_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the hub let go of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,29 +188,24 @@ struct Conn {
     reason: Arc<DisconnectReason>,
 }
 
+/// The hub's state: the connections, who receives what ([`Audience`]) and who is online
+/// ([`Tracker`]). Changed only by the hub task; no I/O besides handing frames to connection
+/// queues (and messages to the peer outbox).
 struct State {
-    queue: usize,
-    next_id: ConnId,
-    conns: HashMap<ConnId, Conn>,
-    by_user: HashMap<UserId, Vec<ConnId>>,
-    members: HashMap<RoomId, HashSet<UserId>>,
-    rooms_of: HashMap<UserId, HashSet<RoomId>>,
-    /// user → the users who have them on their friend list.
-    followers: HashMap<UserId, HashSet<UserId>>,
-    presence: Presence,
-    offline_grace: Duration,
-    /// Users whose last connection closed, in the order their grace ends; an entry counts only
-    /// while it matches the user's deadline in `offline_at` (a reconnect removes it).
-    going_offline: VecDeque<(Instant, UserId)>,
-    offline_at: HashMap<UserId, Instant>,
-    typing_last: HashMap<(RoomId, UserId), Instant>,
-    /// Users announced online because of a connection on this node.
-    local: HashSet<UserId>,
-    /// Other nodes' online users, and when each node was last heard from.
-    remote: HashMap<Uuid, (HashSet<UserId>, Instant)>,
+    conns: Connections,
+    audience: Audience,
+    presence: Tracker,
     /// To the other nodes, on the scale-out backend.
     outbox: Option<Outbox>,
     failures: Arc<Failures>,
+}
+
+/// The live connections by id and by user.
+struct Connections {
+    queue: usize,
+    next_id: ConnId,
+    by_id: HashMap<ConnId, Conn>,
+    by_user: HashMap<UserId, Vec<ConnId>>,
 }
 
 enum Delivery {
@@ -220,9 +215,61 @@ enum Delivery {
     Ephemeral,
 }
 
-impl State {
+impl Connections {
+    fn new(queue: usize) -> Self {
+        Self {
+            queue,
+            next_id: 1,
+            by_id: HashMap::new(),
+            by_user: HashMap::new(),
+        }
+    }
+
+    fn is_connected(&self, user: UserId) -> bool {
+        self.by_user.contains_key(&user)
+    }
+
+    fn of(&self, user: UserId) -> impl Iterator<Item = ConnId> + '_ {
+        self.by_user.get(&user).into_iter().flatten().copied()
+    }
+
+    fn open(
+        &mut self,
+        user: UserId,
+        kind: ConnKind,
+    ) -> (ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (out, frames) = mpsc::channel(self.queue);
+        let reason = Arc::new(DisconnectReason::default());
+        self.by_id.insert(
+            id,
+            Conn {
+                user,
+                kind,
+                out,
+                reason: reason.clone(),
+            },
+        );
+        self.by_user.entry(user).or_default().push(id);
+        (id, frames, reason)
+    }
+
+    /// Forgets a connection; its user when it was their last one.
+    fn close(&mut self, id: ConnId, reason: Disconnect) -> Option<UserId> {
+        let conn = self.by_id.remove(&id)?;
+        conn.reason.set(reason);
+        let ids = self.by_user.get_mut(&conn.user)?;
+        ids.retain(|c| *c != id);
+        if !ids.is_empty() {
+            return None;
+        }
+        self.by_user.remove(&conn.user);
+        Some(conn.user)
+    }
+
     fn send(&self, id: ConnId, item: Outbound, delivery: Delivery, slow: &mut Vec<ConnId>) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(conn) = self.by_id.get(&id) else {
             return;
         };
         match conn.out.try_send(item) {
@@ -236,9 +283,29 @@ impl State {
         }
     }
 
+    /// Frames queued for all connections.
+    fn queued(&self) -> usize {
+        self.by_id
+            .values()
+            .map(|c| c.out.max_capacity() - c.out.capacity())
+            .sum()
+    }
+}
+
+impl State {
+    fn new(relations: &Relations, presence: Presence, settings: &HubSettings) -> Self {
+        Self {
+            conns: Connections::new(settings.queue),
+            audience: Audience::new(relations),
+            presence: Tracker::new(presence, settings.offline_grace),
+            outbox: settings.peers.as_ref().map(Peers::outbox),
+            failures: settings.failures.clone(),
+        }
+    }
+
     fn drop_slow(&mut self, slow: Vec<ConnId>) {
         for id in slow {
-            let closed = self.conns.get(&id).is_some_and(|c| c.out.is_closed());
+            let closed = self.conns.by_id.get(&id).is_some_and(|c| c.out.is_closed());
             if !closed {
                 tracing::info!(conn = id, "disconnecting a client that cannot keep up");
                 metrics::counter!(names::FANOUT_FORCED_DISCONNECTS, "reason" => "too_slow")
@@ -257,25 +324,11 @@ impl State {
     }
 
     fn drop_conn(&mut self, id: ConnId, reason: Disconnect) {
-        let Some(conn) = self.conns.remove(&id) else {
-            return;
-        };
-        conn.reason.set(reason);
-        let Some(ids) = self.by_user.get_mut(&conn.user) else {
-            return;
-        };
-        ids.retain(|c| *c != id);
-        if ids.is_empty() {
-            self.by_user.remove(&conn.user);
+        if let Some(user) = self.conns.close(id, reason) {
             if reason == Disconnect::Shutdown {
-                // Other nodes keep this node's users for PEER_TIMEOUT: enough for them to
-                // reconnect elsewhere without blinking offline.
-                self.local.remove(&conn.user);
-                self.presence.set(conn.user, false);
+                self.presence.shut_down(user);
             } else {
-                let at = Instant::now() + self.offline_grace;
-                self.offline_at.insert(conn.user, at);
-                self.going_offline.push_back((at, conn.user));
+                self.presence.last_closed(user, Instant::now());
             }
         }
     }
@@ -283,76 +336,69 @@ impl State {
     fn command(&mut self, command: Command) {
         match command {
             Command::Register { user, kind, reply } => {
-                let id = self.next_id;
-                self.next_id += 1;
-                let (out, frames) = mpsc::channel(self.queue);
-                let reason = Arc::new(DisconnectReason::default());
-                self.conns.insert(
-                    id,
-                    Conn {
-                        user,
-                        kind,
-                        out,
-                        reason: reason.clone(),
-                    },
-                );
-                self.by_user.entry(user).or_default().push(id);
-                self.offline_at.remove(&user);
+                let (id, frames, reason) = self.conns.open(user, kind);
                 if reply.send((id, frames, reason)).is_err() {
                     self.drop_conn(id, Disconnect::None);
                 } else {
-                    if self.local.insert(user) {
-                        self.publish(PeerMessage::Presence { user, online: true });
-                    }
-                    if self.presence.set(user, true) {
-                        self.announce(user, true);
-                    }
+                    let effects = self.presence.connected(user);
+                    self.carry_out(effects);
                 }
             }
             Command::Unregister { id } => self.drop_conn(id, Disconnect::None),
             Command::Typing { user, room, reply } => {
-                let member = self.members.get(&room).is_some_and(|m| m.contains(&user));
+                let member = self.audience.is_member(room, user);
                 let _ = reply.send(member);
                 if member {
-                    self.typing(user, room, true);
+                    let effects = self.presence.typing(user, room, true, Instant::now());
+                    self.carry_out(effects);
                 }
             }
         }
     }
 
-    /// The connected users who see `user`'s presence: their followers and the members of
-    /// their rooms.
-    fn watchers(&self, user: UserId) -> HashSet<UserId> {
-        let mut watchers: HashSet<UserId> = self
-            .followers
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .filter(|u| self.by_user.contains_key(u))
-            .copied()
-            .collect();
-        for room in self.rooms_of.get(&user).into_iter().flatten() {
-            for member in self.members.get(room).into_iter().flatten() {
-                if self.by_user.contains_key(member) {
-                    watchers.insert(*member);
+    /// Does what the presence tracker decided.
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Announce { user, online } => {
+                    let text = ServerFrame::Presence(PresenceFrame {
+                        user_id: user.0,
+                        online,
+                    })
+                    .text();
+                    let watchers = self.audience.watchers(user, |u| self.conns.is_connected(u));
+                    self.notify(watchers, &text.into());
+                }
+                Effect::Publish(message) => self.publish(message),
+                Effect::Typing { room, user } => {
+                    let text = ServerFrame::Typing(TypingFrame {
+                        room_id: room.0,
+                        user_id: user.0,
+                    })
+                    .text();
+                    let others: Vec<UserId> = self
+                        .audience
+                        .members(room)
+                        .filter(|m| *m != user && self.conns.is_connected(*m))
+                        .collect();
+                    self.notify(others, &text.into());
                 }
             }
         }
-        watchers.remove(&user);
-        watchers
     }
 
     /// Sends an ephemeral frame to the WebSocket connections of `users`.
     fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Arc<str>) {
         let mut slow = Vec::new();
         for user in users {
-            for &id in self.by_user.get(&user).into_iter().flatten() {
+            for id in self.conns.of(user) {
                 if self
                     .conns
+                    .by_id
                     .get(&id)
                     .is_some_and(|c| c.kind == ConnKind::WebSocket)
                 {
-                    self.send(
+                    self.conns.send(
                         id,
                         Outbound::Notice(text.clone()),
                         Delivery::Ephemeral,
@@ -364,54 +410,15 @@ impl State {
         self.drop_slow(slow);
     }
 
-    fn announce(&mut self, user: UserId, online: bool) {
-        let text: Arc<str> = ServerFrame::Presence(PresenceFrame {
-            user_id: user.0,
-            online,
-        })
-        .text()
-        .into();
-        let watchers = self.watchers(user);
-        self.notify(watchers, &text);
-    }
-
-    /// Announces offline the users whose grace has ended without a new connection.
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, user)) = self.going_offline.front() {
-            if at > now {
-                break;
-            }
-            self.going_offline.pop_front();
-            if self.offline_at.get(&user) != Some(&at) {
-                continue; // reconnected (and maybe left again later) meanwhile
-            }
-            self.offline_at.remove(&user);
-            if !self.by_user.contains_key(&user) && self.local.remove(&user) {
-                self.publish(PeerMessage::Presence {
-                    user,
-                    online: false,
-                });
-                self.recompute(user);
-            }
-        }
-        // Nodes not heard from: their users are offline as far as this node can tell.
-        let gone: Vec<Uuid> = self
-            .remote
-            .iter()
-            .filter(|(_, (_, seen))| now.duration_since(*seen) > PEER_TIMEOUT)
-            .map(|(node, _)| *node)
-            .collect();
-        for node in gone {
-            tracing::warn!(%node, "no word from a peer node; its users count as offline");
-            if let Some((users, _)) = self.remote.remove(&node) {
-                for user in users {
-                    self.recompute(user);
-                }
-            }
-        }
-        // Connections whose task ended without unregistering (a cancelled registration).
+    /// Time passed: presence expiries, and connections whose task ended without
+    /// unregistering (a cancelled registration).
+    fn tick(&mut self, now: Instant) {
+        let conns = &self.conns;
+        let effects = self.presence.tick(now, |u| conns.is_connected(u));
+        self.carry_out(effects);
         let gone: Vec<ConnId> = self
             .conns
+            .by_id
             .iter()
             .filter(|(_, c)| c.out.is_closed())
             .map(|(id, _)| *id)
@@ -419,8 +426,6 @@ impl State {
         for id in gone {
             self.drop_conn(id, Disconnect::None);
         }
-        self.typing_last
-            .retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
     }
 
     fn publish(&self, message: PeerMessage) {
@@ -429,83 +434,19 @@ impl State {
         }
     }
 
-    /// Announces `user`'s presence if it changed: online while connected here or on any
-    /// other node.
-    fn recompute(&mut self, user: UserId) {
-        let online =
-            self.local.contains(&user) || self.remote.values().any(|(u, _)| u.contains(&user));
-        if self.presence.set(user, online) {
-            self.announce(user, online);
-        }
-    }
-
     /// A message from another node.
     fn peer(&mut self, node: Uuid, message: PeerMessage) {
-        let now = Instant::now();
-        let entry = self
-            .remote
-            .entry(node)
-            .or_insert_with(|| (HashSet::new(), now));
-        entry.1 = now;
-        match message {
-            PeerMessage::Typing { room, user } => self.typing(user, room, false),
-            PeerMessage::Presence { user, online } => {
-                if online {
-                    entry.0.insert(user);
-                } else {
-                    entry.0.remove(&user);
-                }
-                self.recompute(user);
-            }
-            PeerMessage::Sync { users } => {
-                let new: HashSet<UserId> = users.into_iter().collect();
-                let old = std::mem::replace(&mut entry.0, new.clone());
-                for user in old.symmetric_difference(&new).copied().collect::<Vec<_>>() {
-                    self.recompute(user);
-                }
-            }
-        }
+        let effects = self.presence.peer(node, message, Instant::now());
+        self.carry_out(effects);
     }
 
-    /// Forwards typing to the room's members connected here (and, if it started here, to the
-    /// other nodes), at most once per [`TYPING_EVERY`].
-    fn typing(&mut self, user: UserId, room: RoomId, local: bool) {
-        let now = Instant::now();
-        match self.typing_last.get(&(room, user)) {
-            Some(at) if now.duration_since(*at) < TYPING_EVERY => return,
-            _ => {}
-        }
-        self.typing_last.insert((room, user), now);
-        if local {
-            self.publish(PeerMessage::Typing { room, user });
-        }
-        let text: Arc<str> = ServerFrame::Typing(TypingFrame {
-            room_id: room.0,
-            user_id: user.0,
-        })
-        .text()
-        .into();
-        let others: Vec<UserId> = self
-            .members
-            .get(&room)
-            .into_iter()
-            .flatten()
-            .filter(|m| **m != user && self.by_user.contains_key(m))
-            .copied()
-            .collect();
-        self.notify(others, &text);
-    }
-
-    fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent) {
-        let Some(members) = self.members.get(&room) else {
-            return;
-        };
+    fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
         let mut frame = None;
         let mut slow = Vec::new();
-        for user in members {
-            for &id in self.by_user.get(user).into_iter().flatten() {
-                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded));
-                self.send(
+        for user in self.audience.members(room) {
+            for id in self.conns.of(user) {
+                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
+                self.conns.send(
                     id,
                     Outbound::Event(frame.clone()),
                     Delivery::Durable,
@@ -514,16 +455,6 @@ impl State {
             }
         }
         self.drop_slow(slow);
-    }
-
-    fn join(&mut self, room: RoomId, user: UserId) {
-        self.members.entry(room).or_default().insert(user);
-        self.rooms_of.entry(user).or_default().insert(room);
-    }
-
-    fn leave(&mut self, room: RoomId, user: UserId) {
-        remove_from(&mut self.members, room, &user);
-        remove_from(&mut self.rooms_of, user, &room);
     }
 
     fn apply(&mut self, recorded: &eventlog::RecordedEvent) {
@@ -542,21 +473,21 @@ impl State {
             match event {
                 Event::FriendAdded { friend_id } => {
                     if let Some(user) = streams::user_of(&recorded.stream) {
-                        self.followers.entry(friend_id).or_default().insert(user);
+                        self.audience.follow(user, friend_id);
                     }
                 }
                 Event::FriendRemoved { friend_id } => {
                     if let Some(user) = streams::user_of(&recorded.stream) {
-                        remove_from(&mut self.followers, friend_id, &user);
+                        self.audience.unfollow(user, friend_id);
                     }
                 }
                 Event::ReadMarkerMoved { user_id, .. } => {
                     let mut slow = Vec::new();
-                    for &id in self.by_user.get(&user_id).into_iter().flatten() {
+                    for id in self.conns.of(user_id) {
                         let item = Outbound::ReadMoved {
                             position: recorded.position,
                         };
-                        self.send(id, item, Delivery::Durable, &mut slow);
+                        self.conns.send(id, item, Delivery::Durable, &mut slow);
                     }
                     self.drop_slow(slow);
                 }
@@ -569,63 +500,24 @@ impl State {
         match &event {
             Event::RoomCreated { members, .. } => {
                 for user in members {
-                    self.join(room, *user);
+                    self.audience.join(room, *user);
                 }
             }
-            Event::MemberJoined { user_id, .. } => self.join(room, *user_id),
+            Event::MemberJoined { user_id, .. } => self.audience.join(room, *user_id),
             _ => {}
         }
-        self.deliver(room, recorded);
+        self.deliver(room, recorded, &event);
         if let Event::MemberLeft { user_id } = event {
-            self.leave(room, user_id);
+            self.audience.leave(room, user_id);
         }
     }
-}
 
-/// Removes `item` from the set at `key`, and the set when it becomes empty.
-fn remove_from<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, HashSet<V>>,
-    key: K,
-    item: &V,
-) {
-    if let Some(set) = map.get_mut(&key) {
-        set.remove(item);
-        if set.is_empty() {
-            map.remove(&key);
+    /// Lets go of every connection (the server is stopping, or the hub lost the log).
+    fn shut_down(&mut self) {
+        for id in self.conns.by_id.keys().copied().collect::<Vec<_>>() {
+            self.drop_conn(id, Disconnect::Shutdown);
         }
     }
-}
-
-struct Snapshot {
-    position: u64,
-    members: Vec<(RoomId, UserId)>,
-    friends: Vec<(UserId, UserId)>,
-}
-
-/// Memberships, friend lists and the position they reflect, read in one snapshot.
-fn snapshot(c: &rusqlite::Connection) -> projector::Result<Snapshot> {
-    let tx = c.unchecked_transaction()?;
-    let position: Option<i64> = tx
-        .query_row(
-            "SELECT position FROM checkpoint WHERE name = 'read_models'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let members = tx
-        .prepare("SELECT room_id, user_id FROM members")?
-        .query_map([], |r| Ok((RoomId(r.get(0)?), UserId(r.get(1)?))))?
-        .collect::<rusqlite::Result<_>>()?;
-    let friends = tx
-        .prepare("SELECT user_id, friend_id FROM friends")?
-        .query_map([], |r| Ok((UserId(r.get(0)?), UserId(r.get(1)?))))?
-        .collect::<rusqlite::Result<_>>()?;
-    tx.commit()?;
-    Ok(Snapshot {
-        position: position.map_or(0, |p| p as u64),
-        members,
-        friends,
-    })
 }
 
 /// How the hub is set up.
@@ -652,37 +544,14 @@ pub async fn start(
     Hub,
     impl Future<Output = anyhow::Result<()>> + Send + 'static,
 )> {
-    let snap = models.read(snapshot).await?;
+    let relations = models.read(queries::relations).await?;
     let (tx, mut commands) = mpsc::channel(1024);
-    let mut state = State {
-        queue: settings.queue,
-        next_id: 1,
-        conns: HashMap::new(),
-        by_user: HashMap::new(),
-        members: HashMap::new(),
-        rooms_of: HashMap::new(),
-        followers: HashMap::new(),
-        presence,
-        offline_grace: settings.offline_grace,
-        going_offline: VecDeque::new(),
-        offline_at: HashMap::new(),
-        typing_last: HashMap::new(),
-        local: HashSet::new(),
-        remote: HashMap::new(),
-        outbox: settings.peers.as_ref().map(Peers::outbox),
-        failures: settings.failures.clone(),
-    };
+    let mut state = State::new(&relations, presence, &settings);
     let mut incoming = match &settings.peers {
         Some(peers) => peers.incoming().await?,
         None => futures::stream::pending().boxed(),
     };
-    for (room, user) in snap.members {
-        state.join(room, user);
-    }
-    for (user, friend) in snap.friends {
-        state.followers.entry(friend).or_default().insert(user);
-    }
-    let position = snap.position;
+    let position = relations.position;
     let (position_tx, position_rx) = watch::channel(position);
     let tick_every = (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY);
     let run = async move {
@@ -695,41 +564,32 @@ pub async fn start(
                 biased;
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    state.expire(Instant::now());
-                    let queued: usize = state
-                        .conns
-                        .values()
-                        .map(|c| c.out.max_capacity() - c.out.capacity())
-                        .sum();
-                    metrics::gauge!(names::FANOUT_QUEUE_DEPTH).set(queued as f64);
+                    state.tick(Instant::now());
+                    metrics::gauge!(names::FANOUT_QUEUE_DEPTH).set(state.conns.queued() as f64);
                 }
                 _ = sync.tick(), if state.outbox.is_some() => {
-                    let users = state.local.iter().copied().collect();
+                    let users = state.presence.local().collect();
                     state.publish(PeerMessage::Sync { users });
                 }
                 Some((node, message)) = incoming.next() => state.peer(node, message),
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => match next {
                     Some(Ok(recorded)) => {
-                        let span = observability::trace::continuing(recorded.live_traceparent(), || {
+                        let span = tracecontext::continuing(recorded.live_traceparent(), || {
                             tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
                         });
                         span.in_scope(|| state.apply(&recorded));
                         position_tx.send_replace(recorded.position);
                     }
                     Some(Err(e)) => {
-                        for id in state.conns.keys().copied().collect::<Vec<_>>() {
-                            state.drop_conn(id, Disconnect::Shutdown);
-                        }
+                        state.shut_down();
                         return Err(anyhow::anyhow!("hub lost the log: {e}"));
                     }
                     None => break,
                 },
             }
         }
-        for id in state.conns.keys().copied().collect::<Vec<_>>() {
-            state.drop_conn(id, Disconnect::Shutdown);
-        }
+        state.shut_down();
         Ok(())
     };
     Ok((
@@ -739,4 +599,106 @@ pub async fn start(
         },
         run,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use schema::{MessageBody, MessageId};
+
+    fn state(queue: usize, members: Vec<(RoomId, UserId)>) -> State {
+        let settings = HubSettings {
+            queue,
+            offline_grace: Duration::from_secs(5),
+            peers: None,
+            failures: Arc::default(),
+        };
+        let relations = Relations {
+            position: 0,
+            members,
+            friends: Vec::new(),
+        };
+        State::new(&relations, Presence::default(), &settings)
+    }
+
+    fn register(
+        state: &mut State,
+        user: UserId,
+    ) -> (mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
+        let (reply, mut rx) = oneshot::channel();
+        state.command(Command::Register {
+            user,
+            kind: ConnKind::WebSocket,
+            reply,
+        });
+        let (_, frames, reason) = rx.try_recv().unwrap();
+        (frames, reason)
+    }
+
+    fn recorded(room: RoomId, version: u64, event: &Event) -> eventlog::RecordedEvent {
+        eventlog::RecordedEvent {
+            stream: streams::room(room),
+            version,
+            position: version,
+            event_id: Uuid::now_v7(),
+            event_type: event.type_name().to_owned(),
+            schema_version: event.schema_version(),
+            data: event.encode(),
+            metadata: Vec::new(),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    fn sent(sender: UserId) -> Event {
+        Event::MessageSent {
+            message_id: MessageId::new(),
+            sender_id: sender,
+            body: MessageBody::parse("hi").unwrap(),
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn members_get_room_events_and_a_joiner_sees_their_join() {
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice)]);
+        let (mut a, _) = register(&mut state, alice);
+        let (mut b, _) = register(&mut state, bob);
+        // Bob's registration made him online: a presence notice to nobody (no shared room).
+        assert!(a.try_recv().is_err());
+        state.apply(&recorded(room, 1, &sent(alice)));
+        assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
+        assert!(b.try_recv().is_err(), "not a member yet");
+        let joined = Event::MemberJoined {
+            user_id: bob,
+            invited_by: Some(alice),
+        };
+        state.apply(&recorded(room, 2, &joined));
+        assert!(matches!(b.try_recv(), Ok(Outbound::Event(f)) if f.seq == 2));
+        assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 2));
+        state.apply(&recorded(room, 3, &Event::MemberLeft { user_id: bob }));
+        assert!(matches!(b.try_recv(), Ok(Outbound::Event(f)) if f.leaver == Some(bob)));
+        state.apply(&recorded(room, 4, &sent(alice)));
+        assert!(b.try_recv().is_err(), "left");
+    }
+
+    #[test]
+    fn a_client_that_cannot_keep_up_is_dropped_as_too_slow() {
+        let (room, alice) = (RoomId::new(), UserId::new());
+        let mut state = state(2, vec![(room, alice)]);
+        let (mut frames, reason) = register(&mut state, alice);
+        for seq in 1..=3 {
+            state.apply(&recorded(room, seq, &sent(alice)));
+        }
+        assert_eq!(reason.get(), Disconnect::TooSlow);
+        assert_eq!(state.failures.forced_disconnects.load(Ordering::Relaxed), 1);
+        assert!(!state.conns.is_connected(alice));
+        // What was queued is still there; then the queue ends.
+        assert!(frames.try_recv().is_ok() && frames.try_recv().is_ok());
+        assert!(matches!(
+            frames.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
 }

@@ -246,17 +246,17 @@ impl ChatdProcess {
         Self::start_with(data_dir, &[]).await
     }
 
-    /// Starts with extra environment variables (settings).
+    /// Starts with extra environment variables (settings): these and nothing else, whatever
+    /// `CHAT_*`, `OTEL_*` or `RUST_LOG` the test runner's environment has.
     pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         Self::start_on(data_dir, "127.0.0.1:0", env).await
     }
 
     /// Starts listening on `listen` (e.g. the port of a server that was stopped).
     pub async fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        let mut child = chatd()
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .env_remove("CHAT_JWT_SECRET")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -332,9 +332,18 @@ impl ChatdProcess {
     }
 }
 
+/// The real `chatd` binary, with none of the settings in this process's environment.
+fn chatd() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"));
+    for name in test_support::inherited_settings() {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 /// Runs `chatd rebuild` on a data dir and checks it succeeded.
 pub async fn rebuild(data_dir: &Path) {
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+    let status = chatd()
         .arg("--data-dir")
         .arg(data_dir)
         .arg("rebuild")

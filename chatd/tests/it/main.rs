@@ -4,6 +4,7 @@
 mod accounts;
 mod cluster;
 mod crash;
+mod environment;
 mod errors;
 mod friends;
 mod helpers;

@@ -200,7 +200,10 @@ async fn nats_credentials_in_the_url_are_used_and_never_printed() {
 /// Nothing listening: the connection error names the server, not its credentials.
 #[tokio::test]
 async fn an_unreachable_nats_url_is_reported_without_its_token() {
-    let port = eventlog::nats_server::free_port();
+    // Bound but not listening: held for the whole test, so nothing else can take it.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let url = format!("nats://T0kenS3cret@127.0.0.1:{port}");
     let mut chatd = Chatd::spawn(
         &[],

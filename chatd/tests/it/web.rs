@@ -3,9 +3,9 @@
 //! The browser test drives Debian's Chromium through chromedriver (WebDriver, via fantoccini)
 //! against the real `chatd` binary: two users chat in real time, unread counts move in the
 //! other's list, the server is killed and restarted without the client losing or repeating a
-//! message, and search finds a Korean message and jumps to it. It reports itself as skipped
-//! (on the real stderr, visible without `--nocapture`) when Chromium or chromedriver is not
-//! installed; `scripts/test` installs them. On failure, screenshots of both browsers are saved
+//! message, and search finds a Korean message and jumps to it. It is recorded as skipped
+//! (`test_support::skip!`: on the real stderr, and in `scripts/test`'s summary) when Chromium
+//! or chromedriver is not installed; `scripts/test` installs them. On failure, screenshots of both browsers are saved
 //! under `target/tmp/web-client/` and their paths printed.
 
 use std::future::Future;
@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use anyhow::{Context, bail, ensure};
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -723,10 +725,8 @@ impl Tools {
                 chromedriver,
             }),
             _ => {
-                // Straight to the process's stderr: the test harness would swallow eprintln!.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: the web client's browser test needs chromium and chromedriver \
+                test_support::skip!(
+                    "the web client's browser test needs chromium and chromedriver \
                      (Debian: apt-get install chromium chromium-driver; scripts/test installs them)"
                 );
                 None
@@ -735,7 +735,8 @@ impl Tools {
     }
 }
 
-/// A chromedriver on a free port; killed when dropped.
+/// A chromedriver on a port it picks itself (`--port=0`, read back from its banner); killed
+/// when dropped.
 struct Driver {
     child: tokio::process::Child,
     url: String,
@@ -744,17 +745,28 @@ struct Driver {
 
 impl Driver {
     async fn start(tools: &Tools) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = tokio::process::Command::new(&tools.chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        let mut child = tokio::process::Command::new(&tools.chromedriver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let port: u16 = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(rest) =
+                    line.strip_prefix("ChromeDriver was started successfully on port ")
+                {
+                    return rest.trim_end_matches('.').parse().expect("a port number");
+                }
+            }
+            panic!("chromedriver exited before it listened");
+        })
+        .await
+        .expect("chromedriver listening");
+        // Keep draining stdout so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let url = format!("http://127.0.0.1:{port}");
         let http = client();
         until("chromedriver ready", || async {

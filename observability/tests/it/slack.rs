@@ -257,9 +257,12 @@ async fn a_failing_webhook_is_logged_without_its_url() {
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
     let secret = "s3cr3tW3bh00kT0ken";
+    // Bound but not listening: connections are refused, and nothing else can take the port.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut s = SlackSettings::new(format!(
         "http://{}/services/T000/B000/{secret}",
-        crate::support::unused_addr()
+        held.local_addr().unwrap()
     ));
     s.max_attempts = 2;
     let (alerts, sender) = Alerts::start(&s, "chatd", "node-1").unwrap();

@@ -17,11 +17,11 @@ use futures::stream::{self, BoxStream, StreamExt};
 use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 
-use super::frames::{MessageNotice, Notification, PREVIEW_CHARS};
-use super::hub::{ConnKind, Hub, Outbound, Registration};
 use super::unread::{self, UnreadPush};
-use crate::metrics::{ConnectionGauge, names};
-use crate::service::{Chat, Result, ServiceError};
+use crate::chat::{Chat, ChatError, Result};
+use crate::live::frames::{MessageNotice, Notification};
+use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
+use crate::ops::metrics::{ConnectionGauge, names};
 
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
 /// found.
@@ -52,7 +52,7 @@ pub async fn notifications(
     let reg = hub
         .register(user, ConnKind::Sse)
         .await
-        .ok_or(ServiceError::ShuttingDown)?;
+        .ok_or(ChatError::ShuttingDown)?;
     let mut sse = Sse {
         chat,
         user,
@@ -145,13 +145,14 @@ impl Sse {
                         sender_id, body, ..
                     },
                 ) if sender_id != me && rooms.contains(&room) => {
-                    self.pending.push_back(Notification::Message(MessageNotice {
-                        room_id: room.0,
-                        seq,
-                        sender_id: sender_id.0,
-                        preview: body.as_str().chars().take(PREVIEW_CHARS).collect(),
-                        position: pos,
-                    }));
+                    self.pending
+                        .push_back(Notification::Message(MessageNotice::new(
+                            room,
+                            seq,
+                            pos,
+                            sender_id,
+                            body.as_str(),
+                        )));
                 }
                 _ => {}
             }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use schema::{RoomId, UserId};
 
-use super::frames::UnreadFrame;
-use crate::service::{Chat, Result};
+use crate::chat::{Chat, Result};
+use crate::live::frames::UnreadFrame;
 
 /// Pushes for one connection are at most this frequent (a burst of messages is one push).
 pub const COALESCE: Duration = Duration::from_millis(250);

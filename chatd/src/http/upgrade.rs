@@ -15,9 +15,10 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use schema::UserId;
 
 use super::{ApiError, BearerAuth, Caller, Tag};
+use crate::chat::Chat;
+use crate::live::Hub;
+use crate::live::connections::{sse, ws};
 use crate::live::frames::{ClientFrame, Notification, ServerFrame};
-use crate::live::{Hub, sse, ws};
-use crate::service::Chat;
 
 #[derive(Debug)]
 pub struct Api {

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
+use schema::events::Event;
 use schema::{MessageBody, RoomId, UserId, streams};
 
-use super::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
-use super::hub::{ConnKind, Disconnect, Hub, Outbound};
 use super::unread::{self, UnreadPush};
-use crate::http::ApiError;
-use crate::metrics::{ConnectionGauge, names};
-use crate::service::{Chat, ServiceError};
+use crate::chat::{Chat, ChatError, Code, Refusal};
+use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
+use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
+use crate::ops::metrics::{ConnectionGauge, names};
 use tracing::Instrument;
 
 /// Close code telling the client to reconnect and resume (it fell behind, or the server is
@@ -41,7 +41,7 @@ const RESUME_GRACE: Duration = Duration::from_secs(2);
 /// buffer allocated up front) would cost ~130 KiB per connection. Messages over 64 KiB close
 /// the connection (1009); up to that, frames over [`MAX_CLIENT_FRAME`] get an error frame.
 ///
-/// [`MAX_CLIENT_FRAME`]: super::frames::MAX_CLIENT_FRAME
+/// [`MAX_CLIENT_FRAME`]: crate::live::frames::MAX_CLIENT_FRAME
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -176,7 +176,7 @@ impl Connection {
                             live = true;
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            conn.reply(&mut sink, ServerFrame::error(None, "bad_frame", "frames are JSON text")).await?;
+                            conn.reply(&mut sink, ServerFrame::error(None, Code::BadFrame, "frames are JSON text")).await?;
                         }
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
                         Some(Ok(_)) => {} // ping/pong: the library answers pings
@@ -281,9 +281,16 @@ impl Connection {
                 if until.is_some_and(|u| recorded.version > u) {
                     return Ok(());
                 }
-                let frame = EventFrame::new(room, &recorded);
-                sink.send(Message::Text(frame.text.to_string())).await?;
-                delivered();
+                // As live: an event the hub cannot decode is not delivered (it logs it).
+                if let Ok(event) = Event::decode(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    &recorded.data,
+                ) {
+                    let frame = EventFrame::new(room, &recorded, &event);
+                    sink.send(Message::Text(frame.text.to_string())).await?;
+                    delivered();
+                }
                 self.sent.insert(room, recorded.version);
                 next = recorded.version + 1;
             }
@@ -309,7 +316,10 @@ impl Connection {
     async fn on_text(&mut self, sink: &mut Sink, text: &str) -> anyhow::Result<()> {
         if !self.allow() {
             return self
-                .reply(sink, ServerFrame::error(None, "rate_limited", "slow down"))
+                .reply(
+                    sink,
+                    ServerFrame::error(None, Code::RateLimited, "slow down"),
+                )
                 .await;
         }
         let frame = match ClientFrame::parse(text) {
@@ -345,17 +355,14 @@ impl Connection {
                         // One trace per send, as for REST: its events carry the span's
                         // context to every consumer.
                         let span = tracing::info_span!("ws.send", room.id = %send.room_id);
-                        let trace = observability::trace::traceparent_of(&span);
+                        let trace = tracecontext::of(&span);
                         let sent = self.chat.send(
                             self.user,
                             RoomId(send.room_id),
                             body,
                             Some(key.to_owned()),
                         );
-                        crate::service::TRACE_PARENT
-                            .scope(trace, sent)
-                            .instrument(span)
-                            .await
+                        tracecontext::scope(trace, sent).instrument(span).await
                     }
                     (Err(e), _) | (_, Err(e)) => Err(e.into()),
                 };
@@ -392,9 +399,9 @@ impl Connection {
 }
 
 /// An `error` frame with the stable code and detail the REST API would give for `e`.
-fn refusal(reference: String, e: ServiceError) -> ServerFrame {
-    let ApiError::Problem(_, p) = ApiError::from(e);
-    ServerFrame::error(Some(reference), &p.0.code, &p.0.detail)
+fn refusal(reference: String, e: ChatError) -> ServerFrame {
+    let r = Refusal::from(e);
+    ServerFrame::error(Some(reference), r.code, &r.detail)
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &str) {

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
+use ::search::{SearchIndex, SearchPage, SearchRequest, Sort, UserQuery};
 use chrono::{DateTime, Utc};
 use projector::Progress;
 use schema::{DomainError, RoomId, UserId};
-use search::{SearchIndex, SearchPage, SearchRequest, Sort, UserQuery};
 
-use crate::service::{Chat, Result, ServiceError};
+use super::Chat;
+use super::error::{ChatError, Result};
 
 /// What a client asked for, parsed.
 #[derive(Debug, Clone)]
@@ -73,7 +74,7 @@ impl Search {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.search(&request))
             .await
-            .map_err(|e| ServiceError::Internal(format!("search task: {e}")))?
+            .map_err(|e| ChatError::Internal(format!("search task: {e}")))?
             .map_err(Into::into)
     }
 }

@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Failures, install, names};
+use super::metered_log::Failures;
+use super::metrics::{install, names};
 
 const WINDOW: Duration = Duration::from_secs(60);
 
