@@ -29,6 +29,8 @@ pub struct App {
     settings: Settings,
     acceptor: TcpAcceptor,
     addr: SocketAddr,
+    /// The admin listener (`CHAT_ADMIN_LISTEN`), when configured.
+    admin: Option<(TcpAcceptor, SocketAddr)>,
     log: Arc<dyn EventLog>,
     models: ReadModels,
     progress_tx: watch::Sender<u64>,
@@ -81,12 +83,13 @@ async fn open_kurrentdb(_: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
 }
 
 async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    // Before `secure` re-protects it: a secret others could read must be replaced, not hidden.
+    crate::datadir::check_secret_file(&settings.data_dir.join(auth::SECRET_FILE))?;
+    crate::datadir::secure(&settings.data_dir)?;
     let (log, nats): (Arc<dyn EventLog>, _) = match settings.jetstream() {
         _ if settings.kurrentdb_url.is_some() => (open_kurrentdb(settings).await?, None),
         Some(options) => {
-            tracing::info!(url = %options.url, stream = %options.stream, "event log: NATS JetStream");
+            tracing::info!(url = %eventlog::jetstream::redact_url(&options.url), stream = %options.stream, "event log: NATS JetStream");
             let log = JetStreamLog::connect(options)
                 .await
                 .context("cannot open the JetStream event log")?;
@@ -153,6 +156,14 @@ impl App {
         let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =
             auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
+        if secret.len() < crate::datadir::SHORT_SECRET {
+            tracing::warn!(
+                characters = secret.len(),
+                "the JWT secret is short: use at least {} random characters \
+                 (`openssl rand -base64 32`)",
+                crate::datadir::SHORT_SECRET
+            );
+        }
         let auth = Auth::new(
             &secret,
             settings.access_token_ttl(),
@@ -169,15 +180,11 @@ impl App {
             auth,
             presence.clone(),
         ));
-        let acceptor = TcpListener::bind(settings.listen.to_string())
-            .into_acceptor()
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .context("listener has no socket address")?;
+        let (acceptor, addr) = bind(settings.listen).await?;
+        let admin = match settings.admin_listen {
+            Some(listen) => Some(bind(listen).await?),
+            None => None,
+        };
         let (search_tx, indexed) = Progress::new();
         let search = Search::new(chat.clone(), search_index.clone(), indexed.clone());
         let readiness = Readiness {
@@ -190,6 +197,7 @@ impl App {
             settings,
             acceptor,
             addr,
+            admin,
             log,
             models,
             progress_tx,
@@ -216,6 +224,11 @@ impl App {
         self.addr
     }
 
+    /// The admin listener's bound address, when `CHAT_ADMIN_LISTEN` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// Serves until `shutdown` resolves (or a background task fails), then stops accepting,
     /// lets in-flight requests finish, flushes the log and stops the projector.
     pub async fn run_until_stopped(
@@ -226,6 +239,7 @@ impl App {
             settings,
             acceptor,
             addr,
+            admin,
             log,
             models,
             progress_tx,
@@ -324,10 +338,25 @@ impl App {
             failed.clone(),
         );
 
+        // The admin listener stops accepting when the public one starts draining.
+        let admin_stopped = CancellationToken::new();
+        let admin_server = admin.map(|(acceptor, addr)| {
+            tracing::info!(%addr, "admin listening");
+            let app = crate::http::admin_routes(readiness.clone());
+            let stop = admin_stopped.clone();
+            tokio::spawn(
+                Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+                    app,
+                    async move { stop.cancelled().await },
+                    Some(Duration::from_secs(1)),
+                ),
+            )
+        });
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
         let app = crate::http::routes(chat, hub, readiness, &settings, search);
         let stop = {
             let failed = failed.clone();
+            let admin_stopped = admin_stopped.clone();
             async move {
                 tokio::select! {
                     () = shutdown => tracing::info!("shutdown requested"),
@@ -336,6 +365,7 @@ impl App {
                 // Live connections would otherwise hold the drain open: close them now (with
                 // a code that tells clients to resume elsewhere or later).
                 stop_live.cancel();
+                admin_stopped.cancel();
             }
         };
         let served = Server::new_with_acceptor(acceptor)
@@ -346,6 +376,7 @@ impl App {
             )
             .await;
 
+        admin_stopped.cancel();
         // No request is in flight any more. Stop the projector (it resumes from its checkpoint
         // next time), then close the log, which finishes and syncs any append still queued.
         stop_projector.cancel();
@@ -354,14 +385,33 @@ impl App {
         let hub_result = hub_task.await.context("hub supervisor failed");
         let monitored = monitor.await.context("monitor supervisor failed");
         log.close().await;
+        let admin_served = match admin_server {
+            Some(task) => task.await.context("admin server task failed")?,
+            None => Ok(()),
+        };
         tracing::info!("stopped");
         served.context("server failed")?;
+        admin_served.context("admin server failed")?;
         projected??;
         indexed??;
         hub_result??;
         monitored??;
         Ok(())
     }
+}
+
+/// Binds a listener on `addr` (port 0 picks a free one); returns it with its bound address.
+async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpAcceptor, SocketAddr)> {
+    let acceptor = TcpListener::bind(addr.to_string())
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .context("listener has no socket address")?;
+    Ok((acceptor, bound))
 }
 
 /// Runs a long-lived task; an error or a panic is logged and cancels `failed`, which stops the

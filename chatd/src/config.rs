@@ -24,6 +24,12 @@ pub struct Settings {
     )]
     pub listen: SocketAddr,
 
+    /// Address for the operations endpoints (`/metrics`, `/readyz`, `/healthz`). When set,
+    /// they are served only there (the public listener answers 404 for them); unset, they
+    /// are served on `--listen`.
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Directory for the event log, the read models and the generated JWT secret.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
@@ -131,6 +137,11 @@ pub struct Settings {
     #[arg(long, env = "CHAT_ALERT_DISCONNECTS_PER_MIN", default_value_t = 50, global = true,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub alert_disconnects_per_min: u64,
+
+    /// Alert when this many logins fail (wrong username or password) within a minute.
+    #[arg(long, env = "CHAT_ALERT_FAILED_LOGINS_PER_MIN", default_value_t = 20, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alert_failed_logins_per_min: u64,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -310,6 +321,7 @@ impl Settings {
         crate::ops::monitor::Thresholds {
             lag: Duration::from_secs(self.alert_lag_secs),
             disconnects_per_minute: self.alert_disconnects_per_min,
+            failed_logins_per_minute: self.alert_failed_logins_per_min,
         }
     }
 

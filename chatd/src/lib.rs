@@ -4,20 +4,24 @@
 //! health, the monitor) sits beside them and uses none of them.
 //!
 //! - [`config`]: typed settings from flags and `CHAT_…` variables;
+//! - [`datadir`]: the data directory's permissions (owner only) and the secret file check;
 //! - [`app`]: [`app::App::build`] opens storage and binds the listener,
 //!   [`app::App::run_until_stopped`] serves and shuts down gracefully; `rebuild`;
 //! - [`chat`]: the use cases, transport-free: commands on aggregates, queries on read models,
 //!   the one view of an event and the one table of error codes;
 //! - [`http`]: the REST interface (poem-openapi), adapting requests to [`chat`];
 //! - [`live`]: live delivery: connections (WebSocket, SSE), the audience of each event, presence;
-//! - [`ops`]: metrics, the metered log, the monitor and its alert rules, health.
+//! - [`ops`]: metrics, the metered log, the monitor and its alert rules, health;
+//! - [`security`]: security events (authentication failures) as ECS lines, counted.
 
 pub mod app;
 pub mod chat;
 pub mod config;
+pub mod datadir;
 pub mod http;
 pub mod live;
 pub mod ops;
+pub mod security;
 
 pub use app::App;
 pub use config::Settings;

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything is created: the event log, read models, search index and secret are
+    // readable by chatd's user only.
+    chatd::datadir::restrict_new_files();
     let settings = Settings::parse();
     let telemetry =
         observability::init(settings.telemetry.settings("chatd", settings.node_name())?)?;

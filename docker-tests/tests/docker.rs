@@ -607,17 +607,18 @@ fn every_address_in_the_configuration_names_a_compose_service() {
         assert!(known(host), "{hp} is not a compose service");
     }
 
-    // Every chatd node is behind the load balancer and scraped by Prometheus, on the port it
-    // listens on.
+    // Every chatd node is behind the load balancer on the port it serves the API on, and
+    // scraped by Prometheus on its operations port.
     let chatd = chatd_services(&full);
     assert!(chatd.len() >= 2, "{chatd:?}");
-    let port = chatd_port();
+    let (port, admin) = (chatd_port(), chatd_admin_port());
     for node in &chatd {
         let addr = format!("{node}:{port}");
         assert!(
             upstreams.contains(&addr),
             "the load balancer does not proxy to {addr}"
         );
+        let addr = format!("{node}:{admin}");
         assert!(targets.contains(&addr), "Prometheus does not scrape {addr}");
     }
 }
@@ -636,6 +637,25 @@ fn chatd_port() -> String {
             .lines()
             .any(|l| l.trim() == format!("EXPOSE {port}")),
         "the Dockerfile listens on {port} but does not EXPOSE it"
+    );
+    port
+}
+
+/// The port of chatd's operations endpoints in the containers (CHAT_ADMIN_LISTEN in the
+/// Dockerfile, also EXPOSEd): not the API's.
+fn chatd_admin_port() -> String {
+    let dockerfile = read(&docker_dir().join("Dockerfile"));
+    let listen = dockerfile
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("CHAT_ADMIN_LISTEN="))
+        .expect("the Dockerfile sets CHAT_ADMIN_LISTEN: /metrics and /readyz off the API port");
+    let port = listen.rsplit(':').next().unwrap().to_owned();
+    assert_ne!(port, chatd_port(), "the admin port is the API port");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.trim() == format!("EXPOSE {port}")),
+        "the Dockerfile serves operations on {port} but does not EXPOSE it"
     );
     port
 }
@@ -869,10 +889,16 @@ fn the_dockerfile_builds_the_chatd_binary_with_a_new_enough_rust_and_checks_real
     for file in ["compose.yaml", "caddy/Caddyfile"] {
         texts.push(read(&docker_dir().join(file)));
     }
+    let admin = chatd_admin_port();
     let mut found = 0;
     for text in &texts {
+        assert!(
+            !text.contains("8080/healthz") && !text.contains("8080/readyz"),
+            "a health check asks the API port, which does not serve it: {text}"
+        );
         for path in ["/healthz", "/readyz"] {
-            if text.contains(&format!("8080{path}")) || text.contains(&format!("health_uri {path}"))
+            if text.contains(&format!("{admin}{path}"))
+                || text.contains(&format!("health_uri {path}"))
             {
                 assert!(
                     routes.contains(&format!(".at(\"{path}\"")),
@@ -926,6 +952,155 @@ fn images_match_the_versions_chatd_is_tested_with() {
 
 // ---- NATS -----------------------------------------------------------------------------------
 
+/// The NATS servers of a stack.
+fn nats_services(stack: &Stack) -> Vec<String> {
+    stack
+        .services
+        .iter()
+        .filter(|(_, s)| s.image().is_some_and(|i| i.starts_with("nats:")))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The networks a service joins (`default` when it names none).
+fn networks(svc: &Service) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for n in svc.all("networks") {
+        match n {
+            Value::Array(_) => out.extend(str_list(n)),
+            Value::Object(map) => out.extend(map.keys().cloned()),
+            other => panic!("networks must be a list or a mapping: {other}"),
+        }
+    }
+    if out.is_empty() {
+        out.insert("default".to_owned());
+    }
+    out
+}
+
+/// What keeps the event log and the nodes off the host: nothing but the load balancer and the
+/// ops UIs publishes a port; NATS is on an internal network with the chatd nodes alone and
+/// requires a password that comes from the environment; chatd logs in with it. A revert of
+/// any of these fails here.
+#[test]
+fn nats_and_chatd_are_not_published_and_nats_requires_a_password_from_the_environment() {
+    let dir = docker_dir();
+    let base = yaml(&dir.join("compose.yaml"));
+    assert_eq!(
+        base["networks"]["nats"]["internal"], true,
+        "the nats network must be internal"
+    );
+    for files in STACKS {
+        let stack = stack(files);
+        let nats = nats_services(&stack);
+        let chatd = chatd_services(&stack);
+        assert_eq!(nats.len(), 3);
+        for (name, svc) in &stack.services {
+            let at = format!("{}: {name}", stack.name);
+            let is_nats = nats.contains(name);
+            let is_chatd = chatd.contains(name);
+            if is_nats || is_chatd {
+                assert!(svc.all("ports").is_empty(), "{at} publishes ports");
+                assert!(
+                    svc.all("network_mode").is_empty(),
+                    "{at} uses another network mode"
+                );
+            }
+            let nets = networks(svc);
+            if is_nats {
+                assert_eq!(nets, BTreeSet::from(["nats".to_owned()]), "{at}");
+            } else if is_chatd {
+                assert!(nets.contains("nats"), "{at} cannot reach NATS");
+            } else {
+                assert!(!nets.contains("nats"), "{at} is on the NATS network");
+            }
+        }
+        // The secret comes from the host's environment, required, into both sides.
+        for name in &nats {
+            let env = stack.services[name].environment();
+            let password = env["NATS_CHATD_PASSWORD"].as_str().unwrap_or_default();
+            assert!(
+                password.starts_with("${CHAT_NATS_PASSWORD:?"),
+                "{name}: NATS_CHATD_PASSWORD={password}"
+            );
+        }
+        for name in &chatd {
+            let env = stack.services[name].environment();
+            assert_eq!(env["CHAT_NATS_USER"], "chatd", "{name}");
+            let password = env["CHAT_NATS_PASSWORD"].as_str().unwrap_or_default();
+            assert!(
+                password.starts_with("${CHAT_NATS_PASSWORD:?"),
+                "{name}: CHAT_NATS_PASSWORD={password}"
+            );
+            let url = env["CHAT_NATS_URL"].as_str().unwrap_or_default();
+            assert!(!url.contains('@'), "{name}: credentials in {url}");
+        }
+    }
+    // The server requires that user, with a password it reads from its environment.
+    let conf = read(&dir.join("nats/nats.conf"));
+    let auth = conf
+        .split_once("authorization {")
+        .map(|(_, rest)| rest)
+        .expect("nats.conf has an authorization block");
+    assert!(
+        auth.contains("{ user: chatd, password: $NATS_CHATD_PASSWORD }"),
+        "{auth}"
+    );
+    for line in conf.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        if let Some((_, value)) = line.split_once("password:") {
+            assert!(
+                value.trim().starts_with('$'),
+                "a literal password in nats.conf: {line}"
+            );
+        }
+        assert!(!line.contains("no_auth_user"), "{line}");
+    }
+    // The load balancer checks readiness on the operations port and refuses those endpoints.
+    let caddy = read(&dir.join("caddy/Caddyfile"));
+    assert!(
+        caddy.contains(&format!("health_port {}", chatd_admin_port())),
+        "{caddy}"
+    );
+    assert!(
+        caddy.contains("@ops path /metrics /metrics/* /readyz /healthz")
+            && caddy.contains("respond @ops 404"),
+        "{caddy}"
+    );
+}
+
+/// The docker NATS configuration really refuses a client without the password: a real
+/// nats-server runs it (on a free port, temporary store) and a client connects with and
+/// without.
+#[tokio::test]
+async fn the_docker_nats_configuration_refuses_clients_without_the_password() {
+    let conf = read(&docker_dir().join("nats/nats.conf"));
+    let auth = conf
+        .split_once("authorization {")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .map(|(block, _)| format!("authorization {{{block}\n}}"))
+        .expect("an authorization block");
+    let server = eventlog::nats_server::NatsServer::start_with(
+        &auth.replace("$NATS_CHATD_PASSWORD", "\"test-password\""),
+    );
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let connect = |user: Option<(&str, &str)>| {
+        let url = url.clone();
+        let user = user.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        async move {
+            let mut options = async_nats::ConnectOptions::new();
+            if let Some((u, p)) = user {
+                options = options.user_and_password(u, p);
+            }
+            options.connect(url).await
+        }
+    };
+    assert!(connect(None).await.is_err(), "connected without a password");
+    assert!(connect(Some(("chatd", "wrong"))).await.is_err());
+    connect(Some(("chatd", "test-password")))
+        .await
+        .expect("chatd's credentials work");
+}
+
 #[test]
 fn the_nats_configuration_is_valid_and_routes_to_every_server() {
     let path = docker_dir().join("nats/nats.conf");
@@ -960,6 +1135,7 @@ fn the_nats_configuration_is_valid_and_routes_to_every_server() {
             .arg("-c")
             .arg(&path)
             .env("NATS_SERVER_NAME", name)
+            .env("NATS_CHATD_PASSWORD", "test-password")
             .output()
             .unwrap();
         assert!(
@@ -1922,7 +2098,7 @@ fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
         return;
     };
     let dir = docker_dir();
-    let run = |files: &[&str], secret: Option<&str>| {
+    let run = |files: &[&str], secret: Option<&str>, nats_password: Option<&str>| {
         let mut cmd = Command::new(&compose[0]);
         cmd.args(&compose[1..]).current_dir(repo());
         for f in files {
@@ -1930,15 +2106,26 @@ fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
         }
         cmd.arg("config").arg("--format").arg("json");
         cmd.env_remove("CHAT_JWT_SECRET")
+            .env_remove("CHAT_NATS_PASSWORD")
             .env_remove("CHAT_SLACK_WEBHOOK_URL")
             .env_remove("ELASTIC_VERSION");
         if let Some(s) = secret {
             cmd.env("CHAT_JWT_SECRET", s);
         }
+        if let Some(p) = nats_password {
+            cmd.env("CHAT_NATS_PASSWORD", p);
+        }
         cmd.output().unwrap()
     };
+<<<<<<< HEAD
     for files in STACKS.iter().chain([&KURRENTDB_STACK]) {
         let out = run(files, Some("0123456789abcdef0123456789abcdef"));
+=======
+    let secret = Some("0123456789abcdef0123456789abcdef");
+    let nats_password = Some("n4ts-password");
+    for files in STACKS {
+        let out = run(files, secret, nats_password);
+>>>>>>> secedge
         assert!(
             out.status.success(),
             "docker compose config {files:?}: {}",
@@ -1959,12 +2146,40 @@ fn docker_compose_accepts_every_stack_and_requires_the_jwt_secret() {
         for node in chatd_services(&ours) {
             let env = &services[&node]["environment"];
             assert_eq!(env["CHAT_JWT_SECRET"], "0123456789abcdef0123456789abcdef");
+<<<<<<< HEAD
             if !kurrentdb {
                 assert_eq!(env["CHAT_NATS_REPLICAS"], "3");
             }
+=======
+            assert_eq!(env["CHAT_NATS_REPLICAS"], "3");
+            assert_eq!(env["CHAT_NATS_PASSWORD"], "n4ts-password");
+            assert!(
+                services[&node].get("ports").is_none(),
+                "{node} publishes ports"
+            );
+        }
+        for server in nats_services(&ours) {
+            let env = &services[&server]["environment"];
+            assert_eq!(env["NATS_CHATD_PASSWORD"], "n4ts-password", "{server}");
+            assert!(
+                services[&server].get("ports").is_none(),
+                "{server} publishes ports"
+            );
+>>>>>>> secedge
         }
 
-        let out = run(files, None);
+        let out = run(files, secret, None);
+        assert!(
+            !out.status.success(),
+            "{files:?} starts without a NATS password"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("set CHAT_NATS_PASSWORD"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let out = run(files, None, nats_password);
         assert!(
             !out.status.success(),
             "{files:?} starts without CHAT_JWT_SECRET"

@@ -73,6 +73,11 @@ impl NatsServer {
     /// from its ports file, so no other process can take the port in between), storing in a
     /// new temporary directory.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`NatsServer::start`] with more configuration (`authorization { … }`, say).
+    pub fn start_with(extra_config: &str) -> Self {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let config = dir.path().join("nats.conf");
         let write_config = |port: &str| {
@@ -80,7 +85,7 @@ impl NatsServer {
                 &config,
                 format!(
                     "listen: 127.0.0.1:{port}\nserver_name: solo\n\
-                     jetstream {{ store_dir: \"{}\" }}\n",
+                     jetstream {{ store_dir: \"{}\" }}\n{extra_config}\n",
                     dir.path().join("store").display()
                 ),
             )

@@ -541,7 +541,8 @@ impl Worker {
                 self.stats.count("failed");
                 return;
             }
-            Err(e) => e.to_string(),
+            // reqwest puts the URL in its errors; the webhook URL is a secret.
+            Err(e) => e.without_url().to_string(),
         };
         if message.attempts >= self.settings.max_attempts {
             tracing::warn!(error = %retry, "cannot post an alert to Slack; giving up on it");

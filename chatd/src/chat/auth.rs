@@ -52,6 +52,9 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The generated JWT secret's file in the data dir.
+pub const SECRET_FILE: &str = "jwt_secret";
+
 /// Reads the JWT secret: the configured one, else `<data_dir>/jwt_secret`, generated on first
 /// start with 0600 permissions.
 pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<Vec<u8>> {
@@ -62,7 +65,7 @@ pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyho
         );
         return Ok(s.as_bytes().to_vec());
     }
-    let path = data_dir.join("jwt_secret");
+    let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().as_bytes().to_vec()),
         Ok(_) => anyhow::bail!(

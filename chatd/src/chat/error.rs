@@ -161,6 +161,9 @@ fn domain_code(e: &DomainError) -> Code {
 
 impl From<DomainError> for Refusal {
     fn from(e: DomainError) -> Self {
+        if matches!(e, DomainError::RefreshTokenReused) {
+            crate::security::auth_failure(crate::security::AuthFailure::RefreshTokenReused);
+        }
         Self::new(domain_code(&e), e.to_string())
     }
 }
@@ -172,6 +175,7 @@ impl From<ChatError> for Refusal {
         match e {
             ChatError::Domain(d) => d.into(),
             ChatError::InvalidCredentials => {
+                crate::security::auth_failure(crate::security::AuthFailure::InvalidCredentials);
                 Self::new(Code::InvalidCredentials, "wrong username or password")
             }
             ChatError::UnknownUsers(ids) => {

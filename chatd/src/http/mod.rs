@@ -18,6 +18,7 @@ use crate::ops::health::Readiness;
 use crate::ops::metrics;
 
 mod accounts;
+mod allow;
 pub mod error;
 mod friends;
 mod messages;
@@ -162,6 +163,23 @@ async fn traced<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
     result
 }
 
+/// `route` with the operations endpoints: `/healthz`, `/readyz`, `/metrics`.
+fn with_ops(route: Route) -> Route {
+    route
+        .at("/healthz", healthz)
+        .at("/readyz", readyz)
+        .at("/metrics", metrics::render)
+}
+
+/// The admin listener's application (`CHAT_ADMIN_LISTEN`): the operations endpoints alone.
+pub fn admin_routes(readiness: Readiness) -> impl Endpoint + use<> {
+    with_ops(Route::new())
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .data(readiness)
+        .with(CatchPanic::new())
+        .catch_all_error(error::render_framework_error)
+}
+
 /// The whole HTTP application.
 pub fn routes(
     chat: Arc<Chat>,
@@ -172,16 +190,22 @@ pub fn routes(
 ) -> impl Endpoint + use<> {
     let max_body = settings.max_body_bytes;
     let api = api_service(chat.clone(), hub, settings.ws_rate, search);
-    metrics::register_routes(&api.spec());
+    let openapi = api.spec();
+    metrics::register_routes(&openapi);
+    let allow = allow::AllowTable::from_spec(&openapi);
     let spec = api.spec_endpoint();
     let ui = api.swagger_ui();
-    web::mount(Route::new())
+    let public = web::mount(Route::new())
         .nest("/v1", api)
         .at("/openapi.json", spec)
-        .nest("/docs", ui)
-        .at("/healthz", healthz)
-        .at("/readyz", readyz)
-        .at("/metrics", metrics::render)
+        .nest("/docs", ui);
+    // With an admin listener the operations endpoints are served there only.
+    let public = if settings.admin_listen.is_some() {
+        public
+    } else {
+        with_ops(public)
+    };
+    public
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
         .around(traced)
@@ -190,4 +214,5 @@ pub fn routes(
         .with(CatchPanic::new())
         .around(metrics::track_http)
         .catch_all_error(error::render_framework_error)
+        .around(move |ep, req| allow::add_allow(ep, req, allow.clone()))
 }

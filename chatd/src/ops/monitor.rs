@@ -8,7 +8,9 @@
 //! - **append errors**: any failed event-log append (other than a version conflict) in the
 //!   last minute; resolved after a minute without one;
 //! - **fan-out drops**: at least `CHAT_ALERT_DISCONNECTS_PER_MIN` live clients disconnected
-//!   as too slow in the last minute; resolved when the minute is under the threshold.
+//!   as too slow in the last minute; resolved when the minute is under the threshold;
+//! - **failed logins**: at least `CHAT_ALERT_FAILED_LOGINS_PER_MIN` logins with a wrong
+//!   password in the last minute (password guessing); resolved when the minute is under it.
 //!
 //! Log shipping failures are watched by the `observability` crate itself.
 
@@ -44,6 +46,8 @@ pub struct Thresholds {
     pub lag: Duration,
     /// This many forced disconnects within a minute is an incident.
     pub disconnects_per_minute: u64,
+    /// This many failed logins within a minute is an incident.
+    pub failed_logins_per_minute: u64,
 }
 
 /// The node's state at one instant, as the rules see it.
@@ -54,6 +58,25 @@ pub struct Sample {
     /// Counters since start.
     pub append_errors: u64,
     pub forced_disconnects: u64,
+    pub failed_logins: u64,
+}
+
+/// The counters of a [`Sample`], as the sliding minute keeps them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    append_errors: u64,
+    forced_disconnects: u64,
+    failed_logins: u64,
+}
+
+impl Counters {
+    fn of(sample: &Sample) -> Self {
+        Self {
+            append_errors: sample.append_errors,
+            forced_disconnects: sample.forced_disconnects,
+            failed_logins: sample.failed_logins,
+        }
+    }
 }
 
 /// An alert starting or ending. Keys are stable, so a repeat is the same alert.
@@ -101,9 +124,9 @@ impl LagClock {
 pub struct Rules {
     thresholds: Thresholds,
     /// Counter values over the last minute, oldest first.
-    history: VecDeque<(Instant, u64, u64)>,
+    history: VecDeque<(Instant, Counters)>,
     /// The newest sample older than the window (zeros at start): the counters' baseline.
-    baseline: (u64, u64),
+    baseline: Counters,
     firing: HashSet<String>,
 }
 
@@ -112,7 +135,7 @@ impl Rules {
         Self {
             thresholds,
             history: VecDeque::new(),
-            baseline: (0, 0),
+            baseline: Counters::default(),
             firing: HashSet::new(),
         }
     }
@@ -143,18 +166,18 @@ impl Rules {
             }
         }
 
-        self.history
-            .push_back((now, sample.append_errors, sample.forced_disconnects));
-        while let Some(&(at, errors, drops)) = self.history.front()
+        self.history.push_back((now, Counters::of(sample)));
+        while let Some(&(at, counters)) = self.history.front()
             && now.duration_since(at) > WINDOW
         {
-            self.baseline = (errors, drops);
+            self.baseline = counters;
             self.history.pop_front();
         }
         // Since the newest sample older than a minute: the last minute, also across a gap
         // in sampling.
-        let errors = sample.append_errors - self.baseline.0;
-        let drops = sample.forced_disconnects - self.baseline.1;
+        let errors = sample.append_errors - self.baseline.append_errors;
+        let drops = sample.forced_disconnects - self.baseline.forced_disconnects;
+        let failed_logins = sample.failed_logins - self.baseline.failed_logins;
         if errors > 0 {
             self.raise(
                 &mut changes,
@@ -189,6 +212,25 @@ impl Rules {
                 &mut changes,
                 "fanout_drops".into(),
                 format!("{drops} forced disconnects in the last minute: under the threshold."),
+            );
+        }
+        let limit = self.thresholds.failed_logins_per_minute;
+        if failed_logins >= limit {
+            self.raise(
+                &mut changes,
+                "failed_logins".into(),
+                "Many failed logins".into(),
+                format!(
+                    "{failed_logins} logins failed in the last minute (threshold {limit}): \
+                     someone may be guessing passwords. The security events \
+                     (event.category: authentication) in the logs show which accounts."
+                ),
+            );
+        } else {
+            self.resolve(
+                &mut changes,
+                "failed_logins".into(),
+                format!("{failed_logins} failed logins in the last minute: under the threshold."),
             );
         }
         changes
@@ -237,6 +279,7 @@ pub async fn run(
         let mut sample = Sample {
             append_errors: watched.failures.append_errors.load(Ordering::Relaxed),
             forced_disconnects: watched.failures.forced_disconnects.load(Ordering::Relaxed),
+            failed_logins: crate::security::failed_logins(),
             ..Sample::default()
         };
         // Without the head (the log unreachable) the lag is unknown: the counter rules still
@@ -269,6 +312,7 @@ mod tests {
         Rules::new(Thresholds {
             lag: Duration::from_secs(30),
             disconnects_per_minute: 10,
+            failed_logins_per_minute: 20,
         })
     }
 
@@ -414,5 +458,38 @@ mod tests {
                 (91, "-fanout_drops".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn a_burst_of_failed_logins_raises_and_a_quiet_minute_resolves() {
+        let mut r = rules();
+        let t = Instant::now();
+        let failed = |n| Sample {
+            failed_logins: n,
+            ..Sample::default()
+        };
+        // A steady trickle of typos (19 over the first minute) is not an incident.
+        for s in 0..60 {
+            assert!(
+                r.evaluate(&failed(s / 3), t + Duration::from_secs(s))
+                    .is_empty()
+            );
+        }
+        // Then 20 within one second.
+        assert_eq!(
+            keys(&r.evaluate(&failed(39), t + Duration::from_secs(60))),
+            ["+failed_logins"]
+        );
+        let mut resolved_at = None;
+        for s in 61..=130 {
+            let changes = r.evaluate(&failed(39), t + Duration::from_secs(s));
+            if !changes.is_empty() {
+                assert_eq!(keys(&changes), ["-failed_logins"]);
+                resolved_at = Some(s);
+                break;
+            }
+        }
+        // A minute after the burst, the window holds none of it.
+        assert_eq!(resolved_at, Some(121));
     }
 }

@@ -155,3 +155,34 @@ async fn bad_paths_routes_and_methods() {
         .await;
     assert_problem(&wrong, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
+
+/// A 405 says which methods the path has (RFC 9110 requires `Allow`), from the OpenAPI
+/// document: literal segments win over parameters.
+#[tokio::test]
+async fn method_not_allowed_lists_the_allowed_methods() {
+    let app = spawn_app().await;
+    for (method, path, allowed) in [
+        (Method::PUT, "/v1/rooms", "GET, POST"),
+        (Method::TRACE, "/v1/rooms/direct", "POST"),
+        (Method::DELETE, "/v1/ws", "GET"),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(allow.as_deref(), Some(allowed), "{method} {path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "method_not_allowed", "{body}");
+    }
+}

@@ -64,9 +64,11 @@ use crate::{
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 
 /// How to reach NATS and which stream to use.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
-    /// Server URLs, comma-separated (`nats://a:4222,nats://b:4222`).
+    /// Server URLs, comma-separated (`nats://a:4222,nats://b:4222`). Credentials in a URL
+    /// (`nats://user:password@host`, `nats://token@host`) are used when `user`/`password`
+    /// or `token` are not set, and never logged: see [`redact_url`].
     pub url: String,
     /// Connection name shown in the server's monitoring (the node name).
     pub client_name: String,
@@ -95,6 +97,103 @@ pub struct Options {
     pub index_path: PathBuf,
     /// Timeout of one request to the server.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Options")
+            .field("url", &redact_url(&self.url))
+            .field("client_name", &self.client_name)
+            .field("credentials", &self.credentials)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("require_tls", &self.require_tls)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("replicas", &self.replicas)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("index_path", &self.index_path)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// `url` (comma-separated NATS server URLs) with the credentials of each replaced by `***`:
+/// what may appear in a log line or an error. Works on malformed URLs too.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let start = server.find("://").map_or(0, |i| i + 3);
+            let authority = &server[start..];
+            let end = authority.find(['/', '?', '#']).unwrap_or(authority.len());
+            match authority[..end].rfind('@') {
+                Some(at) => format!("{}***{}", &server[..start], &authority[at..]),
+                None => server.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Credentials found in a URL: (user, password), or (token, `None`).
+type UrlCredentials = Option<(String, Option<String>)>;
+
+/// The server addresses of `url` without their credentials (so the client library, which logs
+/// addresses, never sees them), and the first credentials found: (user, password) or a token.
+fn split_credentials(
+    url: &str,
+) -> std::result::Result<(Vec<async_nats::ServerAddr>, UrlCredentials), String> {
+    let mut credentials = None;
+    let mut servers = Vec::new();
+    for part in url.split(',') {
+        let addr: async_nats::ServerAddr = part
+            .trim()
+            .parse()
+            .map_err(|e| format!("NATS URL {}: {e}", redact_url(part.trim())))?;
+        if credentials.is_none()
+            && let Some(user) = addr.username()
+        {
+            let decode = |s: &str| percent_decode(s);
+            credentials = Some((decode(user), addr.password().map(decode)));
+        }
+        let mut bare = addr.into_inner();
+        // Cannot fail: the URL has a host (ServerAddr checked it).
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        servers.push(
+            async_nats::ServerAddr::from_url(bare)
+                .map_err(|e| format!("NATS URL {}: {e}", redact_url(part.trim())))?,
+        );
+    }
+    Ok((servers, credentials))
+}
+
+/// Undoes the percent-encoding of a URL's user or password (`p%40ss` → `p@ss`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Options {
@@ -133,11 +232,19 @@ impl Options {
                 .await
                 .map_err(|e| unavailable(format!("credentials {}: {e}", path.display())))?;
         }
+        let (servers, in_url) = split_credentials(&self.url).map_err(Error::InvalidArgument)?;
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             o = o.user_and_password(user.clone(), password.clone());
         }
         if let Some(token) = &self.token {
             o = o.token(token.clone());
+        }
+        if self.token.is_none() && (self.user.is_none() || self.password.is_none()) {
+            match in_url {
+                Some((user, Some(password))) => o = o.user_and_password(user, password),
+                Some((token, None)) => o = o.token(token),
+                None => {}
+            }
         }
         if let Some(ca) = &self.tls_ca {
             o = o.add_root_certificates(ca.clone());
@@ -145,15 +252,12 @@ impl Options {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             o = o.add_client_certificate(cert.clone(), key.clone());
         }
-        let servers: Vec<async_nats::ServerAddr> = self
-            .url
-            .split(',')
-            .map(|s| s.trim().parse())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::InvalidArgument(format!("NATS URL {}: {e}", self.url)))?;
-        o.connect(servers)
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to NATS at {}: {e}", self.url)))
+        o.connect(servers).await.map_err(|e| {
+            unavailable(format!(
+                "cannot connect to NATS at {}: {e}",
+                redact_url(&self.url)
+            ))
+        })
     }
 }
 
@@ -905,5 +1009,32 @@ impl EventLog for JetStreamLog {
         if let Err(e) = self.inner.client.flush().await {
             tracing::warn!(error = %e, "flushing the NATS connection on close");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted_from_every_server_of_a_url() {
+        assert_eq!(
+            redact_url("nats://u:p@a:4222, tls://tok@b/x?y=1@z,nats://c:4222,u:p@d"),
+            "nats://***@a:4222, tls://***@b/x?y=1@z,nats://c:4222,***@d"
+        );
+        assert_eq!(redact_url("not a url:p@ss@"), "***@");
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_the_addresses() {
+        let (servers, creds) =
+            split_credentials("nats://al%40ce:p%3Ass@a:4222,nats://b:4223").unwrap();
+        let urls: Vec<&str> = servers.iter().map(|s| s.as_url_str()).collect();
+        assert_eq!(urls, ["nats://a:4222", "nats://b:4223"]);
+        assert_eq!(creds, Some(("al@ce".into(), Some("p:ss".into()))));
+        let (_, token) = split_credentials("s3cr3t@a").unwrap();
+        assert_eq!(token, Some(("s3cr3t".into(), None)));
+        let err = split_credentials("nats://u:s3cr3t@a,http://u:s3cr3t@b").unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 }

@@ -245,3 +245,31 @@ async fn error_events_become_alerts_fingerprinted_by_callsite_not_values() {
     assert_eq!(got.len(), 3, "{got:#?}");
     assert!(got[2].1["text"].as_str().unwrap().contains("2 more"));
 }
+
+/// The webhook URL is a secret (whoever has it can post to the channel): a failing post must
+/// not put it in a log line.
+#[tokio::test(start_paused = true)]
+async fn a_failing_webhook_is_logged_without_its_url() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let secret = "s3cr3tW3bh00kT0ken";
+    // Bound but not listening: connections are refused, and nothing else can take the port.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut s = SlackSettings::new(format!(
+        "http://{}/services/T000/B000/{secret}",
+        held.local_addr().unwrap()
+    ));
+    s.max_attempts = 2;
+    let (alerts, sender) = Alerts::start(&s, "chatd", "node-1").unwrap();
+    alerts.raise("fp", alert("unreachable"));
+    let stats = sender.shutdown(Duration::from_secs(60)).await;
+    assert_eq!(stats.failed, 1, "the post failed and was given up");
+    let logged = capture.lines().join("\n");
+    assert!(logged.contains("cannot post an alert to Slack"), "{logged}");
+    assert!(!logged.contains(secret), "the webhook URL leaked: {logged}");
+}

@@ -1,0 +1,60 @@
+//! Security events: one structured log line per authentication failure, in ECS terms
+//! (`event.category: authentication`, `event.outcome: failure`, `event.action`,
+//! `event.reason`), so a SIEM or a Kibana search finds them without parsing messages; and a
+//! count of failed logins for the alert rule in [`crate::ops::monitor`].
+//!
+//! Failures are recorded where they become refusals with a code (`chat::error`), the one
+//! place every refusal passes through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Failed logins since the process started (every node counts its own).
+static FAILED_LOGINS: AtomicU64 = AtomicU64::new(0);
+
+/// An authentication failure worth a security event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// A login with a wrong username or password.
+    InvalidCredentials,
+    /// A refresh token that was already rotated was presented again: it may have been
+    /// stolen, and its whole session is revoked.
+    RefreshTokenReused,
+}
+
+impl AuthFailure {
+    fn action(self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "login",
+            Self::RefreshTokenReused => "token-refresh",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::RefreshTokenReused => "refresh_token_reused",
+        }
+    }
+}
+
+/// Logs the security event for `failure` and counts it.
+pub fn auth_failure(failure: AuthFailure) {
+    if failure == AuthFailure::InvalidCredentials {
+        FAILED_LOGINS.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::warn!(
+        event.kind = "event",
+        event.category = "authentication",
+        "event.type" = "denied",
+        event.outcome = "failure",
+        event.action = failure.action(),
+        event.reason = failure.reason(),
+        "authentication failed: {}",
+        failure.reason()
+    );
+}
+
+/// Failed logins in this process so far.
+pub fn failed_logins() -> u64 {
+    FAILED_LOGINS.load(Ordering::Relaxed)
+}
