@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use eventlog::nats_server::NatsServer;
+use eventlog_testkit::nats_server::NatsServer;
 use serde_json::Value;
 use tempfile::TempDir;
 
