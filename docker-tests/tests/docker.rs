@@ -38,12 +38,8 @@ const REQUIRED_ALERTS: &[&str] = &[
 ];
 
 /// Environment variables a chatd container may get besides its settings: read by the
-/// logging filter and the OpenTelemetry SDK themselves.
-const OTHER_CHATD_ENV: &[&str] = &[
-    "RUST_LOG",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_SERVICE_NAME",
-];
+/// logging filter itself.
+const OTHER_CHATD_ENV: &[&str] = &["RUST_LOG"];
 
 /// ECS fields of chatd's log lines; the Elasticsearch template must map each.
 const ECS_FIELDS: &[&str] = &[

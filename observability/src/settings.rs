@@ -9,9 +9,13 @@ use crate::error::{Error, Result};
 /// Everything [`crate::init`] needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `service.name` in every log line and the OTel resource (unless `OTEL_SERVICE_NAME` is
-    /// set), e.g. `chatd`. `event.dataset` is `<service_name>.log`.
+    /// `service.name` in every log line and the OTel resource (unless
+    /// [`Settings::otel_service_name`] is set), e.g. `chatd`. `event.dataset` is
+    /// `<service_name>.log`.
     pub service_name: String,
+    /// `OTEL_SERVICE_NAME`: the OTel resource's `service.name` when it should differ from the
+    /// log lines'. `None` (default): [`Settings::service_name`].
+    pub otel_service_name: Option<String>,
     /// `service.node.name`: this instance, e.g. the host name.
     pub node_name: String,
     /// Stdout format. `CHAT_LOG_FORMAT` = `auto` (default) | `json` | `pretty`.
@@ -28,6 +32,9 @@ pub struct Settings {
     /// Full URL of the OTLP traces endpoint (`http://collector:4318/v1/traces`), overriding
     /// the `OTEL_EXPORTER_OTLP_*ENDPOINT` variables. `None` (default): from the environment.
     pub otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`: only
+    /// `http/protobuf` is built in; another value falls back to it with a warning.
+    pub otlp_protocol: Option<String>,
 }
 
 /// How log lines are written to stdout.
@@ -196,7 +203,9 @@ impl Settings {
             elasticsearch: None,
             slack: None,
             otlp: false,
+            otel_service_name: None,
             otlp_endpoint: None,
+            otlp_protocol: None,
         }
     }
 }
@@ -287,6 +296,15 @@ pub struct TelemetryArgs {
     /// Turns trace export off whatever the endpoint.
     #[arg(long, env = "OTEL_SDK_DISABLED", global = true)]
     pub otel_sdk_disabled: Option<String>,
+    /// The traces' `service.name`, when it should differ from the log lines' (`chatd`).
+    #[arg(long, env = "OTEL_SERVICE_NAME", global = true)]
+    pub otel_service_name: Option<String>,
+    /// The OTLP protocol: only `http/protobuf` (the default) is built in.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", global = true)]
+    pub otel_exporter_otlp_protocol: Option<String>,
+    /// The OTLP protocol for traces, instead of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", global = true)]
+    pub otel_exporter_otlp_traces_protocol: Option<String>,
 }
 
 impl TelemetryArgs {
@@ -366,6 +384,9 @@ impl TelemetryArgs {
             }
             settings.slack = Some(slack);
         }
+        settings.otel_service_name = owned(&self.otel_service_name);
+        settings.otlp_protocol = owned(&self.otel_exporter_otlp_traces_protocol)
+            .or_else(|| owned(&self.otel_exporter_otlp_protocol));
         let sdk_disabled = set(&self.otel_sdk_disabled) == Some("true");
         settings.otlp = !sdk_disabled
             && (set(&self.otel_exporter_otlp_endpoint).is_some()

@@ -30,13 +30,17 @@ pub(crate) fn provider(
 ) -> Result<(SdkTracerProvider, Vec<String>)> {
     let mut warnings = Vec::new();
     let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(settings.service_name.clone());
-    }
-    resource = resource.with_attribute(KeyValue::new(
-        "service.instance.id",
-        settings.node_name.clone(),
-    ));
+    resource = resource
+        .with_service_name(
+            settings
+                .otel_service_name
+                .clone()
+                .unwrap_or_else(|| settings.service_name.clone()),
+        )
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            settings.node_name.clone(),
+        ));
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
     if settings.otlp {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
@@ -49,10 +53,11 @@ pub(crate) fn provider(
         if let Some(endpoint) = &settings.otlp_endpoint {
             exporter = exporter.with_endpoint(endpoint.clone());
         }
-        let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .ok();
-        if let Some(p) = protocol.filter(|p| p.trim() != "http/protobuf") {
+        if let Some(p) = settings
+            .otlp_protocol
+            .as_deref()
+            .filter(|p| *p != "http/protobuf")
+        {
             warnings.push(format!(
                 "OTEL_EXPORTER_OTLP_PROTOCOL={p} is not supported; using http/protobuf"
             ));

@@ -8,7 +8,7 @@ use crate::values::{MessageBody, RoomName, Visibility, limits};
 use crate::{Aggregate, DomainError, Result};
 
 #[derive(Debug, Clone, Default)]
-pub struct Room {
+pub struct RoomAggregate {
     pub created: Option<Created>,
     pub members: HashSet<UserId>,
     /// Sender and deletion state of every message, for edit and delete rules.
@@ -67,7 +67,7 @@ pub enum RoomCommand {
     },
 }
 
-impl Room {
+impl RoomAggregate {
     pub fn is_member(&self, user: UserId) -> bool {
         self.members.contains(&user)
     }
@@ -110,7 +110,7 @@ pub fn check_request_size(field: &'static str, n: usize) -> Result<()> {
     Ok(())
 }
 
-impl Aggregate for Room {
+impl Aggregate for RoomAggregate {
     type Command = RoomCommand;
 
     fn decide(&self, command: &RoomCommand) -> Result<Vec<Event>> {
@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn create_puts_creator_first_and_drops_duplicate_members() {
         let w = world();
-        given::<Room>(&[])
+        given::<RoomAggregate>(&[])
             .when(RoomCommand::Create {
                 room_id: w.room,
                 kind: RoomKind::Group,
@@ -343,15 +343,15 @@ mod tests {
             creator: w.alice,
             members: vec![w.bob],
         };
-        let first = given::<Room>(&[]).when(create()).events();
+        let first = given::<RoomAggregate>(&[]).when(create()).events();
         assert_eq!(first.len(), 1);
-        given::<Room>(&first).when(create()).then(&[]);
+        given::<RoomAggregate>(&first).when(create()).then(&[]);
     }
 
     #[test]
     fn direct_room_with_yourself_is_refused() {
         let w = world();
-        given::<Room>(&[])
+        given::<RoomAggregate>(&[])
             .when(RoomCommand::Create {
                 room_id: RoomId::direct(w.alice, w.alice),
                 kind: RoomKind::Direct,
@@ -369,7 +369,7 @@ mod tests {
         let members = (0..=limits::MEMBERS_PER_REQUEST)
             .map(|_| UserId::new())
             .collect();
-        let result = given::<Room>(&[])
+        let result = given::<RoomAggregate>(&[])
             .when(RoomCommand::Create {
                 room_id: w.room,
                 kind: RoomKind::Group,
@@ -398,13 +398,13 @@ mod tests {
             body: body("hi"),
             client_msg_id: None,
         };
-        given::<Room>(&[group(&w, Visibility::Private)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(send(w.bob))
             .then(&[sent(id, w.bob)]);
-        given::<Room>(&[group(&w, Visibility::Private)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(send(w.carol))
             .then_error(DomainError::NotAMember);
-        given::<Room>(&[])
+        given::<RoomAggregate>(&[])
             .when(send(w.alice))
             .then_error(DomainError::NotFound("room"));
     }
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn invite_adds_only_new_members_and_only_by_a_member() {
         let w = world();
-        given::<Room>(&[group(&w, Visibility::Private)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(RoomCommand::Invite {
                 by: w.alice,
                 users: vec![w.bob, w.carol, w.carol],
@@ -421,7 +421,7 @@ mod tests {
                 user_id: w.carol,
                 invited_by: Some(w.alice),
             }]);
-        given::<Room>(&[group(&w, Visibility::Private)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(RoomCommand::Invite {
                 by: w.carol,
                 users: vec![w.carol],
@@ -436,7 +436,7 @@ mod tests {
             group(&w, Visibility::Private),
             Event::MemberLeft { user_id: w.bob },
         ];
-        given::<Room>(&history)
+        given::<RoomAggregate>(&history)
             .when(RoomCommand::Send {
                 sender: w.bob,
                 message_id: MessageId::new(),
@@ -444,7 +444,7 @@ mod tests {
                 client_msg_id: None,
             })
             .then_error(DomainError::NotAMember);
-        given::<Room>(&history)
+        given::<RoomAggregate>(&history)
             .when(RoomCommand::Leave { user: w.bob })
             .then_error(DomainError::NotAMember);
         // ...but a retry of a send from before leaving still gets its original answer.
@@ -454,7 +454,7 @@ mod tests {
             sent(id, w.bob),
             Event::MemberLeft { user_id: w.bob },
         ];
-        given::<Room>(&before_leaving)
+        given::<RoomAggregate>(&before_leaving)
             .when(RoomCommand::Send {
                 sender: w.bob,
                 message_id: id,
@@ -467,16 +467,16 @@ mod tests {
     #[test]
     fn only_public_rooms_can_be_joined_without_invite() {
         let w = world();
-        given::<Room>(&[group(&w, Visibility::Private)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(RoomCommand::Join { user: w.carol })
             .then_error(DomainError::RoomNotPublic);
-        given::<Room>(&[group(&w, Visibility::Public)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Public)])
             .when(RoomCommand::Join { user: w.carol })
             .then(&[Event::MemberJoined {
                 user_id: w.carol,
                 invited_by: None,
             }]);
-        given::<Room>(&[group(&w, Visibility::Public)])
+        given::<RoomAggregate>(&[group(&w, Visibility::Public)])
             .when(RoomCommand::Join { user: w.bob })
             .then(&[]);
     }
@@ -486,14 +486,14 @@ mod tests {
         let w = world();
         let id = MessageId::new();
         let history = [group(&w, Visibility::Private), sent(id, w.alice)];
-        given::<Room>(&history)
+        given::<RoomAggregate>(&history)
             .when(RoomCommand::Edit {
                 sender: w.bob,
                 message_id: id,
                 body: body("x"),
             })
             .then_error(DomainError::NotTheSender);
-        given::<Room>(&history)
+        given::<RoomAggregate>(&history)
             .when(RoomCommand::Delete {
                 sender: w.alice,
                 message_id: id,
@@ -510,7 +510,7 @@ mod tests {
                 sender_id: w.alice,
             },
         ];
-        given::<Room>(&deleted)
+        given::<RoomAggregate>(&deleted)
             .when(RoomCommand::Edit {
                 sender: w.alice,
                 message_id: id,

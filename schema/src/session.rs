@@ -13,7 +13,7 @@ use crate::ids::{SessionId, UserId};
 use crate::{Aggregate, DomainError, Result};
 
 #[derive(Debug, Clone, Default)]
-pub struct Session {
+pub struct SessionAggregate {
     pub user_id: Option<UserId>,
     pub current_hash: Option<String>,
     pub spent_hashes: Vec<String>,
@@ -40,7 +40,7 @@ pub enum SessionCommand {
     },
 }
 
-impl Session {
+impl SessionAggregate {
     /// What a refresh should answer once the events `decide` returned are durable: rotation
     /// succeeds, a detected reuse is refused (after the revocation was stored).
     pub fn refresh_outcome(events: &[Event]) -> Result<()> {
@@ -72,7 +72,7 @@ impl Session {
     }
 }
 
-impl Aggregate for Session {
+impl Aggregate for SessionAggregate {
     type Command = SessionCommand;
 
     fn decide(&self, command: &SessionCommand) -> Result<Vec<Event>> {
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn refresh_rotates_the_current_token() {
         let now = Utc::now();
-        given::<Session>(&[started(now)])
+        given::<SessionAggregate>(&[started(now)])
             .when(refresh("h1", "h2", now))
             .then(&[Event::SessionRefreshed {
                 token_hash: "h2".into(),
@@ -204,7 +204,7 @@ mod tests {
                 expires_at: now + Duration::days(30),
             },
         ];
-        let events = given::<Session>(&history)
+        let events = given::<SessionAggregate>(&history)
             .when(refresh("h1", "h3", now))
             .events();
         assert_eq!(
@@ -214,12 +214,12 @@ mod tests {
             }]
         );
         assert_eq!(
-            Session::refresh_outcome(&events),
+            SessionAggregate::refresh_outcome(&events),
             Err(DomainError::RefreshTokenReused)
         );
         // After revocation even the newest token is dead.
         let revoked = [history[0].clone(), history[1].clone(), events[0].clone()];
-        given::<Session>(&revoked)
+        given::<SessionAggregate>(&revoked)
             .when(refresh("h2", "h4", now))
             .then_error(DomainError::InvalidRefreshToken);
     }
@@ -227,13 +227,13 @@ mod tests {
     #[test]
     fn unknown_or_expired_tokens_are_refused() {
         let now = Utc::now();
-        given::<Session>(&[started(now)])
+        given::<SessionAggregate>(&[started(now)])
             .when(refresh("nope", "h2", now))
             .then_error(DomainError::InvalidRefreshToken);
-        given::<Session>(&[started(now)])
+        given::<SessionAggregate>(&[started(now)])
             .when(refresh("h1", "h2", now + Duration::days(31)))
             .then_error(DomainError::InvalidRefreshToken);
-        given::<Session>(&[])
+        given::<SessionAggregate>(&[])
             .when(refresh("h1", "h2", now))
             .then_error(DomainError::InvalidRefreshToken);
     }
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn logout_ends_the_session() {
         let now = Utc::now();
-        let events = given::<Session>(&[started(now)])
+        let events = given::<SessionAggregate>(&[started(now)])
             .when(SessionCommand::End {
                 presented_hash: "h1".into(),
             })
@@ -253,11 +253,11 @@ mod tests {
             }]
         );
         let ended = [started(now), events[0].clone()];
-        given::<Session>(&ended)
+        given::<SessionAggregate>(&ended)
             .when(refresh("h1", "h2", now))
             .then_error(DomainError::InvalidRefreshToken);
         // Logging out again changes nothing and is not an error.
-        given::<Session>(&ended)
+        given::<SessionAggregate>(&ended)
             .when(SessionCommand::End {
                 presented_hash: "h1".into(),
             })

@@ -8,7 +8,7 @@ use crate::values::{DisplayName, Username};
 use crate::{Aggregate, DomainError, Result};
 
 #[derive(Debug, Clone, Default)]
-pub struct User {
+pub struct UserAggregate {
     pub registered: Option<Registered>,
     pub friends: HashSet<UserId>,
 }
@@ -36,7 +36,7 @@ pub enum UserCommand {
     RemoveFriend { friend: UserId },
 }
 
-impl Aggregate for User {
+impl Aggregate for UserAggregate {
     type Command = UserCommand;
 
     fn decide(&self, command: &UserCommand) -> Result<Vec<Event>> {
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn registers_a_new_user_under_the_username_id() {
-        let events = given::<User>(&[]).when(register("alice")).events();
+        let events = given::<UserAggregate>(&[]).when(register("alice")).events();
         let [
             Event::UserRegistered {
                 user_id, username, ..
@@ -138,31 +138,31 @@ mod tests {
 
     #[test]
     fn friends_are_added_and_removed_idempotently() {
-        let registered = given::<User>(&[]).when(register("alice")).events();
+        let registered = given::<UserAggregate>(&[]).when(register("alice")).events();
         let me = UserId::for_username(&Username::parse("alice").unwrap());
         let bob = UserId::new();
-        given::<User>(&registered)
+        given::<UserAggregate>(&registered)
             .when(UserCommand::AddFriend { friend: bob })
             .then(&[Event::FriendAdded { friend_id: bob }]);
         let with_bob = [registered[0].clone(), Event::FriendAdded { friend_id: bob }];
-        given::<User>(&with_bob)
+        given::<UserAggregate>(&with_bob)
             .when(UserCommand::AddFriend { friend: bob })
             .then(&[]);
-        given::<User>(&with_bob)
+        given::<UserAggregate>(&with_bob)
             .when(UserCommand::RemoveFriend { friend: bob })
             .then(&[Event::FriendRemoved { friend_id: bob }]);
-        given::<User>(&registered)
+        given::<UserAggregate>(&registered)
             .when(UserCommand::RemoveFriend { friend: bob })
             .then(&[]);
-        given::<User>(&registered)
+        given::<UserAggregate>(&registered)
             .when(UserCommand::AddFriend { friend: me })
             .then_error(DomainError::NotAllowed("you cannot befriend yourself"));
     }
 
     #[test]
     fn refuses_a_taken_username() {
-        let first = given::<User>(&[]).when(register("alice")).events();
-        given::<User>(&first)
+        let first = given::<UserAggregate>(&[]).when(register("alice")).events();
+        given::<UserAggregate>(&first)
             .when(register("alice"))
             .then_error(DomainError::UsernameTaken);
     }

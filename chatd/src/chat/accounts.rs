@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use projector::queries::{self, UserView};
-use schema::session::{Session, SessionCommand};
-use schema::user::{User, UserCommand};
+use schema::session::{SessionAggregate, SessionCommand};
+use schema::user::{UserAggregate, UserCommand};
 use schema::{DisplayName, DomainError, Password, SessionId, UserId, Username, streams};
 
 use super::Chat;
@@ -38,7 +38,7 @@ impl Chat {
         let user_id = UserId::for_username(&username);
         let stream = streams::user(user_id);
         let mut loaded = None;
-        self.catch_up::<User>(&stream, &mut loaded).await?;
+        self.catch_up::<UserAggregate>(&stream, &mut loaded).await?;
         // Check before the expensive hash; the append below re-checks atomically.
         if loaded
             .as_ref()
@@ -69,8 +69,11 @@ impl Chat {
         let registered = match Username::parse(username) {
             Ok(name) => {
                 let mut loaded = None;
-                self.catch_up::<User>(&streams::user(UserId::for_username(&name)), &mut loaded)
-                    .await?;
+                self.catch_up::<UserAggregate>(
+                    &streams::user(UserId::for_username(&name)),
+                    &mut loaded,
+                )
+                .await?;
                 loaded.and_then(|l| l.state.registered)
             }
             Err(_) => None,
@@ -92,7 +95,7 @@ impl Chat {
             token_hash: auth::token_hash(&refresh_token),
             expires_at: self.auth.refresh_expiry(Utc::now()),
         };
-        self.command::<Session>(&streams::session(session_id), &mut None, &command)
+        self.command::<SessionAggregate>(&streams::session(session_id), &mut None, &command)
             .await?;
         Ok(self.tokens(user_id, session_id, refresh_token))
     }
@@ -119,9 +122,9 @@ impl Chat {
         };
         let mut loaded = None;
         let Executed { events, .. } = self
-            .command::<Session>(&streams::session(session_id), &mut loaded, &command)
+            .command::<SessionAggregate>(&streams::session(session_id), &mut loaded, &command)
             .await?;
-        Session::refresh_outcome(&events)?;
+        SessionAggregate::refresh_outcome(&events)?;
         let user_id = loaded
             .and_then(|l| l.state.user_id)
             .ok_or(DomainError::InvalidRefreshToken)?;
@@ -135,13 +138,13 @@ impl Chat {
             presented_hash: auth::token_hash(refresh_token),
         };
         // The session is over either way (a spent token revokes it): 204.
-        self.command::<Session>(&streams::session(session_id), &mut None, &command)
+        self.command::<SessionAggregate>(&streams::session(session_id), &mut None, &command)
             .await?;
         Ok(())
     }
 
     async fn user_command(&self, actor: UserId, command: UserCommand) -> Result<()> {
-        self.command::<User>(&streams::user(actor), &mut None, &command)
+        self.command::<UserAggregate>(&streams::user(actor), &mut None, &command)
             .await?;
         Ok(())
     }

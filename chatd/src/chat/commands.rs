@@ -12,7 +12,7 @@ use std::time::Duration;
 use eventlog::{AppendResult, ErrorKind, ExpectedVersion, NewEvent};
 use projector::queries;
 use schema::events::Event;
-use schema::room::{Room, RoomCommand};
+use schema::room::{RoomAggregate, RoomCommand};
 use schema::{Aggregate, RoomId, UserId, streams};
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ pub(super) struct Executed {
     pub(super) position: u64,
 }
 
-pub(super) type RoomSlot = Arc<tokio::sync::Mutex<Option<Loaded<Room>>>>;
+pub(super) type RoomSlot = Arc<tokio::sync::Mutex<Option<Loaded<RoomAggregate>>>>;
 
 /// Room aggregates by id, one slot each.
 pub(super) type RoomCache = Mutex<HashMap<RoomId, RoomSlot>>;

@@ -13,7 +13,7 @@ use eventlog::{EventLog, ExpectedVersion, NewEvent};
 use projector::{Progress, ReadModels, queries};
 use proptest::prelude::*;
 use schema::events::RoomKind;
-use schema::room::{Room, RoomCommand};
+use schema::room::{RoomAggregate, RoomCommand};
 use schema::unread::UnreadModel;
 use schema::{
     Aggregate, Event, MessageBody, MessageId, RoomId, RoomName, UserId, Visibility, streams,
@@ -76,7 +76,7 @@ struct World {
     log: Arc<dyn EventLog>,
     model: UnreadModel,
     users: Vec<UserId>,
-    rooms: Vec<(RoomId, Room, u64)>,
+    rooms: Vec<(RoomId, RoomAggregate, u64)>,
     /// Per room: (message id, sender) in send order.
     sent: Vec<Vec<(MessageId, UserId)>>,
 }
@@ -221,7 +221,9 @@ async fn check(ops: Vec<Op>) {
         sent: vec![vec![]; ROOMS],
     };
     for r in 0..ROOMS {
-        world.rooms.push((RoomId::new(), Room::default(), 0));
+        world
+            .rooms
+            .push((RoomId::new(), RoomAggregate::default(), 0));
         let room_id = world.rooms[r].0;
         let create = RoomCommand::Create {
             room_id,
