@@ -9,10 +9,10 @@ use anyhow::Context;
 use eventlog::EventLog;
 use eventlog::jetstream::JetStreamLog;
 use eventlog::sqlite::SqliteLog;
-use poem::Server;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::EndpointExt;
 use projector::{Progress, ReadModels};
 use search::SearchIndex;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +27,10 @@ use crate::ops::monitor::{Change, Watched};
 /// A built server: storage open, listener bound, not yet serving.
 pub struct App {
     settings: Settings,
-    acceptor: TcpAcceptor,
+    acceptor: TcpListener,
     addr: SocketAddr,
     /// The admin listener (`CHAT_ADMIN_LISTEN`), when configured.
-    admin: Option<(TcpAcceptor, SocketAddr)>,
+    admin: Option<(TcpListener, SocketAddr)>,
     log: Arc<dyn EventLog>,
     models: ReadModels,
     progress_tx: watch::Sender<u64>,
@@ -169,7 +169,8 @@ impl App {
             settings.access_token_ttl(),
             settings.refresh_token_ttl_days,
             (settings.argon2_memory_kib, settings.argon2_iterations),
-        )?;
+        )?
+        .with_hashing(settings.limits.hash_concurrency, settings.hash_wait());
         let (progress_tx, progress) = Progress::new();
         let head_at_start = log.head().await?;
         let presence = Presence::default();
@@ -179,6 +180,8 @@ impl App {
             progress.clone(),
             auth,
             presence.clone(),
+            crate::limits::Limits::new(&settings.limits, settings.ws_rate),
+            settings.limits.room_cache,
         ));
         let (acceptor, addr) = bind(settings.listen).await?;
         let admin = match settings.admin_listen {
@@ -340,17 +343,18 @@ impl App {
 
         // The admin listener stops accepting when the public one starts draining.
         let admin_stopped = CancellationToken::new();
+        let connection_limits = settings.connection_limits();
         let admin_server = admin.map(|(acceptor, addr)| {
             tracing::info!(%addr, "admin listening");
             let app = crate::http::admin_routes(readiness.clone());
             let stop = admin_stopped.clone();
-            tokio::spawn(
-                Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-                    app,
-                    async move { stop.cancelled().await },
-                    Some(Duration::from_secs(1)),
-                ),
-            )
+            tokio::spawn(crate::http::server::serve(
+                acceptor,
+                app.map_to_response().boxed(),
+                async move { stop.cancelled().await },
+                Duration::from_secs(1),
+                connection_limits,
+            ))
         });
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
         let app = crate::http::routes(chat, hub, readiness, &settings, search);
@@ -368,13 +372,14 @@ impl App {
                 admin_stopped.cancel();
             }
         };
-        let served = Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(
-                app,
-                stop,
-                Some(Duration::from_secs(settings.shutdown_grace_secs)),
-            )
-            .await;
+        let served = crate::http::server::serve(
+            acceptor,
+            app.map_to_response().boxed(),
+            stop,
+            Duration::from_secs(settings.shutdown_grace_secs),
+            connection_limits,
+        )
+        .await;
 
         admin_stopped.cancel();
         // No request is in flight any more. Stop the projector (it resumes from its checkpoint
@@ -401,17 +406,14 @@ impl App {
 }
 
 /// Binds a listener on `addr` (port 0 picks a free one); returns it with its bound address.
-async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpAcceptor, SocketAddr)> {
-    let acceptor = TcpListener::bind(addr.to_string())
-        .into_acceptor()
+async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = acceptor
+    let bound = listener
         .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
         .context("listener has no socket address")?;
-    Ok((acceptor, bound))
+    Ok((listener, bound))
 }
 
 /// Runs a long-lived task; an error or a panic is logged and cancels `failed`, which stops the

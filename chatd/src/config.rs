@@ -81,8 +81,8 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub presence_grace_ms: u64,
 
-    /// Frames a WebSocket client may send per second (bursts of twice as many are allowed);
-    /// more are refused with `rate_limited`.
+    /// Frames a user's WebSockets together may send per second, REST message sends included
+    /// (bursts of twice as many are allowed); more are refused with `rate_limited`.
     #[arg(long, env = "CHAT_WS_RATE", default_value_t = 20, global = true,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub ws_rate: u32,
@@ -97,6 +97,9 @@ pub struct Settings {
     #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2, global = true,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub argon2_iterations: u32,
+
+    #[command(flatten)]
+    pub limits: LimitSettings,
 
     #[command(flatten)]
     pub nats: NatsSettings,
@@ -145,6 +148,132 @@ pub struct Settings {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Throttling and bounds (docs/limits.md). Rates refused answer 429 with `Retry-After`;
+/// saturation answers 503 with `Retry-After`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitSettings {
+    /// REST requests one user may make per second (bursts of twice as many).
+    #[arg(long, env = "CHAT_REQUEST_RATE", default_value_t = 20, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub request_rate: u32,
+
+    /// Failed logins an account may have before each further attempt must wait (see
+    /// `CHAT_LOGIN_BACKOFF_MS`).
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_failures_per_account: u32,
+
+    /// Failed logins one source address may have before each further attempt must wait.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub login_failures_per_address: u32,
+
+    /// The first wait after too many failed logins, in milliseconds; it doubles with every
+    /// further attempt.
+    #[arg(long, env = "CHAT_LOGIN_BACKOFF_MS", default_value_t = 1000, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub login_backoff_ms: u64,
+
+    /// The longest wait after failed logins, in seconds; an account or address without a
+    /// login attempt for this long starts over.
+    #[arg(long, env = "CHAT_LOGIN_BACKOFF_MAX_SECS", default_value_t = 900, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_backoff_max_secs: u64,
+
+    /// Registrations one source address may make per minute.
+    #[arg(long, env = "CHAT_REGISTRATIONS_PER_MIN", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub registrations_per_min: u32,
+
+    /// Password hashes computed at once (logins, registrations). Default: the number of CPUs.
+    #[arg(long, env = "CHAT_HASH_CONCURRENCY", global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub hash_concurrency: Option<usize>,
+
+    /// How long a login or registration waits for a password-hash slot, in milliseconds,
+    /// before it is refused with 503 `overloaded`.
+    #[arg(long, env = "CHAT_HASH_WAIT_MS", default_value_t = 2000, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub hash_wait_ms: u64,
+
+    /// The most users one request may invite (`member_ids` of a new room, `user_ids` of an
+    /// invitation); at most 1000, the domain's own bound.
+    #[arg(long, env = "CHAT_INVITE_MAX_USERS", default_value_t = 100, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub invite_max_users: usize,
+
+    /// Users one user may invite per minute (to new rooms and existing ones together).
+    #[arg(long, env = "CHAT_INVITES_PER_MIN", default_value_t = 200, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub invites_per_min: u32,
+
+    /// WebSocket and SSE connections one user may hold at once.
+    #[arg(long, env = "CHAT_LIVE_CONNECTIONS_PER_USER", default_value_t = 20, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub live_connections_per_user: usize,
+
+    /// Connections the server holds at once (HTTP, WebSocket and SSE together); further ones
+    /// are answered 503 `overloaded` and closed.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers, in seconds; also how long an
+    /// idle keep-alive connection is kept waiting for its next request.
+    #[arg(long, env = "CHAT_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+
+    /// A connection on which nothing is read or written for this many seconds is closed (a
+    /// stalled request body, a response nobody reads). Keep it above 15 s, the SSE heartbeat
+    /// interval (WebSockets, once upgraded, have their own pings and idle limit).
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_SECS", default_value_t = 60, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+
+    /// WebSocket `resume` frames one user may send per minute.
+    #[arg(long, env = "CHAT_RESUMES_PER_MIN", default_value_t = 60, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub resumes_per_min: u32,
+
+    /// The most rooms one `resume` frame may name.
+    #[arg(long, env = "CHAT_RESUME_MAX_ROOMS", default_value_t = 1000, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub resume_max_rooms: usize,
+
+    /// The most log events an SSE `Last-Event-ID` replay scans; a client further behind
+    /// starts live (its unread counts tell it where it stands).
+    #[arg(long, env = "CHAT_SSE_REPLAY_LIMIT", default_value_t = 10_000, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub sse_replay_limit: u64,
+
+    /// Room aggregates kept in memory per node (least recently used ones are dropped and
+    /// reloaded from the log when needed).
+    #[arg(long, env = "CHAT_ROOM_CACHE", default_value_t = 10_000, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub room_cache: usize,
+
+    /// Keys (users, addresses) each rate-limit table remembers; the least recently seen are
+    /// forgotten first.
+    #[arg(long, env = "CHAT_LIMIT_KEYS", default_value_t = 100_000, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..=100_000_000))]
+    pub limit_keys: usize,
+
+    /// Proxies (addresses or networks, comma-separated: `10.0.0.0/8,::1`) whose
+    /// `X-Forwarded-For` names the client. Unset: the peer address is the client's.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',', global = true,
+          value_parser = parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A network (`10.0.0.0/8`) or a single address.
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a network"))
 }
 
 /// The scale-out backend: when `CHAT_NATS_URL` is set, the event log is a NATS JetStream
@@ -246,14 +375,22 @@ impl Settings {
     /// Settings for tests and embedding: defaults, the given data dir, a free port. The
     /// environment is not read: a `CHAT_*` variable the caller happens to have changes nothing.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self::for_data_dir_with(data_dir, &[]).expect("the defaults parse")
+    }
+
+    /// [`Self::for_data_dir`] with these flags (`["--ws-rate", "100"]`) set.
+    pub fn for_data_dir_with(
+        data_dir: impl Into<PathBuf>,
+        flags: &[&str],
+    ) -> Result<Self, clap::Error> {
         use clap::{CommandFactory, FromArgMatches};
-        let defaults = Self::command()
+        let matches = Self::command()
             .mut_args(|arg| arg.env(None))
-            .get_matches_from(["chatd"]);
-        let mut s = Self::from_arg_matches(&defaults).expect("the defaults parse");
+            .try_get_matches_from(std::iter::once("chatd").chain(flags.iter().copied()))?;
+        let mut s = Self::from_arg_matches(&matches)?;
         s.data_dir = data_dir.into();
         s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        s
+        Ok(s)
     }
 
     pub fn events_path(&self) -> PathBuf {
@@ -323,6 +460,18 @@ impl Settings {
             disconnects_per_minute: self.alert_disconnects_per_min,
             failed_logins_per_minute: self.alert_failed_logins_per_min,
         }
+    }
+
+    pub fn connection_limits(&self) -> crate::http::server::ConnectionLimits {
+        crate::http::server::ConnectionLimits {
+            max_connections: self.limits.max_connections,
+            header_read_timeout: Duration::from_secs(self.limits.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(self.limits.idle_timeout_secs),
+        }
+    }
+
+    pub fn hash_wait(&self) -> Duration {
+        Duration::from_millis(self.limits.hash_wait_ms)
     }
 
     pub fn presence_grace(&self) -> Duration {

@@ -12,6 +12,7 @@
 //! - [`http`]: the REST interface (poem-openapi), adapting requests to [`chat`];
 //! - [`live`]: live delivery: connections (WebSocket, SSE), the audience of each event, presence;
 //! - [`ops`]: metrics, the metered log, the monitor and its alert rules, health;
+//! - [`limits`]: throttles and bounds (rates, login backoff, connection counts, bounded maps);
 //! - [`security`]: security events (authentication failures) as ECS lines, counted.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod config;
 pub mod datadir;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod ops;
 pub mod security;

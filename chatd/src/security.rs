@@ -19,13 +19,18 @@ pub enum AuthFailure {
     /// A refresh token that was already rotated was presented again: it may have been
     /// stolen, and its whole session is revoked.
     RefreshTokenReused,
+    /// A login refused because of earlier failures for the account or from the address.
+    LoginThrottled,
+    /// A registration refused because of too many from the address.
+    RegisterThrottled,
 }
 
 impl AuthFailure {
     fn action(self) -> &'static str {
         match self {
-            Self::InvalidCredentials => "login",
+            Self::InvalidCredentials | Self::LoginThrottled => "login",
             Self::RefreshTokenReused => "token-refresh",
+            Self::RegisterThrottled => "register",
         }
     }
 
@@ -33,6 +38,7 @@ impl AuthFailure {
         match self {
             Self::InvalidCredentials => "invalid_credentials",
             Self::RefreshTokenReused => "refresh_token_reused",
+            Self::LoginThrottled | Self::RegisterThrottled => "throttled",
         }
     }
 }
@@ -50,6 +56,21 @@ pub fn auth_failure(failure: AuthFailure) {
         event.action = failure.action(),
         event.reason = failure.reason(),
         "authentication failed: {}",
+        failure.reason()
+    );
+}
+
+/// Logs the security event for a request from `source` refused by a limit.
+pub fn throttled(failure: AuthFailure, source: std::net::IpAddr) {
+    tracing::warn!(
+        event.kind = "event",
+        event.category = "authentication",
+        "event.type" = "denied",
+        event.outcome = "failure",
+        event.action = failure.action(),
+        event.reason = failure.reason(),
+        source.ip = %source,
+        "authentication refused: {}",
         failure.reason()
     );
 }

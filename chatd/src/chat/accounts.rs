@@ -1,6 +1,8 @@
 //! Accounts: registering, logging in, sessions (refresh-token rotation), profiles and friend
 //! lists.
 
+use std::net::IpAddr;
+
 use chrono::Utc;
 use projector::queries::{self, UserView};
 use schema::session::{SessionAggregate, SessionCommand};
@@ -11,6 +13,8 @@ use super::Chat;
 use super::auth;
 use super::commands::Executed;
 use super::error::{ChatError, Result};
+use crate::limits::address_key;
+use crate::security::{self, AuthFailure};
 
 /// Tokens handed out at login and refresh.
 #[derive(Debug, Clone)]
@@ -29,12 +33,18 @@ pub struct Person {
 }
 
 impl Chat {
+    /// Registers `username`, asked from `source` (registrations per address are limited).
     pub async fn register(
         &self,
         username: Username,
         password: Password,
         display_name: Option<DisplayName>,
+        source: IpAddr,
     ) -> Result<UserView> {
+        if let Err(limited) = self.limits.registrations.take(address_key(source), 1) {
+            security::throttled(AuthFailure::RegisterThrottled, source);
+            return Err(limited.into());
+        }
         let user_id = UserId::for_username(&username);
         let stream = streams::user(user_id);
         let mut loaded = None;
@@ -46,11 +56,7 @@ impl Chat {
         {
             return Err(DomainError::UsernameTaken.into());
         }
-        let password_hash = self
-            .auth
-            .hash_password(password)
-            .await
-            .map_err(|e| ChatError::Internal(e.to_string()))?;
+        let password_hash = self.auth.hash_password(password).await?;
         let display_name = display_name.unwrap_or_else(|| DisplayName::from(&username));
         let command = UserCommand::Register {
             username: username.clone(),
@@ -65,7 +71,16 @@ impl Chat {
         })
     }
 
-    pub async fn login(&self, username: &str, password: String) -> Result<Tokens> {
+    /// Logs in, asked from `source`: after repeated failures for the account or from the
+    /// address, further attempts must wait (exponential backoff).
+    pub async fn login(&self, username: &str, password: String, source: IpAddr) -> Result<Tokens> {
+        let attempt = match self.limits.login(username, source) {
+            Ok(attempt) => attempt,
+            Err(limited) => {
+                security::throttled(AuthFailure::LoginThrottled, source);
+                return Err(limited.into());
+            }
+        };
         let registered = match Username::parse(username) {
             Ok(name) => {
                 let mut loaded = None;
@@ -79,10 +94,11 @@ impl Chat {
             Err(_) => None,
         };
         let hash = registered.as_ref().map(|r| r.password_hash.clone());
-        if !self.auth.verify_password(password, hash).await {
+        if !self.auth.verify_password(password, hash).await? {
             return Err(ChatError::InvalidCredentials);
         }
         let user = registered.ok_or(ChatError::InvalidCredentials)?;
+        attempt.succeeded();
         self.start_session(user.user_id).await
     }
 

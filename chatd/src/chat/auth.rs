@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use super::error::ChatError;
+use crate::limits::{Limit, Limited};
+
 /// Claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -38,6 +41,8 @@ pub struct Auth {
     /// Password hashing is CPU-bound and deliberately slow: at most this many at once, so a
     /// burst of logins cannot starve the blocking pool or the machine.
     hashing: Arc<Semaphore>,
+    /// How long a hash waits for a permit before it is refused as overloaded.
+    hash_wait: Duration,
     /// Verified against when the user does not exist, so a login takes as long either way.
     dummy_hash: Arc<String>,
     /// Cost of new hashes (verification uses the cost stored in each hash).
@@ -129,9 +134,28 @@ impl Auth {
             access_ttl,
             refresh_ttl: chrono::Duration::days(refresh_ttl_days as i64),
             hashing: Arc::new(Semaphore::new(num_cpus())),
+            hash_wait: Duration::from_secs(2),
             dummy_hash: Arc::new(dummy),
             params,
         })
+    }
+
+    /// At most `concurrency` password hashes at once (default: one per CPU); a hash waits
+    /// at most `wait` for its turn.
+    pub fn with_hashing(mut self, concurrency: Option<usize>, wait: Duration) -> Self {
+        self.hashing = Arc::new(Semaphore::new(concurrency.unwrap_or_else(num_cpus)));
+        self.hash_wait = wait;
+        self
+    }
+
+    /// A turn at hashing, waiting boundedly: a saturated server says so (503) instead of
+    /// queueing without end.
+    async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Limited> {
+        let busy = Limited::new(Limit::Overloaded, Duration::from_secs(1));
+        match tokio::time::timeout(self.hash_wait, self.hashing.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => Err(busy),
+        }
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -165,28 +189,31 @@ impl Auth {
             .map(|d| d.claims)
     }
 
-    pub async fn hash_password(&self, password: schema::Password) -> anyhow::Result<String> {
-        let _permit = self.hashing.acquire().await?;
+    pub async fn hash_password(&self, password: schema::Password) -> Result<String, ChatError> {
+        let _permit = self.hashing_permit().await?;
         let params = self.params.clone();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::thread_rng());
             hasher(&params)
                 .hash_password(password.expose().as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+                .map_err(|e| ChatError::Internal(format!("hashing failed: {e}")))
         })
-        .await?
+        .await
+        .map_err(|e| ChatError::Internal(e.to_string()))?
     }
 
     /// Checks a password against a stored hash; with no hash (unknown user) it still does the
     /// work and returns false.
-    pub async fn verify_password(&self, password: String, hash: Option<String>) -> bool {
-        let Ok(_permit) = self.hashing.acquire().await else {
-            return false;
-        };
+    pub async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, Limited> {
+        let _permit = self.hashing_permit().await?;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
-        tokio::task::spawn_blocking(move || {
+        Ok(tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|h| {
                     Argon2::default()
@@ -197,7 +224,7 @@ impl Auth {
         })
         .await
         .unwrap_or(false)
-            && known
+            && known)
     }
 }
 

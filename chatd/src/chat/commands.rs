@@ -5,7 +5,6 @@
 //! this node (the slot's lock), and other nodes are caught by the expected version. (The
 //! model is cqrs-es's `CqrsFramework::execute`.)
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use uuid::Uuid;
 
 use super::Chat;
 use super::error::{ChatError, Result};
+use crate::limits::BoundedMap;
 
 /// How long a command waits for the projections before answering anyway (the command is
 /// durable either way; only the caller's next read could then be stale).
@@ -48,8 +48,13 @@ pub(super) struct Executed {
 
 pub(super) type RoomSlot = Arc<tokio::sync::Mutex<Option<Loaded<RoomAggregate>>>>;
 
-/// Room aggregates by id, one slot each.
-pub(super) type RoomCache = Mutex<HashMap<RoomId, RoomSlot>>;
+/// Room aggregates by id, one slot each, the least recently used forgotten beyond
+/// `CHAT_ROOM_CACHE` (a forgotten room is reloaded from the log when next needed).
+pub(super) type RoomCache = Mutex<BoundedMap<RoomId, RoomSlot>>;
+
+pub(super) fn room_cache(capacity: usize) -> RoomCache {
+    Mutex::new(BoundedMap::new(capacity))
+}
 
 fn event_id(event: &Event) -> Uuid {
     match event {
@@ -230,13 +235,20 @@ impl Chat {
     fn room_slot(&self, room: RoomId) -> RoomSlot {
         // A poisoned map only means another request panicked mid-insert; the map is still valid.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.entry(room).or_default().clone()
+        // A slot someone holds is not forgotten: two slots for one room would let two
+        // commands on it run at once here (still correct, but conflicting).
+        let slot = rooms
+            .entry(room, RoomSlot::default, |slot| Arc::strong_count(slot) > 1)
+            .clone();
+        metrics::gauge!(crate::ops::metrics::names::ROOM_CACHE).set(rooms.len() as f64);
+        slot
     }
 
     fn forget_room(&self, room: RoomId, slot: &RoomSlot) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if rooms.get(&room).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             rooms.remove(&room);
+            metrics::gauge!(crate::ops::metrics::names::ROOM_CACHE).set(rooms.len() as f64);
         }
     }
 

@@ -5,6 +5,8 @@
 
 use schema::{DomainError, UserId};
 
+use crate::limits::{Limit, Limited};
+
 /// Declares [`Code`] from `Variant => status, "code";` lines.
 macro_rules! error_codes {
     ($($(#[$doc:meta])* $variant:ident => $status:literal, $code:literal;)*) => {
@@ -78,7 +80,22 @@ error_codes! {
     BadFrame => 400, "bad_frame";
     UnknownType => 400, "unknown_type";
     FrameTooLarge => 413, "frame_too_large";
+    /// Too many requests, sends or invitations; retry after `Retry-After`.
     RateLimited => 429, "rate_limited";
+    /// A `resume` frame names more rooms than `CHAT_RESUME_MAX_ROOMS`.
+    TooManyRooms => 400, "too_many_rooms";
+
+    // ---- limits (REST answers carry `Retry-After`)
+    /// Too many failed logins for the account or from the address: wait `Retry-After`.
+    LoginThrottled => 429, "login_throttled";
+    /// Too many registrations from the address.
+    RegisterThrottled => 429, "register_throttled";
+    /// More users in one request than `CHAT_INVITE_MAX_USERS`.
+    TooManyInvitees => 400, "too_many_invitees";
+    /// The user holds as many live connections as allowed.
+    TooManyConnections => 429, "too_many_connections";
+    /// The server is saturated (password hashing, connections); retry after `Retry-After`.
+    Overloaded => 503, "overloaded";
 
     // ---- the server
     /// The stream kept changing under the command; retry.
@@ -96,6 +113,8 @@ error_codes! {
 pub struct Refusal {
     pub code: Code,
     pub detail: String,
+    /// When a retry may succeed (refusals by a limit).
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -103,6 +122,33 @@ impl Refusal {
         Self {
             code,
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<Limited> for Refusal {
+    fn from(l: Limited) -> Self {
+        let (code, detail) = match l.limit {
+            Limit::Login => (
+                Code::LoginThrottled,
+                "too many failed logins; wait and retry",
+            ),
+            Limit::Register => (
+                Code::RegisterThrottled,
+                "too many registrations; wait and retry",
+            ),
+            Limit::Rate => (Code::RateLimited, "too many requests; slow down"),
+            Limit::Invites => (Code::RateLimited, "too many invitations; slow down"),
+            Limit::Connections => (
+                Code::TooManyConnections,
+                "too many live connections; close one first",
+            ),
+            Limit::Overloaded => (Code::Overloaded, "the server is busy; retry"),
+        };
+        Self {
+            retry_after: Some(l.retry_after_secs()),
+            ..Self::new(code, detail)
         }
     }
 }
@@ -131,12 +177,24 @@ pub enum ChatError {
     /// The query or cursor was refused, or the search index failed.
     #[error(transparent)]
     Search(#[from] search::Error),
+    /// A limit refused the request.
+    #[error("limited: {0:?}")]
+    Limited(Limited),
+    /// More users in one request than allowed.
+    #[error("at most {0} users per request")]
+    TooManyInvitees(usize),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
     /// Anything else: a bug.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<Limited> for ChatError {
+    fn from(l: Limited) -> Self {
+        Self::Limited(l)
+    }
 }
 
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;
@@ -178,6 +236,11 @@ impl From<ChatError> for Refusal {
                 crate::security::auth_failure(crate::security::AuthFailure::InvalidCredentials);
                 Self::new(Code::InvalidCredentials, "wrong username or password")
             }
+            ChatError::Limited(l) => l.into(),
+            ChatError::TooManyInvitees(max) => Self::new(
+                Code::TooManyInvitees,
+                format!("at most {max} users per request"),
+            ),
             ChatError::UnknownUsers(ids) => {
                 let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
                 Self::new(

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use eventlog::EventLog;
 use projector::{Progress, ReadModels};
 
+use crate::limits::Limits;
+
 pub mod accounts;
 pub mod auth;
 mod commands;
@@ -46,6 +48,7 @@ pub struct Chat {
     /// lock), so they do not conflict with each other; other nodes are caught by the expected
     /// version.
     rooms: commands::RoomCache,
+    limits: Limits,
 }
 
 impl Chat {
@@ -55,6 +58,8 @@ impl Chat {
         progress: Progress,
         auth: Auth,
         presence: Presence,
+        limits: Limits,
+        room_cache: usize,
     ) -> Self {
         Self {
             log,
@@ -62,8 +67,14 @@ impl Chat {
             progress,
             auth,
             presence,
-            rooms: Default::default(),
+            rooms: commands::room_cache(room_cache),
+            limits,
         }
+    }
+
+    /// This node's throttles and bounds.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn auth(&self) -> &Auth {

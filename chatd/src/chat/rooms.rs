@@ -9,7 +9,7 @@ use schema::{DomainError, RoomId, RoomName, UserId, Visibility};
 use super::Chat;
 use super::accounts::Person;
 use super::commands::Executed;
-use super::error::Result;
+use super::error::{ChatError, Result};
 
 /// A room with its members.
 #[derive(Debug, Clone)]
@@ -28,6 +28,7 @@ impl Chat {
     ) -> Result<RoomDetail> {
         // Refuse before looking a thousand users up.
         schema::room::check_request_size("member_ids", members.len())?;
+        self.invitations(actor, members.len())?;
         self.require_users(members.clone()).await?;
         let room_id = RoomId::new();
         let command = RoomCommand::Create {
@@ -125,9 +126,23 @@ impl Chat {
 
     pub async fn invite(&self, actor: UserId, room: RoomId, users: Vec<UserId>) -> Result<()> {
         schema::room::check_request_size("user_ids", users.len())?;
+        self.invitations(actor, users.len())?;
         self.require_users(users.clone()).await?;
         self.room_command(room, RoomCommand::Invite { by: actor, users })
             .await?;
+        Ok(())
+    }
+
+    /// Counts `n` invitations by `actor` against the per-request cap and the per-minute
+    /// budget (`CHAT_INVITE_MAX_USERS`, `CHAT_INVITES_PER_MIN`).
+    fn invitations(&self, actor: UserId, n: usize) -> Result<()> {
+        let limits = self.limits();
+        if n > limits.invite_max_users {
+            return Err(ChatError::TooManyInvitees(limits.invite_max_users));
+        }
+        if n > 0 {
+            limits.invites.take(actor, n as u32)?;
+        }
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
@@ -7,7 +8,7 @@ use schema::{DisplayName, Password, UserId, Username};
 use uuid::Uuid;
 
 use super::models::{LoginRequest, RefreshRequest, RegisterRequest, TokenResponse, User};
-use super::{ApiError, BearerAuth, Tag};
+use super::{ApiError, BearerAuth, ClientIp, Tag};
 use crate::chat::{Chat, Code};
 
 #[derive(Debug)]
@@ -33,9 +34,15 @@ enum LoggedOut {
 impl Api {
     /// Create an account.
     ///
-    /// 409 `username_taken` when the name (compared without case) is in use.
+    /// 409 `username_taken` when the name (compared without case) is in use; 429
+    /// `register_throttled` after too many registrations from one address
+    /// (`CHAT_REGISTRATIONS_PER_MIN`).
     #[oai(path = "/auth/register", method = "post")]
-    async fn register(&self, body: Json<RegisterRequest>) -> Result<Registered, ApiError> {
+    async fn register(
+        &self,
+        body: Json<RegisterRequest>,
+        ip: Data<&ClientIp>,
+    ) -> Result<Registered, ApiError> {
         let username = Username::parse(&body.username)?;
         let password = Password::parse(&body.password)?;
         let display_name = body
@@ -43,17 +50,28 @@ impl Api {
             .as_deref()
             .map(DisplayName::parse)
             .transpose()?;
-        let user = self.chat.register(username, password, display_name).await?;
+        let user = self
+            .chat
+            .register(username, password, display_name, ip.0.0)
+            .await?;
         Ok(Registered::Created(Json(user.into())))
     }
 
     /// Log in: a short-lived access token and a single-use refresh token.
     ///
-    /// 401 `invalid_credentials` for an unknown user or a wrong password alike.
+    /// 401 `invalid_credentials` for an unknown user or a wrong password alike. After
+    /// repeated failures for the account or from the address, 429 `login_throttled` until
+    /// `Retry-After` (the wait doubles with each further attempt).
     #[oai(path = "/auth/login", method = "post")]
-    async fn login(&self, body: Json<LoginRequest>) -> Result<Json<TokenResponse>, ApiError> {
+    async fn login(
+        &self,
+        body: Json<LoginRequest>,
+        ip: Data<&ClientIp>,
+    ) -> Result<Json<TokenResponse>, ApiError> {
         let Json(LoginRequest { username, password }) = body;
-        Ok(Json(self.chat.login(&username, password.0).await?.into()))
+        Ok(Json(
+            self.chat.login(&username, password.0, ip.0.0).await?.into(),
+        ))
     }
 
     /// Exchange a refresh token for a new pair (rotation).

@@ -32,6 +32,24 @@ pub struct Problem {
 /// The error response of every endpoint.
 #[derive(Debug, ApiResponse)]
 pub enum ApiError {
+    /// Refused by a limit (`rate_limited`, `login_throttled`, `register_throttled`,
+    /// `too_many_connections`): retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(
+        Json<Problem>,
+        /// Seconds to wait before retrying.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+    /// The server is saturated or stopping (`overloaded`, `unavailable`, `shutting_down`):
+    /// retry, after `Retry-After` seconds when given.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(
+        Json<Problem>,
+        /// Seconds to wait before retrying.
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
     /// A problem; see `code`.
     #[oai(content_type = "application/problem+json")]
     Problem(StatusCode, Json<Problem>),
@@ -40,23 +58,26 @@ pub enum ApiError {
 impl ApiError {
     /// A problem with the code's status from the table.
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self::with_retry(code, detail, None)
+    }
+
+    /// A problem with the code's status, and `Retry-After` when the refusal says when.
+    fn with_retry(code: Code, detail: impl Into<String>, retry_after: Option<u64>) -> Self {
         let status =
             StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self::with_status(status, code, detail)
+        let problem = problem(status, code, detail);
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                Self::TooManyRequests(problem, retry_after.unwrap_or(1))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(problem, retry_after),
+            _ => Self::Problem(status, problem),
+        }
     }
 
     /// A problem whose status is not the table's (an error the framework raised with its own).
     fn with_status(status: StatusCode, code: Code, detail: impl Into<String>) -> Self {
-        Self::Problem(
-            status,
-            Json(Problem {
-                ty: "about:blank".into(),
-                title: status.canonical_reason().unwrap_or("Error").into(),
-                status: status.as_u16(),
-                detail: detail.into(),
-                code: code.as_str().into(),
-            }),
-        )
+        Self::Problem(status, problem(status, code, detail))
     }
 
     pub fn invalid_parameter(detail: impl Into<String>) -> Self {
@@ -68,9 +89,19 @@ impl ApiError {
     }
 }
 
+fn problem(status: StatusCode, code: Code, detail: impl Into<String>) -> Json<Problem> {
+    Json(Problem {
+        ty: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+        code: code.as_str().into(),
+    })
+}
+
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
-        Self::new(r.code, r.detail)
+        Self::with_retry(r.code, r.detail, r.retry_after)
     }
 }
 

@@ -102,7 +102,8 @@ impl Api {
         Ok(Json(UnreadResponse { total, rooms }))
     }
 
-    /// Send a message. Answered only once it is durable.
+    /// Send a message. Answered only once it is durable. Sends count against the same
+    /// per-user budget as WebSocket frames (429 `rate_limited` beyond it).
     #[oai(path = "/rooms/:room_id/messages", method = "post")]
     async fn send(
         &self,
@@ -110,6 +111,12 @@ impl Api {
         room_id: Path<Uuid>,
         body: Json<SendRequest>,
     ) -> Result<Sent, ApiError> {
+        // The budget of the user's WebSocket frames (`CHAT_WS_RATE`): one for both ways in.
+        self.chat
+            .limits()
+            .sends
+            .take(auth.0.0, 1)
+            .map_err(crate::chat::Refusal::from)?;
         let text = MessageBody::parse(&body.body)?;
         let key = body
             .client_msg_id

@@ -1,5 +1,6 @@
 //! The REST interface: routes, the OpenAPI document and its UI, auth, limits.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use poem::error::ReadBodyError;
@@ -25,6 +26,7 @@ mod messages;
 mod models;
 mod rooms;
 mod search;
+pub mod server;
 mod upgrade;
 mod web;
 
@@ -56,13 +58,54 @@ pub struct Caller(pub UserId);
 pub struct BearerAuth(pub Caller);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    authenticate(req, &bearer.token)
+}
+
+/// The caller of a valid access token, within their request rate (`CHAT_REQUEST_RATE`).
+fn authenticate(req: &Request, token: &str) -> poem::Result<Caller> {
     let chat = req
         .data::<Arc<Chat>>()
         .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&bearer.token) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
+    let Some(claims) = chat.auth().verify_access(token) else {
+        return Err(ApiError::unauthorized("the access token is invalid or expired").into());
+    };
+    let user = UserId(claims.sub);
+    chat.limits()
+        .requests
+        .take(user, 1)
+        .map_err(|l| ApiError::from(crate::chat::Refusal::from(l)))?;
+    Ok(Caller(user))
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy
+/// (`CHAT_TRUSTED_PROXIES`), the last address in `X-Forwarded-For` that is not one.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = req
+        .remote_addr()
+        .as_socket_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
     }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer)
 }
 
 /// Caps request bodies, chunked ones included (the `Content-Length` header alone could lie
@@ -89,19 +132,14 @@ type Apis = (
     search::Api,
 );
 
-pub fn api_service(
-    chat: Arc<Chat>,
-    hub: Hub,
-    ws_rate: u32,
-    search: Search,
-) -> OpenApiService<Apis, ()> {
+pub fn api_service(chat: Arc<Chat>, hub: Hub, search: Search) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             accounts::Api { chat: chat.clone() },
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },
-            upgrade::Api { chat, hub, ws_rate },
+            upgrade::Api { chat, hub },
             search::Api { search },
         ),
         "chatd",
@@ -189,7 +227,8 @@ pub fn routes(
     search: Search,
 ) -> impl Endpoint + use<> {
     let max_body = settings.max_body_bytes;
-    let api = api_service(chat.clone(), hub, settings.ws_rate, search);
+    let api = api_service(chat.clone(), hub, search);
+    let trusted = settings.limits.trusted_proxies.clone();
     let openapi = api.spec();
     metrics::register_routes(&openapi);
     let allow = allow::AllowTable::from_spec(&openapi);
@@ -208,6 +247,11 @@ pub fn routes(
     public
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(move |ep, req| limit_body(ep, req, max_body))
+        .around(move |ep, mut req| {
+            let ip = client_ip(&req, &trusted);
+            req.set_data(ClientIp(ip));
+            async move { ep.call(req).await.map(IntoResponse::into_response) }
+        })
         .around(traced)
         .data(chat)
         .data(readiness)

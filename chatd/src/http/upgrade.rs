@@ -15,7 +15,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use schema::UserId;
 
 use super::{ApiError, BearerAuth, Caller, Tag};
-use crate::chat::Chat;
+use crate::chat::{Chat, Refusal};
 use crate::live::Hub;
 use crate::live::connections::{sse, ws};
 use crate::live::frames::{ClientFrame, Notification, ServerFrame};
@@ -24,8 +24,6 @@ use crate::live::frames::{ClientFrame, Notification, ServerFrame};
 pub struct Api {
     pub chat: Arc<Chat>,
     pub hub: Hub,
-    /// Frames a WebSocket client may send per second.
-    pub ws_rate: u32,
 }
 
 /// The access token in the `access_token` query parameter, for browsers' `WebSocket` and
@@ -40,13 +38,7 @@ pub struct Api {
 pub struct QueryToken(Caller);
 
 async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Caller> {
-    let chat = req
-        .data::<Arc<Chat>>()
-        .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&key.key) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
-    }
+    super::authenticate(req, &key.key)
 }
 
 /// A bearer header or the `access_token` query parameter.
@@ -115,15 +107,15 @@ impl Api {
     /// presence. A missing or bad token is refused here with 401; no socket is served.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
-        let (chat, hub, user, rate) = (
-            self.chat.clone(),
-            self.hub.clone(),
-            auth.user(),
-            self.ws_rate,
-        );
+        let (chat, hub, user) = (self.chat.clone(), self.hub.clone(), auth.user());
+        // Counted from here, so a burst of upgrades cannot overshoot the limit.
+        let slot = chat.limits().live.open(user).map_err(Refusal::from)?;
         let upgraded = socket
             .config(ws::socket_config())
-            .on_upgrade(move |stream| ws::serve(chat, hub, user, rate, stream));
+            .on_upgrade(move |stream| async move {
+                ws::serve(chat, hub, user, stream).await;
+                drop(slot);
+            });
         Ok(Upgrade(upgraded.into_response()))
     }
 
@@ -137,11 +129,14 @@ impl Api {
         auth: LiveAuth,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<u64>>,
     ) -> Result<Notifications, ApiError> {
+        let user = auth.user();
+        let slot = self.chat.limits().live.open(user).map_err(Refusal::from)?;
         let stream = sse::notifications(
             self.chat.clone(),
             self.hub.clone(),
-            auth.user(),
+            user,
             last_event_id.0,
+            slot,
         )
         .await?;
         Ok(EventStream::new(stream)

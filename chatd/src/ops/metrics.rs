@@ -30,6 +30,8 @@ pub mod names {
     pub const APPEND_ERRORS: &str = "chat_eventlog_append_errors_total";
     pub const PROJECTION_LAG_EVENTS: &str = "chat_projection_lag_events";
     pub const PROJECTION_LAG_SECONDS: &str = "chat_projection_lag_seconds";
+    pub const LIMITED: &str = "chat_limited_total";
+    pub const ROOM_CACHE: &str = "chat_room_cache_entries";
 }
 
 /// The kind of a metric, as Prometheus' `# TYPE` line says.
@@ -62,6 +64,8 @@ pub const CATALOGUE: &[(&str, Kind, &[&str])] = &[
     (names::APPEND_ERRORS, Kind::Counter, &["kind"]),
     (names::PROJECTION_LAG_EVENTS, Kind::Gauge, &["projection"]),
     (names::PROJECTION_LAG_SECONDS, Kind::Gauge, &["projection"]),
+    (names::LIMITED, Kind::Counter, &["limit"]),
+    (names::ROOM_CACHE, Kind::Gauge, &[]),
     ("chat_log_shipper_events_total", Kind::Counter, &["outcome"]),
     ("chat_log_shipper_queue_depth", Kind::Gauge, &[]),
     (
@@ -133,6 +137,11 @@ fn describe() {
         Unit::Seconds,
         "how long a projection has been behind the head of the log it last saw"
     );
+    describe_counter!(
+        LIMITED,
+        "requests, frames and connections refused by a limit, by limit"
+    );
+    describe_gauge!(ROOM_CACHE, "room aggregates held in this node's cache");
 }
 
 /// Shows the series that start at zero from the first scrape, so dashboards and rates have
@@ -142,6 +151,10 @@ fn zero() {
     metrics::counter!(MESSAGES_SENT).absolute(0);
     metrics::gauge!(WS_CONNECTIONS).increment(0.0);
     metrics::gauge!(SSE_CONNECTIONS).increment(0.0);
+    metrics::gauge!(ROOM_CACHE).set(0.0);
+    for limit in crate::limits::Limit::ALL {
+        metrics::counter!(LIMITED, "limit" => limit.name()).absolute(0);
+    }
     for transport in ["ws", "sse"] {
         metrics::counter!(DELIVERIES, "transport" => transport).absolute(0);
     }

@@ -15,6 +15,37 @@ use tokio::task::JoinHandle;
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// Limits out of the way, for tests that are not about them: many users registered from
+/// one address, messages sent as fast as the server takes them. (The tests of the limits,
+/// `limits.rs`, set small ones.)
+pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("CHAT_WS_RATE", "1000000"),
+    ("CHAT_REQUEST_RATE", "1000000"),
+    ("CHAT_REGISTRATIONS_PER_MIN", "1000000"),
+    ("CHAT_INVITES_PER_MIN", "1000000"),
+    ("CHAT_RESUMES_PER_MIN", "1000000"),
+    ("CHAT_LOGIN_FAILURES_PER_ACCOUNT", "1000000"),
+    ("CHAT_LOGIN_FAILURES_PER_ADDRESS", "1000000"),
+];
+
+/// Default settings for `data_dir` with [`GENEROUS_LIMITS`] (the variable `CHAT_X_Y` is the
+/// flag `--x-y`) and then `flags`.
+pub fn settings(data_dir: &Path, flags: &[&str]) -> Settings {
+    let mut all: Vec<String> = GENEROUS_LIMITS
+        .iter()
+        .map(|(var, value)| {
+            let flag = var
+                .trim_start_matches("CHAT_")
+                .to_lowercase()
+                .replace('_', "-");
+            format!("--{flag}={value}")
+        })
+        .collect();
+    all.extend(flags.iter().map(|f| (*f).to_owned()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    Settings::for_data_dir_with(data_dir, &all).expect("settings parse")
+}
+
 pub fn client() -> Client {
     Client::builder()
         .no_proxy()
@@ -194,7 +225,7 @@ pub async fn spawn_app() -> TestApp {
 /// Like [`spawn_app`] with settings changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::for_data_dir(dir.path());
+    let mut settings = settings(dir.path(), &[]);
     tweak(&mut settings);
     let mut app = start(settings).await;
     app._dir = Some(dir);
@@ -202,7 +233,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 pub async fn spawn_app_in(data_dir: &Path) -> TestApp {
-    start(Settings::for_data_dir(data_dir)).await
+    start(settings(data_dir, &[])).await
 }
 
 async fn start(settings: Settings) -> TestApp {
@@ -257,6 +288,7 @@ impl ChatdProcess {
         let mut child = chatd()
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .envs(GENEROUS_LIMITS.iter().copied())
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

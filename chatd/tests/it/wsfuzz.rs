@@ -323,6 +323,7 @@ async fn random_and_malformed_frames_neither_crash_nor_wedge_the_server() {
         &[],
         &[
             ("CHAT_WS_RATE", "1000000"),
+            ("CHAT_RESUMES_PER_MIN", "1000000"),
             ("RUST_LOG", "info,chatd::live=debug"),
             ("CHAT_ARGON2_MEMORY_KIB", "1024"),
             ("CHAT_ARGON2_ITERATIONS", "1"),

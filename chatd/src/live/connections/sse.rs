@@ -19,6 +19,7 @@ use schema::{RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
 use crate::chat::{Chat, ChatError, Result};
+use crate::limits::LiveSlot;
 use crate::live::frames::{MessageNotice, Notification};
 use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
 use crate::ops::metrics::{ConnectionGauge, names};
@@ -40,6 +41,7 @@ struct Sse {
     replayed_to: u64,
     flush_at: Option<tokio::time::Instant>,
     _open: ConnectionGauge,
+    _slot: LiveSlot,
 }
 
 /// The notification stream of `user`, resuming after `last_event_id` when given.
@@ -48,6 +50,7 @@ pub async fn notifications(
     hub: Hub,
     user: UserId,
     last_event_id: Option<u64>,
+    slot: LiveSlot,
 ) -> Result<BoxStream<'static, Notification>> {
     let reg = hub
         .register(user, ConnKind::Sse)
@@ -62,6 +65,7 @@ pub async fn notifications(
         replayed_to: 0,
         flush_at: Some(tokio::time::Instant::now()),
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
+        _slot: slot,
     };
     if let Some(after) = last_event_id {
         sse.replay(after).await?;

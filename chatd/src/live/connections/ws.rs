@@ -50,10 +50,10 @@ pub fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(64 * 1024))
 }
 
-/// Serves an upgraded socket of an authenticated user.
-/// `rate`: frames the client may send per second (bursts of twice as many).
-pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, rate: u32, stream: WebSocketStream) {
-    if let Err(e) = Connection::run(chat, hub, user, f64::from(rate), stream).await {
+/// Serves an upgraded socket of an authenticated user. The frames it may send come out of
+/// the user's send budget (`CHAT_WS_RATE`), shared by all their sockets and REST sends.
+pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, stream: WebSocketStream) {
+    if let Err(e) = Connection::run(chat, hub, user, stream).await {
         tracing::debug!(error = %e, "websocket ended with an error");
     }
 }
@@ -65,9 +65,6 @@ struct Connection {
     /// Last seq sent per room; rooms not present start live.
     sent: HashMap<RoomId, u64>,
     unread: UnreadPush,
-    rate: f64,
-    tokens: f64,
-    refilled: Instant,
 }
 
 /// The socket's sending half. Frames are buffered and flushed once per turn of the
@@ -102,7 +99,6 @@ impl Connection {
         chat: Arc<Chat>,
         hub: Hub,
         user: UserId,
-        rate: f64,
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
         let (sink, mut incoming) = stream.split();
@@ -118,9 +114,6 @@ impl Connection {
             user,
             sent: HashMap::new(),
             unread: UnreadPush::default(),
-            rate,
-            tokens: 2.0 * rate,
-            refilled: Instant::now(),
         };
         // The first unread push is the baseline: every room with unread messages.
         conn.unread.mark(0);
@@ -300,21 +293,8 @@ impl Connection {
         }
     }
 
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate)
-            .min(2.0 * self.rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
     async fn on_text(&mut self, sink: &mut Sink, text: &str) -> anyhow::Result<()> {
-        if !self.allow() {
+        if self.chat.limits().sends.take(self.user, 1).is_err() {
             return self
                 .reply(
                     sink,
@@ -333,6 +313,21 @@ impl Connection {
         match frame {
             ClientFrame::Ping(_) => self.reply(sink, ServerFrame::Pong(PongFrame {})).await,
             ClientFrame::Resume(resume) => {
+                let limits = self.chat.limits();
+                if resume.rooms.len() > limits.resume_max_rooms {
+                    let detail = format!("at most {} rooms per resume", limits.resume_max_rooms);
+                    return self
+                        .reply(sink, ServerFrame::error(None, Code::TooManyRooms, &detail))
+                        .await;
+                }
+                if limits.resumes.take(self.user, 1).is_err() {
+                    return self
+                        .reply(
+                            sink,
+                            ServerFrame::error(None, Code::RateLimited, "too many resumes"),
+                        )
+                        .await;
+                }
                 for (room, after) in resume.rooms {
                     let room = RoomId(room);
                     if let Err(e) = self.chat.require_member(self.user, room).await {
