@@ -319,6 +319,8 @@ pub struct Limits {
     pub resumes: Buckets<UserId>,
     /// The most rooms one `resume` frame may name.
     pub resume_max_rooms: usize,
+    /// The most log events an SSE `Last-Event-ID` replay scans.
+    pub sse_replay_limit: u64,
     /// Registrations per source address.
     pub registrations: Buckets<IpAddr>,
     login_accounts: Backoff<String>,
@@ -366,6 +368,7 @@ impl Limits {
             invite_max_users: s.invite_max_users,
             resumes: Buckets::per_minute(Limit::Rate, s.resumes_per_min, keys),
             resume_max_rooms: s.resume_max_rooms,
+            sse_replay_limit: s.sse_replay_limit,
             registrations: Buckets::per_minute(Limit::Register, s.registrations_per_min, keys),
             login_accounts,
             login_addresses,

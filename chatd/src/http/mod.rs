@@ -3,10 +3,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use poem::endpoint::make_sync;
 use poem::error::ReadBodyError;
 use poem::http::StatusCode;
 use poem::middleware::{CatchPanic, NormalizePath, TrailingSlash};
-use poem::web::Json as PoemJson;
+use poem::web::{Html, Json as PoemJson};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
 use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
@@ -24,6 +25,7 @@ pub mod error;
 mod friends;
 mod messages;
 mod models;
+mod openapi;
 mod rooms;
 mod search;
 pub mod server;
@@ -229,15 +231,21 @@ pub fn routes(
     let max_body = settings.max_body_bytes;
     let api = api_service(chat.clone(), hub, search);
     let trusted = settings.limits.trusted_proxies.clone();
-    let openapi = api.spec();
+    let generated = api.spec();
+    let openapi = openapi::declare_limits(&generated, settings.limits.invite_max_users);
     metrics::register_routes(&openapi);
     let allow = allow::AllowTable::from_spec(&openapi);
-    let spec = api.spec_endpoint();
-    let ui = api.swagger_ui();
+    // The UI embeds the document: the one with the limits declared.
+    let ui = api.swagger_ui_html().replacen(&generated, &openapi, 1);
+    let spec = make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json")
+            .body(openapi.clone())
+    });
     let public = web::mount(Route::new())
         .nest("/v1", api)
         .at("/openapi.json", spec)
-        .nest("/docs", ui);
+        .at("/docs", make_sync(move |_| Html(ui.clone())));
     // With an admin listener the operations endpoints are served there only.
     let public = if settings.admin_listen.is_some() {
         public

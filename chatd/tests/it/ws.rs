@@ -419,7 +419,8 @@ async fn bad_frames_get_error_frames_and_the_connection_survives() {
 
 #[tokio::test]
 async fn a_flood_is_rate_limited_without_closing_the_connection() {
-    let app = spawn_app().await;
+    // The default budget (the helpers raise it for other tests).
+    let app = spawn_app_with(|s| s.ws_rate = 20).await;
     let alice = app.user("alice").await;
     let mut ws = connect(&app.api, &alice).await;
     for _ in 0..100 {

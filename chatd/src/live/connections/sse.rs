@@ -4,7 +4,8 @@
 //! `message` events (others' messages in your rooms; the SSE `id` is the log position) and
 //! `unread` events (your counts, the first ones a baseline of every room with unread messages).
 //! With `Last-Event-ID` the stream first replays the `message` events after that position,
-//! scanning at most [`REPLAY_LIMIT`] log events; further behind than that it starts live and the
+//! scanning at most `CHAT_SSE_REPLAY_LIMIT` log events, a page at a time as the client reads,
+//! keeping only the caller's rooms; further behind than that it starts live and the
 //! unread baseline tells the client where it stands. Like the WebSocket, the connection
 //! registers with the hub before it replays, and live events at or below the replayed position
 //! are dropped, so nothing is missed or repeated at the seam.
@@ -27,9 +28,9 @@ use crate::ops::metrics::{ConnectionGauge, names};
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
 /// found.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
-/// A `Last-Event-ID` resume scans at most this many log events.
-pub const REPLAY_LIMIT: u64 = 10_000;
-const REPLAY_PAGE: usize = 1_000;
+/// Log events read per page of a `Last-Event-ID` replay (which scans at most
+/// `CHAT_SSE_REPLAY_LIMIT` of them).
+const REPLAY_PAGE: usize = 500;
 
 struct Sse {
     chat: Arc<Chat>,
@@ -39,6 +40,8 @@ struct Sse {
     pending: VecDeque<Notification>,
     /// Live events at or below this position were covered by the replay.
     replayed_to: u64,
+    /// The `Last-Event-ID` replay still to be read.
+    replay: Option<Replay>,
     flush_at: Option<tokio::time::Instant>,
     _open: ConnectionGauge,
     _slot: LiveSlot,
@@ -63,92 +66,156 @@ pub async fn notifications(
         unread: UnreadPush::default(),
         pending: VecDeque::new(),
         replayed_to: 0,
+        replay: None,
         flush_at: Some(tokio::time::Instant::now()),
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
         _slot: slot,
     };
     if let Some(after) = last_event_id {
-        sse.replay(after).await?;
+        let limit = sse.chat.limits().sse_replay_limit;
+        sse.start_replay(after, limit).await?;
     }
     sse.unread.mark(sse.replayed_to);
     Ok(stream::unfold(sse, Sse::next).boxed())
 }
 
+/// Whether `event` makes `me` a member of its room (`Some(true)`), ends it (`Some(false)`), or
+/// neither.
+fn membership(me: UserId, event: &Event) -> Option<bool> {
+    match event {
+        Event::RoomCreated { members, .. } if members.contains(&me) => Some(true),
+        Event::MemberJoined { user_id, .. } if *user_id == me => Some(true),
+        Event::MemberLeft { user_id } if *user_id == me => Some(false),
+        _ => None,
+    }
+}
+
+/// Event types that can change someone's membership.
+const MEMBERSHIP_EVENTS: [&str; 3] = ["room_created", "member_joined", "member_left"];
+
+/// The log events of rooms, decoded, that are in `rooms` or change membership: all a replay
+/// of `me`'s notifications needs from a page, the rest skipped undecoded.
+fn relevant(
+    page: Vec<eventlog::RecordedEvent>,
+    rooms: &HashSet<RoomId>,
+) -> impl Iterator<Item = (u64, u64, RoomId, Event)> + '_ {
+    page.into_iter().filter_map(move |recorded| {
+        let room = streams::room_of(&recorded.stream)?;
+        if !rooms.contains(&room) && !MEMBERSHIP_EVENTS.contains(&recorded.event_type.as_str()) {
+            return None;
+        }
+        let event = Event::decode(
+            &recorded.event_type,
+            recorded.schema_version,
+            &recorded.data,
+        )
+        .ok()?;
+        Some((recorded.position, recorded.version, room, event))
+    })
+}
+
+/// A `Last-Event-ID` replay in progress: the log is read a page at a time as the client
+/// takes the notifications, keeping only the caller's rooms.
+struct Replay {
+    /// Read after this position next.
+    next: u64,
+    /// Up to here (the head when the connection registered).
+    end: u64,
+    /// The caller's rooms at `next`.
+    rooms: HashSet<RoomId>,
+}
+
 impl Sse {
-    /// Queues the `message` notifications after `after`. Membership at `after` is derived
-    /// from a snapshot of the read models (rooms at checkpoint C): events between `after` and
-    /// C are undone backwards, or events from C to `after` applied forwards; then the scan
-    /// follows joins and leaves.
-    async fn replay(&mut self, after: u64) -> Result<()> {
+    /// Prepares the replay of the `message` notifications after `after`. Membership at `after`
+    /// is derived from a snapshot of the read models (rooms at checkpoint C): the caller's
+    /// joins and leaves between `after` and C are undone, or those from C to `after` applied;
+    /// then the replay follows joins and leaves as it goes.
+    async fn start_replay(&mut self, after: u64, limit: u64) -> Result<()> {
         let log = self.chat.log();
         let head = log.head().await?;
         // An id from beyond the log (a restored backup, another server) resumes from now.
         let after = after.min(head);
         let (checkpoint, rooms) = self.chat.rooms_at_checkpoint(self.user).await?;
         let start = checkpoint.min(after);
-        if head - start > REPLAY_LIMIT {
+        if head - start > limit {
             return Ok(()); // too far behind: live from now, with the unread baseline
-        }
-        let mut events = Vec::new();
-        let mut position = start;
-        while position < head {
-            let page = log.read_all(position, REPLAY_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            position = last.position;
-            events.extend(page.into_iter().filter_map(|recorded| {
-                let room = streams::room_of(&recorded.stream)?;
-                let event = Event::decode(
-                    &recorded.event_type,
-                    recorded.schema_version,
-                    &recorded.data,
-                )
-                .ok()?;
-                Some((recorded.position, recorded.version, room, event))
-            }));
         }
         let mut rooms: HashSet<RoomId> = rooms.into_iter().collect();
         let me = self.user;
-        let membership = |event: &Event| match event {
-            Event::RoomCreated { members, .. } if members.contains(&me) => Some(true),
-            Event::MemberJoined { user_id, .. } if *user_id == me => Some(true),
-            Event::MemberLeft { user_id } if *user_id == me => Some(false),
-            _ => None,
-        };
-        // Undo what happened between `after` and the checkpoint.
-        for (_, _, room, event) in events
-            .iter()
-            .rev()
-            .filter(|e| e.0 > after && e.0 <= checkpoint)
-        {
-            match membership(event) {
-                Some(true) => rooms.remove(room),
-                Some(false) => rooms.insert(*room),
-                None => false,
-            };
-        }
-        for (pos, seq, room, event) in events {
-            if pos <= after {
-                // Between the checkpoint and `after`: only membership matters.
-                match membership(&event) {
-                    Some(true) => rooms.insert(room),
-                    Some(false) => rooms.remove(&room),
-                    None => false,
-                };
-                continue;
+        // Between the checkpoint and `after`, only the caller's membership matters.
+        let mut changes = Vec::new();
+        let mut position = start;
+        while position < after.max(checkpoint) {
+            let page = log.read_all(position, REPLAY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            position = last.position;
+            let no_rooms = HashSet::new();
+            for (pos, _, room, event) in relevant(page, &no_rooms) {
+                if pos <= after.max(checkpoint)
+                    && let Some(joined) = membership(me, &event)
+                {
+                    changes.push((pos, room, joined));
+                }
             }
-            match (membership(&event), event) {
-                (Some(true), _) => {
+        }
+        if checkpoint > after {
+            // Undo, newest first, what happened after `after`.
+            for (_, room, joined) in changes.iter().rev() {
+                if *joined {
+                    rooms.remove(room);
+                } else {
+                    rooms.insert(*room);
+                }
+            }
+        } else {
+            for (_, room, joined) in changes {
+                if joined {
                     rooms.insert(room);
+                } else {
+                    rooms.remove(&room);
+                }
+            }
+        }
+        self.replay = Some(Replay {
+            next: after,
+            end: head,
+            rooms,
+        });
+        self.replayed_to = head;
+        Ok(())
+    }
+
+    /// Queues the notifications of the replay's next page; ends the replay at its end.
+    async fn replay_page(&mut self) -> Result<()> {
+        let Some(replay) = self.replay.as_mut() else {
+            return Ok(());
+        };
+        let page = self.chat.log().read_all(replay.next, REPLAY_PAGE).await?;
+        let me = self.user;
+        match page.last() {
+            Some(last) if replay.next < replay.end => replay.next = last.position,
+            _ => {
+                self.replay = None;
+                return Ok(());
+            }
+        }
+        let end = replay.end;
+        let mut events = Vec::new();
+        events.extend(relevant(page, &replay.rooms).filter(|e| e.0 <= end));
+        for (pos, seq, room, event) in events {
+            match (membership(me, &event), event) {
+                (Some(true), _) => {
+                    replay.rooms.insert(room);
                 }
                 (Some(false), _) => {
-                    rooms.remove(&room);
+                    replay.rooms.remove(&room);
                 }
                 (
                     None,
                     Event::MessageSent {
                         sender_id, body, ..
                     },
-                ) if sender_id != me && rooms.contains(&room) => {
+                ) if sender_id != me && replay.rooms.contains(&room) => {
                     self.pending
                         .push_back(Notification::Message(MessageNotice::new(
                             room,
@@ -161,7 +228,9 @@ impl Sse {
                 _ => {}
             }
         }
-        self.replayed_to = position.max(after);
+        if replay.next >= end {
+            self.replay = None;
+        }
         Ok(())
     }
 
@@ -193,6 +262,14 @@ impl Sse {
                     metrics::counter!(names::DELIVERIES, "transport" => "sse").increment(1);
                 }
                 return Some((n, self));
+            }
+            if self.replay.is_some() {
+                // Live events wait in the (bounded) queue until the replay is through.
+                if let Err(e) = self.replay_page().await {
+                    tracing::warn!(error = %e, "cannot read the log for an SSE replay");
+                    return None; // the client reconnects with its Last-Event-ID
+                }
+                continue;
             }
             if self.flush_at.is_none() && self.unread.is_dirty() {
                 self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
