@@ -48,20 +48,15 @@ pub fn auth_failure(failure: AuthFailure) {
     if failure == AuthFailure::InvalidCredentials {
         FAILED_LOGINS.fetch_add(1, Ordering::Relaxed);
     }
-    tracing::warn!(
-        event.kind = "event",
-        event.category = "authentication",
-        "event.type" = "denied",
-        event.outcome = "failure",
-        event.action = failure.action(),
-        event.reason = failure.reason(),
-        "authentication failed: {}",
-        failure.reason()
-    );
+    event(failure, None);
 }
 
 /// Logs the security event for a request from `source` refused by a limit.
 pub fn throttled(failure: AuthFailure, source: std::net::IpAddr) {
+    event(failure, Some(source));
+}
+
+fn event(failure: AuthFailure, source: Option<std::net::IpAddr>) {
     tracing::warn!(
         event.kind = "event",
         event.category = "authentication",
@@ -69,8 +64,8 @@ pub fn throttled(failure: AuthFailure, source: std::net::IpAddr) {
         event.outcome = "failure",
         event.action = failure.action(),
         event.reason = failure.reason(),
-        source.ip = %source,
-        "authentication refused: {}",
+        source.ip = source.map(tracing::field::display),
+        "authentication failed: {}",
         failure.reason()
     );
 }

@@ -89,23 +89,34 @@ fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> IpAddr {
         .remote_addr()
         .as_socket_addr()
         .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
     let forwarded = req
         .headers()
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.to_str().ok());
+    client_address(peer, forwarded, trusted)
+}
+
+/// The client behind `peer`: `peer` itself unless it is trusted, else the last address of
+/// the `X-Forwarded-For` chain that is not trusted (each proxy appends the one it saw).
+fn client_address<'a>(
+    peer: IpAddr,
+    forwarded: impl Iterator<Item = &'a str>,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let chain: Vec<IpAddr> = forwarded
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>();
-    forwarded
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    chain
         .iter()
         .rev()
         .find(|ip| !is_trusted(ip))
-        .or(forwarded.first())
+        .or(chain.first())
         .copied()
         .unwrap_or(peer)
 }
@@ -267,4 +278,23 @@ pub fn routes(
         .around(metrics::track_http)
         .catch_all_error(error::render_framework_error)
         .around(move |ep, req| allow::add_allow(ep, req, allow.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let from =
+            |peer: &str, xff: &[&str]| client_address(ip(peer), xff.iter().copied(), &trusted);
+        assert_eq!(from("203.0.113.9", &["1.2.3.4"]), ip("203.0.113.9"));
+        assert_eq!(from("10.0.0.2", &["1.2.3.4"]), ip("1.2.3.4"));
+        // A client's own X-Forwarded-For comes first; the proxy appends what it saw.
+        assert_eq!(from("10.0.0.2", &["6.6.6.6, 1.2.3.4"]), ip("1.2.3.4"));
+        assert_eq!(from("10.0.0.2", &["1.2.3.4", "10.0.0.3"]), ip("1.2.3.4"));
+        assert_eq!(from("10.0.0.2", &["junk"]), ip("10.0.0.2"));
+    }
 }

@@ -86,6 +86,18 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let (status, _, value) = self.respond(method, path, token, body).await;
+        (status, value)
+    }
+
+    /// [`Self::call`], with the response's headers.
+    pub async fn respond(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -95,13 +107,14 @@ impl Api {
         }
         let resp = req.send().await.expect("request sent");
         let status = resp.status();
+        let headers = resp.headers().clone();
         let text = resp.text().await.expect("body read");
         let value = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        (status, value)
+        (status, headers, value)
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {

@@ -36,25 +36,11 @@ async fn request(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Option<u64>, Value) {
-    let mut req = api.http.request(method, format!("{}{path}", api.base));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request sent");
-    let status = resp.status();
-    let retry = resp
-        .headers()
+    let (status, headers, value) = api.respond(method, path, token, body).await;
+    let retry = headers
         .get("retry-after")
         .map(|v| v.to_str().unwrap().parse().expect("Retry-After in seconds"));
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        retry,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
+    (status, retry, value)
 }
 
 /// A refusal by a limit: the status, a `Retry-After` of at least a second, the code.
