@@ -210,7 +210,9 @@ pub struct Room {
     pub room_id: Uuid,
     /// `direct` or `group`.
     pub kind: String,
-    /// The group's name; for a direct room, the other person's display name.
+    /// The group's name; for a direct room, the other person's display name. Absent when
+    /// unknown.
+    #[oai(skip_serializing_if_is_none)]
     pub name: Option<String>,
     /// `private` or `public`.
     pub visibility: String,
@@ -218,7 +220,8 @@ pub struct Room {
     /// Seq of the room's newest event.
     pub last_seq: u64,
     pub last_activity_at: DateTime<Utc>,
-    /// The newest message not deleted, if any.
+    /// The newest message not deleted; absent when there is none.
+    #[oai(skip_serializing_if_is_none)]
     pub last_message: Option<LastMessage>,
     /// Messages after the caller's read marker, not sent by the caller, not deleted.
     pub unread_count: u64,

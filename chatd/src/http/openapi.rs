@@ -54,6 +54,9 @@ pub fn declare_limits(document: &str, invite_max_users: usize) -> String {
         "password",
         json!({"minLength": limits::PASSWORD_MIN, "maxLength": limits::PASSWORD_MAX}),
     );
+    // Optional fields take `null` as absent.
+    property("RegisterRequest", "display_name", json!({"nullable": true}));
+    property("SendRequest", "client_msg_id", json!({"nullable": true}));
     let cap = json!({"maxItems": invite_max_users});
     property("CreateRoomRequest", "member_ids", cap.clone());
     property("InviteRequest", "user_ids", cap);

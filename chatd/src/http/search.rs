@@ -49,7 +49,8 @@ pub struct SearchResults {
     pub hits: Vec<SearchHit>,
     /// How many messages match in all (every page together), counting only rooms you are in.
     pub total: u64,
-    /// Pass as `cursor` for the next page; `null` on the last page.
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
