@@ -11,7 +11,10 @@ pub enum FriendshipAggregate {
     #[default]
     None,
     /// `from` asked `to`.
-    Pending { from: UserId, to: UserId },
+    Pending {
+        from: UserId,
+        to: UserId,
+    },
     Friends,
 }
 
@@ -24,11 +27,20 @@ pub enum FriendshipCommand {
         to: UserId,
         blocked: bool,
     },
-    Accept { by: UserId },
-    Decline { by: UserId },
-    Cancel { by: UserId },
+    Accept {
+        by: UserId,
+    },
+    Decline {
+        by: UserId,
+    },
+    Cancel {
+        by: UserId,
+    },
     /// Idempotent.
-    Unfriend { by: UserId, other: UserId },
+    Unfriend {
+        by: UserId,
+        other: UserId,
+    },
 }
 
 const NO_REQUEST: DomainError = DomainError::NotFound("friend request");

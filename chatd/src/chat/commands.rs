@@ -227,6 +227,28 @@ impl Chat {
         Ok(executed)
     }
 
+    /// The other member of a direct room (from the room cache), `None` for a group room.
+    pub(super) async fn direct_peer(&self, room: RoomId, actor: UserId) -> Result<Option<UserId>> {
+        let slot = self.room_slot(room);
+        let mut loaded = slot.lock().await;
+        if loaded.is_none() {
+            self.catch_up(&streams::room(room), &mut loaded).await?;
+        }
+        let state = loaded.as_ref().map(|l| &l.state);
+        let direct = state
+            .and_then(|s| s.created)
+            .is_some_and(|c| c.kind == schema::events::RoomKind::Direct);
+        let peer = state
+            .filter(|_| direct)
+            .and_then(|s| s.members.iter().copied().find(|m| *m != actor));
+        let exists = state.is_some_and(|s| s.created.is_some());
+        drop(loaded);
+        if !exists {
+            self.forget_room(room, &slot);
+        }
+        Ok(peer)
+    }
+
     fn room_slot(&self, room: RoomId) -> RoomSlot {
         // A poisoned map only means another request panicked mid-insert; the map is still valid.
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());

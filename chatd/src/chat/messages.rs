@@ -64,6 +64,12 @@ impl Chat {
             Some(key) => MessageId::for_client_msg(room, actor, key),
             None => MessageId::new(),
         };
+        // No direct messages between people where one has blocked the other.
+        if let Some(peer) = self.direct_peer(room, actor).await?
+            && self.blocked_either(actor, peer).await?
+        {
+            return Err(DomainError::Blocked.into());
+        }
         let command = RoomCommand::Send {
             sender: actor,
             message_id,
