@@ -125,7 +125,15 @@ async fn health_readiness_and_the_openapi_document() {
         (
             "ServerFrame",
             &[
-                "event", "ack", "error", "pong", "unread", "typing", "presence",
+                "event",
+                "ack",
+                "error",
+                "pong",
+                "unread",
+                "typing",
+                "presence",
+                "friend",
+                "invitation",
             ][..],
         ),
         (
