@@ -307,6 +307,16 @@ pub fn blocked_either(c: &Connection, a: UserId, b: UserId) -> Result<bool> {
     .exists(params![a.0, b.0])?)
 }
 
+/// Everyone `user` has blocked or been blocked by.
+pub fn block_partners(c: &Connection, user: UserId) -> Result<std::collections::HashSet<UserId>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT blocked_id FROM blocks WHERE user_id = ?1
+         UNION SELECT user_id FROM blocks WHERE blocked_id = ?1",
+    )?;
+    let rows = stmt.query_map([user.0], |r| Ok(UserId(r.get(0)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Those of `users` who have blocked `by`.
 pub fn blocking(c: &Connection, users: &[UserId], by: UserId) -> Result<Vec<UserId>> {
     let mut stmt =

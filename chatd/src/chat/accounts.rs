@@ -1,6 +1,8 @@
 //! Accounts: registering, logging in, sessions (refresh-token rotation, listing, revoking),
 //! profiles, passwords, withdrawal, blocking, and friendships with consent.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 use projector::queries::{self, SessionView, UserView};
 use schema::events::SessionEndReason;
@@ -375,21 +377,36 @@ impl Chat {
     }
 
     pub async fn friends(&self, actor: UserId) -> Result<Vec<Person>> {
-        let friends = self
+        let (friends, hidden) = self
             .models
-            .read(move |c| queries::friends(c, actor))
+            .read(move |c| {
+                Ok((
+                    queries::friends(c, actor)?,
+                    queries::block_partners(c, actor)?,
+                ))
+            })
             .await?;
-        Ok(self.with_presence(friends))
+        Ok(self.with_presence(friends, &hidden))
     }
 
-    pub(super) fn with_presence(&self, users: Vec<UserView>) -> Vec<Person> {
+    /// `users` with whether each is online, as `hidden` (people in a block with the viewer)
+    /// may not be seen.
+    pub(super) fn with_presence(
+        &self,
+        users: Vec<UserView>,
+        hidden: &HashSet<UserId>,
+    ) -> Vec<Person> {
         users
             .into_iter()
             .map(|user| Person {
-                online: self.presence.is_online(user.user_id),
+                online: self.is_visibly_online(user.user_id, hidden),
                 user,
             })
             .collect()
+    }
+
+    pub(super) fn is_visibly_online(&self, user: UserId, hidden: &HashSet<UserId>) -> bool {
+        !hidden.contains(&user) && self.presence.is_online(user)
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<UserView>> {

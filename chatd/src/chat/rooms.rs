@@ -146,14 +146,20 @@ impl Chat {
 
     pub async fn room_detail(&self, actor: UserId, room: RoomId) -> Result<RoomDetail> {
         self.require_member(actor, room).await?;
-        let (summary, members) = self
+        let (summary, members, hidden) = self
             .models
-            .read(move |c| Ok((queries::room(c, room, actor)?, queries::members(c, room)?)))
+            .read(move |c| {
+                Ok((
+                    queries::room(c, room, actor)?,
+                    queries::members(c, room)?,
+                    queries::block_partners(c, actor)?,
+                ))
+            })
             .await?;
         let summary = summary.ok_or(DomainError::NotFound("room"))?;
         Ok(RoomDetail {
             summary,
-            members: self.with_presence(members),
+            members: self.with_presence(members, &hidden),
         })
     }
 
@@ -206,14 +212,19 @@ impl Chat {
         limit: usize,
     ) -> Result<Vec<(MemberView, bool)>> {
         self.require_member(actor, room).await?;
-        let page = self
+        let (page, hidden) = self
             .models
-            .read(move |c| queries::member_page(c, room, after, limit))
+            .read(move |c| {
+                Ok((
+                    queries::member_page(c, room, after, limit)?,
+                    queries::block_partners(c, actor)?,
+                ))
+            })
             .await?;
         Ok(page
             .into_iter()
             .map(|m| {
-                let online = self.presence.is_online(m.user.user_id);
+                let online = self.is_visibly_online(m.user.user_id, &hidden);
                 (m, online)
             })
             .collect())

@@ -651,6 +651,23 @@ async fn friend_requests_need_consent_and_blocking_stops_dms_requests_invites_an
         b.drain_any().await.iter().all(|f| f["type"] != "presence"),
         "blocked: no presence"
     );
+    let online_in = |list: Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["user_id"] == alice.id.as_str())
+            .unwrap()["online"]
+            .clone()
+    };
+    assert_eq!(
+        online_in(api.get("/v1/friends", &carol.token).await.1),
+        true
+    );
+    assert_eq!(
+        online_in(api.get("/v1/friends", &bob.token).await.1),
+        false,
+        "hidden from who blocked her"
+    );
     a.close().await;
     assert_problem(
         &api.post("/v1/rooms/direct", &alice.token, json!({"user_id": bob.id}))
