@@ -8,7 +8,7 @@ use schema::{DisplayName, Password, SessionId, StatusMessage, UserId, Username};
 use uuid::Uuid;
 
 use super::models::{LoginRequest, RefreshRequest, RegisterRequest, Text, TokenResponse, User};
-use super::{ApiError, BearerAuth, Tag};
+use super::{ApiError, BearerAuth, Done, Tag};
 use crate::chat::{Chat, Code};
 
 #[derive(Debug)]
@@ -28,13 +28,6 @@ enum LoggedOut {
     /// The session has ended; its refresh token no longer works.
     #[oai(status = 204)]
     Done,
-}
-
-#[derive(ApiResponse)]
-enum Done {
-    /// Done.
-    #[oai(status = 204)]
-    NoContent,
 }
 
 #[derive(Debug, Object)]

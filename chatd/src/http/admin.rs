@@ -1,6 +1,9 @@
 //! Room administration: the member list with roles, roles and ownership, kick and ban, name,
 //! topic and visibility, archive, delete; and invitations waiting for consent.
 //!
+//! `GET …/members`, `PATCH` and `DELETE /v1/rooms/{room_id}` are declared in `rooms` (the
+//! OpenAPI document keeps one API's operations per path) and implemented here.
+//!
 //! Who may do what is decided by the room aggregate (`schema::room`); a caller who is not a
 //! member is told what a stranger is told about any room they are not in.
 
@@ -9,27 +12,20 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use poem_openapi::{Enum, Object, OpenApi};
 use schema::events::Role;
 use schema::{RoomId, RoomName, Topic, UserId};
 use uuid::Uuid;
 
 use super::models::{Text, Visibility};
-use super::{ApiError, BearerAuth, Tag};
+use super::{ApiError, BearerAuth, Done, Tag};
 use crate::chat::{Admin, Chat};
 
 #[derive(Debug)]
 pub struct Api {
     pub chat: Arc<Chat>,
-}
-
-#[derive(ApiResponse)]
-enum Done {
-    /// Done (also when there was nothing to do).
-    #[oai(status = 204)]
-    NoContent,
 }
 
 /// A role an owner can give.
@@ -112,79 +108,81 @@ fn decode_cursor(cursor: &str) -> Result<(u64, UserId), ApiError> {
 
 impl Api {
     async fn admin(&self, auth: &BearerAuth, room: Uuid, command: Admin) -> Result<Done, ApiError> {
-        self.chat
-            .administer(auth.0.0, RoomId(room), command)
-            .await?;
-        Ok(Done::NoContent)
+        administer(&self.chat, auth, room, command).await
     }
+}
+
+/// Runs an administrative command for the caller.
+pub(super) async fn administer(
+    chat: &Chat,
+    auth: &BearerAuth,
+    room: Uuid,
+    command: Admin,
+) -> Result<Done, ApiError> {
+    chat.administer(auth.0.0, RoomId(room), command).await?;
+    Ok(Done::NoContent)
+}
+
+/// `PATCH /v1/rooms/{room_id}` (served by `rooms`, which owns the path).
+pub(super) async fn change_settings(
+    chat: &Chat,
+    auth: &BearerAuth,
+    room: Uuid,
+    body: &RoomSettingsRequest,
+) -> Result<Done, ApiError> {
+    let name = body.name.as_deref().map(RoomName::parse).transpose()?;
+    let topic = body.topic.as_deref().map(Topic::parse).transpose()?;
+    let visibility = body.visibility.map(Into::into);
+    let command = Admin::Settings {
+        name,
+        topic,
+        visibility,
+    };
+    administer(chat, auth, room, command).await
+}
+
+/// `GET /v1/rooms/{room_id}/members` (served by `rooms`, which owns the path).
+pub(super) async fn member_page(
+    chat: &Chat,
+    auth: &BearerAuth,
+    room: Uuid,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<MemberPage, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid_parameter("limit must be 1–200"));
+    }
+    let after = cursor.map(decode_cursor).transpose()?;
+    let mut page = chat
+        .member_page(auth.0.0, RoomId(room), after, limit as usize + 1)
+        .await?;
+    let more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| {
+            page.last()
+                .map(|(m, _)| encode_cursor(m.joined_seq, m.user.user_id))
+        })
+        .flatten();
+    let members = page
+        .into_iter()
+        .map(|(m, online)| RoomMember {
+            user_id: m.user.user_id.0,
+            username: m.user.username,
+            display_name: m.user.display_name,
+            role: m.role,
+            online,
+        })
+        .collect();
+    Ok(MemberPage {
+        members,
+        next_cursor,
+    })
 }
 
 #[OpenApi(tag = "Tag::Administration")]
 impl Api {
-    /// The room's members with their roles, in the order they joined, paged. Members only.
-    #[oai(path = "/rooms/:room_id/members", method = "get")]
-    async fn members(
-        &self,
-        auth: BearerAuth,
-        room_id: Path<Uuid>,
-        /// At most this many members (1–200, default 50).
-        limit: Query<Option<u32>>,
-        /// `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> Result<Json<MemberPage>, ApiError> {
-        let limit = limit.0.unwrap_or(50);
-        if !(1..=200).contains(&limit) {
-            return Err(ApiError::invalid_parameter("limit must be 1–200"));
-        }
-        let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
-        let mut page = self
-            .chat
-            .member_page(auth.0.0, RoomId(room_id.0), after, limit as usize + 1)
-            .await?;
-        let more = page.len() > limit as usize;
-        page.truncate(limit as usize);
-        let next_cursor = more
-            .then(|| {
-                page.last()
-                    .map(|(m, _)| encode_cursor(m.joined_seq, m.user.user_id))
-            })
-            .flatten();
-        let members = page
-            .into_iter()
-            .map(|(m, online)| RoomMember {
-                user_id: m.user.user_id.0,
-                username: m.user.username,
-                display_name: m.user.display_name,
-                role: m.role,
-                online,
-            })
-            .collect();
-        Ok(Json(MemberPage {
-            members,
-            next_cursor,
-        }))
-    }
-
-    /// Change the name, topic or visibility (admins and the owner; 403
-    /// `insufficient_role`). Absent fields stay as they are.
-    #[oai(path = "/rooms/:room_id", method = "patch")]
-    async fn settings(
-        &self,
-        auth: BearerAuth,
-        room_id: Path<Uuid>,
-        body: Json<RoomSettingsRequest>,
-    ) -> Result<Done, ApiError> {
-        let name = body.name.as_deref().map(RoomName::parse).transpose()?;
-        let topic = body.topic.as_deref().map(Topic::parse).transpose()?;
-        let visibility = body.visibility.map(Into::into);
-        let command = Admin::Settings {
-            name,
-            topic,
-            visibility,
-        };
-        self.admin(&auth, room_id.0, command).await
-    }
-
     /// Make a member an admin or an admin a member (the owner only).
     #[oai(path = "/rooms/:room_id/members/:user_id/role", method = "put")]
     async fn role(
@@ -267,13 +265,6 @@ impl Api {
     async fn unarchive(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
         self.admin(&auth, room_id.0, Admin::Archive { archived: false })
             .await
-    }
-
-    /// Delete the room (the owner only): its history, members and search hits are gone for
-    /// everyone; afterwards it is 404 `room_not_found`.
-    #[oai(path = "/rooms/:room_id", method = "delete")]
-    async fn delete(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
-        self.admin(&auth, room_id.0, Admin::Delete).await
     }
 
     /// Invitations waiting for your consent (you had blocked the inviter). Accept with

@@ -6,24 +6,17 @@ use std::sync::Arc;
 
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{Object, OpenApi};
 use schema::UserId;
 use uuid::Uuid;
 
 use super::models::{Member, User};
-use super::{ApiError, BearerAuth, Tag};
+use super::{ApiError, BearerAuth, Done, Tag};
 use crate::chat::Chat;
 
 #[derive(Debug)]
 pub struct Api {
     pub chat: Arc<Chat>,
-}
-
-#[derive(ApiResponse)]
-enum Done {
-    /// Done (also when there was nothing to do).
-    #[oai(status = 204)]
-    NoContent,
 }
 
 #[derive(Debug, Object)]

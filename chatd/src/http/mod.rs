@@ -50,6 +50,14 @@ enum Tag {
     Search,
 }
 
+/// The answer of a command that returns nothing.
+#[derive(poem_openapi::ApiResponse)]
+enum Done {
+    /// Done (also when there was nothing to do).
+    #[oai(status = 204)]
+    NoContent,
+}
+
 /// The authenticated caller and the session their token belongs to.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller(pub UserId, pub SessionId);
