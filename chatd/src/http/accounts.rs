@@ -3,6 +3,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use schema::{DisplayName, Password, SessionId, StatusMessage, UserId, Username};
 use uuid::Uuid;
@@ -34,9 +35,9 @@ enum LoggedOut {
 #[oai(deny_unknown_fields)]
 pub struct ProfileRequest {
     /// 1–64 characters.
-    pub display_name: Option<Text>,
-    /// 0–140 characters, one line; empty clears it.
-    pub status_message: Option<Text>,
+    pub display_name: MaybeUndefined<Text>,
+    /// 0–140 characters, one line; empty or `null` clears it.
+    pub status_message: MaybeUndefined<Text>,
 }
 
 #[derive(Debug, Object)]
@@ -122,13 +123,17 @@ impl Api {
         auth: BearerAuth,
         body: Json<ProfileRequest>,
     ) -> Result<Json<User>, ApiError> {
-        let display_name = body
-            .display_name
+        let display_name = super::admin::update("display_name", &body.display_name, None)?;
+        let display_name = display_name
             .as_deref()
             .map(DisplayName::parse)
             .transpose()?;
-        let status_message = body
-            .status_message
+        let status_message = super::admin::update(
+            "status_message",
+            &body.status_message,
+            Some(Text(String::new())),
+        )?;
+        let status_message = status_message
             .as_deref()
             .map(StatusMessage::parse)
             .transpose()?;

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object, OpenApi};
 use schema::events::Role;
 use schema::{RoomId, RoomName, Topic, UserId};
@@ -53,10 +54,32 @@ pub struct TransferRequest {
 #[oai(deny_unknown_fields)]
 pub struct RoomSettingsRequest {
     /// 1–100 characters.
-    pub name: Option<Text>,
-    /// 0–500 characters, one line; empty clears it.
-    pub topic: Option<Text>,
-    pub visibility: Option<Visibility>,
+    pub name: MaybeUndefined<Text>,
+    /// 0–500 characters, one line; empty or `null` clears it.
+    pub topic: MaybeUndefined<Text>,
+    pub visibility: MaybeUndefined<Visibility>,
+}
+
+/// A field of a partial update: absent is unchanged, `null` is `cleared` (for fields that can
+/// be cleared; others refuse it).
+pub(super) fn update<T>(
+    field: &'static str,
+    v: &MaybeUndefined<T>,
+    cleared: Option<T>,
+) -> Result<Option<T>, ApiError>
+where
+    T: Clone,
+{
+    match v {
+        MaybeUndefined::Undefined => Ok(None),
+        MaybeUndefined::Value(v) => Ok(Some(v.clone())),
+        MaybeUndefined::Null => cleared.map(Some).ok_or_else(|| {
+            ApiError::from(schema::DomainError::Invalid {
+                field,
+                reason: "cannot be null".into(),
+            })
+        }),
+    }
 }
 
 #[derive(Debug, Object)]
@@ -81,6 +104,7 @@ pub struct MemberPage {
 #[derive(Debug, Object)]
 pub struct Invitation {
     pub room_id: Uuid,
+    #[oai(skip_serializing_if_is_none)]
     pub room_name: Option<String>,
     pub invited_by: Uuid,
     pub at: DateTime<Utc>,
@@ -130,9 +154,11 @@ pub(super) async fn change_settings(
     room: Uuid,
     body: &RoomSettingsRequest,
 ) -> Result<Done, ApiError> {
-    let name = body.name.as_deref().map(RoomName::parse).transpose()?;
-    let topic = body.topic.as_deref().map(Topic::parse).transpose()?;
-    let visibility = body.visibility.map(Into::into);
+    let name = update("name", &body.name, None)?;
+    let name = name.as_deref().map(RoomName::parse).transpose()?;
+    let topic = update("topic", &body.topic, Some(Text(String::new())))?;
+    let topic = topic.as_deref().map(Topic::parse).transpose()?;
+    let visibility = update("visibility", &body.visibility, None)?.map(Into::into);
     let command = Admin::Settings {
         name,
         topic,

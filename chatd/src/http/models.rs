@@ -120,7 +120,8 @@ pub struct User {
     pub username: String,
     /// `Deleted user` for a deleted account.
     pub display_name: String,
-    /// Up to 140 characters, if set.
+    /// Up to 140 characters; absent when not set.
+    #[oai(skip_serializing_if_is_none)]
     pub status_message: Option<String>,
     /// The account was deleted: show its messages as from a deleted user.
     pub deleted: bool,
@@ -230,7 +231,8 @@ pub struct Room {
     pub last_message: Option<LastMessage>,
     /// Messages after the caller's read marker, not sent by the caller, not deleted.
     pub unread_count: u64,
-    /// The group's topic, if set.
+    /// The group's topic; absent when not set.
+    #[oai(skip_serializing_if_is_none)]
     pub topic: Option<String>,
     /// Read-only: sends, edits, invites and setting changes are refused (409
     /// `room_archived`) until the owner unarchives it.

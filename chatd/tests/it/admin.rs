@@ -345,6 +345,32 @@ async fn profile_password_sessions_and_deleting_an_account() {
         "validation_failed",
     );
 
+    assert_problem(
+        &call(
+            api,
+            Method::PATCH,
+            "/v1/users/me",
+            &alice,
+            json!({"display_name": null}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+    );
+    let (_, me) = call(
+        api,
+        Method::PATCH,
+        "/v1/users/me",
+        &alice,
+        json!({"status_message": null}),
+    )
+    .await;
+    assert_eq!(
+        (&me["display_name"], me.get("status_message")),
+        (&json!("Alice L."), None),
+        "null clears: {me}"
+    );
+
     // Two more sessions: listed, the caller's marked.
     let second = api.login("alice").await;
     let third = api.login("alice").await;
@@ -466,7 +492,7 @@ async fn profile_password_sessions_and_deleting_an_account() {
         .await;
     assert_eq!(
         ghost,
-        json!({"user_id": alice.id, "username": "", "display_name": "Deleted user", "status_message": null, "deleted": true})
+        json!({"user_id": alice.id, "username": "", "display_name": "Deleted user", "deleted": true})
     );
     assert_eq!(api.get("/v1/users?q=ali", &bob.token).await.1, json!([]));
     // The message stays, from the deleted user; they left the room.
