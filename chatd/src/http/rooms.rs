@@ -87,7 +87,9 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// Join a public room (403 `room_not_public` for a private one; a no-op for members).
+    /// Join a public room (403 `room_not_public` for a private one; a no-op for members), or
+    /// accept an invitation waiting for your consent. 403 `banned` for the banned, 409
+    /// `room_archived` for an archived room.
     #[oai(path = "/rooms/:room_id/join", method = "post")]
     async fn join(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
         self.chat.join(auth.0.0, RoomId(room_id.0)).await?;
@@ -116,7 +118,9 @@ impl Api {
         ))
     }
 
-    /// Add users to a group room. Any member may invite.
+    /// Add users to a group room. Any member may invite. Invitees who have blocked the
+    /// inviter get an invitation to accept instead (`GET /v1/invitations`); 403 `banned` if
+    /// any invitee is banned (nobody is added).
     #[oai(path = "/rooms/:room_id/members", method = "post")]
     async fn invite(
         &self,
