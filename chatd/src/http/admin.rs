@@ -98,6 +98,7 @@ pub struct MemberPage {
     /// In the order they joined.
     pub members: Vec<RoomMember>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 

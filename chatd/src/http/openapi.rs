@@ -10,15 +10,22 @@ use serde_json::{Value, json};
 
 /// Request bodies: they refuse unknown fields (`deny_unknown_fields`).
 const REQUEST_BODIES: &[&str] = &[
-    "RegisterRequest",
-    "LoginRequest",
-    "RefreshRequest",
     "CreateRoomRequest",
+    "DeleteAccountRequest",
     "DirectRoomRequest",
-    "InviteRequest",
-    "SendRequest",
     "EditRequest",
+    "FriendRequestBody",
+    "InviteRequest",
+    "LoginRequest",
+    "PasswordChangeRequest",
+    "ProfileRequest",
     "ReadRequest",
+    "RefreshRequest",
+    "RegisterRequest",
+    "RoleRequest",
+    "RoomSettingsRequest",
+    "SendRequest",
+    "TransferRequest",
 ];
 
 /// `document` (the generated OpenAPI JSON) with the limits declared.
@@ -49,11 +56,9 @@ pub fn declare_limits(document: &str, invite_max_users: usize) -> String {
             "pattern": "^[A-Za-z0-9_.-]*$",
         }),
     );
-    property(
-        "RegisterRequest",
-        "password",
-        json!({"minLength": limits::PASSWORD_MIN, "maxLength": limits::PASSWORD_MAX}),
-    );
+    let password = json!({"minLength": limits::PASSWORD_MIN, "maxLength": limits::PASSWORD_MAX});
+    property("RegisterRequest", "password", password.clone());
+    property("PasswordChangeRequest", "new_password", password);
     // Optional fields take `null` as absent.
     property("RegisterRequest", "display_name", json!({"nullable": true}));
     property("SendRequest", "client_msg_id", json!({"nullable": true}));
@@ -78,6 +83,7 @@ pub fn declare_limits(document: &str, invite_max_users: usize) -> String {
     parameter("/v1/rooms/public", "limit", page(100));
     parameter("/v1/search", "limit", page(100));
     parameter("/v1/rooms/{room_id}/messages", "limit", page(200));
+    parameter("/v1/rooms/{room_id}/members", "limit", page(200));
     for name in ["before_seq", "after_seq"] {
         parameter("/v1/rooms/{room_id}/messages", name, seq.clone());
     }
