@@ -56,12 +56,14 @@ struct Job {
     reply: oneshot::Sender<Result<Executed>>,
 }
 
+/// Each running actor's mailbox, with a number telling actors of one room apart.
+type Mailboxes = Arc<Mutex<HashMap<RoomId, (u64, mpsc::Sender<Job>)>>>;
+
 /// The running room actors, by room. One per node, owned by [`super::Chat`].
 #[derive(Debug)]
 pub(super) struct RoomActors {
     log: Arc<dyn EventLog>,
-    /// Each running actor's mailbox, with a number telling actors of one room apart.
-    actors: Arc<Mutex<HashMap<RoomId, (u64, mpsc::Sender<Job>)>>>,
+    actors: Mailboxes,
     next_id: AtomicU64,
 }
 
@@ -133,7 +135,7 @@ struct Actor {
     room: RoomId,
     stream: String,
     log: Arc<dyn EventLog>,
-    actors: Arc<Mutex<HashMap<RoomId, (u64, mpsc::Sender<Job>)>>>,
+    actors: Mailboxes,
     id: u64,
     /// The room as of its last event this actor knows; `None` until loaded, and after an
     /// append whose outcome is unknown (then it is loaded again).
