@@ -94,8 +94,18 @@ impl RoomActors {
             let mailbox = self.mailbox(room);
             match mailbox.send(job).await {
                 Ok(()) => break,
-                // That actor stopped (idle) after we took its mailbox: start another.
-                Err(mpsc::error::SendError(back)) => job = back,
+                // That actor stopped (idle, or it panicked) after we took its mailbox: start
+                // another.
+                Err(mpsc::error::SendError(back)) => {
+                    job = back;
+                    let mut actors = lock(&self.actors);
+                    if actors
+                        .get(&room)
+                        .is_some_and(|(_, tx)| tx.same_channel(&mailbox))
+                    {
+                        actors.remove(&room);
+                    }
+                }
             }
         }
         answer
