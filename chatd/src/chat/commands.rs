@@ -227,18 +227,22 @@ impl Chat {
         room: RoomId,
         command: RoomCommand,
     ) -> Result<Executed> {
-        self.room_command_with(room, command, Consistency::ReadYourWrites)
+        self.room_command_with(room, command, None, Consistency::ReadYourWrites)
             .await
     }
 
-    /// [`Self::room_command`], answering when `consistency` says.
+    /// [`Self::room_command`]; with `dm_sender`, refused with `blocked` when the room is a
+    /// direct room whose other member is in a block with the sender (checked by the room's
+    /// actor from its state, so a group room costs nothing more); answered when `consistency`
+    /// says.
     pub(super) async fn room_command_with(
         &self,
         room: RoomId,
         command: RoomCommand,
+        dm_sender: Option<UserId>,
         consistency: Consistency,
     ) -> Result<Executed> {
-        let executed = self.rooms.execute(room, command).await?;
+        let executed = self.rooms.execute(room, command, dm_sender).await?;
         if consistency == Consistency::ReadYourWrites {
             self.await_projection(executed.position).await;
         }

@@ -84,14 +84,16 @@ impl Chat {
             Some(key) => MessageId::for_client_msg(room, actor, key),
             None => MessageId::new(),
         };
+
         let command = RoomCommand::Send {
             sender: actor,
             message_id,
             body,
             client_msg_id,
         };
+        // No direct messages between people where one has blocked the other.
         let append = self
-            .room_command_with(room, command, consistency)
+            .room_command_with(room, command, Some(actor), consistency)
             .await?
             .append;
         let append = append.ok_or_else(|| ChatError::Internal("a send appended nothing".into()))?;

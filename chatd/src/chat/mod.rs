@@ -32,7 +32,7 @@ pub use commands::Consistency;
 pub use error::{ChatError, Code, Refusal, Result};
 pub use messages::{Changed, History, Sent};
 pub use presence::Presence;
-pub use rooms::RoomDetail;
+pub use rooms::{Admin, RoomDetail};
 pub use search::{Search, SearchParams};
 
 /// The chat's use cases over the log and the read models. One per node, shared by every
@@ -59,7 +59,7 @@ impl Chat {
         presence: Presence,
     ) -> Self {
         Self {
-            rooms: room_actor::RoomActors::new(log.clone()),
+            rooms: room_actor::RoomActors::new(log.clone(), models.clone()),
             log,
             models,
             progress,

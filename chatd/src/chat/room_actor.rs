@@ -27,9 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use eventlog::{AppendResult, ErrorKind, EventLog, ExpectedVersion};
-use schema::events::Event;
+use projector::{ReadModels, queries};
+use schema::events::{Event, RoomKind};
 use schema::room::{RoomAggregate, RoomCommand};
-use schema::{Aggregate, RoomId, streams};
+use schema::{Aggregate, DomainError, RoomId, UserId, streams};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -49,6 +50,9 @@ const MAX_ATTEMPTS: usize = 10;
 /// One command waiting for its room's actor.
 struct Job {
     command: RoomCommand,
+    /// Refuse with `blocked` if this is a direct room whose other member is in a block with
+    /// this sender.
+    dm_sender: Option<UserId>,
     /// The caller's trace, for the events' metadata ...
     traceparent: Option<String>,
     /// ... and its span, to parent the append.
@@ -63,6 +67,8 @@ type Mailboxes = Arc<Mutex<HashMap<RoomId, (u64, mpsc::Sender<Job>)>>>;
 #[derive(Debug)]
 pub(super) struct RoomActors {
     log: Arc<dyn EventLog>,
+    /// For the block check of direct messages.
+    models: ReadModels,
     actors: Mailboxes,
     next_id: AtomicU64,
 }
@@ -73,19 +79,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RoomActors {
-    pub(super) fn new(log: Arc<dyn EventLog>) -> Self {
+    pub(super) fn new(log: Arc<dyn EventLog>, models: ReadModels) -> Self {
         Self {
             log,
+            models,
             actors: Arc::default(),
             next_id: AtomicU64::new(0),
         }
     }
 
     /// Runs `command` on `room` and answers once its events are durable (or it was refused).
-    pub(super) async fn execute(&self, room: RoomId, command: RoomCommand) -> Result<Executed> {
+    pub(super) async fn execute(
+        &self,
+        room: RoomId,
+        command: RoomCommand,
+        dm_sender: Option<UserId>,
+    ) -> Result<Executed> {
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
             command,
+            dm_sender,
             traceparent: tracecontext::scoped(),
             span: tracing::Span::current(),
             reply,
@@ -126,6 +139,7 @@ impl RoomActors {
             room,
             stream: streams::room(room),
             log: self.log.clone(),
+            models: self.models.clone(),
             actors: self.actors.clone(),
             id,
             loaded: None,
@@ -145,6 +159,7 @@ struct Actor {
     room: RoomId,
     stream: String,
     log: Arc<dyn EventLog>,
+    models: ReadModels,
     actors: Mailboxes,
     id: u64,
     /// The room as of its last event this actor knows; `None` until loaded, and after an
@@ -227,6 +242,26 @@ impl Actor {
             // Decide every command against the same state; answer refusals and no-ops now.
             let mut accepted: Vec<(Job, Vec<Event>)> = Vec::with_capacity(batch.len());
             for job in batch {
+                let peer = job.dm_sender.and_then(|sender| {
+                    Some((sender, dm_peer(&current.state, &job.command, sender)?))
+                });
+                if let Some((sender, peer)) = peer {
+                    let blocked = self
+                        .models
+                        .read(move |c| queries::blocked_either(c, sender, peer))
+                        .await;
+                    match blocked {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let _ = job.reply.send(Err(DomainError::Blocked.into()));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = job.reply.send(Err(e.into()));
+                            continue;
+                        }
+                    }
+                }
                 match current.state.decide(&job.command) {
                     Err(e) => {
                         let _ = job.reply.send(Err(e.into()));
@@ -317,6 +352,24 @@ impl Actor {
     }
 }
 
+/// The other member of a direct room `sender` is sending to, whose blocks the send must
+/// respect; `None` for group rooms and for a retry of a stored send (which gets its original
+/// answer, as in the aggregate).
+fn dm_peer(state: &RoomAggregate, command: &RoomCommand, sender: UserId) -> Option<UserId> {
+    if let RoomCommand::Send { message_id, .. } = command
+        && state
+            .messages
+            .get(message_id)
+            .is_some_and(|m| m.sender_id == sender)
+    {
+        return None;
+    }
+    if state.created?.kind != RoomKind::Direct {
+        return None;
+    }
+    state.members.iter().copied().find(|m| *m != sender)
+}
+
 /// Takes the longest prefix of `jobs` that can be decided against one state: a run of sends
 /// of distinct messages, or one other command.
 fn take_batch(jobs: &mut Vec<Job>) -> Vec<Job> {
@@ -374,7 +427,8 @@ mod tests {
     async fn world() -> World {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteLog::open(dir.path().join("events.db")).await.unwrap();
-        let actors = Arc::new(RoomActors::new(Arc::new(log.clone())));
+        let models = ReadModels::open(dir.path().join("readmodels.db")).unwrap();
+        let actors = Arc::new(RoomActors::new(Arc::new(log.clone()), models));
         let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
         let create = RoomCommand::Create {
             room_id: room,
@@ -384,7 +438,7 @@ mod tests {
             creator: alice,
             members: vec![bob],
         };
-        actors.execute(room, create).await.unwrap();
+        actors.execute(room, create, None).await.unwrap();
         World {
             _dir: dir,
             log,
@@ -430,7 +484,11 @@ mod tests {
         let first = tokio::spawn({
             let actors = w.actors.clone();
             let (room, alice) = (w.room, w.alice);
-            async move { actors.execute(room, send(alice, MessageId::new())).await }
+            async move {
+                actors
+                    .execute(room, send(alice, MessageId::new()), None)
+                    .await
+            }
         });
         // The actor took the first send and waits for the (paused) writer.
         eventually("the first append to be queued", || w.log.queued() == 1).await;
@@ -448,9 +506,9 @@ mod tests {
         for (i, command) in commands.into_iter().enumerate() {
             let actors = w.actors.clone();
             let room = w.room;
-            waiting.push(tokio::spawn(
-                async move { actors.execute(room, command).await },
-            ));
+            waiting.push(tokio::spawn(async move {
+                actors.execute(room, command, None).await
+            }));
             eventually("the mailbox to fill", || queued(&w.actors, w.room) == i + 1).await;
         }
         drop(pause);
@@ -507,7 +565,7 @@ mod tests {
         // Bob left on "another node": his send is refused now, Alice's lands at 3.
         let refused = w
             .actors
-            .execute(w.room, send(w.bob, MessageId::new()))
+            .execute(w.room, send(w.bob, MessageId::new()), None)
             .await;
         assert!(
             matches!(refused, Err(ChatError::Domain(DomainError::NotAMember))),
@@ -515,7 +573,7 @@ mod tests {
         );
         let sent = w
             .actors
-            .execute(w.room, send(w.alice, MessageId::new()))
+            .execute(w.room, send(w.alice, MessageId::new()), None)
             .await
             .unwrap();
         assert_eq!(sent.append.unwrap().first_version, 3);
@@ -529,7 +587,7 @@ mod tests {
         let nowhere = RoomId::new();
         let refused = w
             .actors
-            .execute(nowhere, send(w.alice, MessageId::new()))
+            .execute(nowhere, send(w.alice, MessageId::new()), None)
             .await;
         assert!(matches!(
             refused,
