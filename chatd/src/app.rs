@@ -181,7 +181,6 @@ impl App {
             auth,
             presence.clone(),
             crate::limits::Limits::new(&settings.limits, settings.ws_rate),
-            settings.limits.room_cache,
         ));
         let (acceptor, addr) = bind(settings.listen).await?;
         let admin = match settings.admin_listen {

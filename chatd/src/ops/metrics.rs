@@ -31,7 +31,6 @@ pub mod names {
     pub const PROJECTION_LAG_EVENTS: &str = "chat_projection_lag_events";
     pub const PROJECTION_LAG_SECONDS: &str = "chat_projection_lag_seconds";
     pub const LIMITED: &str = "chat_limited_total";
-    pub const ROOM_CACHE: &str = "chat_room_cache_entries";
 }
 
 /// The kind of a metric, as Prometheus' `# TYPE` line says.
@@ -65,7 +64,6 @@ pub const CATALOGUE: &[(&str, Kind, &[&str])] = &[
     (names::PROJECTION_LAG_EVENTS, Kind::Gauge, &["projection"]),
     (names::PROJECTION_LAG_SECONDS, Kind::Gauge, &["projection"]),
     (names::LIMITED, Kind::Counter, &["limit"]),
-    (names::ROOM_CACHE, Kind::Gauge, &[]),
     ("chat_log_shipper_events_total", Kind::Counter, &["outcome"]),
     ("chat_log_shipper_queue_depth", Kind::Gauge, &[]),
     (
@@ -141,7 +139,6 @@ fn describe() {
         LIMITED,
         "requests, frames and connections refused by a limit, by limit"
     );
-    describe_gauge!(ROOM_CACHE, "room aggregates held in this node's cache");
 }
 
 /// Shows the series that start at zero from the first scrape, so dashboards and rates have
@@ -151,7 +148,6 @@ fn zero() {
     metrics::counter!(MESSAGES_SENT).absolute(0);
     metrics::gauge!(WS_CONNECTIONS).increment(0.0);
     metrics::gauge!(SSE_CONNECTIONS).increment(0.0);
-    metrics::gauge!(ROOM_CACHE).set(0.0);
     for limit in crate::limits::Limit::ALL {
         metrics::counter!(LIMITED, "limit" => limit.name()).absolute(0);
     }
