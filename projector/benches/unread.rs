@@ -3,7 +3,9 @@
 //!
 //! 1. Projecting sends into a 10,000-member room vs a 10-member room: the cost per send must
 //!    not grow with the member count (no per-member writes); and the same room with 1,000 of
-//!    its members watched (online), whose in-memory unread counts every send moves.
+//!    its members watched (online), whose in-memory unread counts every send moves: catching
+//!    up (big batches, where a burst of sends moves each count once) and live (each send
+//!    appended, then projected on its own, as at a modest rate).
 //! 2. `unread_counts` for a user in 500 rooms: one indexed query.
 
 use std::sync::Arc;
@@ -88,12 +90,12 @@ impl Projection {
     }
 }
 
-/// Seconds to project `sends` messages into a room of `members` members, `watched` of whom
-/// are watched.
-async fn project_sends(members: usize, watched: usize, sends: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let log: Arc<dyn EventLog> =
-        Arc::new(SqliteLog::open(dir.path().join("events.db")).await.unwrap());
+/// A log with one room of `members` members, projected (with nothing watched).
+async fn room_of(
+    dir: &std::path::Path,
+    members: usize,
+) -> (Arc<dyn EventLog>, Vec<UserId>, String) {
+    let log: Arc<dyn EventLog> = Arc::new(SqliteLog::open(dir.join("events.db")).await.unwrap());
     let users: Vec<UserId> = (0..members).map(|_| UserId::new()).collect();
     let room = RoomId::new();
     let stream = streams::room(room);
@@ -104,13 +106,48 @@ async fn project_sends(members: usize, watched: usize, sends: usize) -> f64 {
     )
     .await
     .unwrap();
-    let p = start(log.clone(), dir.path().join("rm.db"), &[]).await;
+    let p = start(log.clone(), dir.join("rm.db"), &[]).await;
     p.progress
         .wait_for(log.head().await.unwrap(), Duration::from_secs(600))
         .await
         .unwrap();
     p.finish().await;
+    (log, users, stream)
+}
 
+/// Mean seconds from appending a send to its projection, one send at a time, in a room of
+/// `members` members, `watched` of whom are watched.
+async fn live_sends(members: usize, watched: usize, sends: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, users, stream) = room_of(dir.path(), members).await;
+    let p = start(log.clone(), dir.path().join("rm.db"), &users[..watched]).await;
+    let t = Instant::now();
+    for i in 0..sends {
+        let pos = log
+            .append(
+                &stream,
+                ExpectedVersion::Exact(1 + i as u64),
+                vec![encode(&sent(users[i % members]))],
+            )
+            .await
+            .unwrap()
+            .first_position;
+        p.progress
+            .wait_for(pos, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64() / sends as f64;
+    p.finish().await;
+    log.close().await;
+    secs
+}
+
+/// Seconds to project `sends` messages into a room of `members` members, `watched` of whom
+/// are watched.
+async fn project_sends(members: usize, watched: usize, sends: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, users, stream) = room_of(dir.path(), members).await;
     let mut version = 1;
     for chunk in 0..sends / 100 {
         let events: Vec<NewEvent> = (0..100)
@@ -240,6 +277,19 @@ async fn main() {
         println!(
             "room of {members:>6} members, {watched:>5} watched: {:>8.0} sends projected/s (median; min {:.0}, max {:.0})",
             rates[1], rates[0], rates[2]
+        );
+    }
+    let live = sends / 10;
+    println!("== {live} sends appended and projected one at a time (3 runs each)");
+    for watched in [0, online] {
+        let mut ms: Vec<f64> = Vec::new();
+        for _ in 0..3 {
+            ms.push(live_sends(big, watched, live).await * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "room of {big:>6} members, {watched:>5} watched: {:>6.3} ms per send (median; min {:.3}, max {:.3})",
+            ms[1], ms[0], ms[2]
         );
     }
     println!("== unread_counts for a user in {rooms} rooms × 20 messages ({queries} queries)");

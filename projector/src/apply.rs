@@ -159,11 +159,7 @@ fn apply_room_event(
                 )?
                 .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
             if n == 1 {
-                unread.push(Change::Sent {
-                    room: RoomId(room),
-                    seq: seq as u64,
-                    sender: *sender_id,
-                });
+                unread.sent(RoomId(room), seq as u64, *sender_id);
             }
             tx.prepare_cached("UPDATE rooms SET last_message_id = ?2 WHERE room_id = ?1")?
                 .execute(params![room, message_id.0])?;

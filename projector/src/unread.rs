@@ -61,8 +61,9 @@ struct Watched {
     /// Room → the version of its newest change, and the same pairs ordered by version.
     changed: HashMap<RoomId, u64>,
     by_version: BTreeMap<u64, RoomId>,
-    /// Queued to be woken at the end of the current batch.
-    waking: bool,
+    /// Woken (or queued to be, at the end of the batch) and no take since: further changes
+    /// need no wake, the take to come reads them.
+    awake: bool,
     wake: watch::Sender<u64>,
 }
 
@@ -83,7 +84,7 @@ impl Watched {
             baseline: 0,
             changed: HashMap::new(),
             by_version: BTreeMap::new(),
-            waking: false,
+            awake: false,
             wake: watch::channel(0).0,
         }
     }
@@ -95,7 +96,7 @@ impl Watched {
             self.by_version.remove(&old);
         }
         self.by_version.insert(self.version, room);
-        !std::mem::replace(&mut self.waking, true)
+        !std::mem::replace(&mut self.awake, true)
     }
 
     fn set(&mut self, room: RoomId, count: u64) -> bool {
@@ -111,14 +112,14 @@ impl Watched {
     }
 }
 
-/// A change to the counts found while applying one event.
-#[derive(Debug, Clone, Copy)]
+/// A change to the counts found while applying the batch.
+#[derive(Debug, Clone)]
 pub(crate) enum Change {
-    /// A message at `seq` by `sender`.
+    /// Messages (seq, sender), in log order, with no other change of the room between them:
+    /// the sends of a burst are applied to each watcher once.
     Sent {
         room: RoomId,
-        seq: u64,
-        sender: UserId,
+        messages: Vec<(u64, UserId)>,
     },
     /// The standing message at `seq` by `sender` was deleted.
     Deleted {
@@ -153,6 +154,8 @@ pub(crate) struct Batch<'a> {
     /// connection, which the batch holds (unwatching may only make it an overestimate).
     active: bool,
     changes: Vec<Change>,
+    /// Room → the index in `changes` of its `Sent` that later sends may still join.
+    open: HashMap<RoomId, usize>,
 }
 
 impl<'a> Batch<'a> {
@@ -162,6 +165,7 @@ impl<'a> Batch<'a> {
             cache,
             active,
             changes: Vec::new(),
+            open: HashMap::new(),
         }
     }
 
@@ -178,8 +182,26 @@ impl<'a> Batch<'a> {
 
     pub(crate) fn push(&mut self, change: Change) {
         if self.active {
+            self.open.remove(&change.room());
             self.changes.push(change);
         }
+    }
+
+    pub(crate) fn sent(&mut self, room: RoomId, seq: u64, sender: UserId) {
+        if !self.active {
+            return;
+        }
+        if let Some(&i) = self.open.get(&room)
+            && let Some(Change::Sent { messages, .. }) = self.changes.get_mut(i)
+        {
+            messages.push((seq, sender));
+            return;
+        }
+        self.open.insert(room, self.changes.len());
+        self.changes.push(Change::Sent {
+            room,
+            messages: vec![(seq, sender)],
+        });
     }
 
     /// Call once the batch has committed, still holding the write connection.
@@ -279,11 +301,48 @@ impl UnreadCache {
         let mut woken = Vec::new();
         for change in changes {
             match *change {
-                Change::Sent { room, seq, sender } | Change::Deleted { room, seq, sender } => {
+                Change::Sent { room, ref messages } => {
                     let Some(members) = rooms.get(&room) else {
                         continue;
                     };
-                    let sent = matches!(change, Change::Sent { .. });
+                    let Some(&(first, _)) = messages.first() else {
+                        continue;
+                    };
+                    let mut own = HashMap::<UserId, u64>::new();
+                    for (_, sender) in messages {
+                        *own.entry(*sender).or_default() += 1;
+                    }
+                    for user in members {
+                        let Some(watched) = users.get_mut(user) else {
+                            continue;
+                        };
+                        let Some(slot) = watched.rooms.get_mut(&room) else {
+                            continue;
+                        };
+                        // Markers are normally below every new message; count one by one
+                        // where not.
+                        let unread = if slot.marker < first {
+                            messages.len() as u64 - own.get(user).copied().unwrap_or(0)
+                        } else {
+                            messages
+                                .iter()
+                                .filter(|(seq, sender)| *seq > slot.marker && sender != user)
+                                .count() as u64
+                        };
+                        if unread == 0 {
+                            continue;
+                        }
+                        slot.count += unread;
+                        watched.total += unread;
+                        if watched.touch(room) {
+                            woken.push(*user);
+                        }
+                    }
+                }
+                Change::Deleted { room, seq, sender } => {
+                    let Some(members) = rooms.get(&room) else {
+                        continue;
+                    };
                     for user in members {
                         if *user == sender {
                             continue;
@@ -297,14 +356,9 @@ impl UnreadCache {
                         if slot.marker >= seq {
                             continue;
                         }
-                        if sent {
-                            slot.count += 1;
-                            watched.total += 1;
-                        } else {
-                            debug_assert!(slot.count > 0, "a deleted unread message was counted");
-                            slot.count = slot.count.saturating_sub(1);
-                            watched.total = watched.total.saturating_sub(1);
-                        }
+                        debug_assert!(slot.count > 0, "a deleted unread message was counted");
+                        slot.count = slot.count.saturating_sub(1);
+                        watched.total = watched.total.saturating_sub(1);
                         if watched.touch(room) {
                             woken.push(*user);
                         }
@@ -357,9 +411,20 @@ impl UnreadCache {
         }
         for user in woken {
             if let Some(watched) = users.get_mut(&user) {
-                watched.waking = false;
                 watched.wake.send_replace(watched.version);
             }
+        }
+    }
+}
+
+impl Change {
+    fn room(&self) -> RoomId {
+        match self {
+            Self::Sent { room, .. }
+            | Self::Deleted { room, .. }
+            | Self::Joined { room, .. }
+            | Self::Left { room, .. }
+            | Self::Read { room, .. } => *room,
         }
     }
 }
@@ -402,10 +467,12 @@ impl UnreadWatch {
     /// The rooms whose count changed since the last take, at the projector's applied position.
     pub fn take(&mut self) -> UnreadChanges {
         self.wake.borrow_and_update();
-        let state = self.cache.lock();
-        let Some(watched) = state.users.get(&self.user).filter(|w| w.loaded) else {
+        let mut state = self.cache.lock();
+        let Some(watched) = state.users.get_mut(&self.user).filter(|w| w.loaded) else {
             return UnreadChanges::default();
         };
+        // Other handles of the user may not have taken yet: they are still marked changed.
+        watched.awake = false;
         let rooms = if self.seen < watched.baseline {
             watched
                 .rooms
@@ -479,6 +546,8 @@ mod tests {
     //! `tests/it/unread_property.rs`.
     #![allow(clippy::unwrap_used)]
 
+    use futures::FutureExt;
+
     use super::*;
 
     fn loaded(cache: &UnreadCache, user: UserId, rooms: &[(RoomId, u64, u64)]) {
@@ -523,32 +592,46 @@ mod tests {
         cache.apply(&[
             Change::Sent {
                 room: b,
-                seq: 1,
-                sender: other,
+                messages: vec![(1, other), (2, me), (3, other)],
             },
-            Change::Sent {
-                room: b,
-                seq: 2,
-                sender: me,
-            },
+            // At the marker (read already) and one past it, in one run.
             Change::Sent {
                 room: c,
-                seq: 5,
-                sender: other,
-            }, // at the marker: read already
-            Change::Sent {
-                room: b,
-                seq: 3,
-                sender: other,
+                messages: vec![(5, other), (6, other)],
             },
         ]);
         assert_eq!(
             first.take(),
             UnreadChanges {
-                total: 5,
-                rooms: vec![(b, 2)]
+                total: 6,
+                rooms: vec![(b, 2), (c, 2)]
             }
         );
+
+        // A change wakes a handle once; later ones wait for its take without another wake.
+        assert!(
+            first.changed().now_or_never().is_none(),
+            "the take answered the last wake"
+        );
+        let send = |seq| Change::Sent {
+            room: b,
+            messages: vec![(seq, other)],
+        };
+        cache.apply(&[send(4)]);
+        cache.apply(&[send(5)]);
+        assert!(first.changed().now_or_never().is_some());
+        cache.apply(&[send(6)]);
+        assert!(first.changed().now_or_never().is_none());
+        assert_eq!(
+            first.take(),
+            UnreadChanges {
+                total: 9,
+                rooms: vec![(b, 5)]
+            }
+        );
+        cache.apply(&[send(7)]);
+        assert!(first.changed().now_or_never().is_some());
+        first.take();
 
         // A second handle starts from the baseline; the first sees only the leave.
         let mut second = cache.watch(me);
@@ -556,13 +639,13 @@ mod tests {
         assert_eq!(
             first.take(),
             UnreadChanges {
-                total: 3,
+                total: 8,
                 rooms: vec![(a, 0)]
             }
         );
         let mut all = second.take().rooms;
         all.sort();
-        let mut want = vec![(b, 2), (c, 1)];
+        let mut want = vec![(b, 6), (c, 2)];
         want.sort();
         assert_eq!(all, want);
 
