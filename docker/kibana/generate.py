@@ -9,7 +9,7 @@ searchSourceJSON), which is miserable to edit by hand; edit this script instead 
 
 The objects are aggregation-based visualizations and a saved search (the export format that
 Kibana 8 imports and migrates without surprises). Every field they use is mapped in
-docker/elasticsearch/logs-chatd.index-template.json; api/tests/it/docker.rs checks that, and
+docker/elasticsearch/logs-chatd.index-template.json; docker-tests/tests/docker.rs checks that, and
 that every reference points at an object in the file. After changing a dashboard in Kibana,
 export it (Stack Management > Saved objects > Export) and port the change back here.
 """

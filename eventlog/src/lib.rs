@@ -43,6 +43,20 @@ pub struct NewEvent {
     pub metadata: Vec<u8>,
 }
 
+impl NewEvent {
+    /// The metadata that carries `traceparent` (read back by
+    /// [`RecordedEvent::live_traceparent`]); empty without one.
+    pub fn trace_metadata(traceparent: Option<&str>) -> Vec<u8> {
+        traceparent
+            .map(|tp| {
+                serde_json::json!({ "traceparent": tp })
+                    .to_string()
+                    .into_bytes()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// A stored event with its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {

@@ -3,7 +3,7 @@
 //! there is none, and report loss when a connection comes back without resuming.
 #![allow(clippy::unwrap_used)]
 
-use api::{App, Settings};
+use chatd::{App, Settings};
 use loadgen::scenario::{Preset, ScenarioArgs};
 use loadgen::{Options, Target};
 use serde_json::{Value, json};

@@ -41,7 +41,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 pub use alerts::{Alert, AlertSender, AlertStats, Alerts, Severity};
 pub use error::{Error, Result};
-pub use settings::{ElasticsearchSettings, LogFormat, Settings, SlackSettings};
+pub use settings::{ElasticsearchSettings, LogFormat, Settings, SlackSettings, TelemetryArgs};
 pub use shipper::{Shipper, ShipperHandle, ShipperStats};
 
 /// A boxed layer for subscriber `S`.

@@ -1,5 +1,5 @@
-//! Typed settings with documented defaults. [`Settings::from_env`] reads them from the
-//! environment; the binary may also fill the structs from its own configuration.
+//! Typed settings with documented defaults. [`TelemetryArgs`] is how a binary takes them
+//! from its flags and environment (clap); the structs may also be filled by hand.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -199,23 +199,106 @@ impl Settings {
             otlp_endpoint: None,
         }
     }
+}
 
-    /// Reads `CHAT_LOG_FORMAT`, `CHAT_ELASTICSEARCH_*`, `CHAT_SLACK_*` and whether an OTLP
-    /// endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`). Unset means default; a set but
-    /// unusable value is an error.
-    pub fn from_env(service_name: impl Into<String>, node_name: impl Into<String>) -> Result<Self> {
-        Self::from_lookup(service_name, node_name, |name| std::env::var(name).ok())
-    }
+/// The telemetry settings as flags, each overridable by its environment variable. The binary
+/// flattens them into its own settings (`#[command(flatten)]`), so `--help` lists every one
+/// and no list of variables is kept by hand. Unset means the default of
+/// [`ElasticsearchSettings::new`] / [`SlackSettings::new`]; an empty value counts as unset (the
+/// compose files turn shipping off with `CHAT_ELASTICSEARCH_URL: ""`). Values are checked by
+/// [`TelemetryArgs::settings`], which names the variable of a bad one.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format on stdout: `auto` (pretty on a terminal, ECS JSON otherwise), `json` or
+    /// `pretty`.
+    #[arg(long, env = "CHAT_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
 
-    /// [`Settings::from_env`] with another source of variables (tests, config files).
-    pub fn from_lookup(
+    /// Ship the log lines to this Elasticsearch (e.g. `https://es:9200`). Unset: no shipping.
+    #[arg(long, env = "CHAT_ELASTICSEARCH_URL", global = true)]
+    pub elasticsearch_url: Option<String>,
+    /// Elasticsearch basic-auth user (with the password: both or neither).
+    #[arg(long, env = "CHAT_ELASTICSEARCH_USERNAME", global = true)]
+    pub elasticsearch_username: Option<String>,
+    /// Elasticsearch basic-auth password. Never printed.
+    #[arg(
+        long,
+        env = "CHAT_ELASTICSEARCH_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub elasticsearch_password: Option<String>,
+    /// Elasticsearch API key in the base64 `id:key` ("encoded") form; wins over basic auth.
+    /// Never printed.
+    #[arg(
+        long,
+        env = "CHAT_ELASTICSEARCH_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub elasticsearch_api_key: Option<String>,
+    /// PEM file of the CA that signed the cluster's certificate.
+    #[arg(long, env = "CHAT_ELASTICSEARCH_CA_CERT", global = true)]
+    pub elasticsearch_ca_cert: Option<String>,
+    /// Target data stream (default `logs-chatd-default`).
+    #[arg(long, env = "CHAT_ELASTICSEARCH_DATA_STREAM", global = true)]
+    pub elasticsearch_data_stream: Option<String>,
+    /// Lines per `_bulk` request (default 500).
+    #[arg(long, env = "CHAT_ELASTICSEARCH_BATCH_SIZE", global = true)]
+    pub elasticsearch_batch_size: Option<String>,
+    /// Longest wait of a partial batch, in milliseconds (default 1000).
+    #[arg(long, env = "CHAT_ELASTICSEARCH_FLUSH_MS", global = true)]
+    pub elasticsearch_flush_ms: Option<String>,
+    /// Lines queued before new ones are dropped (default 10000).
+    #[arg(long, env = "CHAT_ELASTICSEARCH_QUEUE", global = true)]
+    pub elasticsearch_queue: Option<String>,
+    /// Bytes queued before new lines are dropped (default 16 MiB).
+    #[arg(long, env = "CHAT_ELASTICSEARCH_QUEUE_BYTES", global = true)]
+    pub elasticsearch_queue_bytes: Option<String>,
+
+    /// Post alerts to this Slack incoming webhook. Unset: no alerts. A secret: never printed.
+    #[arg(
+        long,
+        env = "CHAT_SLACK_WEBHOOK_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub slack_webhook_url: Option<String>,
+    /// Whether every ERROR log event becomes an alert (default true).
+    #[arg(long, env = "CHAT_SLACK_ERROR_EVENTS", global = true)]
+    pub slack_error_events: Option<String>,
+    /// Repeats of one alert within this many seconds are counted, not posted (default 300).
+    #[arg(long, env = "CHAT_SLACK_DEDUP_WINDOW_SECS", global = true)]
+    pub slack_dedup_window_secs: Option<String>,
+    /// Slack messages per second in the long run (default 1).
+    #[arg(long, env = "CHAT_SLACK_RATE_PER_SEC", global = true)]
+    pub slack_rate_per_sec: Option<String>,
+    /// Slack messages that may go out at once (default 5).
+    #[arg(long, env = "CHAT_SLACK_BURST", global = true)]
+    pub slack_burst: Option<String>,
+
+    /// Export traces to this OTLP/HTTP collector (e.g. `http://collector:4318`); the other
+    /// `OTEL_*` variables are read by the OpenTelemetry SDK itself. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The full traces URL, instead of `<endpoint>/v1/traces`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", global = true)]
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+    /// Turns trace export off whatever the endpoint.
+    #[arg(long, env = "OTEL_SDK_DISABLED", global = true)]
+    pub otel_sdk_disabled: Option<String>,
+}
+
+impl TelemetryArgs {
+    /// The settings of `service_name` on `node_name`, checked.
+    pub fn settings(
+        &self,
         service_name: impl Into<String>,
         node_name: impl Into<String>,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self> {
-        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let mut settings = Self::new(service_name, node_name);
-        settings.format = match var("CHAT_LOG_FORMAT").as_deref().map(str::trim) {
+    ) -> Result<Settings> {
+        let owned = |v: &Option<String>| set(v).map(str::to_owned);
+        let mut settings = Settings::new(service_name, node_name);
+        settings.format = match set(&self.log_format) {
             None | Some("auto") => LogFormat::Auto,
             Some("json") | Some("ecs") => LogFormat::Json,
             Some("pretty") | Some("text") => LogFormat::Pretty,
@@ -226,27 +309,27 @@ impl Settings {
                 ));
             }
         };
-        if let Some(url) = var("CHAT_ELASTICSEARCH_URL") {
-            let mut es = ElasticsearchSettings::new(url.trim());
-            es.username = var("CHAT_ELASTICSEARCH_USERNAME");
-            es.password = var("CHAT_ELASTICSEARCH_PASSWORD");
-            es.api_key = var("CHAT_ELASTICSEARCH_API_KEY");
-            es.ca_cert = var("CHAT_ELASTICSEARCH_CA_CERT").map(PathBuf::from);
-            if let Some(ds) = var("CHAT_ELASTICSEARCH_DATA_STREAM") {
-                es.data_stream = ds.trim().to_owned();
+        if let Some(url) = set(&self.elasticsearch_url) {
+            let mut es = ElasticsearchSettings::new(url);
+            es.username = owned(&self.elasticsearch_username);
+            es.password = owned(&self.elasticsearch_password);
+            es.api_key = owned(&self.elasticsearch_api_key);
+            es.ca_cert = set(&self.elasticsearch_ca_cert).map(PathBuf::from);
+            if let Some(ds) = set(&self.elasticsearch_data_stream) {
+                es.data_stream = ds.to_owned();
             }
-            if let Some(v) = var("CHAT_ELASTICSEARCH_BATCH_SIZE") {
-                es.batch_size = positive("CHAT_ELASTICSEARCH_BATCH_SIZE", &v)?;
+            if let Some(v) = set(&self.elasticsearch_batch_size) {
+                es.batch_size = positive("CHAT_ELASTICSEARCH_BATCH_SIZE", v)?;
             }
-            if let Some(v) = var("CHAT_ELASTICSEARCH_FLUSH_MS") {
+            if let Some(v) = set(&self.elasticsearch_flush_ms) {
                 es.flush_interval =
-                    Duration::from_millis(positive("CHAT_ELASTICSEARCH_FLUSH_MS", &v)? as u64);
+                    Duration::from_millis(positive("CHAT_ELASTICSEARCH_FLUSH_MS", v)? as u64);
             }
-            if let Some(v) = var("CHAT_ELASTICSEARCH_QUEUE") {
-                es.queue_capacity = positive("CHAT_ELASTICSEARCH_QUEUE", &v)?;
+            if let Some(v) = set(&self.elasticsearch_queue) {
+                es.queue_capacity = positive("CHAT_ELASTICSEARCH_QUEUE", v)?;
             }
-            if let Some(v) = var("CHAT_ELASTICSEARCH_QUEUE_BYTES") {
-                es.queue_bytes = positive("CHAT_ELASTICSEARCH_QUEUE_BYTES", &v)?;
+            if let Some(v) = set(&self.elasticsearch_queue_bytes) {
+                es.queue_bytes = positive("CHAT_ELASTICSEARCH_QUEUE_BYTES", v)?;
             }
             if es.username.is_some() != es.password.is_some() {
                 return Err(invalid(
@@ -257,18 +340,17 @@ impl Settings {
             }
             settings.elasticsearch = Some(es);
         }
-        if let Some(url) = var("CHAT_SLACK_WEBHOOK_URL") {
-            let mut slack = SlackSettings::new(url.trim());
-            if let Some(v) = var("CHAT_SLACK_ERROR_EVENTS") {
-                slack.error_events = boolean("CHAT_SLACK_ERROR_EVENTS", &v)?;
+        if let Some(url) = set(&self.slack_webhook_url) {
+            let mut slack = SlackSettings::new(url);
+            if let Some(v) = set(&self.slack_error_events) {
+                slack.error_events = boolean("CHAT_SLACK_ERROR_EVENTS", v)?;
             }
-            if let Some(v) = var("CHAT_SLACK_DEDUP_WINDOW_SECS") {
+            if let Some(v) = set(&self.slack_dedup_window_secs) {
                 slack.dedup_window =
-                    Duration::from_secs(positive("CHAT_SLACK_DEDUP_WINDOW_SECS", &v)? as u64);
+                    Duration::from_secs(positive("CHAT_SLACK_DEDUP_WINDOW_SECS", v)? as u64);
             }
-            if let Some(v) = var("CHAT_SLACK_RATE_PER_SEC") {
+            if let Some(v) = set(&self.slack_rate_per_sec) {
                 slack.rate_per_sec = v
-                    .trim()
                     .parse::<f64>()
                     .ok()
                     .filter(|r| r.is_finite() && *r > 0.0)
@@ -279,16 +361,36 @@ impl Settings {
                         )
                     })?;
             }
-            if let Some(v) = var("CHAT_SLACK_BURST") {
-                slack.burst = positive("CHAT_SLACK_BURST", &v)? as u32;
+            if let Some(v) = set(&self.slack_burst) {
+                slack.burst = positive("CHAT_SLACK_BURST", v)? as u32;
             }
             settings.slack = Some(slack);
         }
-        let sdk_disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim() == "true");
+        let sdk_disabled = set(&self.otel_sdk_disabled) == Some("true");
         settings.otlp = !sdk_disabled
-            && (var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-                || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some());
+            && (set(&self.otel_exporter_otlp_endpoint).is_some()
+                || set(&self.otel_exporter_otlp_traces_endpoint).is_some());
         Ok(settings)
+    }
+}
+
+/// A value that is there: set and not blank, trimmed.
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn positive(name: &'static str, v: &str) -> Result<usize> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| invalid(name, format!("{v:?} is not a positive whole number")))
+}
+
+fn boolean(name: &'static str, v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(name, format!("{v:?} is not true or false"))),
     }
 }
 
@@ -296,33 +398,21 @@ fn invalid(name: &'static str, reason: String) -> Error {
     Error::InvalidSetting { name, reason }
 }
 
-fn positive(name: &'static str, v: &str) -> Result<usize> {
-    v.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| invalid(name, format!("{v:?} is not a positive whole number")))
-}
-
-fn boolean(name: &'static str, v: &str) -> Result<bool> {
-    match v.trim() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(invalid(name, format!("{v:?} is not true or false"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use clap::Parser;
 
-    fn from(vars: &[(&str, &str)]) -> Result<Settings> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_lookup("chatd", "n1", |k| map.get(k).cloned())
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+    }
+
+    fn from(args: &[&str]) -> Result<Settings> {
+        let cli = Cli::try_parse_from(std::iter::once("chatd").chain(args.iter().copied()))
+            .map_err(|e| invalid("args", e.to_string()))?;
+        cli.telemetry.settings("chatd", "n1")
     }
 
     #[test]
@@ -335,26 +425,23 @@ mod tests {
     #[test]
     fn elasticsearch_and_slack_are_read_and_secrets_are_not_printed() {
         let s = from(&[
-            ("CHAT_ELASTICSEARCH_URL", "http://es:9200"),
-            ("CHAT_ELASTICSEARCH_USERNAME", "elastic"),
-            ("CHAT_ELASTICSEARCH_PASSWORD", "hunter2"),
-            ("CHAT_ELASTICSEARCH_BATCH_SIZE", "7"),
-            (
-                "CHAT_SLACK_WEBHOOK_URL",
-                "https://hooks.slack.com/services/SECRET",
-            ),
-            ("CHAT_SLACK_DEDUP_WINDOW_SECS", "60"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            ("CHAT_LOG_FORMAT", "json"),
+            "--elasticsearch-url=http://es:9200",
+            "--elasticsearch-username=elastic",
+            "--elasticsearch-password=hunter2",
+            "--elasticsearch-batch-size=7",
+            "--slack-webhook-url=https://hooks.slack.com/services/SECRET",
+            "--slack-dedup-window-secs=60",
+            "--slack-error-events=false",
+            "--otel-exporter-otlp-endpoint=http://collector:4318",
+            "--log-format=json",
         ])
         .unwrap();
         let es = s.elasticsearch.as_ref().unwrap();
         assert_eq!(es.batch_size, 7);
         assert_eq!(es.data_stream, "logs-chatd-default");
-        assert_eq!(
-            s.slack.as_ref().unwrap().dedup_window,
-            Duration::from_secs(60)
-        );
+        let slack = s.slack.as_ref().unwrap();
+        assert_eq!(slack.dedup_window, Duration::from_secs(60));
+        assert!(!slack.error_events);
         assert!(s.otlp);
         assert_eq!(s.format, LogFormat::Json);
         let printed = format!("{s:?}");
@@ -365,26 +452,34 @@ mod tests {
     }
 
     #[test]
+    fn empty_values_are_unset() {
+        let s = from(&["--elasticsearch-url=", "--log-format= ", "--slack-burst="]).unwrap();
+        assert!(s.elasticsearch.is_none() && s.slack.is_none());
+        assert_eq!(s.format, LogFormat::Auto);
+    }
+
+    #[test]
     fn bad_values_are_errors() {
-        assert!(from(&[("CHAT_LOG_FORMAT", "xml")]).is_err());
+        assert!(from(&["--log-format=xml"]).is_err());
+        assert!(from(&["--elasticsearch-url=http://es", "--elasticsearch-queue=0"]).is_err());
         assert!(
             from(&[
-                ("CHAT_ELASTICSEARCH_URL", "http://es"),
-                ("CHAT_ELASTICSEARCH_QUEUE", "0")
+                "--elasticsearch-url=http://es",
+                "--elasticsearch-username=u"
             ])
             .is_err()
         );
         assert!(
             from(&[
-                ("CHAT_ELASTICSEARCH_URL", "http://es"),
-                ("CHAT_ELASTICSEARCH_USERNAME", "u")
+                "--slack-webhook-url=https://hooks",
+                "--slack-rate-per-sec=-1"
             ])
             .is_err()
         );
         assert!(
             !from(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
-                ("OTEL_SDK_DISABLED", "true")
+                "--otel-exporter-otlp-endpoint=http://c",
+                "--otel-sdk-disabled=true"
             ])
             .unwrap()
             .otlp

@@ -9,20 +9,13 @@
 //! `OTEL_TRACES_SAMPLER`/`_ARG`, `OTEL_BSP_*`. Only `http/protobuf` is built in: another
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` falls back to it with a warning.
 //!
-//! W3C trace context: [`current_traceparent`] gives the header for the current span,
-//! [`set_parent_from_traceparent`] continues a trace received from elsewhere.
+//! W3C trace context is the `tracecontext` crate's; its helpers are re-exported here.
 
-use std::collections::HashMap;
-
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, TracerProviderBuilder};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::{Error, Result};
 use crate::settings::Settings;
@@ -108,70 +101,9 @@ impl HttpClient for TokioHttpClient {
     }
 }
 
-fn span_context_of(cx: &Context) -> Option<opentelemetry::trace::SpanContext> {
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| sc.clone())
-}
-
-/// The W3C `traceparent` of the current span (`00-<trace id>-<span id>-<flags>`), if there is
-/// one with a valid OpenTelemetry context (the OTel layer is installed).
-pub fn current_traceparent() -> Option<String> {
-    traceparent_of(&tracing::Span::current())
-}
-
-/// The W3C `traceparent` of `span`.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    span_context_of(&cx)?;
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
-}
-
-/// The trace id of the current span, as 32 hex digits.
-pub fn current_trace_id() -> Option<String> {
-    span_context_of(&tracing::Span::current().context()).map(|sc| sc.trace_id().to_string())
-}
-
-/// Makes `span` a child of the remote span in `traceparent`, so it and its children continue
-/// that trace. Call it right after creating the span, before it is entered or logged in (a
-/// span whose OTel span has started cannot change parent). Returns `false` when the header is
-/// malformed or the span cannot take a parent (no OTel layer, already started, disabled).
-pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) -> bool {
-    set_parent_from_headers(span, traceparent, None)
-}
-
-/// A span made by `make`, continuing the trace in `traceparent`; no span at all without one.
-/// For the consumers of an event (projections, the search index, fan-out), whose work
-/// belongs to the trace of the request that appended it, and costs nothing otherwise.
-pub fn continuing(
-    traceparent: Option<String>,
-    make: impl FnOnce() -> tracing::Span,
-) -> tracing::Span {
-    let Some(tp) = traceparent else {
-        return tracing::Span::none();
-    };
-    let span = make();
-    set_parent_from_traceparent(&span, &tp);
-    span
-}
-
-/// [`set_parent_from_traceparent`] with a `tracestate` header as well.
-pub fn set_parent_from_headers(
-    span: &tracing::Span,
-    traceparent: &str,
-    tracestate: Option<&str>,
-) -> bool {
-    let mut carrier = HashMap::new();
-    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
-    if let Some(ts) = tracestate {
-        carrier.insert("tracestate".to_owned(), ts.to_owned());
-    }
-    // Against an empty context: a malformed header must not fall back to the current one.
-    let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &carrier);
-    if span_context_of(&cx).is_none() {
-        return false;
-    }
-    span.set_parent(cx).is_ok()
-}
+/// The W3C trace-context helpers, owned by the `tracecontext` crate (re-exported under the
+/// names this crate has always used).
+pub use tracecontext::{
+    continuing, current as current_traceparent, current_trace_id, of as traceparent_of,
+    set_parent as set_parent_from_traceparent, set_parent_from_headers,
+};

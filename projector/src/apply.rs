@@ -37,7 +37,7 @@ pub(crate) fn apply_batch(
         if recorded.position <= position {
             continue;
         }
-        let span = observability::trace::continuing(
+        let span = tracecontext::continuing(
             recorded.live_traceparent(),
             || tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
         );

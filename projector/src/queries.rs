@@ -368,3 +368,34 @@ pub fn rooms_at_checkpoint(c: &Connection, user: UserId) -> Result<(u64, Vec<Roo
     tx.commit()?;
     Ok((position, rooms))
 }
+
+/// Every membership and every friend-list entry, with the log position they reflect: what
+/// live fan-out starts from before it follows the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relations {
+    pub position: u64,
+    /// (room, member).
+    pub members: Vec<(RoomId, UserId)>,
+    /// (user, a friend on their list).
+    pub friends: Vec<(UserId, UserId)>,
+}
+
+/// [`Relations`], read in one snapshot (scans both tables: once per start).
+pub fn relations(c: &Connection) -> Result<Relations> {
+    let tx = c.unchecked_transaction()?;
+    let position = crate::apply::checkpoint(&tx)?;
+    let members = tx
+        .prepare("SELECT room_id, user_id FROM members")?
+        .query_map([], |r| Ok((RoomId(r.get(0)?), UserId(r.get(1)?))))?
+        .collect::<rusqlite::Result<_>>()?;
+    let friends = tx
+        .prepare("SELECT user_id, friend_id FROM friends")?
+        .query_map([], |r| Ok((UserId(r.get(0)?), UserId(r.get(1)?))))?
+        .collect::<rusqlite::Result<_>>()?;
+    tx.commit()?;
+    Ok(Relations {
+        position,
+        members,
+        friends,
+    })
+}

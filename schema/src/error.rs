@@ -1,6 +1,6 @@
 use thiserror::Error;
 
-/// Why a value was rejected or a command refused. Carries no HTTP words: the `api` crate maps
+/// Why a value was rejected or a command refused. Carries no HTTP words: the `chatd` crate maps
 /// each variant to a status and a stable error code in one table.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DomainError {

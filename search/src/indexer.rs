@@ -123,7 +123,7 @@ impl Writer {
             if recorded.position <= self.applied {
                 continue;
             }
-            let span = observability::trace::continuing(
+            let span = tracecontext::continuing(
                 recorded
                     .live_traceparent()
                     .filter(|_| MESSAGE_EVENTS.contains(&recorded.event_type.as_str())),

@@ -4,7 +4,7 @@
 //!   commit payload, the reader, and [`SearchIndex::search`].
 //! - [`run`] is the indexer, the one owner of the `IndexWriter`: it consumes the log from the
 //!   index's checkpoint, adds, replaces and removes message documents, and commits in batches
-//!   (by time and size), publishing the searchable position on a watch channel (the api
+//!   (by time and size), publishing the searchable position on a watch channel (chatd
 //!   wraps it in a `projector::Progress`).
 //! - [`analyzer`] is the dictionary-free, CJK-aware text analysis used on both sides.
 //! - [`UserQuery`] parses the query language (words, `"phrases"`, `-exclusions`); no input

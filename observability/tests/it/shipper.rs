@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::support::{Capture, EsReply, FakeEs, FakeSlack, eventually, header, unused_addr};
+use crate::support::{Capture, EsReply, FakeEs, FakeSlack, HeldPort, eventually, header};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -195,8 +195,8 @@ async fn while_elasticsearch_is_down_memory_is_bounded_and_drops_are_counted_the
 
 #[tokio::test]
 async fn the_queue_is_bounded_by_bytes_too() {
-    let addr = unused_addr();
-    let mut settings = es_settings(&format!("http://{addr}"));
+    let port = HeldPort::new();
+    let mut settings = es_settings(&format!("http://{}", port.addr()));
     settings.queue_bytes = 1000;
     settings.flush_interval = Duration::from_secs(3600);
     settings.batch_size = 10_000;
@@ -215,9 +215,12 @@ async fn the_queue_is_bounded_by_bytes_too() {
 
 #[tokio::test]
 async fn connection_errors_are_retried_until_elasticsearch_listens() {
-    let addr = unused_addr();
-    let shipper =
-        Shipper::start(&es_settings(&format!("http://{addr}")), Alerts::disabled()).unwrap();
+    let port = HeldPort::new();
+    let shipper = Shipper::start(
+        &es_settings(&format!("http://{}", port.addr())),
+        Alerts::disabled(),
+    )
+    .unwrap();
     for i in 0..3 {
         shipper.handle().try_send(line(i));
     }
@@ -225,7 +228,7 @@ async fn connection_errors_are_retried_until_elasticsearch_listens() {
         shipper.stats().batch_retries >= 2
     })
     .await;
-    let es = FakeEs::start_on(addr).await;
+    let es = FakeEs::start_on(port).await;
     es.wait_indexed(WAIT, |d| d.len() == 3).await;
     let stats = shipper.shutdown(Duration::from_secs(5)).await;
     assert_eq!((stats.shipped, stats.failed), (3, 0));

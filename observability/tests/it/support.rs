@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use poem::http::StatusCode;
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{Body, Request, Response, Server};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -68,21 +68,39 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> 
     }
 }
 
-/// A free port on 127.0.0.1 with nothing listening on it (yet).
-pub fn unused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A port on 127.0.0.1 that refuses connections until a server is started on it: bound (so
+/// no other process can take it) but not listening. [`FakeEs::start_on`] listens on it.
+#[derive(Debug)]
+pub struct HeldPort(tokio::net::TcpSocket);
+
+impl HeldPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // No SO_REUSEADDR, so that no other socket can bind the port meanwhile.
+        socket.set_reuseaddr(false).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self(socket)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
 }
 
-async fn serve<F, Fut>(addr: SocketAddr, handler: F) -> (SocketAddr, JoinHandle<()>)
+fn any_port() -> tokio::net::TcpListener {
+    let socket = HeldPort::new();
+    socket.0.listen(1024).unwrap()
+}
+
+async fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    handler: F,
+) -> (SocketAddr, JoinHandle<()>)
 where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response> + Send + 'static,
 {
-    let acceptor = TcpListener::bind(addr.to_string())
-        .into_acceptor()
-        .await
-        .unwrap();
+    let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
     let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
     let app = poem::endpoint::make(handler);
     let task = tokio::spawn(async move {
@@ -134,15 +152,20 @@ impl Drop for FakeEs {
 
 impl FakeEs {
     pub async fn start() -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+        Self::serve(any_port()).await
     }
 
-    pub async fn start_on(addr: SocketAddr) -> Self {
+    /// Listens on a port held so far.
+    pub async fn start_on(port: HeldPort) -> Self {
+        Self::serve(port.0.listen(1024).unwrap()).await
+    }
+
+    async fn serve(listener: tokio::net::TcpListener) -> Self {
         let state = Arc::new(EsState::default());
         let (tx, changed) = watch::channel(0usize);
         let tx = Arc::new(tx);
         let s = state.clone();
-        let (addr, task) = serve(addr, move |req: Request| {
+        let (addr, task) = serve(listener, move |req: Request| {
             let s = s.clone();
             let tx = tx.clone();
             async move {
@@ -302,7 +325,7 @@ impl FakeSlack {
         let (tx, changed) = watch::channel(0usize);
         let tx = Arc::new(tx);
         let s = state.clone();
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), move |req: Request| {
+        let (addr, task) = serve(any_port(), move |req: Request| {
             let s = s.clone();
             let tx = tx.clone();
             async move {

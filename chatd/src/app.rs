@@ -1,0 +1,393 @@
+//! Start-up and shutdown: build everything (binding the listener), then run until stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use eventlog::EventLog;
+use eventlog::jetstream::JetStreamLog;
+use eventlog::sqlite::SqliteLog;
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use projector::{Progress, ReadModels};
+use search::SearchIndex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat::auth::{self, Auth};
+use crate::chat::{Chat, Presence, Search};
+use crate::config::Settings;
+use crate::live::hub::HubSettings;
+use crate::ops::health::Readiness;
+use crate::ops::metered_log::{Failures, MeteredLog};
+use crate::ops::monitor::{Change, Watched};
+
+/// A built server: storage open, listener bound, not yet serving.
+pub struct App {
+    settings: Settings,
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    log: Arc<dyn EventLog>,
+    models: ReadModels,
+    progress_tx: watch::Sender<u64>,
+    chat: Arc<Chat>,
+    readiness: Readiness,
+    presence: Presence,
+    nats: Option<async_nats::Client>,
+    search_index: SearchIndex,
+    search_tx: watch::Sender<u64>,
+    search: Search,
+    failures: Arc<Failures>,
+    alerts: observability::Alerts,
+}
+
+/// Opens the search index for `log` (rebuilt from it when missing, of another version, or
+/// ahead of it).
+async fn open_search(settings: &Settings, log: &dyn EventLog) -> anyhow::Result<SearchIndex> {
+    let head = log.head().await?;
+    let path = settings.search_path();
+    tokio::task::spawn_blocking(move || SearchIndex::open_for_log(path, head))
+        .await?
+        .context("cannot open the search index")
+}
+
+/// The opened storage: the log, the read models and, on the scale-out backend, the NATS
+/// connection (for presence and typing across nodes).
+struct Storage {
+    log: Arc<dyn EventLog>,
+    models: ReadModels,
+    nats: Option<async_nats::Client>,
+}
+
+async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let (log, nats): (Arc<dyn EventLog>, _) = match settings.jetstream() {
+        Some(options) => {
+            tracing::info!(url = %options.url, stream = %options.stream, "event log: NATS JetStream");
+            let log = JetStreamLog::connect(options)
+                .await
+                .context("cannot open the JetStream event log")?;
+            let client = log.client().clone();
+            (Arc::new(log), Some(client))
+        }
+        None => (
+            Arc::new(
+                SqliteLog::open(settings.events_path())
+                    .await
+                    .context("cannot open the event log")?,
+            ),
+            None,
+        ),
+    };
+    let path = settings.read_models_path();
+    let open = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || ReadModels::open(path))
+            .await?
+            .context("cannot open the read models")
+    };
+    let mut models = open(path.clone()).await?;
+    // Read models ahead of the log belong to another (or a restored older) log: the events
+    // they claim to have seen are not these. Rebuild rather than silently skip new events.
+    let (checkpoint, head) = (models.checkpoint().await?, log.head().await?);
+    if checkpoint > head {
+        tracing::warn!(
+            checkpoint,
+            head,
+            "read models are ahead of the event log; rebuilding them"
+        );
+        drop(models);
+        ReadModels::delete(&path)?;
+        models = open(path).await?;
+    }
+    Ok(Storage { log, models, nats })
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.nats.url.is_some() && settings.jwt_secret.is_none() {
+            anyhow::bail!(
+                "CHAT_JWT_SECRET must be set when CHAT_NATS_URL is: every node must sign and \
+                 check tokens with the same secret"
+            );
+        }
+        crate::ops::metrics::install();
+        let failures = Arc::new(Failures::default());
+        let Storage { log, models, nats } = open_storage(&settings).await?;
+        let log = MeteredLog::wrap(log, failures.clone());
+        let search_index = open_search(&settings, log.as_ref()).await?;
+        let secret =
+            auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
+        let auth = Auth::new(
+            &secret,
+            settings.access_token_ttl(),
+            settings.refresh_token_ttl_days,
+            (settings.argon2_memory_kib, settings.argon2_iterations),
+        )?;
+        let (progress_tx, progress) = Progress::new();
+        let head_at_start = log.head().await?;
+        let presence = Presence::default();
+        let chat = Arc::new(Chat::new(
+            log.clone(),
+            models.clone(),
+            progress.clone(),
+            auth,
+            presence.clone(),
+        ));
+        let acceptor = TcpListener::bind(settings.listen.to_string())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .context("listener has no socket address")?;
+        let (search_tx, indexed) = Progress::new();
+        let search = Search::new(chat.clone(), search_index.clone(), indexed.clone());
+        let readiness = Readiness {
+            log: log.clone(),
+            progress,
+            head_at_start,
+            indexed,
+        };
+        Ok(Self {
+            settings,
+            acceptor,
+            addr,
+            log,
+            models,
+            progress_tx,
+            chat,
+            readiness,
+            presence,
+            nats,
+            search_index,
+            search_tx,
+            search,
+            failures,
+            alerts: observability::Alerts::disabled(),
+        })
+    }
+
+    /// Where the alert rules post (Slack, when configured); off by default.
+    pub fn with_alerts(mut self, alerts: observability::Alerts) -> Self {
+        self.alerts = alerts;
+        self
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves (or a background task fails), then stops accepting,
+    /// lets in-flight requests finish, flushes the log and stops the projector.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            acceptor,
+            addr,
+            log,
+            models,
+            progress_tx,
+            chat,
+            readiness,
+            presence,
+            nats,
+            search_index,
+            search_tx,
+            search,
+            failures,
+            alerts,
+        } = self;
+        let failed = CancellationToken::new();
+        let stop_projector = CancellationToken::new();
+        let stop_live = CancellationToken::new();
+
+        let hub_settings = HubSettings {
+            queue: settings.ws_queue,
+            offline_grace: settings.presence_grace(),
+            peers: nats.map(|client| {
+                crate::live::peers::Peers::new(
+                    client,
+                    format!("{}.live", settings.nats.subject_prefix),
+                    settings.node_name(),
+                )
+            }),
+            failures: failures.clone(),
+        };
+        let (hub, hub_run) = crate::live::hub::start(
+            log.clone(),
+            &models,
+            presence,
+            hub_settings,
+            stop_live.clone(),
+        )
+        .await?;
+        let monitor = supervise(
+            "monitor",
+            crate::ops::monitor::run(
+                Watched {
+                    log: log.clone(),
+                    projections: vec![
+                        ("read_model", progress_tx.subscribe()),
+                        ("search", search_tx.subscribe()),
+                        ("hub", hub.position()),
+                    ],
+                    failures,
+                    thresholds: settings.alert_thresholds(),
+                },
+                move |change| match change {
+                    Change::Raise {
+                        key,
+                        title,
+                        message,
+                    } => {
+                        tracing::warn!(alert = %key, %title, "{message}");
+                        alerts.raise(
+                            key,
+                            observability::Alert {
+                                title,
+                                message,
+                                severity: observability::Severity::Critical,
+                                details: Vec::new(),
+                                error_chain: Vec::new(),
+                                trace_id: None,
+                            },
+                        );
+                    }
+                    Change::Resolve { key, message } => {
+                        tracing::info!(alert = %key, "resolved: {message}");
+                        alerts.resolve(key);
+                    }
+                },
+                // Stops with live delivery, when draining starts: from then on the hub
+                // (deliberately) falls behind and must not page anyone.
+                stop_live.clone(),
+            ),
+            failed.clone(),
+        );
+        let projector = supervise(
+            "projector",
+            projector::run(log.clone(), models, progress_tx, stop_projector.clone()),
+            failed.clone(),
+        );
+        let hub_task = supervise("hub", hub_run, failed.clone());
+        let indexer = supervise(
+            "search indexer",
+            search::run(
+                log.clone(),
+                search_index,
+                search_tx,
+                stop_projector.clone(),
+                settings.search_indexer(),
+            ),
+            failed.clone(),
+        );
+
+        tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+        let app = crate::http::routes(chat, hub, readiness, &settings, search);
+        let stop = {
+            let failed = failed.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => tracing::info!("shutdown requested"),
+                    () = failed.cancelled() => {}
+                }
+                // Live connections would otherwise hold the drain open: close them now (with
+                // a code that tells clients to resume elsewhere or later).
+                stop_live.cancel();
+            }
+        };
+        let served = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                app,
+                stop,
+                Some(Duration::from_secs(settings.shutdown_grace_secs)),
+            )
+            .await;
+
+        // No request is in flight any more. Stop the projector (it resumes from its checkpoint
+        // next time), then close the log, which finishes and syncs any append still queued.
+        stop_projector.cancel();
+        let projected = projector.await.context("projector supervisor failed");
+        let indexed = indexer.await.context("search indexer supervisor failed");
+        let hub_result = hub_task.await.context("hub supervisor failed");
+        let monitored = monitor.await.context("monitor supervisor failed");
+        log.close().await;
+        tracing::info!("stopped");
+        served.context("server failed")?;
+        projected??;
+        indexed??;
+        hub_result??;
+        monitored??;
+        Ok(())
+    }
+}
+
+/// Runs a long-lived task; an error or a panic is logged and cancels `failed`, which stops the
+/// server (serving with a dead projector or hub would look healthy and be wrong).
+fn supervise<E: Into<anyhow::Error>>(
+    name: &'static str,
+    task: impl Future<Output = Result<(), E>> + Send + 'static,
+    failed: CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let result =
+            match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task)).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(anyhow::anyhow!("{name} panicked")),
+            };
+        if let Err(e) = &result {
+            tracing::error!(task = name, error = %e, "background task stopped; shutting down");
+            failed.cancel();
+        }
+        result
+    })
+}
+
+/// `chatd rebuild`: deletes the read models and the search index and replays the whole log
+/// into new ones. Returns the position replayed up to.
+pub async fn rebuild(settings: &Settings) -> anyhow::Result<u64> {
+    ReadModels::delete(&settings.read_models_path())?;
+    SearchIndex::delete(&settings.search_path())?;
+    let Storage { log, models, .. } = open_storage(settings).await?;
+    let index = open_search(settings, log.as_ref()).await?;
+    let head = log.head().await?;
+    let (tx, progress) = Progress::new();
+    let (search_tx, indexed) = Progress::new();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(projector::run(log.clone(), models, tx, stop.clone()));
+    let indexer = tokio::spawn(search::run(
+        log.clone(),
+        index,
+        search_tx,
+        stop.clone(),
+        settings.search_indexer(),
+    ));
+    let day = Duration::from_secs(24 * 3600);
+    let waited = progress.wait_for(head, day).await;
+    let indexed_waited = indexed.wait_for(head, day).await;
+    stop.cancel();
+    runner.await.context("projector task panicked")??;
+    indexer.await.context("search indexer task panicked")??;
+    waited?;
+    indexed_waited?;
+    log.close().await;
+    tracing::info!(position = head, "read models and search index rebuilt");
+    Ok(head)
+}

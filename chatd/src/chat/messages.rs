@@ -1,0 +1,207 @@
+//! Messages: sending (idempotent by `client_msg_id`), editing, deleting, history, read markers
+//! and unread counts.
+
+use chrono::{DateTime, Utc};
+use eventlog::{AppendResult, ExpectedVersion};
+use projector::queries;
+use schema::events::Event;
+use schema::room::RoomCommand;
+use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
+
+use super::Chat;
+use super::commands::{Executed, to_new};
+use super::error::{ChatError, Result};
+use super::view::{Current, stored_event_view};
+use crate::ops::metrics::names;
+
+/// A page of a room's events, as clients see them ([`super::view`]), oldest first.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub events: Vec<serde_json::Value>,
+    /// More events exist beyond this page in the direction it was read.
+    pub has_more: bool,
+}
+
+/// Where a sent message landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub sent_at: DateTime<Utc>,
+    /// A retry of an earlier send: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Where an edit or delete landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Changed {
+    pub message_id: MessageId,
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+}
+
+impl Changed {
+    fn from_append(message_id: MessageId, append: Option<AppendResult>) -> Result<Self> {
+        let a = append
+            .ok_or_else(|| ChatError::Internal("a message change appended nothing".into()))?;
+        Ok(Self {
+            message_id,
+            seq: a.last_version,
+            at: a.recorded_at,
+        })
+    }
+}
+
+impl Chat {
+    pub async fn send(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        body: MessageBody,
+        client_msg_id: Option<String>,
+    ) -> Result<Sent> {
+        let message_id = match &client_msg_id {
+            Some(key) => MessageId::for_client_msg(room, actor, key),
+            None => MessageId::new(),
+        };
+        let command = RoomCommand::Send {
+            sender: actor,
+            message_id,
+            body,
+            client_msg_id,
+        };
+        let append = self.room_command(room, command).await?.append;
+        let append = append.ok_or_else(|| ChatError::Internal("a send appended nothing".into()))?;
+        if !append.duplicate {
+            metrics::counter!(names::MESSAGES_SENT).increment(1);
+        }
+        Ok(Sent {
+            message_id,
+            seq: append.first_version,
+            sent_at: append.recorded_at,
+            duplicate: append.duplicate,
+        })
+    }
+
+    /// Edits one of the caller's own messages. Returns the edit event's seq and time.
+    pub async fn edit(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        message_id: MessageId,
+        body: MessageBody,
+    ) -> Result<Changed> {
+        let Executed { append, .. } = self
+            .room_command(
+                room,
+                RoomCommand::Edit {
+                    sender: actor,
+                    message_id,
+                    body,
+                },
+            )
+            .await?;
+        Changed::from_append(message_id, append)
+    }
+
+    /// Deletes one of the caller's own messages. Returns the delete event's seq and time.
+    pub async fn delete(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        message_id: MessageId,
+    ) -> Result<Changed> {
+        let Executed { append, .. } = self
+            .room_command(
+                room,
+                RoomCommand::Delete {
+                    sender: actor,
+                    message_id,
+                },
+            )
+            .await?;
+        Changed::from_append(message_id, append)
+    }
+
+    /// Moves the caller's read marker forward to `seq` (never back). Appended to the caller's
+    /// receipts stream with no expected version, so it never contends with sends in the room.
+    pub async fn mark_read(&self, actor: UserId, room: RoomId, seq: u64) -> Result<()> {
+        let state = self
+            .models
+            .read(move |c| queries::read_state(c, room, actor))
+            .await?;
+        let Some((marker, last_seq)) = state else {
+            self.require_member(actor, room).await?;
+            return Err(DomainError::NotAMember.into());
+        };
+        if seq > last_seq {
+            return Err(DomainError::Invalid {
+                field: "seq",
+                reason: format!("the room's newest event is seq {last_seq}"),
+            }
+            .into());
+        }
+        if seq <= marker {
+            return Ok(());
+        }
+        let event = Event::ReadMarkerMoved {
+            room_id: room,
+            user_id: actor,
+            seq,
+        };
+        let result = self
+            .log
+            .append(
+                &streams::receipts(actor),
+                ExpectedVersion::Any,
+                to_new(&[event]),
+            )
+            .await?;
+        self.await_projection(result.last_position).await;
+        Ok(())
+    }
+
+    /// Unread counts of every room of the caller's.
+    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, u64)>> {
+        Ok(self
+            .models
+            .read(move |c| queries::unread_counts(c, actor))
+            .await?)
+    }
+
+    /// Unread counts of the caller's rooms that have any, and their total.
+    pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
+        let counts = self.unread_by_room(actor).await?;
+        let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+        Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
+    }
+
+    pub async fn history(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<History> {
+        self.require_member(actor, room).await?;
+        let page = self
+            .models
+            .read(move |c| queries::history(c, room, before, after, limit))
+            .await?;
+        let events = page
+            .events
+            .into_iter()
+            .map(|e| {
+                // The timeline holds each event as the read side shows it (a deleted
+                // message's text already removed).
+                let stored = serde_json::from_str(&e.event).unwrap_or_default();
+                stored_event_view(stored, e.seq, e.recorded_at, Current::AsRecorded)
+            })
+            .collect();
+        Ok(History {
+            events,
+            has_more: page.has_more,
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! Typed settings: flags, each overridable by a `CHAT_…` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// chatd — an event-sourced chat server.
+///
+/// With no arguments it serves on the embedded default: the event log and the read models
+/// are SQLite files in the data directory; nothing else needs to be installed.
+/// Log verbosity follows `RUST_LOG` (default `info`); the OpenTelemetry SDK reads its other
+/// `OTEL_*` variables itself.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatd", version, about, long_about)]
+pub struct Settings {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "CHAT_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory for the event log, the read models and the generated JWT secret.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Secret for signing access tokens (HS256). Default: generated once and kept in
+    /// `<data-dir>/jwt_secret`. Never printed.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(
+        long,
+        env = "CHAT_ACCESS_TOKEN_TTL",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(10..=7 * 24 * 3600),
+        global = true
+    )]
+    pub access_token_ttl_secs: u64,
+
+    /// Lifetime of refresh tokens (sliding with each refresh), in days.
+    #[arg(
+        long,
+        env = "CHAT_REFRESH_TOKEN_TTL_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3650),
+        global = true
+    )]
+    pub refresh_token_ttl_days: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: usize,
+
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_secs: u64,
+
+    /// Frames queued per WebSocket connection before a client that cannot keep up is
+    /// disconnected (it then resumes without loss).
+    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 4096, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub ws_queue: usize,
+
+    /// How long a user stays shown online after their last connection closed, in
+    /// milliseconds (so a reconnecting client does not flap).
+    #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5000, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub presence_grace_ms: u64,
+
+    /// Frames a WebSocket client may send per second (bursts of twice as many are allowed);
+    /// more are refused with `rate_limited`.
+    #[arg(long, env = "CHAT_WS_RATE", default_value_t = 20, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ws_rate: u32,
+
+    /// Memory cost of new password hashes (argon2id), in KiB. The default follows OWASP;
+    /// lower it only for load tests that provision many users.
+    #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19_456, global = true,
+          value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
+    pub argon2_memory_kib: u32,
+
+    /// Iterations of new password hashes (argon2id).
+    #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub argon2_iterations: u32,
+
+    #[command(flatten)]
+    pub nats: NatsSettings,
+
+    /// Logs, log shipping, alerts and traces (the `observability` crate's settings).
+    #[command(flatten)]
+    pub telemetry: observability::TelemetryArgs,
+
+    /// This node's name in logs and in NATS connection names. Default: the host name.
+    #[arg(long, env = "CHAT_NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+
+    /// How long a sent, edited or deleted message waits before search reflects it, in
+    /// milliseconds, while the node is quiet (the search index commits in batches this far
+    /// apart; under load the gap stretches up to 700 ms so commits do not crowd out sends).
+    #[arg(long, env = "CHAT_SEARCH_COMMIT_MS", default_value_t = 250, global = true,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub search_commit_ms: u64,
+
+    /// Alert when a projection (read models, search, live fan-out) is this many seconds
+    /// behind the log.
+    #[arg(long, env = "CHAT_ALERT_LAG_SECS", default_value_t = 30, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alert_lag_secs: u64,
+
+    /// Alert when this many live clients are disconnected as too slow within a minute.
+    #[arg(long, env = "CHAT_ALERT_DISCONNECTS_PER_MIN", default_value_t = 50, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub alert_disconnects_per_min: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The scale-out backend: when `CHAT_NATS_URL` is set, the event log is a NATS JetStream
+/// stream shared by every node, and presence and typing cross nodes over NATS subjects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsSettings {
+    /// NATS server URLs, comma-separated (`nats://n1:4222,nats://n2:4222`). Unset: the
+    /// embedded SQLite log.
+    #[arg(long = "nats-url", env = "CHAT_NATS_URL", global = true)]
+    pub url: Option<String>,
+
+    /// A NATS `.creds` file (JWT and NKey seed).
+    #[arg(long = "nats-creds", env = "CHAT_NATS_CREDS", global = true)]
+    pub creds: Option<PathBuf>,
+
+    /// NATS user name (with `CHAT_NATS_PASSWORD`).
+    #[arg(long = "nats-user", env = "CHAT_NATS_USER", global = true)]
+    pub user: Option<String>,
+
+    /// NATS password.
+    #[arg(
+        long = "nats-password",
+        env = "CHAT_NATS_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(
+        long = "nats-token",
+        env = "CHAT_NATS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// PEM file of the CA certificates that sign the NATS servers' certificates.
+    #[arg(long = "nats-tls-ca", env = "CHAT_NATS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS, with `CHAT_NATS_TLS_KEY`.
+    #[arg(long = "nats-tls-cert", env = "CHAT_NATS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long = "nats-tls-key", env = "CHAT_NATS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse to talk to NATS without TLS.
+    #[arg(
+        long = "nats-require-tls",
+        env = "CHAT_NATS_REQUIRE_TLS",
+        global = true
+    )]
+    pub require_tls: bool,
+
+    /// The JetStream stream holding the event log.
+    #[arg(
+        long = "nats-stream",
+        env = "CHAT_NATS_STREAM",
+        default_value = "CHAT_EVENTS",
+        global = true
+    )]
+    pub stream: String,
+
+    /// Subject prefix: events go to `<prefix>.events.<stream>`, presence and typing to
+    /// `<prefix>.live.*`.
+    #[arg(
+        long = "nats-subject-prefix",
+        env = "CHAT_NATS_SUBJECT_PREFIX",
+        default_value = "chat",
+        global = true
+    )]
+    pub subject_prefix: String,
+
+    /// Replicas of the stream when chatd creates it: 1 on one server, 3 in a cluster.
+    #[arg(long = "nats-replicas", env = "CHAT_NATS_REPLICAS", default_value_t = 1, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5))]
+    pub replicas: usize,
+
+    /// JetStream's duplicate window for the stream when chatd creates it, in seconds. Retries
+    /// are recognised at any time regardless; this only bounds the server's memory for ids.
+    #[arg(long = "nats-duplicate-window", env = "CHAT_NATS_DUPLICATE_WINDOW", default_value_t = 120, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duplicate_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Delete the read models and the search index and rebuild them by replaying the event
+    /// log, then exit.
+    Rebuild,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: defaults, the given data dir, a free port. The
+    /// environment is not read: a `CHAT_*` variable the caller happens to have changes nothing.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let defaults = Self::command()
+            .mut_args(|arg| arg.env(None))
+            .get_matches_from(["chatd"]);
+        let mut s = Self::from_arg_matches(&defaults).expect("the defaults parse");
+        s.data_dir = data_dir.into();
+        s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        s
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.data_dir.join("events.db")
+    }
+
+    pub fn read_models_path(&self) -> PathBuf {
+        self.data_dir.join("readmodels.db")
+    }
+
+    /// The node-local event-id index of the JetStream backend.
+    pub fn jetstream_index_path(&self) -> PathBuf {
+        self.data_dir.join("jetstream-index.db")
+    }
+
+    /// This node's name: `CHAT_NODE_NAME`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "chatd".to_owned())
+        })
+    }
+
+    /// The JetStream backend's options, when NATS is configured.
+    pub fn jetstream(&self) -> Option<eventlog::jetstream::Options> {
+        let n = &self.nats;
+        let url = n.url.clone()?;
+        let mut o = eventlog::jetstream::Options::new(url, self.jetstream_index_path());
+        o.client_name = format!("chatd {}", self.node_name());
+        o.credentials = n.creds.clone();
+        o.user = n.user.clone();
+        o.password = n.password.clone();
+        o.token = n.token.clone();
+        o.tls_ca = n.tls_ca.clone();
+        o.tls_cert = n.tls_cert.clone();
+        o.tls_key = n.tls_key.clone();
+        o.require_tls = n.require_tls;
+        o.stream = n.stream.clone();
+        o.subject_prefix = format!("{}.events", n.subject_prefix);
+        o.replicas = n.replicas;
+        o.duplicate_window = Duration::from_secs(n.duplicate_window_secs);
+        Some(o)
+    }
+
+    pub fn search_path(&self) -> PathBuf {
+        self.data_dir.join("search")
+    }
+
+    pub fn search_indexer(&self) -> search::IndexerSettings {
+        search::IndexerSettings {
+            commit_interval: Duration::from_millis(self.search_commit_ms),
+            ..search::IndexerSettings::default()
+        }
+    }
+
+    pub fn alert_thresholds(&self) -> crate::ops::monitor::Thresholds {
+        crate::ops::monitor::Thresholds {
+            lag: Duration::from_secs(self.alert_lag_secs),
+            disconnects_per_minute: self.alert_disconnects_per_min,
+        }
+    }
+
+    pub fn presence_grace(&self) -> Duration {
+        Duration::from_millis(self.presence_grace_ms)
+    }
+
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+}

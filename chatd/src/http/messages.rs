@@ -1,0 +1,171 @@
+use std::sync::Arc;
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use schema::values::parse_client_msg_id;
+use schema::{MessageBody, MessageId, RoomId};
+use uuid::Uuid;
+
+use super::models::{
+    ChangeResponse, EditRequest, HistoryPage, ReadRequest, RoomUnread, SendRequest, SendResponse,
+    UnreadResponse,
+};
+use super::{ApiError, BearerAuth, Tag};
+use crate::chat::Chat;
+
+const DEFAULT_LIMIT: u64 = 50;
+const MAX_LIMIT: u64 = 200;
+
+#[derive(Debug)]
+pub struct Api {
+    pub chat: Arc<Chat>,
+}
+
+#[derive(ApiResponse)]
+enum Sent {
+    /// The message is stored durably.
+    #[oai(status = 201)]
+    Created(Json<SendResponse>),
+    /// A retry with a known `client_msg_id`: the original message, nothing new stored.
+    #[oai(status = 200)]
+    AlreadySent(Json<SendResponse>),
+}
+
+#[derive(ApiResponse)]
+enum Read {
+    /// The marker is at `seq` (or already was further).
+    #[oai(status = 204)]
+    Done,
+}
+
+#[OpenApi(tag = "Tag::Messages")]
+impl Api {
+    /// Edit one of your own messages (403 `not_the_sender` otherwise).
+    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "patch")]
+    async fn edit(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+        body: Json<EditRequest>,
+    ) -> Result<Json<ChangeResponse>, ApiError> {
+        let text = MessageBody::parse(&body.body)?;
+        let changed = self
+            .chat
+            .edit(auth.0.0, RoomId(room_id.0), MessageId(message_id.0), text)
+            .await?;
+        Ok(Json(changed.into()))
+    }
+
+    /// Delete one of your own messages (403 `not_the_sender` otherwise). The timeline keeps a
+    /// `message_deleted` event; the text no longer appears in room lists or counts.
+    #[oai(path = "/rooms/:room_id/messages/:message_id", method = "delete")]
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        message_id: Path<Uuid>,
+    ) -> Result<Json<ChangeResponse>, ApiError> {
+        let changed = self
+            .chat
+            .delete(auth.0.0, RoomId(room_id.0), MessageId(message_id.0))
+            .await?;
+        Ok(Json(changed.into()))
+    }
+
+    /// Move your read marker forward.
+    #[oai(path = "/rooms/:room_id/read", method = "post")]
+    async fn read(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        body: Json<ReadRequest>,
+    ) -> Result<Read, ApiError> {
+        self.chat
+            .mark_read(auth.0.0, RoomId(room_id.0), body.seq)
+            .await?;
+        Ok(Read::Done)
+    }
+
+    /// Unread counts: messages after your read marker, not sent by you, not deleted.
+    #[oai(path = "/unread", method = "get")]
+    async fn unread(&self, auth: BearerAuth) -> Result<Json<UnreadResponse>, ApiError> {
+        let (total, rooms) = self.chat.unread(auth.0.0).await?;
+        let rooms = rooms
+            .into_iter()
+            .map(|(r, n)| RoomUnread {
+                room_id: r.0,
+                unread_count: n,
+            })
+            .collect();
+        Ok(Json(UnreadResponse { total, rooms }))
+    }
+
+    /// Send a message. Answered only once it is durable.
+    #[oai(path = "/rooms/:room_id/messages", method = "post")]
+    async fn send(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        body: Json<SendRequest>,
+    ) -> Result<Sent, ApiError> {
+        let text = MessageBody::parse(&body.body)?;
+        let key = body
+            .client_msg_id
+            .as_deref()
+            .map(parse_client_msg_id)
+            .transpose()?
+            .map(str::to_owned);
+        let sent = self
+            .chat
+            .send(auth.0.0, RoomId(room_id.0), text, key)
+            .await?;
+        let duplicate = sent.duplicate;
+        let body = Json(SendResponse::from(sent));
+        Ok(if duplicate {
+            Sent::AlreadySent(body)
+        } else {
+            Sent::Created(body)
+        })
+    }
+
+    /// Page through a room's events. Members only.
+    ///
+    /// Without bounds: the newest `limit` events. With `before_seq`: the newest `limit`
+    /// older than it. With `after_seq`: the oldest `limit` newer than it (for catching up).
+    /// Always oldest first within the page.
+    #[oai(path = "/rooms/:room_id/messages", method = "get")]
+    async fn history(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        /// Only events with a smaller seq.
+        before_seq: Query<Option<u64>>,
+        /// Only events with a larger seq.
+        after_seq: Query<Option<u64>>,
+        /// Page size, 1–200 (default 50).
+        limit: Query<Option<u64>>,
+    ) -> Result<Json<HistoryPage>, ApiError> {
+        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::invalid_parameter(format!(
+                "limit must be 1–{MAX_LIMIT}"
+            )));
+        }
+        let page = self
+            .chat
+            .history(
+                auth.0.0,
+                RoomId(room_id.0),
+                before_seq.0,
+                after_seq.0,
+                limit as usize,
+            )
+            .await?;
+        Ok(Json(HistoryPage {
+            events: page.events,
+            has_more: page.has_more,
+        }))
+    }
+}

@@ -1,0 +1,193 @@
+//! The REST interface: routes, the OpenAPI document and its UI, auth, limits.
+
+use std::sync::Arc;
+
+use poem::error::ReadBodyError;
+use poem::http::StatusCode;
+use poem::middleware::{CatchPanic, NormalizePath, TrailingSlash};
+use poem::web::Json as PoemJson;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
+use poem_openapi::auth::Bearer;
+use poem_openapi::{OpenApiService, SecurityScheme, Tags};
+use schema::UserId;
+use tracing::Instrument;
+
+use crate::chat::{Chat, Code, Search};
+use crate::live::Hub;
+use crate::ops::health::Readiness;
+use crate::ops::metrics;
+
+mod accounts;
+pub mod error;
+mod friends;
+mod messages;
+mod models;
+mod rooms;
+mod search;
+mod upgrade;
+mod web;
+
+pub use error::{ApiError, Problem};
+
+#[derive(Tags)]
+enum Tag {
+    /// Registering, logging in and looking people up.
+    Accounts,
+    /// Creating, joining and leaving rooms.
+    Rooms,
+    /// Sending, editing and deleting messages, history, read markers and unread counts.
+    Messages,
+    /// Your friend list.
+    Friends,
+    /// Live delivery: the WebSocket and the notification stream.
+    Live,
+    /// Full-text search of your messages.
+    Search,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub UserId);
+
+/// A bearer access token from `POST /v1/auth/login`.
+#[derive(Debug, SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
+pub struct BearerAuth(pub Caller);
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    let chat = req
+        .data::<Arc<Chat>>()
+        .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
+    match chat.auth().verify_access(&bearer.token) {
+        Some(claims) => Ok(Caller(UserId(claims.sub))),
+        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
+    }
+}
+
+/// Caps request bodies, chunked ones included (the `Content-Length` header alone could lie
+/// or be absent).
+async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem::Result<Response> {
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(ReadBodyError::PayloadTooLarge.into());
+    }
+    let body = req.take_body().into_bytes_limit(max).await?;
+    req.set_body(body);
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+type Apis = (
+    accounts::Api,
+    friends::Api,
+    rooms::Api,
+    messages::Api,
+    upgrade::Api,
+    search::Api,
+);
+
+pub fn api_service(
+    chat: Arc<Chat>,
+    hub: Hub,
+    ws_rate: u32,
+    search: Search,
+) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            accounts::Api { chat: chat.clone() },
+            friends::Api { chat: chat.clone() },
+            rooms::Api { chat: chat.clone() },
+            messages::Api { chat: chat.clone() },
+            upgrade::Api { chat, hub, ws_rate },
+            search::Api { search },
+        ),
+        "chatd",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .url_prefix("/v1")
+    .description(
+        "Event-sourced chat server. Every command is appended to the event log and answered \
+         once durable; reads come from projections of the log. Errors are RFC 9457 problem \
+         details with a stable `code`.",
+    )
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(req: &Request) -> Response {
+    let Some(ready) = req.data::<Readiness>() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match ready.check().await {
+        Ok(status) => PoemJson(status).into_response(),
+        Err(detail) => ApiError::new(Code::NotReady, detail).into_response(),
+    }
+}
+
+/// Middleware: one span per request, continuing the caller's W3C trace when it sends a
+/// `traceparent`. Events appended while handling the request carry the span's context (or,
+/// without OpenTelemetry, the caller's), so projections and fan-out on every node join the
+/// same trace.
+async fn traced<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
+    let header = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(tracecontext::parse);
+    let span = tracing::info_span!(
+        "http.request",
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(tp) = &header {
+        tracecontext::set_parent(&span, tp);
+    }
+    let trace = tracecontext::of(&span).or(header);
+    let result = tracecontext::scope(trace, ep.call(req))
+        .instrument(span.clone())
+        .await
+        .map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status(),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    result
+}
+
+/// The whole HTTP application.
+pub fn routes(
+    chat: Arc<Chat>,
+    hub: Hub,
+    readiness: Readiness,
+    settings: &crate::config::Settings,
+    search: Search,
+) -> impl Endpoint + use<> {
+    let max_body = settings.max_body_bytes;
+    let api = api_service(chat.clone(), hub, settings.ws_rate, search);
+    metrics::register_routes(&api.spec());
+    let spec = api.spec_endpoint();
+    let ui = api.swagger_ui();
+    web::mount(Route::new())
+        .nest("/v1", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", ui)
+        .at("/healthz", healthz)
+        .at("/readyz", readyz)
+        .at("/metrics", metrics::render)
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .around(move |ep, req| limit_body(ep, req, max_body))
+        .around(traced)
+        .data(chat)
+        .data(readiness)
+        .with(CatchPanic::new())
+        .around(metrics::track_http)
+        .catch_all_error(error::render_framework_error)
+}

@@ -1,0 +1,119 @@
+//! Who receives what: every room's members and every user's followers (the people with them
+//! on their friend list), started from a snapshot of the read models and kept from the log by
+//! the hub. Pure state: no I/O, no clock.
+
+use std::collections::{HashMap, HashSet};
+
+use projector::queries::Relations;
+use schema::{RoomId, UserId};
+
+#[derive(Debug, Default)]
+pub struct Audience {
+    members: HashMap<RoomId, HashSet<UserId>>,
+    rooms_of: HashMap<UserId, HashSet<RoomId>>,
+    /// user → the users who have them on their friend list.
+    followers: HashMap<UserId, HashSet<UserId>>,
+}
+
+impl Audience {
+    /// The audience as the read models hold it.
+    pub fn new(relations: &Relations) -> Self {
+        let mut audience = Self::default();
+        for &(room, user) in &relations.members {
+            audience.join(room, user);
+        }
+        for &(user, friend) in &relations.friends {
+            audience.follow(user, friend);
+        }
+        audience
+    }
+
+    pub fn join(&mut self, room: RoomId, user: UserId) {
+        self.members.entry(room).or_default().insert(user);
+        self.rooms_of.entry(user).or_default().insert(room);
+    }
+
+    pub fn leave(&mut self, room: RoomId, user: UserId) {
+        remove_from(&mut self.members, room, &user);
+        remove_from(&mut self.rooms_of, user, &room);
+    }
+
+    /// `user` put `friend` on their friend list.
+    pub fn follow(&mut self, user: UserId, friend: UserId) {
+        self.followers.entry(friend).or_default().insert(user);
+    }
+
+    pub fn unfollow(&mut self, user: UserId, friend: UserId) {
+        remove_from(&mut self.followers, friend, &user);
+    }
+
+    pub fn is_member(&self, room: RoomId, user: UserId) -> bool {
+        self.members.get(&room).is_some_and(|m| m.contains(&user))
+    }
+
+    /// The members of `room` (none for a room not known).
+    pub fn members(&self, room: RoomId) -> impl Iterator<Item = UserId> + '_ {
+        self.members.get(&room).into_iter().flatten().copied()
+    }
+
+    /// The users for whom `connected` holds who see `user`'s presence: their followers and
+    /// the members of their rooms, `user` excepted.
+    pub fn watchers(&self, user: UserId, connected: impl Fn(UserId) -> bool) -> HashSet<UserId> {
+        let mut watchers: HashSet<UserId> = self
+            .followers
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|u| connected(*u))
+            .collect();
+        for room in self.rooms_of.get(&user).into_iter().flatten() {
+            watchers.extend(self.members(*room).filter(|m| connected(*m)));
+        }
+        watchers.remove(&user);
+        watchers
+    }
+}
+
+/// Removes `item` from the set at `key`, and the set when it becomes empty.
+fn remove_from<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, HashSet<V>>,
+    key: K,
+    item: &V,
+) {
+    if let Some(set) = map.get_mut(&key) {
+        set.remove(item);
+        if set.is_empty() {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchers_are_connected_followers_and_room_mates() {
+        let [a, b, c, d] = [(); 4].map(|()| UserId::new());
+        let room = RoomId::new();
+        let mut audience = Audience::new(&Relations {
+            position: 0,
+            members: vec![(room, a), (room, b)],
+            friends: vec![(c, a)],
+        });
+        let everyone = |_| true;
+        assert_eq!(audience.watchers(a, everyone), HashSet::from([b, c]));
+        assert_eq!(audience.watchers(a, |u| u != c), HashSet::from([b]));
+        // d follows b; c unfollows a; b leaves the room.
+        audience.follow(d, b);
+        audience.unfollow(c, a);
+        audience.leave(room, b);
+        assert!(audience.watchers(a, everyone).is_empty());
+        assert_eq!(audience.watchers(b, everyone), HashSet::from([d]));
+        assert!(!audience.is_member(room, b));
+        assert_eq!(audience.members(room).collect::<Vec<_>>(), vec![a]);
+        audience.leave(room, a);
+        assert!(audience.members.is_empty() && audience.rooms_of.is_empty());
+    }
+}

@@ -1,0 +1,217 @@
+//! `GET /v1/notifications`: Server-Sent Events for clients that only need to be told (a
+//! notification service worker, a badge in another tab).
+//!
+//! `message` events (others' messages in your rooms; the SSE `id` is the log position) and
+//! `unread` events (your counts, the first ones a baseline of every room with unread messages).
+//! With `Last-Event-ID` the stream first replays the `message` events after that position,
+//! scanning at most [`REPLAY_LIMIT`] log events; further behind than that it starts live and the
+//! unread baseline tells the client where it stands. Like the WebSocket, the connection
+//! registers with the hub before it replays, and live events at or below the replayed position
+//! are dropped, so nothing is missed or repeated at the seam.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use schema::events::Event;
+use schema::{RoomId, UserId, streams};
+
+use super::unread::{self, UnreadPush};
+use crate::chat::{Chat, ChatError, Result};
+use crate::live::frames::{MessageNotice, Notification};
+use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
+use crate::ops::metrics::{ConnectionGauge, names};
+
+/// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
+/// found.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// A `Last-Event-ID` resume scans at most this many log events.
+pub const REPLAY_LIMIT: u64 = 10_000;
+const REPLAY_PAGE: usize = 1_000;
+
+struct Sse {
+    chat: Arc<Chat>,
+    user: UserId,
+    reg: Registration,
+    unread: UnreadPush,
+    pending: VecDeque<Notification>,
+    /// Live events at or below this position were covered by the replay.
+    replayed_to: u64,
+    flush_at: Option<tokio::time::Instant>,
+    _open: ConnectionGauge,
+}
+
+/// The notification stream of `user`, resuming after `last_event_id` when given.
+pub async fn notifications(
+    chat: Arc<Chat>,
+    hub: Hub,
+    user: UserId,
+    last_event_id: Option<u64>,
+) -> Result<BoxStream<'static, Notification>> {
+    let reg = hub
+        .register(user, ConnKind::Sse)
+        .await
+        .ok_or(ChatError::ShuttingDown)?;
+    let mut sse = Sse {
+        chat,
+        user,
+        reg,
+        unread: UnreadPush::default(),
+        pending: VecDeque::new(),
+        replayed_to: 0,
+        flush_at: Some(tokio::time::Instant::now()),
+        _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
+    };
+    if let Some(after) = last_event_id {
+        sse.replay(after).await?;
+    }
+    sse.unread.mark(sse.replayed_to);
+    Ok(stream::unfold(sse, Sse::next).boxed())
+}
+
+impl Sse {
+    /// Queues the `message` notifications after `after`. Membership at `after` is derived
+    /// from a snapshot of the read models (rooms at checkpoint C): events between `after` and
+    /// C are undone backwards, or events from C to `after` applied forwards; then the scan
+    /// follows joins and leaves.
+    async fn replay(&mut self, after: u64) -> Result<()> {
+        let log = self.chat.log();
+        let head = log.head().await?;
+        // An id from beyond the log (a restored backup, another server) resumes from now.
+        let after = after.min(head);
+        let (checkpoint, rooms) = self.chat.rooms_at_checkpoint(self.user).await?;
+        let start = checkpoint.min(after);
+        if head - start > REPLAY_LIMIT {
+            return Ok(()); // too far behind: live from now, with the unread baseline
+        }
+        let mut events = Vec::new();
+        let mut position = start;
+        while position < head {
+            let page = log.read_all(position, REPLAY_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            position = last.position;
+            events.extend(page.into_iter().filter_map(|recorded| {
+                let room = streams::room_of(&recorded.stream)?;
+                let event = Event::decode(
+                    &recorded.event_type,
+                    recorded.schema_version,
+                    &recorded.data,
+                )
+                .ok()?;
+                Some((recorded.position, recorded.version, room, event))
+            }));
+        }
+        let mut rooms: HashSet<RoomId> = rooms.into_iter().collect();
+        let me = self.user;
+        let membership = |event: &Event| match event {
+            Event::RoomCreated { members, .. } if members.contains(&me) => Some(true),
+            Event::MemberJoined { user_id, .. } if *user_id == me => Some(true),
+            Event::MemberLeft { user_id } if *user_id == me => Some(false),
+            _ => None,
+        };
+        // Undo what happened between `after` and the checkpoint.
+        for (_, _, room, event) in events
+            .iter()
+            .rev()
+            .filter(|e| e.0 > after && e.0 <= checkpoint)
+        {
+            match membership(event) {
+                Some(true) => rooms.remove(room),
+                Some(false) => rooms.insert(*room),
+                None => false,
+            };
+        }
+        for (pos, seq, room, event) in events {
+            if pos <= after {
+                // Between the checkpoint and `after`: only membership matters.
+                match membership(&event) {
+                    Some(true) => rooms.insert(room),
+                    Some(false) => rooms.remove(&room),
+                    None => false,
+                };
+                continue;
+            }
+            match (membership(&event), event) {
+                (Some(true), _) => {
+                    rooms.insert(room);
+                }
+                (Some(false), _) => {
+                    rooms.remove(&room);
+                }
+                (
+                    None,
+                    Event::MessageSent {
+                        sender_id, body, ..
+                    },
+                ) if sender_id != me && rooms.contains(&room) => {
+                    self.pending
+                        .push_back(Notification::Message(MessageNotice::new(
+                            room,
+                            seq,
+                            pos,
+                            sender_id,
+                            body.as_str(),
+                        )));
+                }
+                _ => {}
+            }
+        }
+        self.replayed_to = position.max(after);
+        Ok(())
+    }
+
+    fn on(&mut self, item: Outbound) {
+        match item {
+            Outbound::Event(frame) => {
+                if frame.position <= self.replayed_to {
+                    return;
+                }
+                if frame.touches_unread_of(self.user) {
+                    self.unread.mark(frame.position);
+                }
+                if let Some(notice) = frame.notice
+                    && notice.sender_id != self.user.0
+                {
+                    self.pending
+                        .push_back(Notification::Message((*notice).clone()));
+                }
+            }
+            Outbound::ReadMoved { position } => self.unread.mark(position),
+            Outbound::Notice(_) => {}
+        }
+    }
+
+    async fn next(mut self) -> Option<(Notification, Self)> {
+        loop {
+            if let Some(n) = self.pending.pop_front() {
+                if matches!(n, Notification::Message(_)) {
+                    metrics::counter!(names::DELIVERIES, "transport" => "sse").increment(1);
+                }
+                return Some((n, self));
+            }
+            if self.flush_at.is_none() && self.unread.is_dirty() {
+                self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
+            }
+            let flush_at = self.flush_at;
+            let flush = async move {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = flush => {
+                    self.flush_at = None;
+                    match self.unread.changes(&self.chat, self.user).await {
+                        Ok(Some(frames)) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
+                        Ok(None) => {} // the read models are behind: the next flush retries
+                        Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
+                    }
+                }
+                // `None`: too slow or shutting down; the client reconnects with Last-Event-ID.
+                item = self.reg.frames.recv() => self.on(item?),
+            }
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! The fan-out hub: one task owns every live connection, the [`Audience`] (the membership of
+//! every room, who follows whom) and the presence [`Tracker`] (who is online, who is typing).
+//!
+//! It consumes the log (events arrive once durable) and, for each room event, serialises one
+//! frame and hands the shared bytes to every connection of every member. Membership and friend
+//! lists are kept from the same events (a snapshot of the read models at their checkpoint, then
+//! the log from that checkpoint), so a connection follows rooms its user joins or leaves while
+//! connected.
+//!
+//! Each connection has a bounded queue. A connection whose queue is full when a durable event
+//! must go out is dropped with [`Disconnect::TooSlow`]; its client resumes from its last seq and
+//! loses nothing, and the server's memory stays bounded. Ephemeral frames (typing, presence)
+//! are simply not queued for a full connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use eventlog::EventLog;
+use futures::StreamExt;
+use projector::ReadModels;
+use projector::queries::{self, Relations};
+use schema::events::Event;
+use schema::{RoomId, UserId, streams};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::audience::Audience;
+use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
+use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
+use super::presence::{Effect, TYPING_EVERY, Tracker};
+use crate::chat::Presence;
+use crate::ops::metered_log::Failures;
+use crate::ops::metrics::names;
+use uuid::Uuid;
+
+/// Why the hub let go of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Disconnect {
+    /// Still connected (or closed by the client).
+    None = 0,
+    /// Its queue was full: the client must reconnect and resume.
+    TooSlow = 1,
+    /// The server is shutting down.
+    Shutdown = 2,
+}
+
+/// Shared between the hub and a connection: why the hub dropped it.
+#[derive(Debug, Default)]
+pub struct DisconnectReason(AtomicU8);
+
+impl DisconnectReason {
+    fn set(&self, reason: Disconnect) {
+        self.0.store(reason as u8, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Disconnect {
+        match self.0.load(Ordering::Acquire) {
+            1 => Disconnect::TooSlow,
+            2 => Disconnect::Shutdown,
+            _ => Disconnect::None,
+        }
+    }
+}
+
+type ConnId = u64;
+
+/// What kind of client a connection serves: SSE clients get notifications only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    WebSocket,
+    Sse,
+}
+
+/// What the hub hands a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A durable room event.
+    Event(EventFrame),
+    /// An ephemeral frame (typing, presence), ready to send.
+    Notice(Arc<str>),
+    /// The user's read marker moved (on any device): their unread counts may have changed
+    /// once the read models reach `position`.
+    ReadMoved { position: u64 },
+}
+
+/// A registered connection. Dropping it unregisters (and may start the offline grace).
+#[derive(Debug)]
+pub struct Registration {
+    pub frames: mpsc::Receiver<Outbound>,
+    pub reason: Arc<DisconnectReason>,
+    id: ConnId,
+    hub: Hub,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let (hub, id) = (self.hub.clone(), self.id);
+        if hub.commands.try_send(Command::Unregister { id }).is_err()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = hub.commands.send(Command::Unregister { id }).await;
+            });
+        }
+    }
+}
+
+enum Command {
+    Register {
+        user: UserId,
+        kind: ConnKind,
+        reply: oneshot::Sender<(ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>)>,
+    },
+    Unregister {
+        id: ConnId,
+    },
+    Typing {
+        user: UserId,
+        room: RoomId,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A cheap handle to the hub task.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    commands: mpsc::Sender<Command>,
+    /// The position of the last log event the hub has delivered.
+    position: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Register { user, .. } => write!(f, "Register({user})"),
+            Self::Unregister { id } => write!(f, "Unregister({id})"),
+            Self::Typing { user, room, .. } => write!(f, "Typing({user}, {room})"),
+        }
+    }
+}
+
+impl Hub {
+    /// The position of the last log event the hub has handed to connections.
+    pub fn position(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
+    /// Registers a live connection of `user`: from now on it receives every event of every
+    /// room the user belongs to. `None` when the hub has stopped.
+    pub async fn register(&self, user: UserId, kind: ConnKind) -> Option<Registration> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Register { user, kind, reply })
+            .await
+            .ok()?;
+        let (id, frames, reason) = rx.await.ok()?;
+        Some(Registration {
+            frames,
+            reason,
+            id,
+            hub: self.clone(),
+        })
+    }
+
+    /// Tells the other members of `room` that `user` is typing (coalesced). False when the
+    /// user is not a member (as far as the hub knows).
+    pub async fn typing(&self, user: UserId, room: RoomId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Typing { user, room, reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+struct Conn {
+    user: UserId,
+    kind: ConnKind,
+    out: mpsc::Sender<Outbound>,
+    reason: Arc<DisconnectReason>,
+}
+
+/// The hub's state: the connections, who receives what ([`Audience`]) and who is online
+/// ([`Tracker`]). Changed only by the hub task; no I/O besides handing frames to connection
+/// queues (and messages to the peer outbox).
+struct State {
+    conns: Connections,
+    audience: Audience,
+    presence: Tracker,
+    /// To the other nodes, on the scale-out backend.
+    outbox: Option<Outbox>,
+    failures: Arc<Failures>,
+}
+
+/// The live connections by id and by user.
+struct Connections {
+    queue: usize,
+    next_id: ConnId,
+    by_id: HashMap<ConnId, Conn>,
+    by_user: HashMap<UserId, Vec<ConnId>>,
+}
+
+enum Delivery {
+    /// Must arrive: a full queue disconnects the client (it resumes from the log).
+    Durable,
+    /// May be skipped for a full queue.
+    Ephemeral,
+}
+
+impl Connections {
+    fn new(queue: usize) -> Self {
+        Self {
+            queue,
+            next_id: 1,
+            by_id: HashMap::new(),
+            by_user: HashMap::new(),
+        }
+    }
+
+    fn is_connected(&self, user: UserId) -> bool {
+        self.by_user.contains_key(&user)
+    }
+
+    fn of(&self, user: UserId) -> impl Iterator<Item = ConnId> + '_ {
+        self.by_user.get(&user).into_iter().flatten().copied()
+    }
+
+    fn open(
+        &mut self,
+        user: UserId,
+        kind: ConnKind,
+    ) -> (ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (out, frames) = mpsc::channel(self.queue);
+        let reason = Arc::new(DisconnectReason::default());
+        self.by_id.insert(
+            id,
+            Conn {
+                user,
+                kind,
+                out,
+                reason: reason.clone(),
+            },
+        );
+        self.by_user.entry(user).or_default().push(id);
+        (id, frames, reason)
+    }
+
+    /// Forgets a connection; its user when it was their last one.
+    fn close(&mut self, id: ConnId, reason: Disconnect) -> Option<UserId> {
+        let conn = self.by_id.remove(&id)?;
+        conn.reason.set(reason);
+        let ids = self.by_user.get_mut(&conn.user)?;
+        ids.retain(|c| *c != id);
+        if !ids.is_empty() {
+            return None;
+        }
+        self.by_user.remove(&conn.user);
+        Some(conn.user)
+    }
+
+    fn send(&self, id: ConnId, item: Outbound, delivery: Delivery, slow: &mut Vec<ConnId>) {
+        let Some(conn) = self.by_id.get(&id) else {
+            return;
+        };
+        match conn.out.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if matches!(delivery, Delivery::Durable) {
+                    slow.push(id);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => slow.push(id),
+        }
+    }
+
+    /// Frames queued for all connections.
+    fn queued(&self) -> usize {
+        self.by_id
+            .values()
+            .map(|c| c.out.max_capacity() - c.out.capacity())
+            .sum()
+    }
+}
+
+impl State {
+    fn new(relations: &Relations, presence: Presence, settings: &HubSettings) -> Self {
+        Self {
+            conns: Connections::new(settings.queue),
+            audience: Audience::new(relations),
+            presence: Tracker::new(presence, settings.offline_grace),
+            outbox: settings.peers.as_ref().map(Peers::outbox),
+            failures: settings.failures.clone(),
+        }
+    }
+
+    fn drop_slow(&mut self, slow: Vec<ConnId>) {
+        for id in slow {
+            let closed = self.conns.by_id.get(&id).is_some_and(|c| c.out.is_closed());
+            if !closed {
+                tracing::info!(conn = id, "disconnecting a client that cannot keep up");
+                metrics::counter!(names::FANOUT_FORCED_DISCONNECTS, "reason" => "too_slow")
+                    .increment(1);
+                self.failures
+                    .forced_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let reason = if closed {
+                Disconnect::None
+            } else {
+                Disconnect::TooSlow
+            };
+            self.drop_conn(id, reason);
+        }
+    }
+
+    fn drop_conn(&mut self, id: ConnId, reason: Disconnect) {
+        if let Some(user) = self.conns.close(id, reason) {
+            if reason == Disconnect::Shutdown {
+                self.presence.shut_down(user);
+            } else {
+                self.presence.last_closed(user, Instant::now());
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Register { user, kind, reply } => {
+                let (id, frames, reason) = self.conns.open(user, kind);
+                if reply.send((id, frames, reason)).is_err() {
+                    self.drop_conn(id, Disconnect::None);
+                } else {
+                    let effects = self.presence.connected(user);
+                    self.carry_out(effects);
+                }
+            }
+            Command::Unregister { id } => self.drop_conn(id, Disconnect::None),
+            Command::Typing { user, room, reply } => {
+                let member = self.audience.is_member(room, user);
+                let _ = reply.send(member);
+                if member {
+                    let effects = self.presence.typing(user, room, true, Instant::now());
+                    self.carry_out(effects);
+                }
+            }
+        }
+    }
+
+    /// Does what the presence tracker decided.
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Announce { user, online } => {
+                    let text = ServerFrame::Presence(PresenceFrame {
+                        user_id: user.0,
+                        online,
+                    })
+                    .text();
+                    let watchers = self.audience.watchers(user, |u| self.conns.is_connected(u));
+                    self.notify(watchers, &text.into());
+                }
+                Effect::Publish(message) => self.publish(message),
+                Effect::Typing { room, user } => {
+                    let text = ServerFrame::Typing(TypingFrame {
+                        room_id: room.0,
+                        user_id: user.0,
+                    })
+                    .text();
+                    let others: Vec<UserId> = self
+                        .audience
+                        .members(room)
+                        .filter(|m| *m != user && self.conns.is_connected(*m))
+                        .collect();
+                    self.notify(others, &text.into());
+                }
+            }
+        }
+    }
+
+    /// Sends an ephemeral frame to the WebSocket connections of `users`.
+    fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Arc<str>) {
+        let mut slow = Vec::new();
+        for user in users {
+            for id in self.conns.of(user) {
+                if self
+                    .conns
+                    .by_id
+                    .get(&id)
+                    .is_some_and(|c| c.kind == ConnKind::WebSocket)
+                {
+                    self.conns.send(
+                        id,
+                        Outbound::Notice(text.clone()),
+                        Delivery::Ephemeral,
+                        &mut slow,
+                    );
+                }
+            }
+        }
+        self.drop_slow(slow);
+    }
+
+    /// Time passed: presence expiries, and connections whose task ended without
+    /// unregistering (a cancelled registration).
+    fn tick(&mut self, now: Instant) {
+        let conns = &self.conns;
+        let effects = self.presence.tick(now, |u| conns.is_connected(u));
+        self.carry_out(effects);
+        let gone: Vec<ConnId> = self
+            .conns
+            .by_id
+            .iter()
+            .filter(|(_, c)| c.out.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.drop_conn(id, Disconnect::None);
+        }
+    }
+
+    fn publish(&self, message: PeerMessage) {
+        if let Some(outbox) = &self.outbox {
+            outbox.send(message);
+        }
+    }
+
+    /// A message from another node.
+    fn peer(&mut self, node: Uuid, message: PeerMessage) {
+        let effects = self.presence.peer(node, message, Instant::now());
+        self.carry_out(effects);
+    }
+
+    fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
+        let mut frame = None;
+        let mut slow = Vec::new();
+        for user in self.audience.members(room) {
+            for id in self.conns.of(user) {
+                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
+                self.conns.send(
+                    id,
+                    Outbound::Event(frame.clone()),
+                    Delivery::Durable,
+                    &mut slow,
+                );
+            }
+        }
+        self.drop_slow(slow);
+    }
+
+    fn apply(&mut self, recorded: &eventlog::RecordedEvent) {
+        let event = match Event::decode(
+            &recorded.event_type,
+            recorded.schema_version,
+            &recorded.data,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, position = recorded.position, "hub cannot decode an event");
+                return;
+            }
+        };
+        let Some(room) = streams::room_of(&recorded.stream) else {
+            match event {
+                Event::FriendAdded { friend_id } => {
+                    if let Some(user) = streams::user_of(&recorded.stream) {
+                        self.audience.follow(user, friend_id);
+                    }
+                }
+                Event::FriendRemoved { friend_id } => {
+                    if let Some(user) = streams::user_of(&recorded.stream) {
+                        self.audience.unfollow(user, friend_id);
+                    }
+                }
+                Event::ReadMarkerMoved { user_id, .. } => {
+                    let mut slow = Vec::new();
+                    for id in self.conns.of(user_id) {
+                        let item = Outbound::ReadMoved {
+                            position: recorded.position,
+                        };
+                        self.conns.send(id, item, Delivery::Durable, &mut slow);
+                    }
+                    self.drop_slow(slow);
+                }
+                _ => {}
+            }
+            return;
+        };
+        // Joins take effect before delivery (the newcomer sees their join), leaves after (the
+        // leaver sees their leave).
+        match &event {
+            Event::RoomCreated { members, .. } => {
+                for user in members {
+                    self.audience.join(room, *user);
+                }
+            }
+            Event::MemberJoined { user_id, .. } => self.audience.join(room, *user_id),
+            _ => {}
+        }
+        self.deliver(room, recorded, &event);
+        if let Event::MemberLeft { user_id } = event {
+            self.audience.leave(room, user_id);
+        }
+    }
+
+    /// Lets go of every connection (the server is stopping, or the hub lost the log).
+    fn shut_down(&mut self) {
+        for id in self.conns.by_id.keys().copied().collect::<Vec<_>>() {
+            self.drop_conn(id, Disconnect::Shutdown);
+        }
+    }
+}
+
+/// How the hub is set up.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Frames queued per connection before it counts as too slow.
+    pub queue: usize,
+    /// How long a user stays announced online after their last connection closed.
+    pub offline_grace: Duration,
+    /// The other nodes, on the scale-out backend.
+    pub peers: Option<Peers>,
+    /// Where forced disconnects are counted for the alert rules.
+    pub failures: Arc<Failures>,
+}
+
+/// Starts the hub: returns its handle and the task to run until `shutdown`.
+pub async fn start(
+    log: Arc<dyn EventLog>,
+    models: &ReadModels,
+    presence: Presence,
+    settings: HubSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    Hub,
+    impl Future<Output = anyhow::Result<()>> + Send + 'static,
+)> {
+    let relations = models.read(queries::relations).await?;
+    let (tx, mut commands) = mpsc::channel(1024);
+    let mut state = State::new(&relations, presence, &settings);
+    let mut incoming = match &settings.peers {
+        Some(peers) => peers.incoming().await?,
+        None => futures::stream::pending().boxed(),
+    };
+    let position = relations.position;
+    let (position_tx, position_rx) = watch::channel(position);
+    let tick_every = (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY);
+    let run = async move {
+        let mut events = log.subscribe(position);
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync = tokio::time::interval(SYNC_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    state.tick(Instant::now());
+                    metrics::gauge!(names::FANOUT_QUEUE_DEPTH).set(state.conns.queued() as f64);
+                }
+                _ = sync.tick(), if state.outbox.is_some() => {
+                    let users = state.presence.local().collect();
+                    state.publish(PeerMessage::Sync { users });
+                }
+                Some((node, message)) = incoming.next() => state.peer(node, message),
+                Some(command) = commands.recv() => state.command(command),
+                next = events.next() => match next {
+                    Some(Ok(recorded)) => {
+                        let span = tracecontext::continuing(recorded.live_traceparent(), || {
+                            tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
+                        });
+                        span.in_scope(|| state.apply(&recorded));
+                        position_tx.send_replace(recorded.position);
+                    }
+                    Some(Err(e)) => {
+                        state.shut_down();
+                        return Err(anyhow::anyhow!("hub lost the log: {e}"));
+                    }
+                    None => break,
+                },
+            }
+        }
+        state.shut_down();
+        Ok(())
+    };
+    Ok((
+        Hub {
+            commands: tx,
+            position: position_rx,
+        },
+        run,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use schema::{MessageBody, MessageId};
+
+    fn state(queue: usize, members: Vec<(RoomId, UserId)>) -> State {
+        let settings = HubSettings {
+            queue,
+            offline_grace: Duration::from_secs(5),
+            peers: None,
+            failures: Arc::default(),
+        };
+        let relations = Relations {
+            position: 0,
+            members,
+            friends: Vec::new(),
+        };
+        State::new(&relations, Presence::default(), &settings)
+    }
+
+    fn register(
+        state: &mut State,
+        user: UserId,
+    ) -> (mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
+        let (reply, mut rx) = oneshot::channel();
+        state.command(Command::Register {
+            user,
+            kind: ConnKind::WebSocket,
+            reply,
+        });
+        let (_, frames, reason) = rx.try_recv().unwrap();
+        (frames, reason)
+    }
+
+    fn recorded(room: RoomId, version: u64, event: &Event) -> eventlog::RecordedEvent {
+        eventlog::RecordedEvent {
+            stream: streams::room(room),
+            version,
+            position: version,
+            event_id: Uuid::now_v7(),
+            event_type: event.type_name().to_owned(),
+            schema_version: event.schema_version(),
+            data: event.encode(),
+            metadata: Vec::new(),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    fn sent(sender: UserId) -> Event {
+        Event::MessageSent {
+            message_id: MessageId::new(),
+            sender_id: sender,
+            body: MessageBody::parse("hi").unwrap(),
+            client_msg_id: None,
+        }
+    }
+
+    #[test]
+    fn members_get_room_events_and_a_joiner_sees_their_join() {
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice)]);
+        let (mut a, _) = register(&mut state, alice);
+        let (mut b, _) = register(&mut state, bob);
+        // Bob's registration made him online: a presence notice to nobody (no shared room).
+        assert!(a.try_recv().is_err());
+        state.apply(&recorded(room, 1, &sent(alice)));
+        assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
+        assert!(b.try_recv().is_err(), "not a member yet");
+        let joined = Event::MemberJoined {
+            user_id: bob,
+            invited_by: Some(alice),
+        };
+        state.apply(&recorded(room, 2, &joined));
+        assert!(matches!(b.try_recv(), Ok(Outbound::Event(f)) if f.seq == 2));
+        assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 2));
+        state.apply(&recorded(room, 3, &Event::MemberLeft { user_id: bob }));
+        assert!(matches!(b.try_recv(), Ok(Outbound::Event(f)) if f.leaver == Some(bob)));
+        state.apply(&recorded(room, 4, &sent(alice)));
+        assert!(b.try_recv().is_err(), "left");
+    }
+
+    #[test]
+    fn a_client_that_cannot_keep_up_is_dropped_as_too_slow() {
+        let (room, alice) = (RoomId::new(), UserId::new());
+        let mut state = state(2, vec![(room, alice)]);
+        let (mut frames, reason) = register(&mut state, alice);
+        for seq in 1..=3 {
+            state.apply(&recorded(room, seq, &sent(alice)));
+        }
+        assert_eq!(reason.get(), Disconnect::TooSlow);
+        assert_eq!(state.failures.forced_disconnects.load(Ordering::Relaxed), 1);
+        assert!(!state.conns.is_connected(alice));
+        // What was queued is still there; then the queue ends.
+        assert!(frames.try_recv().is_ok() && frames.try_recv().is_ok());
+        assert!(matches!(
+            frames.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+}

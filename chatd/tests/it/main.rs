@@ -1,0 +1,21 @@
+//! Integration tests: the real server on a free port, spoken to over HTTP.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports failure
+
+mod accounts;
+mod cluster;
+mod crash;
+mod environment;
+mod errors;
+mod friends;
+mod helpers;
+mod messages;
+mod metrics;
+mod ops;
+mod rooms;
+mod search;
+mod soak;
+mod sse;
+mod traces;
+mod unread;
+mod web;
+mod ws;
