@@ -221,14 +221,54 @@ pub fn read_state(c: &Connection, room: RoomId, user: UserId) -> Result<Option<(
 
 /// Unread counts of every room `user` belongs to: one indexed query, however many rooms.
 pub fn unread_counts(c: &Connection, user: UserId) -> Result<Vec<(RoomId, u64)>> {
+    Ok(unread_state(c, user)?
+        .into_iter()
+        .map(|(room, _, count)| (room, count))
+        .collect())
+}
+
+/// Every room of `user` with their read marker and unread count, by room.
+pub(crate) fn unread_state(c: &Connection, user: UserId) -> Result<Vec<(RoomId, u64, u64)>> {
     let sql = format!(
-        "SELECT me.room_id, {UNREAD} FROM members me WHERE me.user_id = ?1 ORDER BY me.room_id"
+        "SELECT me.room_id, me.read_seq, {UNREAD} FROM members me WHERE me.user_id = ?1
+         ORDER BY me.room_id"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map([user.0], |r| {
-        Ok((RoomId(r.get(0)?), r.get::<_, i64>(1)? as u64))
+        Ok((
+            RoomId(r.get(0)?),
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The member's read marker and unread count in one room; `None` for non-members.
+pub(crate) fn unread_in(c: &Connection, room: RoomId, user: UserId) -> Result<Option<(u64, u64)>> {
+    let sql = format!(
+        "SELECT me.read_seq, {UNREAD} FROM members me WHERE me.room_id = ?1 AND me.user_id = ?2"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![room.0, user.0], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?)
+}
+
+/// The seq and sender of a message of `room` that is not deleted.
+pub(crate) fn standing_message(
+    c: &Connection,
+    room: RoomId,
+    message: Uuid,
+) -> Result<Option<(u64, UserId)>> {
+    Ok(c.prepare_cached(
+        "SELECT seq, sender_id FROM messages WHERE message_id = ?1 AND room_id = ?2 AND deleted = 0",
+    )?
+    .query_row(params![message, room.0], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, UserId(r.get(1)?)))
+    })
+    .optional()?)
 }
 
 /// Every member's unread count in every room (for tests and audits; scans all members).

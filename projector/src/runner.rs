@@ -70,8 +70,9 @@ pub async fn run(
                 _ => break,
             }
         }
+        let cache = models.unread_cache().clone();
         let applied = models
-            .write(move |conn| apply::apply_batch(conn, &batch))
+            .write(move |conn| apply::apply_batch(conn, &batch, &cache))
             .await?;
         progress.send_replace(applied);
     }

@@ -2,7 +2,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
+use schema::UserId;
 
+use crate::unread::{UnreadCache, UnreadWatch};
 use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
@@ -92,6 +94,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Watched users' unread counts, moved by the writer (see [`crate::unread`]).
+    unread: UnreadCache,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -132,6 +136,7 @@ impl ReadModels {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                unread: UnreadCache::default(),
             }),
         })
     }
@@ -205,6 +210,20 @@ impl ReadModels {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Watches `user`'s unread counts, loading them (one query, between two batches of the
+    /// projector) if no one watched them yet. The counts follow the projector from then on;
+    /// dropping the last watch of a user frees them.
+    pub async fn watch_unread(&self, user: UserId) -> Result<UnreadWatch> {
+        let watch = self.inner.unread.watch(user);
+        let cache = self.inner.unread.clone();
+        self.write(move |conn| cache.load(conn, user)).await?;
+        Ok(watch)
+    }
+
+    pub(crate) fn unread_cache(&self) -> &UnreadCache {
+        &self.inner.unread
     }
 
     /// The position of the last event applied (0 when none).
