@@ -51,7 +51,7 @@ pub(crate) fn apply_batch(
         params![CHECKPOINT, position as i64],
     )?;
     tx.commit()?;
-    unread.commit();
+    unread.commit(position);
     Ok(position)
 }
 

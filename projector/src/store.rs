@@ -212,14 +212,12 @@ impl ReadModels {
         .map_err(|e| Error::Task(e.to_string()))?
     }
 
-    /// Watches `user`'s unread counts, loading them (one query, between two batches of the
-    /// projector) if no one watched them yet. The counts follow the projector from then on;
-    /// dropping the last watch of a user frees them.
-    pub async fn watch_unread(&self, user: UserId) -> Result<UnreadWatch> {
-        let watch = self.inner.unread.watch(user);
-        let cache = self.inner.unread.clone();
-        self.write(move |conn| cache.load(conn, user)).await?;
-        Ok(watch)
+    /// Watches `user`'s unread counts. Never waits: the first watch of a user queues them for
+    /// loading (off the projector's write connection, see `crate::unread`); the watch is woken
+    /// once they are loaded, and follows the projector from then on. Dropping the last watch of
+    /// a user frees their counts.
+    pub fn watch_unread(&self, user: UserId) -> UnreadWatch {
+        self.inner.unread.watch(user)
     }
 
     pub(crate) fn unread_cache(&self) -> &UnreadCache {

@@ -161,17 +161,19 @@ impl Chat {
         Ok(())
     }
 
-    /// Unread counts of every room of the caller's.
-    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, u64)>> {
-        Ok(self
-            .models
-            .read(move |c| queries::unread_counts(c, actor))
-            .await?)
+    /// Follows `user`'s unread counts in memory (see `projector::UnreadWatch`): for live
+    /// connections, which push every change. Never waits (the counts are loaded in the
+    /// background; the watch wakes when they are).
+    pub fn watch_unread(&self, user: UserId) -> projector::UnreadWatch {
+        self.models.watch_unread(user)
     }
 
     /// Unread counts of the caller's rooms that have any, and their total.
     pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
-        let counts = self.unread_by_room(actor).await?;
+        let counts = self
+            .models
+            .read(move |c| queries::unread_counts(c, actor))
+            .await?;
         let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
         Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
     }

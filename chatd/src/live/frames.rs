@@ -255,16 +255,6 @@ pub enum Notification {
 
 // ------------------------------------------------------------------ shared fan-out frames
 
-/// How a room event can change members' unread counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnreadEffect {
-    None,
-    /// Everyone's but this user's (a message they sent).
-    AllBut(UserId),
-    /// Anyone's (a delete, a join, a leave).
-    All,
-}
-
 /// A room event ready to go out: serialised once, shared by every recipient.
 #[derive(Debug, Clone)]
 pub struct EventFrame {
@@ -273,7 +263,6 @@ pub struct EventFrame {
     /// Position in the log (the SSE event id).
     pub position: u64,
     pub text: Arc<str>,
-    pub unread: UnreadEffect,
     /// For `member_left`: who left.
     pub leaver: Option<UserId>,
     /// For `message_sent`: the SSE notification.
@@ -282,26 +271,19 @@ pub struct EventFrame {
 
 impl EventFrame {
     /// `{"type":"event","room_id","seq","event":{…the event's view…}}`, and what the event
-    /// means for unread counts, leaves and notifications (read from the typed event).
+    /// means for leaves and notifications (read from the typed event).
     pub fn new(room: RoomId, recorded: &RecordedEvent, event: &Event) -> Self {
-        let (unread, notice) = match event {
+        let notice = match event {
             Event::MessageSent {
                 sender_id, body, ..
-            } => {
-                let notice = MessageNotice::new(
-                    room,
-                    recorded.version,
-                    recorded.position,
-                    *sender_id,
-                    body.as_str(),
-                );
-                (UnreadEffect::AllBut(*sender_id), Some(Arc::new(notice)))
-            }
-            Event::MessageDeleted { .. }
-            | Event::MemberJoined { .. }
-            | Event::MemberLeft { .. }
-            | Event::RoomCreated { .. } => (UnreadEffect::All, None),
-            _ => (UnreadEffect::None, None),
+            } => Some(Arc::new(MessageNotice::new(
+                room,
+                recorded.version,
+                recorded.position,
+                *sender_id,
+                body.as_str(),
+            ))),
+            _ => None,
         };
         let leaver = match event {
             Event::MemberLeft { user_id } => Some(*user_id),
@@ -322,18 +304,8 @@ impl EventFrame {
             seq: recorded.version,
             position: recorded.position,
             text: frame.text().into(),
-            unread,
             leaver,
             notice,
-        }
-    }
-
-    /// Whether this event may change `user`'s unread count.
-    pub fn touches_unread_of(&self, user: UserId) -> bool {
-        match self.unread {
-            UnreadEffect::None => false,
-            UnreadEffect::AllBut(sender) => sender != user,
-            UnreadEffect::All => true,
         }
     }
 }

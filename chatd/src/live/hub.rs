@@ -81,9 +81,6 @@ pub enum Outbound {
     Event(EventFrame),
     /// An ephemeral frame (typing, presence), ready to send.
     Notice(Arc<str>),
-    /// The user's read marker moved (on any device): their unread counts may have changed
-    /// once the read models reach `position`.
-    ReadMoved { position: u64 },
 }
 
 /// A registered connection. Dropping it unregisters (and may start the offline grace).
@@ -480,16 +477,6 @@ impl State {
                     if let Some(user) = streams::user_of(&recorded.stream) {
                         self.audience.unfollow(user, friend_id);
                     }
-                }
-                Event::ReadMarkerMoved { user_id, .. } => {
-                    let mut slow = Vec::new();
-                    for id in self.conns.of(user_id) {
-                        let item = Outbound::ReadMoved {
-                            position: recorded.position,
-                        };
-                        self.conns.send(id, item, Delivery::Durable, &mut slow);
-                    }
-                    self.drop_slow(slow);
                 }
                 _ => {}
             }

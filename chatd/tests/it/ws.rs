@@ -561,6 +561,42 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     );
     // Alice's own messages never changed her count: she got no unread frame at all.
     assert!(of_type(&a.drain_any().await, "unread").is_empty());
+
+    // A second connection of Bob's starts from the baseline; a delete reaches both.
+    let three = app.send(&alice, &room, "three").await;
+    let one = json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1});
+    assert_eq!(b.next_of("unread").await, one);
+    let mut b2 = connect(&app.api, &bob).await;
+    b2.send(json!({"type": "resume"})).await;
+    assert_eq!(b2.next_of("unread").await, one);
+    let id = three["message_id"].as_str().unwrap();
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/rooms/{room}/messages/{id}"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    let zero = json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0});
+    assert_eq!(b.next_of("unread").await, zero);
+    assert_eq!(b2.next_of("unread").await, zero);
+    // The first connection going away leaves the second one's counts live; leaving the room
+    // reports it once with 0.
+    b.close().await;
+    app.send(&alice, &room, "four").await;
+    assert_eq!(b2.next_of("unread").await, one);
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/rooms/{room}/members/me"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    assert_eq!(b2.next_of("unread").await, zero);
 }
 
 #[tokio::test]

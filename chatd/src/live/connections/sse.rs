@@ -53,20 +53,20 @@ pub async fn notifications(
         .register(user, ConnKind::Sse)
         .await
         .ok_or(ChatError::ShuttingDown)?;
+    let unread = UnreadPush::watch(&chat, user);
     let mut sse = Sse {
         chat,
         user,
         reg,
-        unread: UnreadPush::default(),
+        unread,
         pending: VecDeque::new(),
         replayed_to: 0,
-        flush_at: Some(tokio::time::Instant::now()),
+        flush_at: None,
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
     };
     if let Some(after) = last_event_id {
         sse.replay(after).await?;
     }
-    sse.unread.mark(sse.replayed_to);
     Ok(stream::unfold(sse, Sse::next).boxed())
 }
 
@@ -167,9 +167,6 @@ impl Sse {
                 if frame.position <= self.replayed_to {
                     return;
                 }
-                if frame.touches_unread_of(self.user) {
-                    self.unread.mark(frame.position);
-                }
                 if let Some(notice) = frame.notice
                     && notice.sender_id != self.user.0
                 {
@@ -177,7 +174,6 @@ impl Sse {
                         .push_back(Notification::Message((*notice).clone()));
                 }
             }
-            Outbound::ReadMoved { position } => self.unread.mark(position),
             Outbound::Notice(_) => {}
         }
     }
@@ -190,9 +186,6 @@ impl Sse {
                 }
                 return Some((n, self));
             }
-            if self.flush_at.is_none() && self.unread.is_dirty() {
-                self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
-            }
             let flush_at = self.flush_at;
             let flush = async move {
                 match flush_at {
@@ -201,13 +194,12 @@ impl Sse {
                 }
             };
             tokio::select! {
+                () = self.unread.changed(), if flush_at.is_none() => {
+                    self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
+                }
                 () = flush => {
                     self.flush_at = None;
-                    match self.unread.changes(&self.chat, self.user).await {
-                        Ok(Some(frames)) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
-                        Ok(None) => {} // the read models are behind: the next flush retries
-                        Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
-                    }
+                    self.pending.extend(self.unread.changes().into_iter().map(Notification::Unread));
                 }
                 // `None`: too slow or shutting down; the client reconnects with Last-Event-ID.
                 item = self.reg.frames.recv() => self.on(item?),

@@ -111,19 +111,18 @@ impl Connection {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
         };
+        let unread = UnreadPush::watch(&chat, user);
         let _open = ConnectionGauge::open(names::WS_CONNECTIONS);
         let mut conn = Connection {
             chat,
             hub,
             user,
             sent: HashMap::new(),
-            unread: UnreadPush::default(),
+            unread,
             rate,
             tokens: 2.0 * rate,
             refilled: Instant::now(),
         };
-        // The first unread push is the baseline: every room with unread messages.
-        conn.unread.mark(0);
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_heard = Instant::now();
         let mut live = false;
@@ -133,17 +132,21 @@ impl Connection {
         tokio::pin!(flush);
         let mut flush_armed = false;
         loop {
-            if live && !flush_armed && conn.unread.is_dirty() {
-                flush
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + unread::COALESCE);
-                flush_armed = true;
-            }
             tokio::select! {
                 () = &mut grace, if !live => live = true,
+                // Unread counts changed (the first time: the baseline is ready); pushed
+                // together after a pause.
+                () = conn.unread.changed(), if live && !flush_armed => {
+                    flush
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + unread::COALESCE);
+                    flush_armed = true;
+                }
                 () = &mut flush, if flush_armed => {
                     flush_armed = false;
-                    conn.push_unread(&mut sink).await?;
+                    for frame in conn.unread.changes() {
+                        conn.reply(&mut sink, ServerFrame::Unread(frame)).await?;
+                    }
                 }
                 item = reg.frames.recv(), if live => match item {
                     Some(item) => {
@@ -204,37 +207,12 @@ impl Connection {
 
     async fn outbound(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<()> {
         match item {
-            Outbound::Event(frame) => {
-                if frame.touches_unread_of(self.user) {
-                    self.unread.mark(frame.position);
-                }
-                self.forward(sink, frame).await
-            }
+            Outbound::Event(frame) => self.forward(sink, frame).await,
             Outbound::Notice(text) => {
                 sink.send(Message::Text(text.to_string())).await?;
                 Ok(())
             }
-            Outbound::ReadMoved { position } => {
-                self.unread.mark(position);
-                Ok(())
-            }
         }
-    }
-
-    async fn push_unread(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
-        let frames = match self.unread.changes(&self.chat, self.user).await {
-            Ok(Some(frames)) => frames,
-            // The read models have not caught up yet: the next flush tries again.
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read unread counts for a push");
-                return Ok(());
-            }
-        };
-        for frame in frames {
-            self.reply(sink, ServerFrame::Unread(frame)).await?;
-        }
-        Ok(())
     }
 
     /// Sends a live frame unless the catch-up already did; fills a gap from the log first.
