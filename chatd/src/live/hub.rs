@@ -688,4 +688,55 @@ mod tests {
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
     }
+
+    #[test]
+    fn typing_reaches_the_other_connected_members_and_non_members_are_refused() {
+        let (room, alice, bob, carol) =
+            (RoomId::new(), UserId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice), (room, bob)]);
+        let (mut a, _) = register(&mut state, alice);
+        let (mut b, _) = register(&mut state, bob);
+        let (mut c, _) = register(&mut state, carol);
+        // Bob coming online was announced to Alice (they share a room); drain the notices.
+        while a.try_recv().is_ok() {}
+        let typing = |state: &mut State, user| {
+            let (reply, mut rx) = oneshot::channel();
+            state.command(Command::Typing { user, room, reply });
+            rx.try_recv().unwrap()
+        };
+        assert!(typing(&mut state, alice));
+        match b.try_recv() {
+            Ok(Outbound::Notice(text)) => {
+                assert!(text.contains(r#""type":"typing""#), "{text}");
+                assert!(text.contains(&alice.0.to_string()), "{text}");
+            }
+            other => panic!("bob got {other:?}"),
+        }
+        assert!(a.try_recv().is_err(), "not to the typist");
+        assert!(c.try_recv().is_err(), "not to a non-member");
+        assert!(!typing(&mut state, carol), "carol is not a member");
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
+    }
+
+    #[test]
+    fn shutting_down_lets_go_of_every_connection_with_the_reason() {
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice)]);
+        let (mut a, a_reason) = register(&mut state, alice);
+        let (_b, b_reason) = register(&mut state, bob);
+        state.shut_down();
+        assert_eq!(a_reason.get(), Disconnect::Shutdown);
+        assert_eq!(b_reason.get(), Disconnect::Shutdown);
+        assert!(!state.conns.is_connected(alice) && !state.conns.is_connected(bob));
+        while let Ok(item) = a.try_recv() {
+            assert!(
+                matches!(item, Outbound::Notice(_)),
+                "only presence was queued"
+            );
+        }
+        assert!(matches!(
+            a.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
 }
