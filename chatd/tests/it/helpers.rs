@@ -81,6 +81,10 @@ impl Api {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     pub async fn register(&self, username: &str) -> String {
         let (status, body) = self
             .call(

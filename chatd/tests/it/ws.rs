@@ -318,12 +318,7 @@ async fn rooms_joined_later_are_live_and_left_rooms_go_quiet() {
     assert_eq!(ws.next().await["event"]["body"], "hello bob");
 
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/rooms/{room}/members/me"),
-            Some(&bob.token),
-            None,
-        )
+        .delete(&format!("/v1/rooms/{room}/members/me"), &bob.token)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(ws.next().await["event"]["type"], "member_left");
@@ -571,12 +566,7 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     assert_eq!(b2.next_of("unread").await, one);
     let id = three["message_id"].as_str().unwrap();
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/rooms/{room}/messages/{id}"),
-            Some(&alice.token),
-            None,
-        )
+        .delete(&format!("/v1/rooms/{room}/messages/{id}"), &alice.token)
         .await;
     assert!(status.is_success());
     let zero = json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0});
@@ -588,12 +578,7 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     app.send(&alice, &room, "four").await;
     assert_eq!(b2.next_of("unread").await, one);
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/rooms/{room}/members/me"),
-            Some(&bob.token),
-            None,
-        )
+        .delete(&format!("/v1/rooms/{room}/members/me"), &bob.token)
         .await;
     assert!(status.is_success());
     assert_eq!(b2.next_of("unread").await, zero);
