@@ -51,6 +51,11 @@ impl Audience {
         self.members.get(&room).is_some_and(|m| m.contains(&user))
     }
 
+    /// How many members `room` has.
+    pub fn member_count(&self, room: RoomId) -> usize {
+        self.members.get(&room).map_or(0, HashSet::len)
+    }
+
     /// The members of `room` (none for a room not known).
     pub fn members(&self, room: RoomId) -> impl Iterator<Item = UserId> + '_ {
         self.members.get(&room).into_iter().flatten().copied()

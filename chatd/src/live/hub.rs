@@ -440,7 +440,19 @@ impl State {
     fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
         let mut frame = None;
         let mut slow = Vec::new();
-        for user in self.audience.members(room) {
+        // Walk the smaller side: a big room's members, or the users connected here.
+        let recipients: Vec<UserId> = if self.conns.by_user.len() < self.audience.member_count(room)
+        {
+            let connected = self.conns.by_user.keys();
+            connected
+                .filter(|u| self.audience.is_member(room, **u))
+                .copied()
+                .collect()
+        } else {
+            let members = self.audience.members(room);
+            members.filter(|u| self.conns.is_connected(*u)).collect()
+        };
+        for user in recipients {
             for id in self.conns.of(user) {
                 let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
                 self.conns.send(
@@ -738,5 +750,19 @@ mod tests {
             a.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn a_room_bigger_than_the_connected_set_reaches_its_connected_members_only() {
+        let room = RoomId::new();
+        let members: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
+        let outsider = UserId::new();
+        let mut state = state(8, members.iter().map(|m| (room, *m)).collect());
+        let (mut a, _) = register(&mut state, members[0]);
+        let (mut o, _) = register(&mut state, outsider);
+        while a.try_recv().is_ok() {}
+        state.apply(&recorded(room, 1, &sent(members[1])));
+        assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
+        assert!(o.try_recv().is_err(), "not a member");
     }
 }
