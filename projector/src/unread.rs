@@ -183,6 +183,10 @@ pub(crate) enum Change {
         room: RoomId,
         user: UserId,
     },
+    /// The room is gone, with every membership.
+    RoomDeleted {
+        room: RoomId,
+    },
     /// `user`'s marker moved; `marker` and `count` are the read models' right after.
     Read {
         room: RoomId,
@@ -585,6 +589,27 @@ fn apply(
                     woken.push(user);
                 }
             }
+            Change::RoomDeleted { room } => {
+                let Some(members) = rooms.get_mut(&room) else {
+                    continue;
+                };
+                let gone: Vec<UserId> = members.iter().filter(|u| wanted(u)).copied().collect();
+                for user in gone {
+                    let Some(watched) = users.get_mut(&user).filter(|w| w.follows(position)) else {
+                        continue;
+                    };
+                    members.remove(&user);
+                    if let Some(slot) = watched.rooms.remove(&room) {
+                        watched.total = watched.total.saturating_sub(slot.count);
+                        if watched.touch(room) {
+                            woken.push(user);
+                        }
+                    }
+                }
+                if members.is_empty() {
+                    rooms.remove(&room);
+                }
+            }
             Change::Read {
                 room,
                 user,
@@ -616,6 +641,7 @@ impl Change {
             | Self::Deleted { room, .. }
             | Self::Joined { room, .. }
             | Self::Left { room, .. }
+            | Self::RoomDeleted { room }
             | Self::Read { room, .. } => *room,
         }
     }

@@ -44,7 +44,7 @@ async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Caller> {
         .data::<Arc<Chat>>()
         .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
     match chat.auth().verify_access(&key.key) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
+        Some(claims) => Ok(Caller(UserId(claims.sub), schema::SessionId(claims.sid))),
         None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
     }
 }

@@ -182,6 +182,24 @@ pub struct PresenceFrame {
     pub online: bool,
 }
 
+/// A friendship changed: `status` is where it stands now, as you see it.
+#[derive(Debug, Serialize, Object)]
+pub struct FriendFrame {
+    /// The other person.
+    pub user_id: Uuid,
+    /// `incoming_request` (they asked you), `outgoing_request` (you asked them), `friends`,
+    /// or `none` (declined, cancelled or ended).
+    pub status: String,
+}
+
+/// Someone you have blocked invited you into a room: join (`POST /v1/rooms/{room_id}/join`)
+/// to accept, or decline.
+#[derive(Debug, Serialize, Object)]
+pub struct InvitationFrame {
+    pub room_id: Uuid,
+    pub invited_by: Uuid,
+}
+
 /// A frame from the server.
 #[derive(Debug, Serialize, Union)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -201,6 +219,10 @@ pub enum ServerFrame {
     Typing(TypingFrame),
     #[oai(mapping = "presence")]
     Presence(PresenceFrame),
+    #[oai(mapping = "friend")]
+    Friend(FriendFrame),
+    #[oai(mapping = "invitation")]
+    Invitation(InvitationFrame),
 }
 
 impl ServerFrame {
@@ -263,8 +285,10 @@ pub struct EventFrame {
     /// Position in the log (the SSE event id).
     pub position: u64,
     pub text: Arc<str>,
-    /// For `member_left`: who left.
+    /// For `member_left`, `member_kicked`, `member_banned`: who is no longer a member.
     pub leaver: Option<UserId>,
+    /// `room_deleted`: nobody is a member any more.
+    pub room_deleted: bool,
     /// For `message_sent`: the SSE notification.
     pub notice: Option<Arc<MessageNotice>>,
 }
@@ -285,10 +309,8 @@ impl EventFrame {
             ))),
             _ => None,
         };
-        let leaver = match event {
-            Event::MemberLeft { user_id } => Some(*user_id),
-            _ => None,
-        };
+        let leaver = schema::room::removed_member(event);
+        let room_deleted = matches!(event, Event::RoomDeleted { .. });
         let frame = ServerFrame::Event(EventBody {
             room_id: room.0,
             seq: recorded.version,
@@ -305,8 +327,14 @@ impl EventFrame {
             position: recorded.position,
             text: frame.text().into(),
             leaver,
+            room_deleted,
             notice,
         }
+    }
+
+    /// Whether `user` is no longer a member of the room after this event.
+    pub fn removes(&self, user: UserId) -> bool {
+        self.room_deleted || self.leaver == Some(user)
     }
 }
 

@@ -182,6 +182,7 @@ impl World {
                     RoomCommand::Invite {
                         by,
                         users: vec![self.users[user]],
+                        consent_needed: vec![],
                     },
                 )
                 .await;

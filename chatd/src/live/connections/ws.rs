@@ -228,7 +228,7 @@ impl Connection {
         }
         sink.send(Message::Text(frame.text.to_string())).await?;
         delivered();
-        if frame.leaver == Some(self.user) {
+        if frame.removes(self.user) {
             // The room goes quiet; a later rejoin starts live from the join, without what
             // happened while away.
             self.sent.remove(&frame.room);
