@@ -995,4 +995,40 @@ mod tests {
         load(&cache, 0, me, &[(room, 0, 1)]);
         assert_eq!(new.take().rooms, vec![(room, 1)]);
     }
+
+    #[test]
+    fn a_deleted_room_drops_from_every_watched_member() {
+        let cache = UnreadCache::default();
+        let (me, you) = (UserId::new(), UserId::new());
+        let (room, other) = (RoomId::new(), RoomId::new());
+        let mut mine = cache.watch(me);
+        let mut yours = cache.watch(you);
+        // One load for both, as the loader takes every queued user at once.
+        let taken: HashMap<UserId, u64> = cache.to_load(LOAD_BATCH).into_iter().collect();
+        cache.install(
+            0,
+            vec![
+                (me, taken[&me], vec![(room, 0, 2), (other, 0, 1)]),
+                (you, taken[&you], vec![(room, 0, 4)]),
+            ],
+        );
+        mine.take();
+        yours.take();
+        cache.committed(1, 0, vec![Change::RoomDeleted { room }]);
+        assert_eq!(
+            mine.take(),
+            UnreadChanges {
+                total: 1,
+                rooms: vec![(room, 0)]
+            }
+        );
+        assert_eq!(
+            yours.take(),
+            UnreadChanges {
+                total: 0,
+                rooms: vec![(room, 0)]
+            }
+        );
+        assert!(!cache.lock().rooms.contains_key(&room));
+    }
 }
