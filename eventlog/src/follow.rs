@@ -192,6 +192,15 @@ impl EventLog for Shared {
         self.inner.append(stream, expected, events).await
     }
 
+    async fn append_batch(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        batch: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<AppendResult>>> {
+        self.inner.append_batch(stream, expected, batch).await
+    }
+
     async fn read_stream(
         &self,
         stream: &str,
