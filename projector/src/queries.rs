@@ -109,11 +109,6 @@ pub fn is_member(c: &Connection, room: RoomId, user: UserId) -> Result<bool> {
     )
 }
 
-pub fn room_exists(c: &Connection, room: RoomId) -> Result<bool> {
-    Ok(c.prepare_cached("SELECT 1 FROM rooms WHERE room_id = ?1")?
-        .exists([room.0])?)
-}
-
 /// Messages after the member's marker, not their own, not deleted: a range scan of the
 /// covering index `messages_by_room`. `me` is the viewer's `members` row.
 const UNREAD: &str = "(SELECT count(*) FROM messages x

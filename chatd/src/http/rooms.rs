@@ -93,7 +93,8 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// Join a public room (403 `room_not_public` for a private one; a no-op for members).
+    /// Join a public room (a no-op for members). 404 `room_not_found` for a private room you
+    /// are not in, as for one that does not exist.
     #[oai(path = "/rooms/:room_id/join", method = "post")]
     async fn join(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
         self.chat.join(auth.0.0, RoomId(room_id.0)).await?;
@@ -107,7 +108,8 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// One room with its members. Members only (403 `not_a_member`).
+    /// One room with its members. Members only: 404 `room_not_found` for a room you are not
+    /// in, whether or not it exists.
     #[oai(path = "/rooms/:room_id", method = "get")]
     async fn get(
         &self,

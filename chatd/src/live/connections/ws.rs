@@ -269,7 +269,10 @@ impl Connection {
         until: Option<u64>,
     ) -> anyhow::Result<()> {
         let stream = streams::room(room);
-        let mut next = after + 1;
+        // Nothing comes after the largest seq (and `after + 1` would overflow).
+        let Some(mut next) = after.checked_add(1) else {
+            return Ok(());
+        };
         loop {
             let page = self
                 .chat
