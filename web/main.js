@@ -277,7 +277,8 @@ function onEvent(roomId, ev) {
       state.pending.delete(ev.client_msg_id);
     }
     stopTyping(roomId, ev.sender_id);
-    if (ev.sender_id !== me) notify(roomId, ev);
+    // A replayed message that was deleted since comes without its text: nothing to tell.
+    if (ev.sender_id !== me && ev.body !== undefined) notify(roomId, ev);
   }
   if (state.tl?.room_id === roomId) liveEvent(state.tl, ev);
 }
@@ -466,7 +467,7 @@ function liveEvent(tl, ev) {
     }
     if (state.tl !== tl || ev.seq <= tl.newest) return;
     addEvents(tl, [ev], 'append');
-    if (ev.type === 'message_sent' && ev.sender_id !== state.me?.user_id) {
+    if (ev.type === 'message_sent' && ev.body !== undefined && ev.sender_id !== state.me?.user_id) {
       announce(`${userName(ev.sender_id)}: ${ev.body}`);
     }
     if (follow) scrollToBottom();

@@ -299,7 +299,9 @@ impl From<Sent> for SendResponse {
 pub struct HistoryPage {
     /// Room events, oldest first. Each has `seq`, `type` (`room_created`, `member_joined`,
     /// `member_left`, `message_sent`, `message_edited`, `message_deleted`), `at` (when it was
-    /// stored, RFC 3339) and the event's own fields.
+    /// stored, RFC 3339) and the event's own fields. An event about a message shows the
+    /// message as it is now: no `body` once it is deleted, its current `body` once edited
+    /// (also in its `message_sent` and earlier `message_edited` events).
     pub events: Vec<serde_json::Value>,
     /// More events exist beyond this page (older ones, or newer ones when paging with
     /// `after_seq`).

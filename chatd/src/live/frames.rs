@@ -16,7 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::chat::Code;
-use crate::chat::view::{Current, event_view};
+use crate::chat::view::{MessageNow, event_view};
 
 /// Largest client frame accepted, in bytes; larger ones get an `error` frame.
 pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
@@ -234,15 +234,20 @@ pub struct MessageNotice {
 }
 
 impl MessageNotice {
-    /// The notice of `sender`'s message `body`, seq `seq` of `room` at log `position`.
-    pub fn new(room: RoomId, seq: u64, position: u64, sender: UserId, body: &str) -> Self {
-        Self {
+    /// The notice of a `message_sent` event of `room`, from the event's client `view` (so it
+    /// shows what the view shows): none for other events, or once the message is deleted.
+    pub fn of(room: RoomId, recorded: &RecordedEvent, event: &Event, view: &Value) -> Option<Self> {
+        let Event::MessageSent { sender_id, .. } = event else {
+            return None;
+        };
+        let body = view.get("body")?.as_str()?;
+        Some(Self {
             room_id: room.0,
-            seq,
-            sender_id: sender.0,
+            seq: recorded.version,
+            sender_id: sender_id.0,
             preview: body.chars().take(PREVIEW_CHARS).collect(),
-            position,
-        }
+            position: recorded.position,
+        })
     }
 }
 
@@ -282,40 +287,33 @@ pub struct EventFrame {
 
 impl EventFrame {
     /// `{"type":"event","room_id","seq","event":{…the event's view…}}`, and what the event
-    /// means for unread counts, leaves and notifications (read from the typed event).
-    pub fn new(room: RoomId, recorded: &RecordedEvent, event: &Event) -> Self {
-        let (unread, notice) = match event {
-            Event::MessageSent {
-                sender_id, body, ..
-            } => {
-                let notice = MessageNotice::new(
-                    room,
-                    recorded.version,
-                    recorded.position,
-                    *sender_id,
-                    body.as_str(),
-                );
-                (UnreadEffect::AllBut(*sender_id), Some(Arc::new(notice)))
-            }
+    /// means for unread counts, leaves and notifications (read from the typed event). `now`:
+    /// the current state of the event's message, for an event read back from the log
+    /// ([`event_view`]); `None` for a live event.
+    pub fn new(
+        room: RoomId,
+        recorded: &RecordedEvent,
+        event: &Event,
+        now: Option<&MessageNow>,
+    ) -> Self {
+        let unread = match event {
+            Event::MessageSent { sender_id, .. } => UnreadEffect::AllBut(*sender_id),
             Event::MessageDeleted { .. }
             | Event::MemberJoined { .. }
             | Event::MemberLeft { .. }
-            | Event::RoomCreated { .. } => (UnreadEffect::All, None),
-            _ => (UnreadEffect::None, None),
+            | Event::RoomCreated { .. } => UnreadEffect::All,
+            _ => UnreadEffect::None,
         };
         let leaver = match event {
             Event::MemberLeft { user_id } => Some(*user_id),
             _ => None,
         };
+        let view = event_view(event, recorded.version, recorded.recorded_at, now);
+        let notice = MessageNotice::of(room, recorded, event, &view).map(Arc::new);
         let frame = ServerFrame::Event(EventBody {
             room_id: room.0,
             seq: recorded.version,
-            event: event_view(
-                event,
-                recorded.version,
-                recorded.recorded_at,
-                Current::AsRecorded,
-            ),
+            event: view,
         });
         Self {
             room,

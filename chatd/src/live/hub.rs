@@ -445,7 +445,8 @@ impl State {
         let mut slow = Vec::new();
         for user in self.audience.members(room) {
             for id in self.conns.of(user) {
-                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
+                let frame =
+                    frame.get_or_insert_with(|| EventFrame::new(room, recorded, event, None));
                 self.conns.send(
                     id,
                     Outbound::Event(frame.clone()),

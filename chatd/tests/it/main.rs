@@ -10,6 +10,7 @@ mod friends;
 mod helpers;
 #[cfg(feature = "kurrentdb")]
 mod kurrentdb;
+mod leaks;
 mod messages;
 mod metrics;
 mod ops;

@@ -9,7 +9,7 @@
 //! registers with the hub before it replays, and live events at or below the replayed position
 //! are dropped, so nothing is missed or repeated at the seam.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
+use crate::chat::view::event_view;
 use crate::chat::{Chat, ChatError, Result};
 use crate::live::frames::{MessageNotice, Notification};
 use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
@@ -99,7 +100,7 @@ impl Sse {
                     &recorded.data,
                 )
                 .ok()?;
-                Some((recorded.position, recorded.version, room, event))
+                Some((recorded, room, event))
             }));
         }
         let mut rooms: HashSet<RoomId> = rooms.into_iter().collect();
@@ -111,10 +112,10 @@ impl Sse {
             _ => None,
         };
         // Undo what happened between `after` and the checkpoint.
-        for (_, _, room, event) in events
+        for (_, room, event) in events
             .iter()
             .rev()
-            .filter(|e| e.0 > after && e.0 <= checkpoint)
+            .filter(|e| e.0.position > after && e.0.position <= checkpoint)
         {
             match membership(event) {
                 Some(true) => rooms.remove(room),
@@ -122,8 +123,9 @@ impl Sse {
                 None => false,
             };
         }
-        for (pos, seq, room, event) in events {
-            if pos <= after {
+        let mut notices = Vec::new();
+        for (recorded, room, event) in events {
+            if recorded.position <= after {
                 // Between the checkpoint and `after`: only membership matters.
                 match membership(&event) {
                     Some(true) => rooms.insert(room),
@@ -139,22 +141,33 @@ impl Sse {
                 (Some(false), _) => {
                     rooms.remove(&room);
                 }
-                (
-                    None,
-                    Event::MessageSent {
-                        sender_id, body, ..
-                    },
-                ) if sender_id != me && rooms.contains(&room) => {
-                    self.pending
-                        .push_back(Notification::Message(MessageNotice::new(
-                            room,
-                            seq,
-                            pos,
-                            sender_id,
-                            body.as_str(),
-                        )));
+                (None, event @ Event::MessageSent { sender_id, .. })
+                    if sender_id != me && rooms.contains(&room) =>
+                {
+                    notices.push((recorded, room, event));
                 }
                 _ => {}
+            }
+        }
+        // Read back from the log, so shown as the messages stand now: a message deleted since
+        // is not notified, an edited one previews its current text.
+        let mut by_room: HashMap<RoomId, Vec<&Event>> = HashMap::new();
+        for (_, room, event) in &notices {
+            by_room.entry(*room).or_default().push(event);
+        }
+        let mut now = HashMap::new();
+        for (room, events) in by_room {
+            now.insert(room, self.chat.messages_now(room, events).await?);
+        }
+        for (recorded, room, event) in &notices {
+            let view = event_view(
+                event,
+                recorded.version,
+                recorded.recorded_at,
+                now.get(room).and_then(|n| n.of(event)),
+            );
+            if let Some(notice) = MessageNotice::of(*room, recorded, event, &view) {
+                self.pending.push_back(Notification::Message(notice));
             }
         }
         self.replayed_to = position.max(after);

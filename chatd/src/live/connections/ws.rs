@@ -280,24 +280,35 @@ impl Connection {
                 .read_stream(&stream, next, CATCH_UP_PAGE)
                 .await?;
             let n = page.len();
-            for recorded in page {
-                if until.is_some_and(|u| recorded.version > u) {
-                    return Ok(());
-                }
-                // As live: an event the hub cannot decode is not delivered (it logs it).
-                if let Ok(event) = Event::decode(
-                    &recorded.event_type,
-                    recorded.schema_version,
-                    &recorded.data,
-                ) {
-                    let frame = EventFrame::new(room, &recorded, &event);
+            let page: Vec<_> = page
+                .into_iter()
+                .take_while(|recorded| until.is_none_or(|u| recorded.version <= u))
+                .map(|recorded| {
+                    // As live: an event the hub cannot decode is not delivered (it logs it).
+                    let event = Event::decode(
+                        &recorded.event_type,
+                        recorded.schema_version,
+                        &recorded.data,
+                    );
+                    (recorded, event.ok())
+                })
+                .collect();
+            let done = n < CATCH_UP_PAGE || page.len() < n;
+            // Read back from the log, so shown as the messages stand now.
+            let now = self
+                .chat
+                .messages_now(room, page.iter().filter_map(|(_, e)| e.as_ref()))
+                .await?;
+            for (recorded, event) in page {
+                if let Some(event) = event {
+                    let frame = EventFrame::new(room, &recorded, &event, now.of(&event));
                     sink.send(Message::Text(frame.text.to_string())).await?;
                     delivered();
                 }
                 self.sent.insert(room, recorded.version);
                 next = recorded.version + 1;
             }
-            if n < CATCH_UP_PAGE {
+            if done {
                 return Ok(());
             }
         }
