@@ -205,6 +205,14 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
                     .execute(params![user.0, friend_id.0])?;
             }
         }
+        Event::SessionEnded { .. } => {
+            if let Some(session) = streams::session_of(stream) {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ended_sessions (session_id, ended_at) VALUES (?1, ?2)",
+                )?
+                .execute(params![session.0, at])?;
+            }
+        }
         // Markers only move forward, and only for current members (a read that raced a leave
         // is dropped with the membership).
         Event::ReadMarkerMoved {

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use schema::{MessageId, RoomId, UserId};
+use schema::{MessageId, RoomId, SessionId, UserId};
 use uuid::Uuid;
 
 use crate::Result;
@@ -391,9 +391,11 @@ pub struct Relations {
     pub members: Vec<(RoomId, UserId)>,
     /// (user, a friend on their list).
     pub friends: Vec<(UserId, UserId)>,
+    /// Sessions that have ended, and when.
+    pub ended_sessions: Vec<(SessionId, DateTime<Utc>)>,
 }
 
-/// [`Relations`], read in one snapshot (scans both tables: once per start).
+/// [`Relations`], read in one snapshot (scans the tables: once per start).
 pub fn relations(c: &Connection) -> Result<Relations> {
     let tx = c.unchecked_transaction()?;
     let position = crate::apply::checkpoint(&tx)?;
@@ -405,10 +407,15 @@ pub fn relations(c: &Connection) -> Result<Relations> {
         .prepare("SELECT user_id, friend_id FROM friends")?
         .query_map([], |r| Ok((UserId(r.get(0)?), UserId(r.get(1)?))))?
         .collect::<rusqlite::Result<_>>()?;
+    let ended_sessions = tx
+        .prepare("SELECT session_id, ended_at FROM ended_sessions")?
+        .query_map([], |r| Ok((SessionId(r.get(0)?), micros(r.get(1)?))))?
+        .collect::<rusqlite::Result<_>>()?;
     tx.commit()?;
     Ok(Relations {
         position,
         members,
         friends,
+        ended_sessions,
     })
 }

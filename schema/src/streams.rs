@@ -27,6 +27,11 @@ pub fn user_of(stream: &str) -> Option<UserId> {
     stream.strip_prefix("user-")?.parse().ok().map(UserId)
 }
 
+/// The session a `session-<id>` stream belongs to.
+pub fn session_of(stream: &str) -> Option<SessionId> {
+    stream.strip_prefix("session-")?.parse().ok().map(SessionId)
+}
+
 /// The room a stream belongs to, if it is a room stream.
 pub fn room_of(stream: &str) -> Option<RoomId> {
     stream.strip_prefix(ROOM_PREFIX)?.parse().ok().map(RoomId)

@@ -63,6 +63,12 @@ error_codes! {
     // ---- the request itself
     /// No valid access token.
     Unauthorized => 401, "unauthorized";
+    /// The access token's session has ended (logout, refresh-token reuse, revocation): log
+    /// in again.
+    SessionEnded => 401, "session_ended";
+    /// A live connection's access token expired and no fresh one came in an `auth` frame
+    /// (a close reason, never an HTTP response).
+    TokenExpired => 401, "token_expired";
     InvalidParameter => 400, "invalid_parameter";
     InvalidBody => 400, "invalid_body";
     InvalidPath => 400, "invalid_path";

@@ -12,6 +12,7 @@ use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 use schema::UserId;
 use tracing::Instrument;
 
+use crate::chat::auth::Claims;
 use crate::chat::{Chat, Code, Search};
 use crate::live::Hub;
 use crate::ops::health::Readiness;
@@ -46,9 +47,9 @@ enum Tag {
     Search,
 }
 
-/// The authenticated caller.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub UserId);
+/// The authenticated caller, and the claims of the access token they presented.
+#[derive(Debug, Clone)]
+pub struct Caller(pub UserId, pub Claims);
 
 /// A bearer access token from `POST /v1/auth/login`.
 #[derive(Debug, SecurityScheme)]
@@ -56,12 +57,18 @@ pub struct Caller(pub UserId);
 pub struct BearerAuth(pub Caller);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    caller(req, &bearer.token)
+}
+
+/// The caller an access token names: 401 `unauthorized` for a missing, malformed, forged or
+/// expired one, 401 `session_ended` once its session has ended.
+pub(crate) fn caller(req: &Request, token: &str) -> poem::Result<Caller> {
     let chat = req
         .data::<Arc<Chat>>()
         .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&bearer.token) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
+    match chat.auth().verify_access(token) {
+        Ok(claims) => Ok(Caller(UserId(claims.sub), claims)),
+        Err(refusal) => Err(ApiError::from(refusal).into()),
     }
 }
 

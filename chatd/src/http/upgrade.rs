@@ -12,7 +12,6 @@ use poem_openapi::payload::EventStream;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
-use schema::UserId;
 
 use super::{ApiError, BearerAuth, Caller, Tag};
 use crate::chat::Chat;
@@ -40,13 +39,7 @@ pub struct Api {
 pub struct QueryToken(Caller);
 
 async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Caller> {
-    let chat = req
-        .data::<Arc<Chat>>()
-        .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&key.key) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
-    }
+    super::caller(req, &key.key)
 }
 
 /// A bearer header or the `access_token` query parameter.
@@ -57,9 +50,9 @@ pub enum LiveAuth {
 }
 
 impl LiveAuth {
-    fn user(&self) -> UserId {
+    fn caller(self) -> Caller {
         match self {
-            Self::Bearer(BearerAuth(c)) | Self::Query(QueryToken(c)) => c.0,
+            Self::Bearer(BearerAuth(c)) | Self::Query(QueryToken(c)) => c,
         }
     }
 }
@@ -115,15 +108,15 @@ impl Api {
     /// presence. A missing or bad token is refused here with 401; no socket is served.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
-        let (chat, hub, user, rate) = (
+        let (chat, hub, Caller(_, claims), rate) = (
             self.chat.clone(),
             self.hub.clone(),
-            auth.user(),
+            auth.caller(),
             self.ws_rate,
         );
         let upgraded = socket
             .config(ws::socket_config())
-            .on_upgrade(move |stream| ws::serve(chat, hub, user, rate, stream));
+            .on_upgrade(move |stream| ws::serve(chat, hub, claims, rate, stream));
         Ok(Upgrade(upgraded.into_response()))
     }
 
@@ -137,13 +130,10 @@ impl Api {
         auth: LiveAuth,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<u64>>,
     ) -> Result<Notifications, ApiError> {
-        let stream = sse::notifications(
-            self.chat.clone(),
-            self.hub.clone(),
-            auth.user(),
-            last_event_id.0,
-        )
-        .await?;
+        let Caller(_, claims) = auth.caller();
+        let stream =
+            sse::notifications(self.chat.clone(), self.hub.clone(), claims, last_event_id.0)
+                .await?;
         Ok(EventStream::new(stream)
             .keep_alive(sse::HEARTBEAT)
             .to_event(|n| match n {
@@ -151,6 +141,7 @@ impl Api {
                 Notification::Message(m) => Event::message(m.to_json_string())
                     .event_type("message")
                     .id(m.position.to_string()),
+                Notification::Closed(c) => Event::message(c.to_json_string()).event_type("closed"),
             }))
     }
 }

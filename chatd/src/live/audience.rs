@@ -101,6 +101,7 @@ mod tests {
             position: 0,
             members: vec![(room, a), (room, b)],
             friends: vec![(c, a)],
+            ended_sessions: Vec::new(),
         });
         let everyone = |_| true;
         assert_eq!(audience.watchers(a, everyone), HashSet::from([b, c]));

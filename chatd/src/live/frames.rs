@@ -62,6 +62,21 @@ pub struct TypingRequest {
 #[derive(Debug, Deserialize, Object)]
 pub struct PingFrame {}
 
+/// Re-authenticates the connection with a fresh access token of the same session (send it
+/// whenever you refresh your token): the connection then lives until that token expires
+/// instead of being closed (4002 `token_expired`) when the one it was opened with does.
+/// Refused with an `error` frame (`unauthorized`, `session_ended`) otherwise.
+#[derive(Deserialize, Object)]
+pub struct AuthFrame {
+    pub access_token: String,
+}
+
+impl std::fmt::Debug for AuthFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthFrame { .. }") // the token is a secret
+    }
+}
+
 /// A frame from the client.
 #[derive(Debug, Deserialize, Union)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -77,9 +92,11 @@ pub enum ClientFrame {
     Typing(TypingRequest),
     #[oai(mapping = "ping")]
     Ping(PingFrame),
+    #[oai(mapping = "auth")]
+    Auth(AuthFrame),
 }
 
-const CLIENT_TYPES: [&str; 5] = ["resume", "send", "read", "typing", "ping"];
+const CLIENT_TYPES: [&str; 6] = ["resume", "send", "read", "typing", "ping", "auth"];
 
 /// Why a client frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,11 +268,30 @@ impl MessageNotice {
     }
 }
 
-/// An SSE notification: the SSE `event:` is `unread` or `message`, `data:` is the object.
+/// The last event of a stream the server ends (SSE `closed` event): `code` says why —
+/// `session_ended` (log in again) or `token_expired` (reconnect with a fresh token).
+#[derive(Debug, Clone, Serialize, Object)]
+pub struct ClosedNotice {
+    pub code: String,
+    pub detail: String,
+}
+
+impl ClosedNotice {
+    pub fn new(code: Code, detail: &str) -> Self {
+        Self {
+            code: code.as_str().to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+/// An SSE notification: the SSE `event:` is `unread`, `message` or `closed`, `data:` is the
+/// object.
 #[derive(Debug, Clone, Union)]
 pub enum Notification {
     Unread(UnreadFrame),
     Message(MessageNotice),
+    Closed(ClosedNotice),
 }
 
 // ------------------------------------------------------------------ shared fan-out frames

@@ -14,6 +14,7 @@ mod leaks;
 mod messages;
 mod metrics;
 mod ops;
+mod revocation;
 mod rooms;
 mod search;
 mod security;

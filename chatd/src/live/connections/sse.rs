@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use schema::events::Event;
-use schema::{RoomId, UserId, streams};
+use schema::{RoomId, SessionId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
+use crate::chat::auth::Claims;
 use crate::chat::view::event_view;
-use crate::chat::{Chat, ChatError, Result};
-use crate::live::frames::{MessageNotice, Notification};
-use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
+use crate::chat::{Chat, ChatError, Code, Result};
+use crate::live::frames::{ClosedNotice, MessageNotice, Notification};
+use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound, Registration};
 use crate::ops::metrics::{ConnectionGauge, names};
 
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
@@ -40,18 +41,24 @@ struct Sse {
     /// Live events at or below this position were covered by the replay.
     replayed_to: u64,
     flush_at: Option<tokio::time::Instant>,
+    /// When the token the stream was opened with expires: the stream ends then.
+    expires: tokio::time::Instant,
+    /// The stream ends once `pending` is sent.
+    ending: bool,
     _open: ConnectionGauge,
 }
 
-/// The notification stream of `user`, resuming after `last_event_id` when given.
+/// The notification stream of the user of `claims`, resuming after `last_event_id` when
+/// given. It ends with a `closed` notification when the token expires or the session ends.
 pub async fn notifications(
     chat: Arc<Chat>,
     hub: Hub,
-    user: UserId,
+    claims: Claims,
     last_event_id: Option<u64>,
 ) -> Result<BoxStream<'static, Notification>> {
+    let user = UserId(claims.sub);
     let reg = hub
-        .register(user, ConnKind::Sse)
+        .register(user, SessionId(claims.sid), ConnKind::Sse)
         .await
         .ok_or(ChatError::ShuttingDown)?;
     let mut sse = Sse {
@@ -62,6 +69,8 @@ pub async fn notifications(
         pending: VecDeque::new(),
         replayed_to: 0,
         flush_at: Some(tokio::time::Instant::now()),
+        expires: super::ws::expiry(claims.exp),
+        ending: false,
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
     };
     if let Some(after) = last_event_id {
@@ -195,6 +204,13 @@ impl Sse {
         }
     }
 
+    /// Ends the stream with a `closed` notification saying why.
+    fn end(&mut self, code: Code, detail: &str) {
+        self.pending
+            .push_back(Notification::Closed(ClosedNotice::new(code, detail)));
+        self.ending = true;
+    }
+
     async fn next(mut self) -> Option<(Notification, Self)> {
         loop {
             if let Some(n) = self.pending.pop_front() {
@@ -202,6 +218,9 @@ impl Sse {
                     metrics::counter!(names::DELIVERIES, "transport" => "sse").increment(1);
                 }
                 return Some((n, self));
+            }
+            if self.ending {
+                return None;
             }
             if self.flush_at.is_none() && self.unread.is_dirty() {
                 self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
@@ -222,8 +241,17 @@ impl Sse {
                         Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
                     }
                 }
-                // `None`: too slow or shutting down; the client reconnects with Last-Event-ID.
-                item = self.reg.frames.recv() => self.on(item?),
+                () = tokio::time::sleep_until(self.expires) => {
+                    self.end(Code::TokenExpired, "the access token expired: reconnect with a fresh one");
+                }
+                item = self.reg.frames.recv() => match item {
+                    Some(item) => self.on(item),
+                    None if self.reg.reason.get() == Disconnect::SessionEnded => {
+                        self.end(Code::SessionEnded, "the session has ended: log in again");
+                    }
+                    // Too slow or shutting down: the client reconnects with Last-Event-ID.
+                    None => return None,
+                },
             }
         }
     }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
 use schema::events::Event;
-use schema::{MessageBody, RoomId, UserId, streams};
+use schema::{MessageBody, RoomId, SessionId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
+use crate::chat::auth::{Claims, TokenRefusal};
 use crate::chat::{Chat, ChatError, Code, Refusal};
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
@@ -50,18 +51,33 @@ pub fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(64 * 1024))
 }
 
-/// Serves an upgraded socket of an authenticated user.
+/// Close code: the connection's session has ended (log in again).
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
+/// Close code: the access token expired and no fresh one came in an `auth` frame (reconnect
+/// with a fresh token).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+
+/// Serves an upgraded socket of an authenticated user (`claims` of the token it presented).
 /// `rate`: frames the client may send per second (bursts of twice as many).
-pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, rate: u32, stream: WebSocketStream) {
-    if let Err(e) = Connection::run(chat, hub, user, f64::from(rate), stream).await {
+pub async fn serve(chat: Arc<Chat>, hub: Hub, claims: Claims, rate: u32, stream: WebSocketStream) {
+    if let Err(e) = Connection::run(chat, hub, claims, f64::from(rate), stream).await {
         tracing::debug!(error = %e, "websocket ended with an error");
     }
+}
+
+/// When a token expiring at `exp` (Unix seconds) expires, as a timer deadline.
+pub(super) fn expiry(exp: i64) -> tokio::time::Instant {
+    let left = (exp - chrono::Utc::now().timestamp()).max(0);
+    tokio::time::Instant::now() + Duration::from_secs(left as u64)
 }
 
 struct Connection {
     chat: Arc<Chat>,
     hub: Hub,
     user: UserId,
+    session: SessionId,
+    /// When the newest token presented expires.
+    expires: tokio::time::Instant,
     /// Last seq sent per room; rooms not present start live.
     sent: HashMap<RoomId, u64>,
     unread: UnreadPush,
@@ -101,13 +117,14 @@ impl Connection {
     async fn run(
         chat: Arc<Chat>,
         hub: Hub,
-        user: UserId,
+        claims: Claims,
         rate: f64,
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
         let (sink, mut incoming) = stream.split();
         let mut sink = Sink(sink);
-        let Some(mut reg) = hub.register(user, ConnKind::WebSocket).await else {
+        let (user, session) = (UserId(claims.sub), SessionId(claims.sid));
+        let Some(mut reg) = hub.register(user, session, ConnKind::WebSocket).await else {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
         };
@@ -116,6 +133,8 @@ impl Connection {
             chat,
             hub,
             user,
+            session,
+            expires: expiry(claims.exp),
             sent: HashMap::new(),
             unread: UnreadPush::default(),
             rate,
@@ -140,6 +159,10 @@ impl Connection {
                 flush_armed = true;
             }
             tokio::select! {
+                () = tokio::time::sleep_until(conn.expires) => {
+                    close(&mut sink, CLOSE_TOKEN_EXPIRED, Code::TokenExpired.as_str()).await;
+                    return Ok(());
+                }
                 () = &mut grace, if !live => live = true,
                 () = &mut flush, if flush_armed => {
                     flush_armed = false;
@@ -157,6 +180,7 @@ impl Connection {
                     None => {
                         let (code, why) = match reg.reason.get() {
                             Disconnect::TooSlow => (CLOSE_RESUME, "too slow: reconnect and resume"),
+                            Disconnect::SessionEnded => (CLOSE_SESSION_ENDED, Code::SessionEnded.as_str()),
                             _ => (u16::from(CloseCode::Restart), "server is restarting: resume"),
                         };
                         close(&mut sink, code, why).await;
@@ -346,6 +370,29 @@ impl Connection {
         };
         match frame {
             ClientFrame::Ping(_) => self.reply(sink, ServerFrame::Pong(PongFrame {})).await,
+            ClientFrame::Auth(auth) => {
+                let refusal = match self.chat.auth().verify_access(&auth.access_token) {
+                    Ok(claims) if claims.sub == self.user.0 && claims.sid == self.session.0 => {
+                        self.expires = expiry(claims.exp);
+                        return Ok(());
+                    }
+                    Ok(_) => Refusal::new(
+                        Code::Unauthorized,
+                        "a token of another session: open a new connection",
+                    ),
+                    Err(TokenRefusal::SessionEnded) => {
+                        Refusal::new(Code::SessionEnded, "the session has ended")
+                    }
+                    Err(TokenRefusal::Invalid) => {
+                        Refusal::new(Code::Unauthorized, "the access token is invalid or expired")
+                    }
+                };
+                self.reply(
+                    sink,
+                    ServerFrame::error(None, refusal.code, &refusal.detail),
+                )
+                .await
+            }
             ClientFrame::Resume(resume) => {
                 for (room, after) in resume.rooms {
                     let room = RoomId(room);
