@@ -36,13 +36,19 @@ const state = {
   started: false,
 };
 
-const session = new Session((data) => (data ? start() : stop()));
+const session = new Session(
+  (data) => (data ? start() : stop()),
+  // A refreshed token renews the open WebSocket in-band (else it closes when the old expires).
+  (token) => live.reauth(token),
+);
 const live = new Live({
   token: () => session.token(),
   prepare: loadRooms,
   onFrame,
   onOpen: flushPending,
   onState: showConnection,
+  // Logged out elsewhere, or the session was revoked: back to the login form.
+  onSessionEnded: () => session.clear(),
 });
 
 // ------------------------------------------------------------------ start and stop
