@@ -158,14 +158,8 @@ async fn every_operation_refuses_bad_tokens_and_outsiders() {
     // The tokens to refuse.
     let ended = {
         let tokens = api.login("alice").await;
-        let (status, _) = api
-            .call(
-                Method::POST,
-                "/v1/auth/logout",
-                None,
-                Some(json!({"refresh_token": tokens["refresh_token"]})),
-            )
-            .await;
+        let refresh = tokens["refresh_token"].as_str().unwrap();
+        let (status, _) = api.session_call("logout", refresh).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
         tokens["access_token"].as_str().unwrap().to_owned()
     };
@@ -257,12 +251,7 @@ async fn every_operation_refuses_bad_tokens_and_outsiders() {
     );
 
     // The WebSocket frames naming a room, by an outsider: each refused with an `error` frame.
-    let url = format!(
-        "{}/v1/ws?access_token={}",
-        api.base.replacen("http://", "ws://", 1),
-        outsider.token
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut ws = crate::revocation::ws(api, &outsider.token).await;
     let frames = spec["components"]["schemas"]["ClientFrame"]["discriminator"]["mapping"]
         .as_object()
         .expect("ClientFrame is a discriminated union");

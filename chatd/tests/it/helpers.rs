@@ -121,6 +121,17 @@ impl Api {
         }
     }
 
+    /// `POST /v1/auth/<action>` (`refresh` or `logout`) with a refresh token.
+    pub async fn session_call(&self, action: &str, refresh: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/auth/{action}"),
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await
+    }
+
     pub async fn create_room(&self, owner: &TestUser, name: &str, members: &[&TestUser]) -> String {
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
         let (status, body) = self

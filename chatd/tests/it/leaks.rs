@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{Api, ChatdProcess, TestUser};
+use crate::revocation::{until_pong, ws};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -32,35 +33,10 @@ async fn change(api: &Api, user: &TestUser, method: Method, path: &str, body: Op
 /// Every text frame of the WebSocket after `resume` from seq 0, up to the pong of a ping sent
 /// after it (everything the resume sends comes before that pong).
 async fn ws_resume_frames(api: &Api, user: &TestUser, room: &str) -> Vec<String> {
-    let url = format!(
-        "{}/v1/ws?access_token={}",
-        api.base.replacen("http://", "ws://", 1),
-        user.token
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("upgrade");
-    for frame in [
-        json!({"type": "resume", "rooms": {room: 0}}),
-        json!({"type": "ping"}),
-    ] {
-        ws.send(Message::text(frame.to_string())).await.unwrap();
-    }
-    let mut frames = Vec::new();
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("no error");
-        if let Message::Text(t) = msg {
-            let pong = serde_json::from_str::<Value>(&t).unwrap()["type"] == "pong";
-            frames.push(t.to_string());
-            if pong {
-                return frames;
-            }
-        }
-    }
+    let mut ws = ws(api, &user.token).await;
+    let resume = json!({"type": "resume", "rooms": {room: 0}});
+    ws.send(Message::text(resume.to_string())).await.unwrap();
+    until_pong(&mut ws).await
 }
 
 /// Every byte of the notification stream opened with `Last-Event-ID: 0`, up to its first

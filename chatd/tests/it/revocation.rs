@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,7 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn ws(api: &Api, token: &str) -> Ws {
+pub(crate) async fn ws(api: &Api, token: &str) -> Ws {
     let url = format!(
         "{}/v1/ws?access_token={token}",
         api.base.replacen("http://", "ws://", 1)
@@ -53,10 +53,21 @@ async fn closed(ws: &mut Ws) -> (u16, String) {
 
 /// Sends a ping and waits for its pong, returning the frames before it.
 async fn ping(ws: &mut Ws) -> Vec<Value> {
+    let mut frames = until_pong(ws).await;
+    frames.pop();
+    frames
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect()
+}
+
+/// Sends a ping and returns every text frame up to its pong (included): everything queued
+/// for the client before the server read the ping.
+pub(crate) async fn until_pong(ws: &mut Ws) -> Vec<String> {
     ws.send(Message::text(json!({"type": "ping"}).to_string()))
         .await
         .unwrap();
-    let mut before = Vec::new();
+    let mut frames = Vec::new();
     loop {
         let msg = tokio::time::timeout(DEADLINE, ws.next())
             .await
@@ -64,11 +75,11 @@ async fn ping(ws: &mut Ws) -> Vec<Value> {
             .expect("open")
             .expect("no error");
         if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == "pong" {
-                return before;
+            let pong = serde_json::from_str::<Value>(&t).unwrap()["type"] == "pong";
+            frames.push(t.to_string());
+            if pong {
+                return frames;
             }
-            before.push(v);
         }
     }
 }
@@ -110,13 +121,7 @@ async fn me(api: &Api, token: &str) -> (StatusCode, Value) {
 }
 
 async fn refresh(api: &Api, refresh: &str) -> (StatusCode, Value) {
-    api.call(
-        Method::POST,
-        "/v1/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await
+    api.session_call("refresh", refresh).await
 }
 
 /// A second session of `user`.
@@ -156,15 +161,7 @@ async fn logout_and_refresh_token_reuse_end_the_sessions_tokens_and_connections(
     let sse = Sse::open(&app, &alice.token).await;
     assert_eq!(me(&app, &alice.token).await.0, StatusCode::OK);
 
-    let (status, _) = app
-        .call(
-            Method::POST,
-            "/v1/auth/logout",
-            None,
-            Some(json!({"refresh_token": alice.refresh})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    logout(&app, &alice).await;
     assert_problem(
         &me(&app, &alice.token).await,
         StatusCode::UNAUTHORIZED,
@@ -294,14 +291,7 @@ async fn a_live_connection_ends_when_its_token_expires_unless_it_reauthenticates
 }
 
 async fn logout(api: &Api, user: &TestUser) {
-    let (status, body) = api
-        .call(
-            Method::POST,
-            "/v1/auth/logout",
-            None,
-            Some(json!({"refresh_token": user.refresh})),
-        )
-        .await;
+    let (status, body) = api.session_call("logout", &user.refresh).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
 
