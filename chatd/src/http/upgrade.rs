@@ -105,7 +105,9 @@ type Notifications = EventStream<futures::stream::BoxStream<'static, Notificatio
 #[OpenApi(tag = "Tag::Live")]
 impl Api {
     /// The live connection: resume, then room events, acks, unread counts, typing and
-    /// presence. A missing or bad token is refused here with 401; no socket is served.
+    /// presence. A missing or bad token is refused here with 401; no socket is served. The
+    /// socket is closed with 4001 when the session ends and 4002 when the token expires,
+    /// unless renewed by an `auth` frame.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
         let (chat, hub, Caller(_, claims), rate) = (
@@ -123,7 +125,9 @@ impl Api {
     /// Notifications as Server-Sent Events: `message` (others' new messages in your rooms;
     /// the SSE `id` is a log position) and `unread` (your counts; the first ones are a
     /// baseline of every room with unread messages). Send `Last-Event-ID` to get the
-    /// `message` events you missed. Comment lines every 15 s keep the stream alive.
+    /// `message` events you missed. Comment lines every 15 s keep the stream alive. The
+    /// stream ends with a `closed` event when the session ends (`session_ended`) or the token
+    /// expires (`token_expired`).
     #[oai(path = "/notifications", method = "get")]
     async fn notifications(
         &self,
