@@ -739,7 +739,7 @@ function onFrameError(f) {
     // reach us as soon as they are durable): try again shortly.
     state.readSent.delete(f.ref);
     setTimeout(markRead, 300);
-  } else if (f.code === 'not_a_member' || f.code === 'room_not_found') {
+  } else if (f.code === 'room_not_found') {
     reloadRoomsSoon();
   } else {
     console.warn('chatd:', f.code, f.detail);

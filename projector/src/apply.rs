@@ -3,7 +3,7 @@
 
 use eventlog::RecordedEvent;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use schema::events::Event;
+use schema::events::{Event, Role};
 use schema::streams;
 
 use crate::Result;
@@ -119,16 +119,86 @@ fn apply_room_event(
             for m in members {
                 add_member(tx, room, m.0, seq)?;
             }
+            if *kind == schema::events::RoomKind::Group {
+                set_role(tx, room, created_by.0, Role::Owner)?;
+            }
         }
-        Event::MemberJoined { user_id, .. } => add_member(tx, room, user_id.0, seq)?,
-        Event::MemberLeft { user_id } => {
-            let n = tx
-                .prepare_cached("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")?
+        Event::MemberJoined { user_id, .. } => {
+            add_member(tx, room, user_id.0, seq)?;
+            tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
                 .execute(params![room, user_id.0])?;
+        }
+        Event::MemberLeft { user_id } | Event::MemberKicked { user_id, .. } => {
+            remove_member(tx, room, user_id.0)?;
+        }
+        Event::MemberBanned { user_id, .. } => {
+            remove_member(tx, room, user_id.0)?;
+            tx.prepare_cached("INSERT OR IGNORE INTO bans (room_id, user_id) VALUES (?1, ?2)")?
+                .execute(params![room, user_id.0])?;
+            tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room, user_id.0])?;
+        }
+        Event::MemberUnbanned { user_id, .. } => {
+            tx.prepare_cached("DELETE FROM bans WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room, user_id.0])?;
+        }
+        Event::InvitationPending {
+            user_id,
+            invited_by,
+        } => {
             tx.prepare_cached(
-                "UPDATE rooms SET member_count = member_count - ?2 WHERE room_id = ?1",
+                "INSERT OR IGNORE INTO invitations (room_id, user_id, invited_by, at)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![room, n as i64])?;
+            .execute(params![room, user_id.0, invited_by.0, at])?;
+        }
+        Event::InvitationDeclined { user_id } => {
+            tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room, user_id.0])?;
+        }
+        Event::MemberRoleChanged { user_id, role, .. } => set_role(tx, room, user_id.0, *role)?,
+        Event::OwnershipTransferred { from, to } => {
+            set_role(tx, room, from.0, Role::Admin)?;
+            set_role(tx, room, to.0, Role::Owner)?;
+        }
+        Event::RoomSettingsChanged {
+            name,
+            topic,
+            visibility,
+            ..
+        } => {
+            if let Some(name) = name {
+                tx.prepare_cached("UPDATE rooms SET name = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, name.as_str()])?;
+            }
+            if let Some(topic) = topic {
+                let topic = Some(topic.as_str()).filter(|t| !t.is_empty());
+                tx.prepare_cached("UPDATE rooms SET topic = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, topic])?;
+            }
+            if let Some(v) = visibility {
+                tx.prepare_cached("UPDATE rooms SET visibility = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, visibility_str(*v)])?;
+            }
+        }
+        Event::RoomArchived { .. } | Event::RoomUnarchived { .. } => {
+            let archived = matches!(event, Event::RoomArchived { .. });
+            tx.prepare_cached("UPDATE rooms SET archived = ?2 WHERE room_id = ?1")?
+                .execute(params![room, archived])?;
+        }
+        // Nothing of a deleted room stays on the read side (the log keeps it, as an audit
+        // trail).
+        Event::RoomDeleted { .. } => {
+            for table in [
+                "rooms",
+                "members",
+                "timeline",
+                "messages",
+                "bans",
+                "invitations",
+            ] {
+                tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [room])?;
+            }
         }
         Event::MessageSent {
             message_id,
@@ -176,7 +246,7 @@ fn apply_room_event(
     Ok(())
 }
 
-/// Events of user and receipt streams.
+/// Events of user, receipt, friendship and session streams.
 fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event) -> Result<()> {
     match event {
         Event::UserRegistered {
@@ -191,22 +261,103 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
             )?
             .execute(params![user_id.0, username.as_str(), username.canonical(), display_name.as_str(), at])?;
         }
-        Event::FriendAdded { friend_id } => {
+        Event::ProfileUpdated {
+            display_name,
+            status_message,
+        } => {
             if let Some(user) = streams::user_of(stream) {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?1, ?2)",
-                )?
-                .execute(params![user.0, friend_id.0])?;
+                if let Some(name) = display_name {
+                    tx.prepare_cached("UPDATE users SET display_name = ?2 WHERE user_id = ?1")?
+                        .execute(params![user.0, name.as_str()])?;
+                }
+                if let Some(status) = status_message {
+                    let status = Some(status.as_str()).filter(|s| !s.is_empty());
+                    tx.prepare_cached("UPDATE users SET status_message = ?2 WHERE user_id = ?1")?
+                        .execute(params![user.0, status])?;
+                }
             }
         }
-        Event::FriendRemoved { friend_id } => {
+        Event::UserBlocked { user_id } => {
             if let Some(user) = streams::user_of(stream) {
-                tx.prepare_cached("DELETE FROM friends WHERE user_id = ?1 AND friend_id = ?2")?
-                    .execute(params![user.0, friend_id.0])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO blocks (user_id, blocked_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![user.0, user_id.0])?;
+            }
+        }
+        Event::UserUnblocked { user_id } => {
+            if let Some(user) = streams::user_of(stream) {
+                tx.prepare_cached("DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2")?
+                    .execute(params![user.0, user_id.0])?;
+            }
+        }
+        // The profile is erased; the username stays reserved (username_lc) but is not shown.
+        Event::AccountDeleted {} => {
+            if let Some(user) = streams::user_of(stream) {
+                tx.prepare_cached(
+                    "UPDATE users SET username = '', display_name = ?2, status_message = NULL,
+                         deleted = 1 WHERE user_id = ?1",
+                )?
+                .execute(params![user.0, DELETED_USER])?;
+                for sql in [
+                    "DELETE FROM blocks WHERE user_id = ?1 OR blocked_id = ?1",
+                    "DELETE FROM friends WHERE user_id = ?1 OR friend_id = ?1",
+                    "DELETE FROM friend_requests WHERE from_id = ?1 OR to_id = ?1",
+                    "DELETE FROM invitations WHERE user_id = ?1",
+                ] {
+                    tx.prepare_cached(sql)?.execute([user.0])?;
+                }
+            }
+        }
+        Event::FriendRequested { from, to } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO friend_requests (from_id, to_id, at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![from.0, to.0, at])?;
+        }
+        Event::FriendRequestAccepted { from, to }
+        | Event::FriendRequestDeclined { from, to }
+        | Event::FriendRequestCanceled { from, to } => {
+            tx.prepare_cached("DELETE FROM friend_requests WHERE from_id = ?1 AND to_id = ?2")?
+                .execute(params![from.0, to.0])?;
+            if matches!(event, Event::FriendRequestAccepted { .. }) {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?1, ?2)",
+                )?;
+                insert.execute(params![from.0, to.0])?;
+                insert.execute(params![to.0, from.0])?;
+            }
+        }
+        Event::Unfriended { by, other } => {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM friends WHERE user_id = ?1 AND friend_id = ?2")?;
+            delete.execute(params![by.0, other.0])?;
+            delete.execute(params![other.0, by.0])?;
+        }
+        Event::SessionStarted {
+            session_id,
+            user_id,
+            expires_at,
+            ..
+        } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO sessions (session_id, user_id, started_at, last_used_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?3, ?4)",
+            )?
+            .execute(params![session_id.0, user_id.0, at, expires_at.timestamp_micros()])?;
+        }
+        Event::SessionRefreshed { expires_at, .. } => {
+            if let Some(session) = streams::session_of(stream) {
+                tx.prepare_cached(
+                    "UPDATE sessions SET last_used_at = ?2, expires_at = ?3 WHERE session_id = ?1",
+                )?
+                .execute(params![session.0, at, expires_at.timestamp_micros()])?;
             }
         }
         Event::SessionEnded { .. } => {
             if let Some(session) = streams::session_of(stream) {
+                tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                    .execute([session.0])?;
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO ended_sessions (session_id, ended_at) VALUES (?1, ?2)",
                 )?
@@ -227,6 +378,24 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// What a deleted account's name shows as.
+pub const DELETED_USER: &str = "Deleted user";
+
+fn remove_member(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid) -> Result<()> {
+    let n = tx
+        .prepare_cached("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")?
+        .execute(params![room, user])?;
+    tx.prepare_cached("UPDATE rooms SET member_count = member_count - ?2 WHERE room_id = ?1")?
+        .execute(params![room, n as i64])?;
+    Ok(())
+}
+
+fn set_role(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid, role: Role) -> Result<()> {
+    tx.prepare_cached("UPDATE members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2")?
+        .execute(params![room, user, role.as_str()])?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -87,6 +87,58 @@ CREATE TABLE ended_sessions (
 ) WITHOUT ROWID;
 "#;
 
+/// Step 4: room administration, account management, friendships with consent, sessions.
+/// (`friends` now holds accepted friendships, both directions.)
+const SCHEMA_ADMIN: &str = r#"
+ALTER TABLE users ADD COLUMN status_message TEXT;
+ALTER TABLE users ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rooms ADD COLUMN topic TEXT;
+ALTER TABLE rooms ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+-- 'owner', 'admin' or 'member'.
+ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
+
+CREATE TABLE bans (
+    room_id BLOB NOT NULL,
+    user_id BLOB NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+
+-- Invitations waiting for the invitee's consent.
+CREATE TABLE invitations (
+    room_id    BLOB NOT NULL,
+    user_id    BLOB NOT NULL,
+    invited_by BLOB NOT NULL,
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX invitations_by_user ON invitations (user_id);
+
+CREATE TABLE blocks (
+    user_id    BLOB NOT NULL,
+    blocked_id BLOB NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+) WITHOUT ROWID;
+CREATE INDEX blocks_by_blocked ON blocks (blocked_id, user_id);
+
+CREATE TABLE friend_requests (
+    from_id BLOB NOT NULL,
+    to_id   BLOB NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (from_id, to_id)
+) WITHOUT ROWID;
+CREATE INDEX friend_requests_to ON friend_requests (to_id, from_id);
+
+-- Live login sessions (an ended session's row is deleted).
+CREATE TABLE sessions (
+    session_id   BLOB PRIMARY KEY,
+    user_id      BLOB NOT NULL,
+    started_at   INTEGER NOT NULL,
+    last_used_at INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_user ON sessions (user_id);
+"#;
+
 /// The read-model database: a write connection for the runner, a pool of readers for queries.
 #[derive(Debug, Clone)]
 pub struct ReadModels {
@@ -130,6 +182,7 @@ impl ReadModels {
         configure(&writer)?;
         if fresh {
             writer.execute_batch(SCHEMA)?;
+            writer.execute_batch(SCHEMA_ADMIN)?;
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
         }

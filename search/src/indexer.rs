@@ -36,7 +36,14 @@ const MAX_BATCH: usize = 4_096;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The events that change the index; the others only move its checkpoint.
-const MESSAGE_EVENTS: [&str; 3] = ["message_sent", "message_edited", "message_deleted"];
+/// The events the index follows: message changes, and a room's deletion (which takes every
+/// message of the room out).
+const MESSAGE_EVENTS: [&str; 4] = [
+    "message_sent",
+    "message_edited",
+    "message_deleted",
+    "room_deleted",
+];
 
 /// How the indexer batches its work.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +191,21 @@ impl Writer {
                     .delete_term(Term::from_field_bytes(fields.message_id, id.as_bytes()));
                 self.added.remove(&id);
                 self.deleted.insert(id);
+                self.uncommitted += 1;
+            }
+            Event::RoomDeleted { .. } => {
+                self.writer
+                    .delete_term(Term::from_field_bytes(fields.room_id, room.0.as_bytes()));
+                let gone: Vec<Uuid> = self
+                    .added
+                    .iter()
+                    .filter(|(_, m)| m.room == room.0)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    self.added.remove(&id);
+                    self.deleted.insert(id);
+                }
                 self.uncommitted += 1;
             }
             _ => {}

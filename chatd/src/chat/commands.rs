@@ -212,12 +212,31 @@ impl Chat {
         room: RoomId,
         command: RoomCommand,
     ) -> Result<Executed> {
+        self.room_command_by(room, command, None).await
+    }
+
+    /// [`Self::room_command`]; with `dm_sender`, refused with `blocked` when the room is a
+    /// direct room whose other member is in a block with the sender (checked under the room's
+    /// lock from the cached state, so a group room costs nothing more).
+    pub(super) async fn room_command_by(
+        &self,
+        room: RoomId,
+        command: RoomCommand,
+        dm_sender: Option<UserId>,
+    ) -> Result<Executed> {
         let slot = self.room_slot(room);
         let executed = {
             let mut loaded = slot.lock().await;
-            let result = self
-                .execute(&streams::room(room), &mut loaded, &command)
-                .await;
+            let result = match self
+                .refuse_blocked_dm(room, &mut loaded, &command, dm_sender)
+                .await
+            {
+                Ok(()) => {
+                    self.execute(&streams::room(room), &mut loaded, &command)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let exists = loaded.as_ref().is_some_and(|l| l.state.created.is_some());
             drop(loaded);
             if !exists {
@@ -228,6 +247,44 @@ impl Chat {
         };
         self.await_projection(executed.position).await;
         Ok(executed)
+    }
+
+    async fn refuse_blocked_dm(
+        &self,
+        room: RoomId,
+        loaded: &mut Option<Loaded<RoomAggregate>>,
+        command: &RoomCommand,
+        sender: Option<UserId>,
+    ) -> Result<()> {
+        let Some(sender) = sender else {
+            return Ok(());
+        };
+        if loaded.is_none() {
+            self.catch_up(&streams::room(room), loaded).await?;
+        }
+        let state = loaded.as_ref().map(|l| &l.state);
+        // A retry of a send that was stored gets its original answer, as in the aggregate.
+        if let RoomCommand::Send { message_id, .. } = command
+            && state.is_some_and(|s| {
+                s.messages
+                    .get(message_id)
+                    .is_some_and(|m| m.sender_id == sender)
+            })
+        {
+            return Ok(());
+        }
+        let direct = state
+            .and_then(|s| s.created)
+            .is_some_and(|c| c.kind == schema::events::RoomKind::Direct);
+        let peer = state
+            .filter(|_| direct)
+            .and_then(|s| s.members.iter().copied().find(|m| *m != sender));
+        match peer {
+            Some(peer) if self.blocked_either(sender, peer).await? => {
+                Err(schema::DomainError::Blocked.into())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn room_slot(&self, room: RoomId) -> RoomSlot {

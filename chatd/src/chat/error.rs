@@ -58,6 +58,20 @@ error_codes! {
     /// Unknown username or wrong password (deliberately not told apart).
     InvalidCredentials => 401, "invalid_credentials";
     InvalidQuery => 400, "invalid_query";
+    /// Your role in the room is too low for this (or not above the member's).
+    InsufficientRole => 403, "insufficient_role";
+    /// The user is banned from the room.
+    Banned => 403, "banned";
+    /// The room is archived: read-only until the owner unarchives it.
+    RoomArchived => 409, "room_archived";
+    /// One of you has blocked the other.
+    Blocked => 403, "blocked";
+    /// The current password given to confirm a change is wrong.
+    WrongPassword => 403, "wrong_password";
+    MemberNotFound => 404, "member_not_found";
+    SessionNotFound => 404, "session_not_found";
+    FriendRequestNotFound => 404, "friend_request_not_found";
+    InvitationNotFound => 404, "invitation_not_found";
     InvalidCursor => 400, "invalid_cursor";
 
     // ---- the request itself
@@ -160,12 +174,21 @@ fn domain_code(e: &DomainError) -> Code {
         }
         DomainError::NotFound("message") => Code::MessageNotFound,
         DomainError::NotFound("user") => Code::UserNotFound,
+        DomainError::NotFound("member") => Code::MemberNotFound,
+        DomainError::NotFound("session") => Code::SessionNotFound,
+        DomainError::NotFound("friend request") => Code::FriendRequestNotFound,
+        DomainError::NotFound("invitation") => Code::InvitationNotFound,
         DomainError::NotFound(_) => Code::NotFound,
         DomainError::NotAllowed(_) => Code::NotAllowed,
         DomainError::NotTheSender => Code::NotTheSender,
         DomainError::DirectWithSelf => Code::DirectWithSelf,
         DomainError::InvalidRefreshToken => Code::InvalidRefreshToken,
         DomainError::RefreshTokenReused => Code::RefreshTokenReused,
+        DomainError::InsufficientRole => Code::InsufficientRole,
+        DomainError::Banned => Code::Banned,
+        DomainError::RoomArchived => Code::RoomArchived,
+        DomainError::Blocked => Code::Blocked,
+        DomainError::WrongPassword => Code::WrongPassword,
     }
 }
 

@@ -64,13 +64,18 @@ impl Chat {
             Some(key) => MessageId::for_client_msg(room, actor, key),
             None => MessageId::new(),
         };
+
         let command = RoomCommand::Send {
             sender: actor,
             message_id,
             body,
             client_msg_id,
         };
-        let append = self.room_command(room, command).await?.append;
+        // No direct messages between people where one has blocked the other.
+        let append = self
+            .room_command_by(room, command, Some(actor))
+            .await?
+            .append;
         let append = append.ok_or_else(|| ChatError::Internal("a send appended nothing".into()))?;
         if !append.duplicate {
             metrics::counter!(names::MESSAGES_SENT).increment(1);

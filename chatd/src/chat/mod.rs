@@ -30,7 +30,7 @@ pub use auth::Auth;
 pub use error::{ChatError, Code, Refusal, Result};
 pub use messages::{Changed, History, Sent};
 pub use presence::Presence;
-pub use rooms::RoomDetail;
+pub use rooms::{Admin, RoomDetail};
 pub use search::{Search, SearchParams};
 
 /// The chat's use cases over the log and the read models. One per node, shared by every

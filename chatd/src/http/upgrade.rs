@@ -110,7 +110,7 @@ impl Api {
     /// unless renewed by an `auth` frame.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
-        let (chat, hub, Caller(_, claims), rate) = (
+        let (chat, hub, caller, rate) = (
             self.chat.clone(),
             self.hub.clone(),
             auth.caller(),
@@ -118,7 +118,7 @@ impl Api {
         );
         let upgraded = socket
             .config(ws::socket_config())
-            .on_upgrade(move |stream| ws::serve(chat, hub, claims, rate, stream));
+            .on_upgrade(move |stream| ws::serve(chat, hub, caller, rate, stream));
         Ok(Upgrade(upgraded.into_response()))
     }
 
@@ -134,10 +134,13 @@ impl Api {
         auth: LiveAuth,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<u64>>,
     ) -> Result<Notifications, ApiError> {
-        let Caller(_, claims) = auth.caller();
-        let stream =
-            sse::notifications(self.chat.clone(), self.hub.clone(), claims, last_event_id.0)
-                .await?;
+        let stream = sse::notifications(
+            self.chat.clone(),
+            self.hub.clone(),
+            auth.caller(),
+            last_event_id.0,
+        )
+        .await?;
         Ok(EventStream::new(stream)
             .keep_alive(sse::HEARTBEAT)
             .to_event(|n| match n {

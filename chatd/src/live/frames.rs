@@ -199,6 +199,24 @@ pub struct PresenceFrame {
     pub online: bool,
 }
 
+/// A friendship changed: `status` is where it stands now, as you see it.
+#[derive(Debug, Serialize, Object)]
+pub struct FriendFrame {
+    /// The other person.
+    pub user_id: Uuid,
+    /// `incoming_request` (they asked you), `outgoing_request` (you asked them), `friends`,
+    /// or `none` (declined, cancelled or ended).
+    pub status: String,
+}
+
+/// Someone you have blocked invited you into a room: join (`POST /v1/rooms/{room_id}/join`)
+/// to accept, or decline.
+#[derive(Debug, Serialize, Object)]
+pub struct InvitationFrame {
+    pub room_id: Uuid,
+    pub invited_by: Uuid,
+}
+
 /// A frame from the server.
 #[derive(Debug, Serialize, Union)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -218,6 +236,10 @@ pub enum ServerFrame {
     Typing(TypingFrame),
     #[oai(mapping = "presence")]
     Presence(PresenceFrame),
+    #[oai(mapping = "friend")]
+    Friend(FriendFrame),
+    #[oai(mapping = "invitation")]
+    Invitation(InvitationFrame),
 }
 
 impl ServerFrame {
@@ -315,8 +337,10 @@ pub struct EventFrame {
     pub position: u64,
     pub text: Arc<str>,
     pub unread: UnreadEffect,
-    /// For `member_left`: who left.
+    /// For `member_left`, `member_kicked`, `member_banned`: who is no longer a member.
     pub leaver: Option<UserId>,
+    /// `room_deleted`: nobody is a member any more.
+    pub room_deleted: bool,
     /// For `message_sent`: the SSE notification.
     pub notice: Option<Arc<MessageNotice>>,
 }
@@ -337,13 +361,14 @@ impl EventFrame {
             Event::MessageDeleted { .. }
             | Event::MemberJoined { .. }
             | Event::MemberLeft { .. }
+            | Event::MemberKicked { .. }
+            | Event::MemberBanned { .. }
+            | Event::RoomDeleted { .. }
             | Event::RoomCreated { .. } => UnreadEffect::All,
             _ => UnreadEffect::None,
         };
-        let leaver = match event {
-            Event::MemberLeft { user_id } => Some(*user_id),
-            _ => None,
-        };
+        let leaver = schema::room::removed_member(event);
+        let room_deleted = matches!(event, Event::RoomDeleted { .. });
         let view = event_view(event, recorded.version, recorded.recorded_at, now);
         let notice = MessageNotice::of(room, recorded, event, &view).map(Arc::new);
         let frame = ServerFrame::Event(EventBody {
@@ -358,8 +383,14 @@ impl EventFrame {
             text: frame.text().into(),
             unread,
             leaver,
+            room_deleted,
             notice,
         }
+    }
+
+    /// Whether `user` is no longer a member of the room after this event.
+    pub fn removes(&self, user: UserId) -> bool {
+        self.room_deleted || self.leaver == Some(user)
     }
 
     /// Whether this event may change `user`'s unread count.

@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::audience::Audience;
-use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
+use super::frames::{
+    EventFrame, FriendFrame, InvitationFrame, PresenceFrame, ServerFrame, TypingFrame,
+};
 use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::{Effect, TYPING_EVERY, Tracker};
 use crate::chat::auth::Revoked;
@@ -516,15 +518,33 @@ impl State {
         };
         let Some(room) = streams::room_of(&recorded.stream) else {
             match event {
-                Event::FriendAdded { friend_id } => {
+                Event::UserBlocked { user_id } | Event::UserUnblocked { user_id } => {
                     if let Some(user) = streams::user_of(&recorded.stream) {
-                        self.audience.follow(user, friend_id);
+                        let on = matches!(event, Event::UserBlocked { .. });
+                        self.audience.block(user, user_id, on);
                     }
                 }
-                Event::FriendRemoved { friend_id } => {
-                    if let Some(user) = streams::user_of(&recorded.stream) {
-                        self.audience.unfollow(user, friend_id);
-                    }
+                Event::FriendRequested { from, to }
+                | Event::FriendRequestAccepted { from, to }
+                | Event::FriendRequestDeclined { from, to }
+                | Event::FriendRequestCanceled { from, to } => {
+                    let (for_from, for_to) = match event {
+                        Event::FriendRequested { .. } => ("outgoing_request", "incoming_request"),
+                        Event::FriendRequestAccepted { .. } => {
+                            self.audience.follow(from, to);
+                            self.audience.follow(to, from);
+                            ("friends", "friends")
+                        }
+                        _ => ("none", "none"),
+                    };
+                    self.tell_friend(from, to, for_from);
+                    self.tell_friend(to, from, for_to);
+                }
+                Event::Unfriended { by, other } => {
+                    self.audience.unfollow(by, other);
+                    self.audience.unfollow(other, by);
+                    self.tell_friend(by, other, "none");
+                    self.tell_friend(other, by, "none");
                 }
                 Event::SessionEnded { .. } => {
                     if let Some(session) = Revoked::ended_by(&recorded.stream, &event) {
@@ -546,8 +566,8 @@ impl State {
             }
             return;
         };
-        // Joins take effect before delivery (the newcomer sees their join), leaves after (the
-        // leaver sees their leave).
+        // Joins take effect before delivery (the newcomer sees their join), removals after (who
+        // leaves, is kicked or banned, sees it, and nothing after it).
         match &event {
             Event::RoomCreated { members, .. } => {
                 for user in members {
@@ -558,9 +578,34 @@ impl State {
             _ => {}
         }
         self.deliver(room, recorded, &event);
-        if let Event::MemberLeft { user_id } = event {
-            self.audience.leave(room, user_id);
+        if let Some(user) = schema::room::removed_member(&event) {
+            self.audience.leave(room, user);
         }
+        match event {
+            Event::RoomDeleted { .. } => self.audience.close(room),
+            Event::InvitationPending {
+                user_id,
+                invited_by,
+            } => {
+                let text = ServerFrame::Invitation(InvitationFrame {
+                    room_id: room.0,
+                    invited_by: invited_by.0,
+                })
+                .text();
+                self.notify([user_id], &text.into());
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells `user`'s WebSocket connections where their friendship with `other` stands.
+    fn tell_friend(&mut self, user: UserId, other: UserId, status: &str) {
+        let text = ServerFrame::Friend(FriendFrame {
+            user_id: other.0,
+            status: status.to_owned(),
+        })
+        .text();
+        self.notify([user], &text.into());
     }
 
     /// Lets go of every connection (the server is stopping, or the hub lost the log).
@@ -678,6 +723,7 @@ mod tests {
             members,
             friends: Vec::new(),
             ended_sessions: Vec::new(),
+            blocks: Vec::new(),
         };
         State::new(&relations, Presence::default(), &settings)
     }

@@ -132,6 +132,25 @@ impl Api {
         .await
     }
 
+    /// `a` asks `b` to be friends and `b` accepts: they see each other's presence.
+    pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
+        let (status, body) = self
+            .post("/v1/friends/requests", &a.token, json!({"user_id": b.id}))
+            .await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("requested"))
+        );
+        let (status, body) = self
+            .post(
+                &format!("/v1/friends/requests/{}/accept", a.id),
+                &b.token,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+
     pub async fn create_room(&self, owner: &TestUser, name: &str, members: &[&TestUser]) -> String {
         let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
         let (status, body) = self

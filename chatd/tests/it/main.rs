@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod accounts;
+mod admin;
 mod authz;
 mod cluster;
 mod crash;

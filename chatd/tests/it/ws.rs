@@ -644,16 +644,7 @@ async fn presence_goes_online_at_once_offline_after_the_grace_and_flapping_does_
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let room = app.create_room(&alice, "presence", &[&bob]).await;
-    let (status, _) = app
-        .api
-        .call(
-            Method::PUT,
-            &format!("/v1/friends/{}", alice.id),
-            Some(&bob.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.befriend(&bob, &alice).await;
     let mut b = connect(&app.api, &bob).await;
     b.send(json!({"type": "resume"})).await;
     assert!(!online(&app, &bob, &alice).await);

@@ -141,6 +141,7 @@ impl World {
                     RoomCommand::Invite {
                         by,
                         users: vec![self.users[user]],
+                        consent_needed: vec![],
                     },
                 )
                 .await;

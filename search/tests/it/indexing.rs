@@ -34,6 +34,22 @@ async fn edits_replace_the_text_and_deletes_remove_the_message() {
 }
 
 #[tokio::test]
+async fn a_deleted_room_takes_its_messages_out_and_no_other_room_s() {
+    let h = Harness::new().await;
+    let (gone, kept) = (RoomId::new(), RoomId::new());
+    h.send(gone, "apple one").await;
+    h.caught_up().await; // one indexed and committed before, one still pending
+    h.send(gone, "apple two").await;
+    h.send(kept, "apple three").await;
+    h.delete_room(gone).await;
+    h.caught_up().await;
+    assert!(h.ids("apple", &[gone]).is_empty());
+    assert_eq!(h.ids("apple", &[gone, kept]).len(), 1);
+    assert_eq!(h.index.num_docs(), 1);
+    h.close().await;
+}
+
+#[tokio::test]
 async fn send_edit_and_delete_in_one_batch_end_as_the_log_says() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = Harness::open(tmp.path()).await;

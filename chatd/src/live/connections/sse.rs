@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use schema::events::Event;
-use schema::{RoomId, SessionId, UserId, streams};
+use schema::{RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
-use crate::chat::auth::Claims;
 use crate::chat::view::event_view;
 use crate::chat::{Chat, ChatError, Code, Result};
+use crate::http::Caller;
 use crate::live::frames::{ClosedNotice, MessageNotice, Notification};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound, Registration};
 use crate::ops::metrics::{ConnectionGauge, names};
@@ -48,17 +48,16 @@ struct Sse {
     _open: ConnectionGauge,
 }
 
-/// The notification stream of the user of `claims`, resuming after `last_event_id` when
-/// given. It ends with a `closed` notification when the token expires or the session ends.
+/// The notification stream of `caller`, resuming after `last_event_id` when given. It ends
+/// with a `closed` notification when the token expires or the session ends.
 pub async fn notifications(
     chat: Arc<Chat>,
     hub: Hub,
-    claims: Claims,
+    Caller(user, session, expires): Caller,
     last_event_id: Option<u64>,
 ) -> Result<BoxStream<'static, Notification>> {
-    let user = UserId(claims.sub);
     let reg = hub
-        .register(user, SessionId(claims.sid), ConnKind::Sse)
+        .register(user, session, ConnKind::Sse)
         .await
         .ok_or(ChatError::ShuttingDown)?;
     let mut sse = Sse {
@@ -69,7 +68,7 @@ pub async fn notifications(
         pending: VecDeque::new(),
         replayed_to: 0,
         flush_at: Some(tokio::time::Instant::now()),
-        expires: super::ws::expiry(claims.exp),
+        expires: super::ws::expiry(expires),
         ending: false,
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
     };

@@ -15,8 +15,9 @@ use schema::events::Event;
 use schema::{MessageBody, RoomId, SessionId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
-use crate::chat::auth::{Claims, TokenRefusal};
+use crate::chat::auth::TokenRefusal;
 use crate::chat::{Chat, ChatError, Code, Refusal};
+use crate::http::Caller;
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
@@ -57,10 +58,10 @@ pub const CLOSE_SESSION_ENDED: u16 = 4001;
 /// with a fresh token).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 
-/// Serves an upgraded socket of an authenticated user (`claims` of the token it presented).
+/// Serves an upgraded socket of an authenticated caller.
 /// `rate`: frames the client may send per second (bursts of twice as many).
-pub async fn serve(chat: Arc<Chat>, hub: Hub, claims: Claims, rate: u32, stream: WebSocketStream) {
-    if let Err(e) = Connection::run(chat, hub, claims, f64::from(rate), stream).await {
+pub async fn serve(chat: Arc<Chat>, hub: Hub, caller: Caller, rate: u32, stream: WebSocketStream) {
+    if let Err(e) = Connection::run(chat, hub, caller, f64::from(rate), stream).await {
         tracing::debug!(error = %e, "websocket ended with an error");
     }
 }
@@ -117,13 +118,12 @@ impl Connection {
     async fn run(
         chat: Arc<Chat>,
         hub: Hub,
-        claims: Claims,
+        Caller(user, session, expires): Caller,
         rate: f64,
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
         let (sink, mut incoming) = stream.split();
         let mut sink = Sink(sink);
-        let (user, session) = (UserId(claims.sub), SessionId(claims.sid));
         let Some(mut reg) = hub.register(user, session, ConnKind::WebSocket).await else {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
@@ -134,7 +134,7 @@ impl Connection {
             hub,
             user,
             session,
-            expires: expiry(claims.exp),
+            expires: expiry(expires),
             sent: HashMap::new(),
             unread: UnreadPush::default(),
             rate,
@@ -274,7 +274,7 @@ impl Connection {
         }
         sink.send(Message::Text(frame.text.to_string())).await?;
         delivered();
-        if frame.leaver == Some(self.user) {
+        if frame.removes(self.user) {
             // The room goes quiet; a later rejoin starts live from the join, without what
             // happened while away.
             self.sent.remove(&frame.room);
