@@ -9,7 +9,7 @@ use schema::room::RoomCommand;
 use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
 
 use super::Chat;
-use super::commands::{Executed, to_new};
+use super::commands::{Consistency, Executed, to_new};
 use super::error::{ChatError, Result};
 use super::view::stored_event_view;
 use crate::ops::metrics::names;
@@ -53,12 +53,32 @@ impl Changed {
 }
 
 impl Chat {
+    /// Sends a message and answers once the caller's reads show it (read-your-writes).
     pub async fn send(
         &self,
         actor: UserId,
         room: RoomId,
         body: MessageBody,
         client_msg_id: Option<String>,
+    ) -> Result<Sent> {
+        self.send_with(
+            actor,
+            room,
+            body,
+            client_msg_id,
+            Consistency::ReadYourWrites,
+        )
+        .await
+    }
+
+    /// [`Self::send`], answering when `consistency` says.
+    pub async fn send_with(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        body: MessageBody,
+        client_msg_id: Option<String>,
+        consistency: Consistency,
     ) -> Result<Sent> {
         let message_id = match &client_msg_id {
             Some(key) => MessageId::for_client_msg(room, actor, key),
@@ -73,7 +93,7 @@ impl Chat {
         };
         // No direct messages between people where one has blocked the other.
         let append = self
-            .room_command_by(room, command, Some(actor))
+            .room_command_with(room, command, Some(actor), consistency)
             .await?
             .append;
         let append = append.ok_or_else(|| ChatError::Internal("a send appended nothing".into()))?;
