@@ -293,6 +293,7 @@ impl App {
                 )
             }),
             failures: failures.clone(),
+            auth: chat.auth().clone(),
         };
         let (hub, hub_run) = crate::live::hub::start(
             log.clone(),

@@ -380,6 +380,10 @@ fn apply_other_event(
             if let Some(session) = streams::session_of(stream) {
                 tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
                     .execute([session.0])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ended_sessions (session_id, ended_at) VALUES (?1, ?2)",
+                )?
+                .execute(params![session.0, at])?;
             }
         }
         // Markers only move forward, and only for current members (a read that raced a leave

@@ -9,7 +9,7 @@ use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -81,6 +81,12 @@ CREATE TABLE friends (
 ) WITHOUT ROWID;
 
 CREATE INDEX public_rooms ON rooms (visibility, member_count);
+
+-- Sessions that have ended (for any reason): their access tokens are refused.
+CREATE TABLE ended_sessions (
+    session_id BLOB PRIMARY KEY,
+    ended_at   INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// Step 4: room administration, account management, friendships with consent, sessions.

@@ -11,7 +11,7 @@ use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
 use super::Chat;
 use super::commands::{Consistency, Executed, to_new};
 use super::error::{ChatError, Result};
-use super::view::{Current, stored_event_view};
+use super::view::stored_event_view;
 use crate::ops::metrics::names;
 
 /// A page of a room's events, as clients see them ([`super::view`]), oldest first.
@@ -220,10 +220,8 @@ impl Chat {
             .events
             .into_iter()
             .map(|e| {
-                // The timeline holds each event as the read side shows it (a deleted
-                // message's text already removed).
                 let stored = serde_json::from_str(&e.event).unwrap_or_default();
-                stored_event_view(stored, e.seq, e.recorded_at, Current::AsRecorded)
+                stored_event_view(stored, e.seq, e.recorded_at, e.message.as_ref())
             })
             .collect();
         Ok(History {

@@ -58,9 +58,10 @@ enum Done {
     NoContent,
 }
 
-/// The authenticated caller and the session their token belongs to.
+/// The authenticated caller, the session their token belongs to, and when the token expires
+/// (Unix seconds).
 #[derive(Debug, Clone, Copy)]
-pub struct Caller(pub UserId, pub SessionId);
+pub struct Caller(pub UserId, pub SessionId, pub i64);
 
 /// A bearer access token from `POST /v1/auth/login`.
 #[derive(Debug, SecurityScheme)]
@@ -68,12 +69,22 @@ pub struct Caller(pub UserId, pub SessionId);
 pub struct BearerAuth(pub Caller);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    caller(req, &bearer.token)
+}
+
+/// The caller an access token names: 401 `unauthorized` for a missing, malformed, forged or
+/// expired one, 401 `session_ended` once its session has ended.
+pub(crate) fn caller(req: &Request, token: &str) -> poem::Result<Caller> {
     let chat = req
         .data::<Arc<Chat>>()
         .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&bearer.token) {
-        Some(claims) => Ok(Caller(UserId(claims.sub), SessionId(claims.sid))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
+    match chat.auth().verify_access(token) {
+        Ok(claims) => Ok(Caller(
+            UserId(claims.sub),
+            SessionId(claims.sid),
+            claims.exp,
+        )),
+        Err(refusal) => Err(ApiError::from(refusal).into()),
     }
 }
 

@@ -130,6 +130,7 @@ mod tests {
             position: 0,
             members: vec![(room, a), (room, b)],
             friends: vec![(c, a)],
+            ended_sessions: Vec::new(),
             blocks: vec![],
         });
         let everyone = |_| true;

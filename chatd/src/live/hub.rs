@@ -22,7 +22,7 @@ use futures::StreamExt;
 use projector::ReadModels;
 use projector::queries::{self, Relations};
 use schema::events::Event;
-use schema::{RoomId, UserId, streams};
+use schema::{RoomId, SessionId, UserId, streams};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,8 @@ use super::frames::{
 };
 use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::{Effect, TYPING_EVERY, Tracker};
-use crate::chat::Presence;
+use crate::chat::auth::Revoked;
+use crate::chat::{Auth, Presence};
 use crate::ops::metered_log::Failures;
 use crate::ops::metrics::names;
 use uuid::Uuid;
@@ -47,6 +48,8 @@ pub enum Disconnect {
     TooSlow = 1,
     /// The server is shutting down.
     Shutdown = 2,
+    /// The connection's session has ended (logout, refresh-token reuse, revocation).
+    SessionEnded = 3,
 }
 
 /// Shared between the hub and a connection: why the hub dropped it.
@@ -62,6 +65,7 @@ impl DisconnectReason {
         match self.0.load(Ordering::Acquire) {
             1 => Disconnect::TooSlow,
             2 => Disconnect::Shutdown,
+            3 => Disconnect::SessionEnded,
             _ => Disconnect::None,
         }
     }
@@ -110,6 +114,7 @@ impl Drop for Registration {
 enum Command {
     Register {
         user: UserId,
+        session: SessionId,
         kind: ConnKind,
         reply: oneshot::Sender<(ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>)>,
     },
@@ -147,12 +152,23 @@ impl Hub {
         self.position.clone()
     }
 
-    /// Registers a live connection of `user`: from now on it receives every event of every
-    /// room the user belongs to. `None` when the hub has stopped.
-    pub async fn register(&self, user: UserId, kind: ConnKind) -> Option<Registration> {
+    /// Registers a live connection of `user` in `session`: from now on it receives every
+    /// event of every room the user belongs to, until the session ends. `None` when the hub
+    /// has stopped.
+    pub async fn register(
+        &self,
+        user: UserId,
+        session: SessionId,
+        kind: ConnKind,
+    ) -> Option<Registration> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Register { user, kind, reply })
+            .send(Command::Register {
+                user,
+                session,
+                kind,
+                reply,
+            })
             .await
             .ok()?;
         let (id, frames, reason) = rx.await.ok()?;
@@ -182,6 +198,7 @@ impl Hub {
 
 struct Conn {
     user: UserId,
+    session: SessionId,
     kind: ConnKind,
     out: mpsc::Sender<Outbound>,
     reason: Arc<DisconnectReason>,
@@ -197,6 +214,8 @@ struct State {
     /// To the other nodes, on the scale-out backend.
     outbox: Option<Outbox>,
     failures: Arc<Failures>,
+    /// Ended sessions (shared with request authentication).
+    auth: Auth,
 }
 
 /// The live connections by id and by user.
@@ -235,6 +254,7 @@ impl Connections {
     fn open(
         &mut self,
         user: UserId,
+        session: SessionId,
         kind: ConnKind,
     ) -> (ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
         let id = self.next_id;
@@ -245,6 +265,7 @@ impl Connections {
             id,
             Conn {
                 user,
+                session,
                 kind,
                 out,
                 reason: reason.clone(),
@@ -299,6 +320,21 @@ impl State {
             presence: Tracker::new(presence, settings.offline_grace),
             outbox: settings.peers.as_ref().map(Peers::outbox),
             failures: settings.failures.clone(),
+            auth: settings.auth.clone(),
+        }
+    }
+
+    /// A session ended: its connections are closed.
+    fn end_session(&mut self, session: SessionId) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .by_id
+            .iter()
+            .filter(|(_, c)| c.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.drop_conn(id, Disconnect::SessionEnded);
         }
     }
 
@@ -334,10 +370,18 @@ impl State {
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Register { user, kind, reply } => {
-                let (id, frames, reason) = self.conns.open(user, kind);
+            Command::Register {
+                user,
+                session,
+                kind,
+                reply,
+            } => {
+                let (id, frames, reason) = self.conns.open(user, session, kind);
                 if reply.send((id, frames, reason)).is_err() {
                     self.drop_conn(id, Disconnect::None);
+                } else if self.auth.revoked().contains(session) {
+                    // The session ended after the token was checked.
+                    self.drop_conn(id, Disconnect::SessionEnded);
                 } else {
                     let effects = self.presence.connected(user);
                     self.carry_out(effects);
@@ -456,7 +500,8 @@ impl State {
         };
         for user in recipients {
             for id in self.conns.of(user) {
-                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
+                let frame =
+                    frame.get_or_insert_with(|| EventFrame::new(room, recorded, event, None));
                 self.conns.send(
                     id,
                     Outbound::Event(frame.clone()),
@@ -509,6 +554,12 @@ impl State {
                     self.audience.unfollow(other, by);
                     self.tell_friend(by, other, "none");
                     self.tell_friend(other, by, "none");
+                }
+                Event::SessionEnded { .. } => {
+                    if let Some(session) = Revoked::ended_by(&recorded.stream, &event) {
+                        self.auth.end_session(session, recorded.recorded_at);
+                        self.end_session(session);
+                    }
                 }
                 _ => {}
             }
@@ -575,6 +626,10 @@ pub struct HubSettings {
     pub peers: Option<Peers>,
     /// Where forced disconnects are counted for the alert rules.
     pub failures: Arc<Failures>,
+    /// Whose ended sessions the hub records as it follows the log (see [`Revoked`]).
+    ///
+    /// [`Revoked`]: crate::chat::auth::Revoked
+    pub auth: Auth,
 }
 
 /// Starts the hub: returns its handle and the task to run until `shutdown`.
@@ -589,6 +644,9 @@ pub async fn start(
     impl Future<Output = anyhow::Result<()>> + Send + 'static,
 )> {
     let relations = models.read(queries::relations).await?;
+    for (session, at) in &relations.ended_sessions {
+        settings.auth.end_session(*session, *at);
+    }
     let (tx, mut commands) = mpsc::channel(1024);
     let mut state = State::new(&relations, presence, &settings);
     let mut incoming = match &settings.peers {
@@ -657,11 +715,13 @@ mod tests {
             offline_grace: Duration::from_secs(5),
             peers: None,
             failures: Arc::default(),
+            auth: Auth::new(&[7; 32], Duration::from_secs(60), 1, (1024, 1)).unwrap(),
         };
         let relations = Relations {
             position: 0,
             members,
             friends: Vec::new(),
+            ended_sessions: Vec::new(),
             blocks: Vec::new(),
         };
         State::new(&relations, Presence::default(), &settings)
@@ -674,6 +734,7 @@ mod tests {
         let (reply, mut rx) = oneshot::channel();
         state.command(Command::Register {
             user,
+            session: SessionId::new(),
             kind: ConnKind::WebSocket,
             reply,
         });

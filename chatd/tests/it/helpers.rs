@@ -125,6 +125,17 @@ impl Api {
         }
     }
 
+    /// `POST /v1/auth/<action>` (`refresh` or `logout`) with a refresh token.
+    pub async fn session_call(&self, action: &str, refresh: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/auth/{action}"),
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await
+    }
+
     /// `a` asks `b` to be friends and `b` accepts: they see each other's presence.
     pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
         let (status, body) = self

@@ -299,7 +299,7 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
     ws.send(json!({"type": "resume", "rooms": {other.clone(): 0}}))
         .await;
     let err = ws.next().await;
-    assert_eq!(err["code"], "not_a_member");
+    assert_eq!(err["code"], "room_not_found");
     assert_eq!(err["ref"], other.as_str());
 }
 
@@ -404,7 +404,7 @@ async fn bad_frames_get_error_frames_and_the_connection_survives() {
     let f = ws.next().await;
     assert_eq!(
         (f["code"].as_str(), f["ref"].as_str()),
-        (Some("not_a_member"), Some("x"))
+        (Some("room_not_found"), Some("x"))
     );
     assert!(
         ws.drain().await.is_empty(),
@@ -626,7 +626,7 @@ async fn typing_reaches_the_other_members_only_and_is_coalesced() {
     c.send(json!({"type": "typing", "room_id": room})).await;
     let f = c.next().await;
     assert_eq!(f["type"], "error");
-    assert_eq!(f["code"], "not_a_member");
+    assert_eq!(f["code"], "room_not_found");
     assert_eq!(f["ref"], room);
     assert!(of_type(&b.drain_any().await, "typing").is_empty());
 }
