@@ -16,6 +16,9 @@
 //! are global, strictly increasing in commit order, starting at 1; position 0 means "before
 //! everything".
 //!
+//! [`follow::Shared`] wraps any backend so that every subscription of a process is served from
+//! one follower of the log.
+//!
 //! Backends: [`sqlite::SqliteLog`] (the embedded default) and [`jetstream::JetStreamLog`]
 //! (NATS JetStream, for several nodes). The dev-only `eventlog-testkit` crate holds the
 //! conformance suite every backend must pass.
@@ -29,6 +32,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use uuid::Uuid;
 
+pub mod follow;
 pub mod jetstream;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrentdb;

@@ -4,9 +4,10 @@
 use eventlog::RecordedEvent;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use schema::events::{Event, Role};
-use schema::streams;
+use schema::{RoomId, UserId, streams};
 
 use crate::Result;
+use crate::unread::{self, Change, UnreadCache};
 
 const CHECKPOINT: &str = "read_models";
 
@@ -22,11 +23,14 @@ pub(crate) fn checkpoint(conn: &Connection) -> Result<u64> {
 }
 
 /// Applies a batch and moves the checkpoint to its last position, atomically. Events at or
-/// below the stored checkpoint are skipped, so re-delivery after a crash is harmless.
+/// below the stored checkpoint are skipped, so re-delivery after a crash is harmless. Once the
+/// transaction has committed, the batch's changes to watched unread counts go to `cache`.
 pub(crate) fn apply_batch(
     conn: &mut Connection,
     batch: &[std::sync::Arc<RecordedEvent>],
+    cache: &UnreadCache,
 ) -> Result<u64> {
+    let mut unread = unread::Batch::new(cache);
     let tx = conn.transaction()?;
     let mut position = checkpoint(&tx)?;
     for recorded in batch {
@@ -38,7 +42,7 @@ pub(crate) fn apply_batch(
             || tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
         );
         let _entered = span.enter();
-        apply_one(&tx, recorded)?;
+        apply_one(&tx, &mut unread, recorded)?;
         position = recorded.position;
     }
     tx.execute(
@@ -47,10 +51,15 @@ pub(crate) fn apply_batch(
         params![CHECKPOINT, position as i64],
     )?;
     tx.commit()?;
+    unread.commit(position);
     Ok(position)
 }
 
-fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
+fn apply_one(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    recorded: &RecordedEvent,
+) -> Result<()> {
     let event = Event::decode(
         &recorded.event_type,
         recorded.schema_version,
@@ -79,15 +88,16 @@ fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
             )?
             .execute(params![room, seq, at])?;
         }
-        apply_room_event(tx, room, seq, at, &event)?;
+        apply_room_event(tx, unread, room, seq, at, &event)?;
     } else {
-        apply_other_event(tx, &recorded.stream, at, &event)?;
+        apply_other_event(tx, unread, &recorded.stream, at, &event)?;
     }
     Ok(())
 }
 
 fn apply_room_event(
     tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
     room: uuid::Uuid,
     seq: i64,
     at: i64,
@@ -117,22 +127,22 @@ fn apply_room_event(
                 seq
             ])?;
             for m in members {
-                add_member(tx, room, m.0, seq)?;
+                add_member(tx, unread, room, *m, seq)?;
             }
             if *kind == schema::events::RoomKind::Group {
                 set_role(tx, room, created_by.0, Role::Owner)?;
             }
         }
         Event::MemberJoined { user_id, .. } => {
-            add_member(tx, room, user_id.0, seq)?;
+            add_member(tx, unread, room, *user_id, seq)?;
             tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
                 .execute(params![room, user_id.0])?;
         }
         Event::MemberLeft { user_id } | Event::MemberKicked { user_id, .. } => {
-            remove_member(tx, room, user_id.0)?;
+            remove_member(tx, unread, room, *user_id)?;
         }
         Event::MemberBanned { user_id, .. } => {
-            remove_member(tx, room, user_id.0)?;
+            remove_member(tx, unread, room, *user_id)?;
             tx.prepare_cached("INSERT OR IGNORE INTO bans (room_id, user_id) VALUES (?1, ?2)")?
                 .execute(params![room, user_id.0])?;
             tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
@@ -189,6 +199,7 @@ fn apply_room_event(
         // Nothing of a deleted room stays on the read side (the log keeps it, as an audit
         // trail).
         Event::RoomDeleted { .. } => {
+            unread.push(Change::RoomDeleted { room: RoomId(room) });
             for table in [
                 "rooms",
                 "members",
@@ -206,11 +217,15 @@ fn apply_room_event(
             body,
             ..
         } => {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO messages (message_id, room_id, seq, sender_id, body, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO messages (message_id, room_id, seq, sender_id, body, sent_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
+            if n == 1 {
+                unread.sent(RoomId(room), seq as u64, *sender_id);
+            }
             tx.prepare_cached("UPDATE rooms SET last_message_id = ?2 WHERE room_id = ?1")?
                 .execute(params![room, message_id.0])?;
         }
@@ -223,6 +238,7 @@ fn apply_room_event(
             .execute(params![message_id.0, body.as_str(), at])?;
         }
         Event::MessageDeleted { message_id, .. } => {
+            unread::deleted(tx, unread, RoomId(room), message_id.0)?;
             // A deleted message's text leaves the read side: its row and every version of it
             // in the timeline (the log keeps the history, as an audit trail).
             tx.prepare_cached("UPDATE messages SET deleted = 1, body = '' WHERE message_id = ?1")?
@@ -247,7 +263,13 @@ fn apply_room_event(
 }
 
 /// Events of user, receipt, friendship and session streams.
-fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event) -> Result<()> {
+fn apply_other_event(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    stream: &str,
+    at: i64,
+    event: &Event,
+) -> Result<()> {
     match event {
         Event::UserRegistered {
             user_id,
@@ -358,6 +380,10 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
             if let Some(session) = streams::session_of(stream) {
                 tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
                     .execute([session.0])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ended_sessions (session_id, ended_at) VALUES (?1, ?2)",
+                )?
+                .execute(params![session.0, at])?;
             }
         }
         // Markers only move forward, and only for current members (a read that raced a leave
@@ -371,6 +397,7 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
                 "UPDATE members SET read_seq = max(read_seq, ?3) WHERE room_id = ?1 AND user_id = ?2",
             )?
             .execute(params![room_id.0, user_id.0, *seq as i64])?;
+            unread::read(tx, unread, *room_id, *user_id)?;
         }
         _ => {}
     }
@@ -380,10 +407,21 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
 /// What a deleted account's name shows as.
 pub const DELETED_USER: &str = "Deleted user";
 
-fn remove_member(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid) -> Result<()> {
+fn remove_member(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    room: uuid::Uuid,
+    user: UserId,
+) -> Result<()> {
     let n = tx
         .prepare_cached("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")?
-        .execute(params![room, user])?;
+        .execute(params![room, user.0])?;
+    if n == 1 {
+        unread.push(Change::Left {
+            room: RoomId(room),
+            user,
+        });
+    }
     tx.prepare_cached("UPDATE rooms SET member_count = member_count - ?2 WHERE room_id = ?1")?
         .execute(params![room, n as i64])?;
     Ok(())
@@ -395,12 +433,25 @@ fn set_role(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid, role: Role
     Ok(())
 }
 
-fn add_member(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid, seq: i64) -> Result<()> {
+fn add_member(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    room: uuid::Uuid,
+    user: UserId,
+    seq: i64,
+) -> Result<()> {
     let n = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO members (room_id, user_id, joined_seq, read_seq) VALUES (?1, ?2, ?3, ?3)",
         )?
-        .execute(params![room, user, seq])?;
+        .execute(params![room, user.0, seq])?;
+    if n == 1 {
+        unread.push(Change::Joined {
+            room: RoomId(room),
+            user,
+            seq: seq as u64,
+        });
+    }
     tx.prepare_cached("UPDATE rooms SET member_count = member_count + ?2 WHERE room_id = ?1")?
         .execute(params![room, n as i64])?;
     Ok(())

@@ -7,6 +7,8 @@
 //!   crash neither skips nor double-applies an event.
 //! - [`Progress`] tells callers how far the projections are, so a command handler can wait
 //!   for its own append to be visible (read-your-writes).
+//! - [`UnreadWatch`] follows the unread counts of a user online on this node, kept in memory
+//!   and moved by the same batches, exactly (see the `unread` module).
 //!
 //! Delete the file (or run `chatd rebuild`) and the next start replays the whole log. The file
 //! also carries a schema version; a file written by another version is rebuilt automatically.
@@ -16,7 +18,9 @@ mod error;
 pub mod queries;
 mod runner;
 mod store;
+mod unread;
 
 pub use error::{Error, Result};
 pub use runner::{Progress, run};
 pub use store::ReadModels;
+pub use unread::{UnreadChanges, UnreadWatch};

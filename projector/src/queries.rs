@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use schema::{MessageId, RoomId, UserId};
+use schema::{MessageId, RoomId, SessionId, UserId};
 use uuid::Uuid;
 
 use crate::Result;
@@ -52,9 +52,31 @@ pub struct RoomSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineEntry {
     pub seq: u64,
-    /// The event's JSON object (with its `type`).
+    /// The event's JSON object (with its `type`), as recorded (a deleted message's text
+    /// removed).
     pub event: String,
     pub recorded_at: DateTime<Utc>,
+    /// For an event about a message: what the read side holds of that message now.
+    pub message: Option<MessageNow>,
+}
+
+/// What the read side holds now about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageNow {
+    /// Its text after every edit.
+    Text(String),
+    /// Deleted: its text is gone.
+    Deleted,
+}
+
+impl MessageNow {
+    fn from_row(body: Option<String>, deleted: Option<bool>) -> Option<Self> {
+        match (body, deleted) {
+            (_, Some(true)) => Some(Self::Deleted),
+            (Some(body), Some(false)) => Some(Self::Text(body)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,11 +142,6 @@ pub fn is_member(c: &Connection, room: RoomId, user: UserId) -> Result<bool> {
         c.prepare_cached("SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2")?
             .exists(params![room.0, user.0])?,
     )
-}
-
-pub fn room_exists(c: &Connection, room: RoomId) -> Result<bool> {
-    Ok(c.prepare_cached("SELECT 1 FROM rooms WHERE room_id = ?1")?
-        .exists([room.0])?)
 }
 
 /// Messages after the member's marker, not their own, not deleted: a range scan of the
@@ -237,14 +254,54 @@ pub fn read_state(c: &Connection, room: RoomId, user: UserId) -> Result<Option<(
 
 /// Unread counts of every room `user` belongs to: one indexed query, however many rooms.
 pub fn unread_counts(c: &Connection, user: UserId) -> Result<Vec<(RoomId, u64)>> {
+    Ok(unread_state(c, user)?
+        .into_iter()
+        .map(|(room, _, count)| (room, count))
+        .collect())
+}
+
+/// Every room of `user` with their read marker and unread count, by room.
+pub(crate) fn unread_state(c: &Connection, user: UserId) -> Result<Vec<(RoomId, u64, u64)>> {
     let sql = format!(
-        "SELECT me.room_id, {UNREAD} FROM members me WHERE me.user_id = ?1 ORDER BY me.room_id"
+        "SELECT me.room_id, me.read_seq, {UNREAD} FROM members me WHERE me.user_id = ?1
+         ORDER BY me.room_id"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map([user.0], |r| {
-        Ok((RoomId(r.get(0)?), r.get::<_, i64>(1)? as u64))
+        Ok((
+            RoomId(r.get(0)?),
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The member's read marker and unread count in one room; `None` for non-members.
+pub(crate) fn unread_in(c: &Connection, room: RoomId, user: UserId) -> Result<Option<(u64, u64)>> {
+    let sql = format!(
+        "SELECT me.read_seq, {UNREAD} FROM members me WHERE me.room_id = ?1 AND me.user_id = ?2"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![room.0, user.0], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?)
+}
+
+/// The seq and sender of a message of `room` that is not deleted.
+pub(crate) fn standing_message(
+    c: &Connection,
+    room: RoomId,
+    message: Uuid,
+) -> Result<Option<(u64, UserId)>> {
+    Ok(c.prepare_cached(
+        "SELECT seq, sender_id FROM messages WHERE message_id = ?1 AND room_id = ?2 AND deleted = 0",
+    )?
+    .query_row(params![message, room.0], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, UserId(r.get(1)?)))
+    })
+    .optional()?)
 }
 
 /// Every member's unread count in every room (for tests and audits; scans all members).
@@ -448,24 +505,28 @@ pub fn history(
             seq: r.get::<_, i64>(0)? as u64,
             event: r.get(1)?,
             recorded_at: micros(r.get(2)?),
+            message: MessageNow::from_row(r.get(3)?, r.get(4)?),
         })
     };
+    // Each message event with its message's current state.
+    const COLUMNS: &str = "SELECT t.seq, t.event, t.recorded_at, m.body, m.deleted FROM timeline t
+         LEFT JOIN messages m ON m.message_id = t.message_id";
     let mut events: Vec<TimelineEntry> = match after {
         Some(after) => c
-            .prepare_cached(
-                "SELECT seq, event, recorded_at FROM timeline
-                 WHERE room_id = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4",
-            )?
+            .prepare_cached(&format!(
+                "{COLUMNS}
+                 WHERE t.room_id = ?1 AND t.seq > ?2 AND t.seq < ?3 ORDER BY t.seq ASC LIMIT ?4"
+            ))?
             .query_map(
                 params![room.0, after.min(i64::MAX as u64) as i64, upper, take],
                 entry,
             )?
             .collect::<rusqlite::Result<_>>()?,
         None => c
-            .prepare_cached(
-                "SELECT seq, event, recorded_at FROM timeline
-                 WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-            )?
+            .prepare_cached(&format!(
+                "{COLUMNS}
+                 WHERE t.room_id = ?1 AND t.seq < ?2 ORDER BY t.seq DESC LIMIT ?3"
+            ))?
             .query_map(params![room.0, upper, take], entry)?
             .collect::<rusqlite::Result<_>>()?,
     };
@@ -475,6 +536,38 @@ pub fn history(
         events.reverse();
     }
     Ok(Page { events, has_more })
+}
+
+/// The room's newest projected seq (0 when the room is not projected yet) and what the read
+/// side holds now about those of `messages` it knows, read in one snapshot: the events of the
+/// room after that seq are what the read side has not applied yet.
+pub fn messages_now(
+    c: &Connection,
+    room: RoomId,
+    messages: &[MessageId],
+) -> Result<(u64, Vec<(MessageId, MessageNow)>)> {
+    let tx = c.unchecked_transaction()?;
+    let seq: Option<i64> = tx
+        .prepare_cached("SELECT last_seq FROM rooms WHERE room_id = ?1")?
+        .query_row([room.0], |r| r.get(0))
+        .optional()?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT body, deleted FROM messages WHERE message_id = ?1 AND room_id = ?2",
+    )?;
+    let mut found = Vec::new();
+    for id in messages {
+        let row = stmt
+            .query_row(params![id.0, room.0], |r| {
+                Ok(MessageNow::from_row(r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some(Some(now)) = row {
+            found.push((*id, now));
+        }
+    }
+    drop(stmt);
+    tx.commit()?;
+    Ok((seq.map_or(0, |s| s as u64), found))
 }
 
 /// The rooms `user` belongs to and the log position that reflects, read in one snapshot.
@@ -498,11 +591,13 @@ pub struct Relations {
     pub members: Vec<(RoomId, UserId)>,
     /// (user, a friend of theirs), both directions.
     pub friends: Vec<(UserId, UserId)>,
+    /// Sessions that have ended, and when.
+    pub ended_sessions: Vec<(SessionId, DateTime<Utc>)>,
     /// (user, someone they blocked).
     pub blocks: Vec<(UserId, UserId)>,
 }
 
-/// [`Relations`], read in one snapshot (scans both tables: once per start).
+/// [`Relations`], read in one snapshot (scans the tables: once per start).
 pub fn relations(c: &Connection) -> Result<Relations> {
     let tx = c.unchecked_transaction()?;
     let position = crate::apply::checkpoint(&tx)?;
@@ -518,11 +613,16 @@ pub fn relations(c: &Connection) -> Result<Relations> {
     };
     let friends = pairs("SELECT user_id, friend_id FROM friends")?;
     let blocks = pairs("SELECT user_id, blocked_id FROM blocks")?;
+    let ended_sessions = tx
+        .prepare("SELECT session_id, ended_at FROM ended_sessions")?
+        .query_map([], |r| Ok((SessionId(r.get(0)?), micros(r.get(1)?))))?
+        .collect::<rusqlite::Result<_>>()?;
     tx.commit()?;
     Ok(Relations {
         position,
         members,
         friends,
+        ended_sessions,
         blocks,
     })
 }

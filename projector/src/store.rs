@@ -2,12 +2,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
+use schema::UserId;
 
+use crate::unread::{UnreadCache, UnreadWatch};
 use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -79,6 +81,12 @@ CREATE TABLE friends (
 ) WITHOUT ROWID;
 
 CREATE INDEX public_rooms ON rooms (visibility, member_count);
+
+-- Sessions that have ended (for any reason): their access tokens are refused.
+CREATE TABLE ended_sessions (
+    session_id BLOB PRIMARY KEY,
+    ended_at   INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// Step 4: room administration, account management, friendships with consent, sessions.
@@ -144,6 +152,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Watched users' unread counts, moved by the writer (see [`crate::unread`]).
+    unread: UnreadCache,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -185,6 +195,7 @@ impl ReadModels {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                unread: UnreadCache::default(),
             }),
         })
     }
@@ -258,6 +269,18 @@ impl ReadModels {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Watches `user`'s unread counts. Never waits: the first watch of a user queues them for
+    /// loading (off the projector's write connection, see `crate::unread`); the watch is woken
+    /// once they are loaded, and follows the projector from then on. Dropping the last watch of
+    /// a user frees their counts.
+    pub fn watch_unread(&self, user: UserId) -> UnreadWatch {
+        self.inner.unread.watch(user)
+    }
+
+    pub(crate) fn unread_cache(&self) -> &UnreadCache {
+        &self.inner.unread
     }
 
     /// The position of the last event applied (0 when none).

@@ -205,6 +205,9 @@ impl Chat {
         command: &A::Command,
     ) -> Result<Executed> {
         let executed = self.execute(stream, loaded, command).await?;
+        // An ended session's tokens stop working on this node at once (the others learn it
+        // from the log).
+        self.auth.observe(stream, &executed.events);
         self.await_projection(executed.position).await;
         Ok(executed)
     }

@@ -11,7 +11,7 @@ use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
 use super::Chat;
 use super::commands::{Consistency, Executed, to_new};
 use super::error::{ChatError, Result};
-use super::view::{Current, stored_event_view};
+use super::view::stored_event_view;
 use crate::ops::metrics::names;
 
 /// A page of a room's events, as clients see them ([`super::view`]), oldest first.
@@ -186,17 +186,19 @@ impl Chat {
         Ok(())
     }
 
-    /// Unread counts of every room of the caller's.
-    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, u64)>> {
-        Ok(self
-            .models
-            .read(move |c| queries::unread_counts(c, actor))
-            .await?)
+    /// Follows `user`'s unread counts in memory (see `projector::UnreadWatch`): for live
+    /// connections, which push every change. Never waits (the counts are loaded in the
+    /// background; the watch wakes when they are).
+    pub fn watch_unread(&self, user: UserId) -> projector::UnreadWatch {
+        self.models.watch_unread(user)
     }
 
     /// Unread counts of the caller's rooms that have any, and their total.
     pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
-        let counts = self.unread_by_room(actor).await?;
+        let counts = self
+            .models
+            .read(move |c| queries::unread_counts(c, actor))
+            .await?;
         let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
         Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
     }
@@ -218,10 +220,8 @@ impl Chat {
             .events
             .into_iter()
             .map(|e| {
-                // The timeline holds each event as the read side shows it (a deleted
-                // message's text already removed).
                 let stored = serde_json::from_str(&e.event).unwrap_or_default();
-                stored_event_view(stored, e.seq, e.recorded_at, Current::AsRecorded)
+                stored_event_view(stored, e.seq, e.recorded_at, e.message.as_ref())
             })
             .collect();
         Ok(History {

@@ -92,9 +92,4 @@ impl Chat {
     pub fn log(&self) -> &dyn EventLog {
         self.log.as_ref()
     }
-
-    /// The log position the read models reflect.
-    pub fn projected(&self) -> u64 {
-        self.progress.position()
-    }
 }

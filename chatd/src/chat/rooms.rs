@@ -105,7 +105,8 @@ impl Chat {
             .await?)
     }
 
-    /// Joins a public room (no-op for a member; 403 `room_not_public` for a private one).
+    /// Joins a public room (no-op for a member; 404 `room_not_found` for a private one, as
+    /// for a room that does not exist).
     pub async fn join(&self, actor: UserId, room: RoomId) -> Result<()> {
         self.room_command(room, RoomCommand::Join { user: actor })
             .await?;
@@ -127,21 +128,17 @@ impl Chat {
             .await?)
     }
 
-    /// Refuses unless the room exists (404) and `actor` is a member (403).
+    /// Refuses unless `actor` is a member of the room (404 `room_not_found` otherwise, whether
+    /// or not the room exists).
     pub async fn require_member(&self, actor: UserId, room: RoomId) -> Result<()> {
-        let (exists, member) = self
+        let member = self
             .models
-            .read(move |c| {
-                Ok((
-                    queries::room_exists(c, room)?,
-                    queries::is_member(c, room, actor)?,
-                ))
-            })
+            .read(move |c| queries::is_member(c, room, actor))
             .await?;
-        match (exists, member) {
-            (false, _) => Err(DomainError::NotFound("room").into()),
-            (true, false) => Err(DomainError::NotAMember.into()),
-            (true, true) => Ok(()),
+        if member {
+            Ok(())
+        } else {
+            Err(DomainError::NotAMember.into())
         }
     }
 

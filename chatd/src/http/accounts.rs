@@ -171,7 +171,7 @@ impl Api {
         body: Json<PasswordChangeRequest>,
     ) -> Result<Done, ApiError> {
         let new = Password::parse(&body.new_password)?;
-        let BearerAuth(super::Caller(me, session)) = auth;
+        let BearerAuth(super::Caller(me, session, _)) = auth;
         self.chat
             .change_password(me, session, body.0.current_password.0, new)
             .await?;
@@ -196,7 +196,7 @@ impl Api {
     /// Your sessions that have not ended (one per login), newest first.
     #[oai(path = "/sessions", method = "get")]
     async fn sessions(&self, auth: BearerAuth) -> Result<Json<Vec<Session>>, ApiError> {
-        let BearerAuth(super::Caller(me, current)) = auth;
+        let BearerAuth(super::Caller(me, current, _)) = auth;
         let list = self.chat.sessions(me).await?;
         Ok(Json(
             list.into_iter()

@@ -86,7 +86,8 @@ impl Api {
     }
 
     /// Delete one of your own messages (403 `not_the_sender` otherwise). The timeline keeps a
-    /// `message_deleted` event; the text no longer appears in room lists or counts.
+    /// `message_deleted` event; the text is never shown again (history, room lists, counts,
+    /// search, WebSocket resume, SSE replay).
     #[oai(path = "/rooms/:room_id/messages/:message_id", method = "delete")]
     async fn delete(
         &self,

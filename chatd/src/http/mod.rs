@@ -62,9 +62,10 @@ enum Done {
     NoContent,
 }
 
-/// The authenticated caller and the session their token belongs to.
+/// The authenticated caller, the session their token belongs to, and when the token expires
+/// (Unix seconds).
 #[derive(Debug, Clone, Copy)]
-pub struct Caller(pub UserId, pub SessionId);
+pub struct Caller(pub UserId, pub SessionId, pub i64);
 
 /// A bearer access token from `POST /v1/auth/login`.
 #[derive(Debug, SecurityScheme)]
@@ -72,23 +73,23 @@ pub struct Caller(pub UserId, pub SessionId);
 pub struct BearerAuth(pub Caller);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    authenticate(req, &bearer.token)
+    caller(req, &bearer.token)
 }
 
-/// The caller of a valid access token, within their request rate (`CHAT_REQUEST_RATE`).
-fn authenticate(req: &Request, token: &str) -> poem::Result<Caller> {
+/// The caller an access token names, within their request rate (`CHAT_REQUEST_RATE`): 401
+/// `unauthorized` for a missing, malformed, forged or expired one, 401 `session_ended` once
+/// its session has ended, 429 over the rate.
+pub(crate) fn caller(req: &Request, token: &str) -> poem::Result<Caller> {
     let chat = req
         .data::<Arc<Chat>>()
         .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    let Some(claims) = chat.auth().verify_access(token) else {
-        return Err(ApiError::unauthorized("the access token is invalid or expired").into());
-    };
+    let claims = chat.auth().verify_access(token).map_err(ApiError::from)?;
     let user = UserId(claims.sub);
     chat.limits()
         .requests
         .take(user, 1)
         .map_err(|l| ApiError::from(crate::chat::Refusal::from(l)))?;
-    Ok(Caller(user, SessionId(claims.sid)))
+    Ok(Caller(user, SessionId(claims.sid), claims.exp))
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy

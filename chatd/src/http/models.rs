@@ -322,7 +322,10 @@ pub struct HistoryPage {
     /// administration events `member_role_changed`, `ownership_transferred`,
     /// `member_kicked`, `member_banned`, `member_unbanned`, `invitation_pending`,
     /// `invitation_declined`, `room_settings_changed`, `room_archived`, `room_unarchived`,
-    /// `room_deleted`), `at` (when it was stored, RFC 3339) and the event's own fields.
+    /// `room_deleted`), `at` (when it was stored, RFC 3339) and the event's own fields. An
+    /// event about a message shows the message as it is now: no `body` once it is deleted,
+    /// its current `body` once edited (also in its `message_sent` and earlier
+    /// `message_edited` events).
     pub events: Vec<serde_json::Value>,
     /// More events exist beyond this page (older ones, or newer ones when paging with
     /// `after_seq`).

@@ -87,9 +87,10 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// Join a public room (403 `room_not_public` for a private one; a no-op for members), or
-    /// accept an invitation waiting for your consent. 403 `banned` for the banned, 409
-    /// `room_archived` for an archived room.
+    /// Join a public room (a no-op for members), or accept an invitation waiting for your
+    /// consent. 404 `room_not_found` for a private room you are not invited to, as for one
+    /// that does not exist; 403 `banned` for the banned, 409 `room_archived` for an archived
+    /// room.
     #[oai(path = "/rooms/:room_id/join", method = "post")]
     async fn join(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
         self.chat.join(auth.0.0, RoomId(room_id.0)).await?;
@@ -103,7 +104,8 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// One room with its members. Members only (403 `not_a_member`).
+    /// One room with its members. Members only: 404 `room_not_found` for a room you are not
+    /// in, whether or not it exists.
     #[oai(path = "/rooms/:room_id", method = "get")]
     async fn get(
         &self,

@@ -12,7 +12,6 @@ use poem_openapi::payload::EventStream;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
-use schema::UserId;
 
 use super::{ApiError, BearerAuth, Caller, Tag};
 use crate::chat::{Chat, Refusal};
@@ -38,7 +37,7 @@ pub struct Api {
 pub struct QueryToken(Caller);
 
 async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Caller> {
-    super::authenticate(req, &key.key)
+    super::caller(req, &key.key)
 }
 
 /// A bearer header or the `access_token` query parameter.
@@ -49,9 +48,9 @@ pub enum LiveAuth {
 }
 
 impl LiveAuth {
-    fn user(&self) -> UserId {
+    fn caller(self) -> Caller {
         match self {
-            Self::Bearer(BearerAuth(c)) | Self::Query(QueryToken(c)) => c.0,
+            Self::Bearer(BearerAuth(c)) | Self::Query(QueryToken(c)) => c,
         }
     }
 }
@@ -104,16 +103,18 @@ type Notifications = EventStream<futures::stream::BoxStream<'static, Notificatio
 #[OpenApi(tag = "Tag::Live")]
 impl Api {
     /// The live connection: resume, then room events, acks, unread counts, typing and
-    /// presence. A missing or bad token is refused here with 401; no socket is served.
+    /// presence. A missing or bad token is refused here with 401; no socket is served. The
+    /// socket is closed with 4001 when the session ends and 4002 when the token expires,
+    /// unless renewed by an `auth` frame.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
-        let (chat, hub, user) = (self.chat.clone(), self.hub.clone(), auth.user());
+        let (chat, hub, caller) = (self.chat.clone(), self.hub.clone(), auth.caller());
         // Counted from here, so a burst of upgrades cannot overshoot the limit.
-        let slot = chat.limits().live.open(user).map_err(Refusal::from)?;
+        let slot = chat.limits().live.open(caller.0).map_err(Refusal::from)?;
         let upgraded = socket
             .config(ws::socket_config())
             .on_upgrade(move |stream| async move {
-                ws::serve(chat, hub, user, stream).await;
+                ws::serve(chat, hub, caller, stream).await;
                 drop(slot);
             });
         Ok(Upgrade(upgraded.into_response()))
@@ -122,19 +123,26 @@ impl Api {
     /// Notifications as Server-Sent Events: `message` (others' new messages in your rooms;
     /// the SSE `id` is a log position) and `unread` (your counts; the first ones are a
     /// baseline of every room with unread messages). Send `Last-Event-ID` to get the
-    /// `message` events you missed. Comment lines every 15 s keep the stream alive.
+    /// `message` events you missed. Comment lines every 15 s keep the stream alive. The
+    /// stream ends with a `closed` event when the session ends (`session_ended`) or the token
+    /// expires (`token_expired`).
     #[oai(path = "/notifications", method = "get")]
     async fn notifications(
         &self,
         auth: LiveAuth,
         #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<u64>>,
     ) -> Result<Notifications, ApiError> {
-        let user = auth.user();
-        let slot = self.chat.limits().live.open(user).map_err(Refusal::from)?;
+        let caller = auth.caller();
+        let slot = self
+            .chat
+            .limits()
+            .live
+            .open(caller.0)
+            .map_err(Refusal::from)?;
         let stream = sse::notifications(
             self.chat.clone(),
             self.hub.clone(),
-            user,
+            caller,
             last_event_id.0,
             slot,
         )
@@ -146,6 +154,7 @@ impl Api {
                 Notification::Message(m) => Event::message(m.to_json_string())
                     .event_type("message")
                     .id(m.position.to_string()),
+                Notification::Closed(c) => Event::message(c.to_json_string()).event_type("closed"),
             }))
     }
 }

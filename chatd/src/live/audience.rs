@@ -66,6 +66,11 @@ impl Audience {
         self.members.get(&room).is_some_and(|m| m.contains(&user))
     }
 
+    /// How many members `room` has.
+    pub fn member_count(&self, room: RoomId) -> usize {
+        self.members.get(&room).map_or(0, HashSet::len)
+    }
+
     /// The members of `room` (none for a room not known).
     pub fn members(&self, room: RoomId) -> impl Iterator<Item = UserId> + '_ {
         self.members.get(&room).into_iter().flatten().copied()
@@ -125,6 +130,7 @@ mod tests {
             position: 0,
             members: vec![(room, a), (room, b)],
             friends: vec![(c, a)],
+            ended_sessions: Vec::new(),
             blocks: vec![],
         });
         let everyone = |_| true;

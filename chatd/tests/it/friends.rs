@@ -51,8 +51,8 @@ async fn public_rooms_can_be_found_and_joined_private_ones_cannot() {
     assert_problem(
         &app.get(&format!("/v1/rooms/{public_id}/messages"), &bob.token)
             .await,
-        StatusCode::FORBIDDEN,
-        "not_a_member",
+        StatusCode::NOT_FOUND,
+        "room_not_found",
     );
     for _ in 0..2 {
         let (status, body) = app
@@ -77,7 +77,7 @@ async fn public_rooms_can_be_found_and_joined_private_ones_cannot() {
     let join_private = app
         .post(&format!("/v1/rooms/{private}/join"), &bob.token, json!({}))
         .await;
-    assert_problem(&join_private, StatusCode::FORBIDDEN, "room_not_public");
+    assert_problem(&join_private, StatusCode::NOT_FOUND, "room_not_found");
     let join_unknown = app
         .post(
             &format!("/v1/rooms/{}/join", uuid::Uuid::now_v7()),

@@ -125,6 +125,10 @@ impl Api {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     pub async fn register(&self, username: &str) -> String {
         let (status, body) = self
             .call(
@@ -163,6 +167,17 @@ impl Api {
                 .expect("refresh")
                 .to_owned(),
         }
+    }
+
+    /// `POST /v1/auth/<action>` (`refresh` or `logout`) with a refresh token.
+    pub async fn session_call(&self, action: &str, refresh: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/auth/{action}"),
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await
     }
 
     /// `a` asks `b` to be friends and `b` accepts: they see each other's presence.

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod authz;
 mod cluster;
 mod crash;
 mod environment;
@@ -11,10 +12,12 @@ mod friends;
 mod helpers;
 #[cfg(feature = "kurrentdb")]
 mod kurrentdb;
+mod leaks;
 mod limits;
 mod messages;
 mod metrics;
 mod ops;
+mod revocation;
 mod rooms;
 mod search;
 mod security;

@@ -138,7 +138,7 @@ async fn health_readiness_and_the_openapi_document() {
         ),
         (
             "ClientFrame",
-            &["resume", "send", "read", "typing", "ping"][..],
+            &["resume", "send", "read", "typing", "ping", "auth"][..],
         ),
     ] {
         let mapping = schemas[union]["discriminator"]["mapping"]

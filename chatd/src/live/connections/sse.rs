@@ -10,7 +10,7 @@
 //! registers with the hub before it replays, and live events at or below the replayed position
 //! are dropped, so nothing is missed or repeated at the seam.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,12 @@ use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
-use crate::chat::{Chat, ChatError, Result};
+use crate::chat::view::event_view;
+use crate::chat::{Chat, ChatError, Code, Result};
+use crate::http::Caller;
 use crate::limits::LiveSlot;
-use crate::live::frames::{MessageNotice, Notification};
-use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
+use crate::live::frames::{ClosedNotice, MessageNotice, Notification};
+use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound, Registration};
 use crate::ops::metrics::{ConnectionGauge, names};
 
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
@@ -43,31 +45,39 @@ struct Sse {
     /// The `Last-Event-ID` replay still to be read.
     replay: Option<Replay>,
     flush_at: Option<tokio::time::Instant>,
+    /// When the token the stream was opened with expires: the stream ends then.
+    expires: tokio::time::Instant,
+    /// The stream ends once `pending` is sent.
+    ending: bool,
     _open: ConnectionGauge,
     _slot: LiveSlot,
 }
 
-/// The notification stream of `user`, resuming after `last_event_id` when given.
+/// The notification stream of `caller`, resuming after `last_event_id` when given. It ends
+/// with a `closed` notification when the token expires or the session ends.
 pub async fn notifications(
     chat: Arc<Chat>,
     hub: Hub,
-    user: UserId,
+    Caller(user, session, expires): Caller,
     last_event_id: Option<u64>,
     slot: LiveSlot,
 ) -> Result<BoxStream<'static, Notification>> {
     let reg = hub
-        .register(user, ConnKind::Sse)
+        .register(user, session, ConnKind::Sse)
         .await
         .ok_or(ChatError::ShuttingDown)?;
+    let unread = UnreadPush::watch(&chat, user);
     let mut sse = Sse {
         chat,
         user,
         reg,
-        unread: UnreadPush::default(),
+        unread,
         pending: VecDeque::new(),
         replayed_to: 0,
         replay: None,
-        flush_at: Some(tokio::time::Instant::now()),
+        flush_at: None,
+        expires: super::ws::expiry(expires),
+        ending: false,
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
         _slot: slot,
     };
@@ -75,7 +85,6 @@ pub async fn notifications(
         let limit = sse.chat.limits().sse_replay_limit;
         sse.start_replay(after, limit).await?;
     }
-    sse.unread.mark(sse.replayed_to);
     Ok(stream::unfold(sse, Sse::next).boxed())
 }
 
@@ -93,25 +102,24 @@ fn membership(me: UserId, event: &Event) -> Option<bool> {
 /// Event types that can change someone's membership.
 const MEMBERSHIP_EVENTS: [&str; 3] = ["room_created", "member_joined", "member_left"];
 
-/// The log events of rooms, decoded, that are in `rooms` or change membership: all a replay
-/// of `me`'s notifications needs from a page, the rest skipped undecoded.
+/// A room event, decoded, when its room is in `rooms` or it changes membership: all a
+/// replay of `me`'s notifications needs, the rest skipped undecoded. `rooms` must be the
+/// caller's rooms just before this event (a page can join a room and then talk in it).
 fn relevant(
-    page: Vec<eventlog::RecordedEvent>,
+    recorded: eventlog::RecordedEvent,
     rooms: &HashSet<RoomId>,
-) -> impl Iterator<Item = (u64, u64, RoomId, Event)> + '_ {
-    page.into_iter().filter_map(move |recorded| {
-        let room = streams::room_of(&recorded.stream)?;
-        if !rooms.contains(&room) && !MEMBERSHIP_EVENTS.contains(&recorded.event_type.as_str()) {
-            return None;
-        }
-        let event = Event::decode(
-            &recorded.event_type,
-            recorded.schema_version,
-            &recorded.data,
-        )
-        .ok()?;
-        Some((recorded.position, recorded.version, room, event))
-    })
+) -> Option<(eventlog::RecordedEvent, RoomId, Event)> {
+    let room = streams::room_of(&recorded.stream)?;
+    if !rooms.contains(&room) && !MEMBERSHIP_EVENTS.contains(&recorded.event_type.as_str()) {
+        return None;
+    }
+    let event = Event::decode(
+        &recorded.event_type,
+        recorded.schema_version,
+        &recorded.data,
+    )
+    .ok()?;
+    Some((recorded, room, event))
 }
 
 /// A `Last-Event-ID` replay in progress: the log is read a page at a time as the client
@@ -150,11 +158,11 @@ impl Sse {
             let Some(last) = page.last() else { break };
             position = last.position;
             let no_rooms = HashSet::new();
-            for (pos, _, room, event) in relevant(page, &no_rooms) {
-                if pos <= after.max(checkpoint)
+            for (recorded, room, event) in page.into_iter().filter_map(|r| relevant(r, &no_rooms)) {
+                if recorded.position <= after.max(checkpoint)
                     && let Some(joined) = membership(me, &event)
                 {
-                    changes.push((pos, room, joined));
+                    changes.push((recorded.position, room, joined));
                 }
             }
         }
@@ -200,9 +208,11 @@ impl Sse {
             }
         }
         let end = replay.end;
-        let mut events = Vec::new();
-        events.extend(relevant(page, &replay.rooms).filter(|e| e.0 <= end));
-        for (pos, seq, room, event) in events {
+        let mut notices = Vec::new();
+        for recorded in page.into_iter().filter(|r| r.position <= end) {
+            let Some((recorded, room, event)) = relevant(recorded, &replay.rooms) else {
+                continue;
+            };
             match (membership(me, &event), event) {
                 (Some(true), _) => {
                     replay.rooms.insert(room);
@@ -210,26 +220,37 @@ impl Sse {
                 (Some(false), _) => {
                     replay.rooms.remove(&room);
                 }
-                (
-                    None,
-                    Event::MessageSent {
-                        sender_id, body, ..
-                    },
-                ) if sender_id != me && replay.rooms.contains(&room) => {
-                    self.pending
-                        .push_back(Notification::Message(MessageNotice::new(
-                            room,
-                            seq,
-                            pos,
-                            sender_id,
-                            body.as_str(),
-                        )));
+                (None, event @ Event::MessageSent { sender_id, .. })
+                    if sender_id != me && replay.rooms.contains(&room) =>
+                {
+                    notices.push((recorded, room, event));
                 }
                 _ => {}
             }
         }
         if replay.next >= end {
             self.replay = None;
+        }
+        // Read back from the read models, so shown as the messages stand now: a message
+        // deleted since is not notified, an edited one previews its current text.
+        let mut by_room: HashMap<RoomId, Vec<&Event>> = HashMap::new();
+        for (_, room, event) in &notices {
+            by_room.entry(*room).or_default().push(event);
+        }
+        let mut now = HashMap::new();
+        for (room, events) in by_room {
+            now.insert(room, self.chat.messages_now(room, events).await?);
+        }
+        for (recorded, room, event) in &notices {
+            let view = event_view(
+                event,
+                recorded.version,
+                recorded.recorded_at,
+                now.get(room).and_then(|n| n.of(event)),
+            );
+            if let Some(notice) = MessageNotice::of(*room, recorded, event, &view) {
+                self.pending.push_back(Notification::Message(notice));
+            }
         }
         Ok(())
     }
@@ -240,9 +261,6 @@ impl Sse {
                 if frame.position <= self.replayed_to {
                     return;
                 }
-                if frame.touches_unread_of(self.user) {
-                    self.unread.mark(frame.position);
-                }
                 if let Some(notice) = frame.notice
                     && notice.sender_id != self.user.0
                 {
@@ -250,9 +268,15 @@ impl Sse {
                         .push_back(Notification::Message((*notice).clone()));
                 }
             }
-            Outbound::ReadMoved { position } => self.unread.mark(position),
             Outbound::Notice(_) => {}
         }
+    }
+
+    /// Ends the stream with a `closed` notification saying why.
+    fn end(&mut self, code: Code, detail: &str) {
+        self.pending
+            .push_back(Notification::Closed(ClosedNotice::new(code, detail)));
+        self.ending = true;
     }
 
     async fn next(mut self) -> Option<(Notification, Self)> {
@@ -263,6 +287,9 @@ impl Sse {
                 }
                 return Some((n, self));
             }
+            if self.ending {
+                return None;
+            }
             if self.replay.is_some() {
                 // Live events wait in the (bounded) queue until the replay is through.
                 if let Err(e) = self.replay_page().await {
@@ -270,9 +297,6 @@ impl Sse {
                     return None; // the client reconnects with its Last-Event-ID
                 }
                 continue;
-            }
-            if self.flush_at.is_none() && self.unread.is_dirty() {
-                self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
             }
             let flush_at = self.flush_at;
             let flush = async move {
@@ -282,16 +306,24 @@ impl Sse {
                 }
             };
             tokio::select! {
+                () = self.unread.changed(), if flush_at.is_none() => {
+                    self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
+                }
                 () = flush => {
                     self.flush_at = None;
-                    match self.unread.changes(&self.chat, self.user).await {
-                        Ok(Some(frames)) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
-                        Ok(None) => {} // the read models are behind: the next flush retries
-                        Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
-                    }
+                    self.pending.extend(self.unread.changes().into_iter().map(Notification::Unread));
                 }
-                // `None`: too slow or shutting down; the client reconnects with Last-Event-ID.
-                item = self.reg.frames.recv() => self.on(item?),
+                () = tokio::time::sleep_until(self.expires) => {
+                    self.end(Code::TokenExpired, "the access token expired: reconnect with a fresh one");
+                }
+                item = self.reg.frames.recv() => match item {
+                    Some(item) => self.on(item),
+                    None if self.reg.reason.get() == Disconnect::SessionEnded => {
+                        self.end(Code::SessionEnded, "the session has ended: log in again");
+                    }
+                    // Too slow or shutting down: the client reconnects with Last-Event-ID.
+                    None => return None,
+                },
             }
         }
     }

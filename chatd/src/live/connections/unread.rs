@@ -1,69 +1,62 @@
-//! Unread pushes for one connection: events mark the counts dirty; a flush (coalesced, at most
-//! every [`COALESCE`]) waits for the read models to reach the newest marked position, reads the
-//! caller's counts in one query and reports the rooms whose count changed since the last push.
+//! Unread pushes for one connection. The connection watches its user's unread counts, which the
+//! projector keeps in memory and moves as it applies the log (`projector::UnreadWatch`); when
+//! they change it waits [`COALESCE`] (a burst of messages is one push) and reports the rooms
+//! whose count changed. A flush reads only the rooms that changed, and never the database.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use projector::{UnreadChanges, UnreadWatch};
 use schema::{RoomId, UserId};
 
-use crate::chat::{Chat, Result};
+use crate::chat::Chat;
 use crate::live::frames::UnreadFrame;
 
 /// Pushes for one connection are at most this frequent (a burst of messages is one push).
 pub const COALESCE: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UnreadPush {
-    /// Newest log position that may have changed the counts, not yet pushed.
-    dirty: Option<u64>,
+    watch: UnreadWatch,
+    /// The counts last pushed, of rooms with unread messages.
     last: HashMap<RoomId, u64>,
 }
 
 impl UnreadPush {
-    pub fn mark(&mut self, position: u64) {
-        self.dirty = Some(self.dirty.map_or(position, |d| d.max(position)));
-    }
-
-    pub fn is_dirty(&self) -> bool {
-        self.dirty.is_some()
-    }
-
-    /// The rooms whose count changed since the last push, each with the new total. Before the
-    /// first push every count counts as 0, so the first push is the baseline: every room with
-    /// unread messages. A room the user left is reported once with 0.
-    ///
-    /// `None` (still dirty) while the read models have not reached the marked position: the
-    /// caller tries again at its next flush rather than waiting.
-    pub async fn changes(&mut self, chat: &Chat, user: UserId) -> Result<Option<Vec<UnreadFrame>>> {
-        let Some(position) = self.dirty else {
-            return Ok(Some(Vec::new()));
-        };
-        if chat.projected() < position {
-            return Ok(None);
+    /// Watches `user`'s counts (for as long as the push lives); never waits.
+    pub fn watch(chat: &Chat, user: UserId) -> Self {
+        Self {
+            watch: chat.watch_unread(user),
+            last: HashMap::new(),
         }
-        let counts = chat.unread_by_room(user).await?;
-        self.dirty = None;
-        let total = counts.iter().map(|(_, n)| n).sum();
-        let frame = |room: RoomId, unread_count| UnreadFrame {
-            room_id: room.0,
-            unread_count,
-            total,
-        };
+    }
+
+    /// Resolves when the counts changed since the last push; the first time when they are
+    /// loaded (the baseline). Cancel-safe.
+    pub async fn changed(&mut self) {
+        self.watch.changed().await;
+    }
+
+    /// The rooms whose count changed since the last push, each with the new total, as of the
+    /// read models' position (so `GET /v1/unread` agrees). The first push is the baseline:
+    /// every room with unread messages. A room the user left is reported once with 0.
+    pub fn changes(&mut self) -> Vec<UnreadFrame> {
+        let UnreadChanges { total, rooms } = self.watch.take();
         let mut frames = Vec::new();
-        let mut now = HashMap::with_capacity(counts.len());
-        for (room, count) in counts {
-            if self.last.get(&room).copied().unwrap_or(0) != count {
-                frames.push(frame(room, count));
+        for (room, count) in rooms {
+            let before = if count == 0 {
+                self.last.remove(&room)
+            } else {
+                self.last.insert(room, count)
+            };
+            if before.unwrap_or(0) != count {
+                frames.push(UnreadFrame {
+                    room_id: room.0,
+                    unread_count: count,
+                    total,
+                });
             }
-            now.insert(room, count);
         }
-        for (room, count) in &self.last {
-            if *count > 0 && !now.contains_key(room) {
-                frames.push(frame(*room, 0));
-            }
-        }
-        self.last = now;
-        Ok(Some(frames))
+        frames
     }
 }
