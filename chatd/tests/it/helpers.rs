@@ -26,6 +26,7 @@ pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("CHAT_RESUMES_PER_MIN", "1000000"),
     ("CHAT_LOGIN_FAILURES_PER_ACCOUNT", "1000000"),
     ("CHAT_LOGIN_FAILURES_PER_ADDRESS", "1000000"),
+    ("CHAT_LIVE_CONNECTIONS_PER_USER", "100000"),
 ];
 
 /// Default settings for `data_dir` with [`GENEROUS_LIMITS`] (the variable `CHAT_X_Y` is the

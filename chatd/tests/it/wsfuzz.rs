@@ -324,6 +324,10 @@ async fn random_and_malformed_frames_neither_crash_nor_wedge_the_server() {
         &[
             ("CHAT_WS_RATE", "1000000"),
             ("CHAT_RESUMES_PER_MIN", "1000000"),
+            // Many short-lived sockets of one user: neither the request rate (upgrades count)
+            // nor the per-user connection cap is what this test is about.
+            ("CHAT_REQUEST_RATE", "1000000"),
+            ("CHAT_LIVE_CONNECTIONS_PER_USER", "100000"),
             ("RUST_LOG", "info,chatd::live=debug"),
             ("CHAT_ARGON2_MEMORY_KIB", "1024"),
             ("CHAT_ARGON2_ITERATIONS", "1"),
