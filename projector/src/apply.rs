@@ -66,7 +66,7 @@ fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
             Event::MessageSent { message_id, .. }
             | Event::MessageEdited { message_id, .. }
             | Event::MessageDeleted { message_id, .. } => Some(message_id.0),
-            _ => None,
+            e => crate::features::message_of(e).map(|m| m.0),
         };
         tx.prepare_cached(
             "INSERT OR IGNORE INTO timeline (room_id, seq, event, recorded_at, message_id)
@@ -80,6 +80,7 @@ fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
             .execute(params![room, seq, at])?;
         }
         apply_room_event(tx, room, seq, at, &event)?;
+        crate::features::apply(tx, room, seq, at, &event)?;
     } else {
         apply_other_event(tx, &recorded.stream, at, &event)?;
     }
@@ -211,6 +212,7 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
             room_id,
             user_id,
             seq,
+            ..
         } => {
             tx.prepare_cached(
                 "UPDATE members SET read_seq = max(read_seq, ?3) WHERE room_id = ?1 AND user_id = ?2",

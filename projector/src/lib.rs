@@ -8,11 +8,15 @@
 //! - [`Progress`] tells callers how far the projections are, so a command handler can wait
 //!   for its own append to be visible (read-your-writes).
 //!
+//! - [`queries`] reads the core read models, [`features`] those of the message features
+//!   (read counts per message, threads, reactions, mentions, pins).
+//!
 //! Delete the file (or run `chatd rebuild`) and the next start replays the whole log. The file
 //! also carries a schema version; a file written by another version is rebuilt automatically.
 
 mod apply;
 mod error;
+pub mod features;
 pub mod queries;
 mod runner;
 mod store;

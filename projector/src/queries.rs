@@ -57,11 +57,11 @@ pub struct Page {
     pub has_more: bool,
 }
 
-fn micros(us: i64) -> DateTime<Utc> {
+pub(crate) fn micros(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 
-fn user_row(r: &Row<'_>) -> rusqlite::Result<UserView> {
+pub(crate) fn user_row(r: &Row<'_>) -> rusqlite::Result<UserView> {
     Ok(UserView {
         user_id: UserId(r.get(0)?),
         username: r.get(1)?,
@@ -116,7 +116,7 @@ pub fn room_exists(c: &Connection, room: RoomId) -> Result<bool> {
 
 /// Messages after the member's marker, not their own, not deleted: a range scan of the
 /// covering index `messages_by_room`. `me` is the viewer's `members` row.
-const UNREAD: &str = "(SELECT count(*) FROM messages x
+pub(crate) const UNREAD: &str = "(SELECT count(*) FROM messages x
     WHERE x.room_id = me.room_id AND x.seq > me.read_seq
       AND x.sender_id != me.user_id AND x.deleted = 0)";
 

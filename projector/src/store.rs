@@ -7,7 +7,7 @@ use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -124,6 +124,7 @@ impl ReadModels {
         configure(&writer)?;
         if fresh {
             writer.execute_batch(SCHEMA)?;
+            writer.execute_batch(crate::features::SCHEMA)?;
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
         }

@@ -1,16 +1,18 @@
-//! Unread counts are a pure function of the log.
+//! Unread counts, mention counts and read counts per message are a pure function of the log.
 //!
-//! Random interleavings of sends, deletes, joins, leaves and reads are decided by the real
-//! room aggregate and appended to a real log while the projector runs live. The projected
-//! counts must equal `schema::unread::UnreadModel` folded over the same events, and a rebuild
-//! from scratch must give the same numbers again.
+//! Random interleavings of sends (some mentioning members, `@all` or nobody), edits, deletes,
+//! joins, leaves and marker moves are decided by the real room aggregate and appended to a
+//! real log while the projector runs live. The projected counts must equal
+//! `schema::unread::UnreadModel` folded over the same events — every message's `unread_by`
+//! against a brute-force count over the members' markers — and a rebuild from scratch must
+//! give the same numbers again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use eventlog::sqlite::SqliteLog;
 use eventlog::{EventLog, ExpectedVersion, NewEvent};
-use projector::{Progress, ReadModels, queries};
+use projector::{Progress, ReadModels, features, queries};
 use proptest::prelude::*;
 use schema::events::RoomKind;
 use schema::room::{RoomAggregate, RoomCommand};
@@ -22,12 +24,32 @@ use tokio_util::sync::CancellationToken;
 
 const USERS: usize = 4;
 const ROOMS: usize = 2;
+/// Message bodies: no mention, members by name (user0…user3), everyone.
+const BODIES: [&str; 5] = [
+    "hello",
+    "hi @user1",
+    "@user2 and @USER3.",
+    "@all look",
+    "@here @user0",
+];
+
+fn username(i: usize) -> schema::Username {
+    schema::Username::parse(&format!("user{i}")).unwrap()
+}
 
 #[derive(Debug, Clone)]
 enum Op {
     Send {
         room: usize,
         user: usize,
+        /// Which body: see [`BODIES`].
+        body: usize,
+    },
+    /// Edit the n-th message (mod count) of the room, by its sender, to another body.
+    Edit {
+        room: usize,
+        nth: usize,
+        body: usize,
     },
     /// Delete the n-th message (mod count) of the room, by its sender.
     Delete {
@@ -54,7 +76,8 @@ fn op() -> impl Strategy<Value = Op> {
     let room = 0..ROOMS;
     let user = 0..USERS;
     prop_oneof![
-        4 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Send { room, user }),
+        4 => (room.clone(), user.clone(), 0..BODIES.len()).prop_map(|(room, user, body)| Op::Send { room, user, body }),
+        1 => (room.clone(), 0..64usize, 0..BODIES.len()).prop_map(|(room, nth, body)| Op::Edit { room, nth, body }),
         1 => (room.clone(), 0..64usize).prop_map(|(room, nth)| Op::Delete { room, nth }),
         2 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Join { room, user }),
         1 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Leave { room, user }),
@@ -117,14 +140,31 @@ impl World {
 
     async fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Send { room, user } => {
+            Op::Send { room, user, body } => {
                 let command = RoomCommand::Send {
                     sender: self.users[user],
                     message_id: MessageId::new(),
-                    body: MessageBody::parse("hello").unwrap(),
+                    body: MessageBody::parse(BODIES[body]).unwrap(),
                     client_msg_id: None,
+                    reply_to: None,
                 };
                 self.room_command(room, command).await;
+            }
+            Op::Edit { room, nth, body } => {
+                if self.sent[room].is_empty() {
+                    return;
+                }
+                let (message_id, sender) = self.sent[room][nth % self.sent[room].len()];
+                let body = MessageBody::parse(BODIES[body]).unwrap();
+                self.room_command(
+                    room,
+                    RoomCommand::Edit {
+                        sender,
+                        message_id,
+                        body,
+                    },
+                )
+                .await;
             }
             Op::Delete { room, nth } => {
                 if self.sent[room].is_empty() {
@@ -170,6 +210,7 @@ impl World {
                     room_id: *room_id,
                     user_id,
                     seq: version * eighths / 8,
+                    previous_seq: None,
                 };
                 self.log
                     .append(
@@ -212,7 +253,9 @@ async fn check(ops: Vec<Op>) {
     // The projector runs live while the operations are appended.
     let (live, stop, progress, task) = project(log.clone(), &dir.path().join("live.db")).await;
 
-    let users: Vec<UserId> = (0..USERS).map(|_| UserId::new()).collect();
+    let users: Vec<UserId> = (0..USERS)
+        .map(|i| UserId::for_username(&username(i)))
+        .collect();
     let mut world = World {
         log: log.clone(),
         model: UnreadModel::default(),
@@ -250,7 +293,13 @@ async fn check(ops: Vec<Op>) {
         projected, expected,
         "live projection differs from the log's definition"
     );
-    // Per-user queries agree with the audit query.
+    let mentions = world.model.mention_counts();
+    assert_eq!(
+        live.read(features::all_mention_counts).await.unwrap(),
+        mentions,
+        "mention counts differ from the log's definition"
+    );
+    // Per-user queries agree with the audit queries.
     for u in &users {
         let user = *u;
         for (room, n) in live
@@ -260,6 +309,29 @@ async fn check(ops: Vec<Op>) {
         {
             assert_eq!(expected.get(&(user, room)), Some(&n));
         }
+        for (room, n) in live.read(move |c| features::counts(c, user)).await.unwrap() {
+            assert_eq!(expected.get(&(user, room)), Some(&n.unread));
+            assert_eq!(mentions.get(&(user, room)), Some(&n.mentions));
+        }
+    }
+    // Every message's read count against the brute-force count over the markers.
+    for (r, sent) in world.sent.iter().enumerate() {
+        let room = world.rooms[r].0;
+        for (message_id, _) in sent {
+            let (id, viewer) = (*message_id, users[0]);
+            let state = live
+                .read(move |c| features::message_state(c, room, id, viewer))
+                .await
+                .unwrap()
+                .expect("every sent message is projected");
+            assert_eq!(
+                Some(state.unread_by),
+                world.model.unread_by(room, state.seq),
+                "unread_by of seq {} in room {r}",
+                state.seq
+            );
+        }
+        assert_eq!(sent.len(), world.model.message_seqs(room).len());
     }
     stop.cancel();
     task.await.unwrap().unwrap();
