@@ -39,6 +39,8 @@ pub struct RoomSummary {
     pub last_message: Option<MessageView>,
     /// The viewer's unread messages here (0 where the viewer is not a member).
     pub unread_count: u64,
+    /// Those of them that mention the viewer.
+    pub mention_count: u64,
 }
 
 /// One room event as stored for clients.
@@ -130,7 +132,8 @@ fn room_columns() -> String {
             WHERE o.room_id = r.room_id AND o.user_id != ?1 LIMIT 1)
         ELSE r.name END,
         r.visibility, r.member_count, r.last_seq, r.last_activity_at,
-        m.message_id, m.seq, m.sender_id, m.body, m.sent_at, {UNREAD}"
+        m.message_id, m.seq, m.sender_id, m.body, m.sent_at, {UNREAD}, {}",
+        crate::features::MENTIONS
     )
 }
 
@@ -156,6 +159,7 @@ fn room_row(r: &Row<'_>) -> rusqlite::Result<RoomSummary> {
         last_activity_at: micros(r.get(6)?),
         last_message,
         unread_count: r.get::<_, i64>(12)? as u64,
+        mention_count: r.get::<_, i64>(13)? as u64,
     })
 }
 
@@ -198,7 +202,7 @@ pub fn public_rooms(c: &Connection, q: &str, limit: usize) -> Result<Vec<RoomSum
     );
     let mut stmt = c.prepare_cached(
         "SELECT r.room_id, r.kind, r.name, r.visibility, r.member_count, r.last_seq,
-                r.last_activity_at, NULL, NULL, NULL, NULL, NULL, 0
+                r.last_activity_at, NULL, NULL, NULL, NULL, NULL, 0, 0
          FROM rooms r
          WHERE r.visibility = 'public' AND r.kind = 'group' AND r.name LIKE ?1 ESCAPE '\\'
          ORDER BY r.member_count DESC, r.last_activity_at DESC LIMIT ?2",

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use eventlog::{AppendResult, ExpectedVersion};
-use projector::queries;
+use projector::features::Counts;
+use projector::{features, queries};
 use schema::events::Event;
 use schema::room::RoomCommand;
 use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
@@ -11,7 +12,7 @@ use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
 use super::Chat;
 use super::commands::{Executed, to_new};
 use super::error::{ChatError, Result};
-use super::view::{Current, stored_event_view};
+use super::view::{Current, Extras, stored_event_view, with_extras};
 use crate::ops::metrics::names;
 
 /// A page of a room's events, as clients see them ([`super::view`]), oldest first.
@@ -59,6 +60,7 @@ impl Chat {
         room: RoomId,
         body: MessageBody,
         client_msg_id: Option<String>,
+        reply_to: Option<MessageId>,
     ) -> Result<Sent> {
         let message_id = match &client_msg_id {
             Some(key) => MessageId::for_client_msg(room, actor, key),
@@ -69,6 +71,7 @@ impl Chat {
             message_id,
             body,
             client_msg_id,
+            reply_to,
         };
         let append = self.room_command(room, command).await?.append;
         let append = append.ok_or_else(|| ChatError::Internal("a send appended nothing".into()))?;
@@ -148,6 +151,7 @@ impl Chat {
             room_id: room,
             user_id: actor,
             seq,
+            previous_seq: Some(marker),
         };
         let result = self
             .log
@@ -161,19 +165,20 @@ impl Chat {
         Ok(())
     }
 
-    /// Unread counts of every room of the caller's.
-    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, u64)>> {
+    /// Unread, mention and thread counts of every room of the caller's.
+    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, Counts)>> {
         Ok(self
             .models
-            .read(move |c| queries::unread_counts(c, actor))
+            .read(move |c| features::counts(c, actor))
             .await?)
     }
 
-    /// Unread counts of the caller's rooms that have any, and their total.
-    pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
+    /// The counts of the caller's rooms with unread messages, and their totals.
+    pub async fn unread(&self, actor: UserId) -> Result<(Counts, Vec<(RoomId, Counts)>)> {
         let counts = self.unread_by_room(actor).await?;
-        let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
-        Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
+        let rooms: Vec<(RoomId, Counts)> =
+            counts.into_iter().filter(|(_, n)| n.unread > 0).collect();
+        Ok((total(rooms.iter().map(|(_, n)| n)), rooms))
     }
 
     pub async fn history(
@@ -185,18 +190,27 @@ impl Chat {
         limit: usize,
     ) -> Result<History> {
         self.require_member(actor, room).await?;
-        let page = self
+        let (page, states) = self
             .models
-            .read(move |c| queries::history(c, room, before, after, limit))
+            .read(move |c| {
+                let page = queries::history(c, room, before, after, limit)?;
+                let states = message_states(c, room, actor, &page.events)?;
+                Ok((page, states))
+            })
             .await?;
         let events = page
             .events
             .into_iter()
-            .map(|e| {
+            .zip(states)
+            .map(|(e, state)| {
                 // The timeline holds each event as the read side shows it (a deleted
                 // message's text already removed).
                 let stored = serde_json::from_str(&e.event).unwrap_or_default();
-                stored_event_view(stored, e.seq, e.recorded_at, Current::AsRecorded)
+                let view = stored_event_view(stored, e.seq, e.recorded_at, Current::AsRecorded);
+                match state {
+                    Some(state) => with_extras(view, &Extras::from(state)),
+                    None => view,
+                }
             })
             .collect();
         Ok(History {
@@ -204,4 +218,46 @@ impl Chat {
             has_more: page.has_more,
         })
     }
+}
+
+/// The sum of some rooms' counts.
+pub fn total<'a>(counts: impl Iterator<Item = &'a Counts>) -> Counts {
+    counts.fold(Counts::default(), |t, c| Counts {
+        unread: t.unread + c.unread,
+        mentions: t.mentions + c.mentions,
+        thread_unread: t.thread_unread + c.thread_unread,
+    })
+}
+
+/// The state of the message each `message_sent` entry is about, as `viewer` sees it (`None`
+/// for other entries).
+pub(super) fn message_states(
+    c: &rusqlite::Connection,
+    room: RoomId,
+    viewer: UserId,
+    entries: &[queries::TimelineEntry],
+) -> projector::Result<Vec<Option<features::MessageState>>> {
+    entries
+        .iter()
+        .map(|e| {
+            let Some(id) = sent_message_id(&e.event) else {
+                return Ok(None);
+            };
+            features::message_state(c, room, id, viewer)
+        })
+        .collect()
+}
+
+/// The message id of a stored `message_sent` event.
+fn sent_message_id(stored: &str) -> Option<MessageId> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+        message_id: Option<uuid::Uuid>,
+    }
+    let probe: Probe = serde_json::from_str(stored).ok()?;
+    (probe.kind == "message_sent")
+        .then_some(probe.message_id?)
+        .map(MessageId)
 }

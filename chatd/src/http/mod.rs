@@ -20,6 +20,7 @@ use crate::ops::metrics;
 mod accounts;
 mod allow;
 pub mod error;
+mod features;
 mod friends;
 mod messages;
 mod models;
@@ -85,6 +86,7 @@ type Apis = (
     friends::Api,
     rooms::Api,
     messages::Api,
+    features::Api,
     upgrade::Api,
     search::Api,
 );
@@ -101,6 +103,7 @@ pub fn api_service(
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },
+            features::Api { chat: chat.clone() },
             upgrade::Api { chat, hub, ws_rate },
             search::Api { search },
         ),

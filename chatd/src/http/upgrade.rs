@@ -151,6 +151,9 @@ impl Api {
                 Notification::Message(m) => Event::message(m.to_json_string())
                     .event_type("message")
                     .id(m.position.to_string()),
+                Notification::Mention(m) => Event::message(m.to_json_string())
+                    .event_type("mention")
+                    .id(m.position.to_string()),
             }))
     }
 }

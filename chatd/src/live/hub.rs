@@ -27,10 +27,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::audience::Audience;
-use super::frames::{EventFrame, PresenceFrame, ServerFrame, TypingFrame};
+use super::frames::{EventFrame, PresenceFrame, ReceiptFrame, ServerFrame, TypingFrame};
 use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::{Effect, TYPING_EVERY, Tracker};
 use crate::chat::Presence;
+use crate::chat::view::Extras;
 use crate::ops::metered_log::Failures;
 use crate::ops::metrics::names;
 use uuid::Uuid;
@@ -208,6 +209,7 @@ struct Connections {
     by_user: HashMap<UserId, Vec<ConnId>>,
 }
 
+#[derive(Clone, Copy)]
 enum Delivery {
     /// Must arrive: a full queue disconnects the client (it resumes from the log).
     Durable,
@@ -389,6 +391,15 @@ impl State {
 
     /// Sends an ephemeral frame to the WebSocket connections of `users`.
     fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Arc<str>) {
+        self.notify_as(users, text, Delivery::Ephemeral);
+    }
+
+    fn notify_as(
+        &mut self,
+        users: impl IntoIterator<Item = UserId>,
+        text: &Arc<str>,
+        delivery: Delivery,
+    ) {
         let mut slow = Vec::new();
         for user in users {
             for id in self.conns.of(user) {
@@ -398,12 +409,8 @@ impl State {
                     .get(&id)
                     .is_some_and(|c| c.kind == ConnKind::WebSocket)
                 {
-                    self.conns.send(
-                        id,
-                        Outbound::Notice(text.clone()),
-                        Delivery::Ephemeral,
-                        &mut slow,
-                    );
+                    self.conns
+                        .send(id, Outbound::Notice(text.clone()), delivery, &mut slow);
                 }
             }
         }
@@ -441,11 +448,22 @@ impl State {
     }
 
     fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
+        // A message just sent is unread by every other member (no marker can be past it).
+        let extras = match event {
+            Event::MessageSent { sender_id, .. } => Some(Extras::fresh(
+                self.audience
+                    .members(room)
+                    .filter(|m| m != sender_id)
+                    .count() as u64,
+            )),
+            _ => None,
+        };
         let mut frame = None;
         let mut slow = Vec::new();
         for user in self.audience.members(room) {
             for id in self.conns.of(user) {
-                let frame = frame.get_or_insert_with(|| EventFrame::new(room, recorded, event));
+                let frame = frame
+                    .get_or_insert_with(|| EventFrame::new(room, recorded, event, extras.as_ref()));
                 self.conns.send(
                     id,
                     Outbound::Event(frame.clone()),
@@ -481,7 +499,12 @@ impl State {
                         self.audience.unfollow(user, friend_id);
                     }
                 }
-                Event::ReadMarkerMoved { user_id, .. } => {
+                Event::ReadMarkerMoved {
+                    room_id,
+                    user_id,
+                    seq,
+                    previous_seq,
+                } => {
                     let mut slow = Vec::new();
                     for id in self.conns.of(user_id) {
                         let item = Outbound::ReadMoved {
@@ -490,6 +513,23 @@ impl State {
                         self.conns.send(id, item, Delivery::Durable, &mut slow);
                     }
                     self.drop_slow(slow);
+                    // The room's members see the read counts of its messages change. Missing
+                    // one would leave counts wrong, so a full queue disconnects as for events.
+                    if self.audience.is_member(room_id, user_id) {
+                        let text = ServerFrame::Receipt(ReceiptFrame {
+                            room_id: room_id.0,
+                            user_id: user_id.0,
+                            seq,
+                            previous_seq,
+                        })
+                        .text();
+                        let members: Vec<UserId> = self
+                            .audience
+                            .members(room_id)
+                            .filter(|m| self.conns.is_connected(*m))
+                            .collect();
+                        self.notify_as(members, &text.into(), Delivery::Durable);
+                    }
                 }
                 _ => {}
             }
@@ -656,6 +696,8 @@ mod tests {
             sender_id: sender,
             body: MessageBody::parse("hi").unwrap(),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         }
     }
 

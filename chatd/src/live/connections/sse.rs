@@ -142,17 +142,20 @@ impl Sse {
                 (
                     None,
                     Event::MessageSent {
-                        sender_id, body, ..
+                        sender_id,
+                        body,
+                        mentions,
+                        ..
                     },
                 ) if sender_id != me && rooms.contains(&room) => {
-                    self.pending
-                        .push_back(Notification::Message(MessageNotice::new(
-                            room,
-                            seq,
-                            pos,
-                            sender_id,
-                            body.as_str(),
-                        )));
+                    let notice = MessageNotice::new(room, seq, pos, sender_id, body.as_str());
+                    if mentions.iter().any(|m| m.addresses(me)) {
+                        self.pending
+                            .push_back(Notification::Message(notice.clone()));
+                        self.pending.push_back(Notification::Mention(notice));
+                    } else {
+                        self.pending.push_back(Notification::Message(notice));
+                    }
                 }
                 _ => {}
             }
@@ -170,11 +173,15 @@ impl Sse {
                 if frame.touches_unread_of(self.user) {
                     self.unread.mark(frame.position);
                 }
+                let mention = frame.mention_of(self.user);
                 if let Some(notice) = frame.notice
                     && notice.sender_id != self.user.0
                 {
                     self.pending
                         .push_back(Notification::Message((*notice).clone()));
+                }
+                if let Some(mention) = mention {
+                    self.pending.push_back(Notification::Mention(mention));
                 }
             }
             Outbound::ReadMoved { position } => self.unread.mark(position),

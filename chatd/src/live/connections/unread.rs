@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use schema::{RoomId, UserId};
 
+use crate::chat::messages::total;
 use crate::chat::{Chat, Result};
 use crate::live::frames::UnreadFrame;
+use projector::features::Counts;
 
 /// Pushes for one connection are at most this frequent (a burst of messages is one push).
 pub const COALESCE: Duration = Duration::from_millis(250);
@@ -17,7 +19,7 @@ pub const COALESCE: Duration = Duration::from_millis(250);
 pub struct UnreadPush {
     /// Newest log position that may have changed the counts, not yet pushed.
     dirty: Option<u64>,
-    last: HashMap<RoomId, u64>,
+    last: HashMap<RoomId, Counts>,
 }
 
 impl UnreadPush {
@@ -44,23 +46,26 @@ impl UnreadPush {
         }
         let counts = chat.unread_by_room(user).await?;
         self.dirty = None;
-        let total = counts.iter().map(|(_, n)| n).sum();
-        let frame = |room: RoomId, unread_count| UnreadFrame {
+        let totals = total(counts.iter().map(|(_, n)| n));
+        let frame = |room: RoomId, n: Counts| UnreadFrame {
             room_id: room.0,
-            unread_count,
-            total,
+            unread_count: n.unread,
+            total: totals.unread,
+            mention_count: n.mentions,
+            mention_total: totals.mentions,
+            thread_unread_count: n.thread_unread,
         };
         let mut frames = Vec::new();
         let mut now = HashMap::with_capacity(counts.len());
         for (room, count) in counts {
-            if self.last.get(&room).copied().unwrap_or(0) != count {
+            if self.last.get(&room).copied().unwrap_or_default() != count {
                 frames.push(frame(room, count));
             }
             now.insert(room, count);
         }
         for (room, count) in &self.last {
-            if *count > 0 && !now.contains_key(room) {
-                frames.push(frame(*room, 0));
+            if *count != Counts::default() && !now.contains_key(room) {
+                frames.push(frame(*room, Counts::default()));
             }
         }
         self.last = now;

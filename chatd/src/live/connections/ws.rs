@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
 use schema::events::Event;
-use schema::{MessageBody, RoomId, UserId, streams};
+use schema::{MessageBody, MessageId, RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
 use crate::chat::{Chat, ChatError, Code, Refusal};
@@ -277,17 +277,35 @@ impl Connection {
                 .read_stream(&stream, next, CATCH_UP_PAGE)
                 .await?;
             let n = page.len();
-            for recorded in page {
+            // As live: an event the hub cannot decode is not delivered (it logs it).
+            let events: Vec<Option<Event>> = page
+                .iter()
+                .map(|r| Event::decode(&r.event_type, r.schema_version, &r.data).ok())
+                .collect();
+            // Messages show their state now (read counts, replies, reactions, pin).
+            let sent: Vec<_> = page
+                .iter()
+                .zip(&events)
+                .filter_map(|(r, e)| match e {
+                    Some(Event::MessageSent {
+                        message_id,
+                        sender_id,
+                        ..
+                    }) => Some((*message_id, r.version, *sender_id)),
+                    _ => None,
+                })
+                .collect();
+            let mut extras = self.chat.extras(room, self.user, sent).await?.into_iter();
+            for (recorded, event) in page.into_iter().zip(events) {
                 if until.is_some_and(|u| recorded.version > u) {
                     return Ok(());
                 }
-                // As live: an event the hub cannot decode is not delivered (it logs it).
-                if let Ok(event) = Event::decode(
-                    &recorded.event_type,
-                    recorded.schema_version,
-                    &recorded.data,
-                ) {
-                    let frame = EventFrame::new(room, &recorded, &event);
+                if let Some(event) = event {
+                    let state = match event {
+                        Event::MessageSent { .. } => extras.next(),
+                        _ => None,
+                    };
+                    let frame = EventFrame::new(room, &recorded, &event, state.as_ref());
                     sink.send(Message::Text(frame.text.to_string())).await?;
                     delivered();
                 }
@@ -361,6 +379,7 @@ impl Connection {
                             RoomId(send.room_id),
                             body,
                             Some(key.to_owned()),
+                            send.reply_to.map(MessageId),
                         );
                         tracecontext::scope(trace, sent).instrument(span).await
                     }
