@@ -45,7 +45,8 @@ async fn unread_counts_follow_sends_reads_joins_and_deletes() {
     );
     assert_eq!(
         unread(&app, &bob).await,
-        json!({"total": 3, "rooms": [{"room_id": room, "unread_count": 3}]})
+        json!({"total": 3, "mention_total": 0, "thread_unread_total": 0,
+            "rooms": [{"room_id": room, "unread_count": 3, "mention_count": 0, "thread_unread_count": 0}]})
     );
     assert_eq!(unread(&app, &alice).await, json!({"total": 0, "rooms": []}));
 

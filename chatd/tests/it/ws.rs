@@ -530,7 +530,7 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     let f = b.next_of("unread").await;
     assert_eq!(
         f,
-        json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1})
+        json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0})
     );
     // More messages: the count rises (bursts may be coalesced into one push).
     let last = app.send(&alice, &room, "one").await;
@@ -557,7 +557,7 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     let f = b.next_of("unread").await;
     assert_eq!(
         f,
-        json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0})
+        json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0})
     );
     // Alice's own messages never changed her count: she got no unread frame at all.
     assert!(of_type(&a.drain_any().await, "unread").is_empty());
