@@ -38,16 +38,16 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// afresh in every test; its value has `async fn make(&self) -> Arc<dyn EventLog>` returning a
 /// fresh, empty log.
 ///
-/// `conformance_tests!(ignore = "why", FIXTURE)`: the same tests marked `#[ignore = "why"]`,
-/// for a backend whose server cannot run here: `cargo test` lists each as ignored with the
-/// reason, and `cargo test -- --ignored` runs them where it can.
+/// `conformance_tests!(optional = FIXTURE, skip = "why")`: for a backend whose server may not
+/// run here, `FIXTURE` is an `Option`; with `None`, each test records itself as skipped with
+/// the reason (`test_support::skip!`, listed at the end of `scripts/test`) and checks nothing.
 #[macro_export]
 macro_rules! conformance_tests {
-    (ignore = $why:literal, $fixture:expr) => {
-        $crate::conformance_tests!(@cases [#[ignore = $why]] [$fixture]);
+    (optional = $fixture:expr, skip = $why:literal) => {
+        $crate::conformance_tests!(@cases [optional $why] [$fixture]);
     };
-    (@cases [$($attr:tt)*] [$fixture:expr]) => {
-        $crate::conformance_tests!(@each [$($attr)*] [$fixture]
+    (@cases $mode:tt [$fixture:expr]) => {
+        $crate::conformance_tests!(@each $mode [$fixture]
             append_and_read_round_trip,
             expected_version_is_enforced,
             malformed_requests_are_rejected,
@@ -66,19 +66,28 @@ macro_rules! conformance_tests {
             close_ends_appends_and_subscriptions,
         );
     };
-    (@each $attrs:tt [$fixture:expr] $($case:ident),* $(,)?) => {
-        $( $crate::conformance_tests!(@one $attrs [$fixture] $case); )*
+    (@each $mode:tt [$fixture:expr] $($case:ident),* $(,)?) => {
+        $( $crate::conformance_tests!(@one $mode [$fixture] $case); )*
     };
-    (@one [$($attr:tt)*] [$fixture:expr] $case:ident) => {
+    (@one [plain] [$fixture:expr] $case:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        $($attr)*
         async fn $case() {
             let fixture = $fixture;
             $crate::conformance::$case(|| fixture.make()).await;
         }
     };
+    (@one [optional $why:literal] [$fixture:expr] $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let Some(fixture) = $fixture else {
+                $crate::test_support::skip!("{}", $why);
+                return;
+            };
+            $crate::conformance::$case(|| fixture.make()).await;
+        }
+    };
     ($fixture:expr) => {
-        $crate::conformance_tests!(@cases [] [$fixture]);
+        $crate::conformance_tests!(@cases [plain] [$fixture]);
     };
 }
 

@@ -8,3 +8,7 @@
 pub mod conformance;
 pub mod kurrentdb_server;
 pub mod nats_server;
+
+/// For [`conformance_tests!`]'s skips.
+#[doc(hidden)]
+pub use test_support;
