@@ -128,9 +128,11 @@ impl Api {
     }
 
     /// Notifications as Server-Sent Events: `message` (others' new messages in your rooms;
-    /// the SSE `id` is a log position) and `unread` (your counts; the first ones are a
-    /// baseline of every room with unread messages). Send `Last-Event-ID` to get the
-    /// `message` events you missed. Comment lines every 15 s keep the stream alive.
+    /// the SSE `id` is a log position), `mention` (one of them that mentions you, right after
+    /// its `message`, with the same `id`) and `unread` (your counts, mentions included; the
+    /// first ones are a baseline of every room with unread messages). Send `Last-Event-ID` to
+    /// get the `message` and `mention` events you missed. Comment lines every 15 s keep the
+    /// stream alive.
     #[oai(path = "/notifications", method = "get")]
     async fn notifications(
         &self,
