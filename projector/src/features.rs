@@ -268,15 +268,7 @@ pub fn counts(c: &Connection, user: UserId) -> Result<Vec<(RoomId, Counts)>> {
 pub fn all_mention_counts(
     c: &Connection,
 ) -> Result<std::collections::BTreeMap<(UserId, RoomId), u64>> {
-    let sql = format!("SELECT me.user_id, me.room_id, {MENTIONS} FROM members me");
-    let mut stmt = c.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            (UserId(r.get(0)?), RoomId(r.get(1)?)),
-            r.get::<_, i64>(2)? as u64,
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    crate::queries::per_member(c, MENTIONS)
 }
 
 /// How many members other than `sender` have their read marker below `seq`.

@@ -239,7 +239,15 @@ pub fn unread_counts(c: &Connection, user: UserId) -> Result<Vec<(RoomId, u64)>>
 pub fn all_unread_counts(
     c: &Connection,
 ) -> Result<std::collections::BTreeMap<(UserId, RoomId), u64>> {
-    let sql = format!("SELECT me.user_id, me.room_id, {UNREAD} FROM members me");
+    per_member(c, UNREAD)
+}
+
+/// `count`, an SQL count over the member's row `me`, for every member of every room.
+pub(crate) fn per_member(
+    c: &Connection,
+    count: &str,
+) -> Result<std::collections::BTreeMap<(UserId, RoomId), u64>> {
+    let sql = format!("SELECT me.user_id, me.room_id, {count} FROM members me");
     let mut stmt = c.prepare(&sql)?;
     let rows = stmt.query_map([], |r| {
         Ok((

@@ -123,6 +123,24 @@ impl UnreadModel {
 
     /// The mention count of every (member, room): unread messages that mention them.
     pub fn mention_counts(&self) -> BTreeMap<(UserId, RoomId), u64> {
+        self.unread_where(|room, user, seq| {
+            room.mentions
+                .get(&seq)
+                .is_some_and(|m| m.iter().any(|m| m.addresses(user)))
+        })
+    }
+
+    /// The unread count of every (member, room).
+    pub fn counts(&self) -> BTreeMap<(UserId, RoomId), u64> {
+        self.unread_where(|_, _, _| true)
+    }
+
+    /// Per (member, room): their unread messages (after their marker, not their own, not
+    /// deleted) for which `keep(room, member, seq)` holds.
+    fn unread_where(
+        &self,
+        keep: impl Fn(&RoomState, UserId, u64) -> bool,
+    ) -> BTreeMap<(UserId, RoomId), u64> {
         let mut out = BTreeMap::new();
         for (room_id, room) in &self.rooms {
             for (user, marker) in &room.members {
@@ -130,29 +148,8 @@ impl UnreadModel {
                     .messages
                     .range(marker + 1..)
                     .filter(|(seq, (sender, deleted))| {
-                        sender != user
-                            && !deleted
-                            && room
-                                .mentions
-                                .get(seq)
-                                .is_some_and(|m| m.iter().any(|m| m.addresses(*user)))
+                        sender != user && !deleted && keep(room, *user, **seq)
                     })
-                    .count();
-                out.insert((*user, *room_id), n as u64);
-            }
-        }
-        out
-    }
-
-    /// The unread count of every (member, room).
-    pub fn counts(&self) -> BTreeMap<(UserId, RoomId), u64> {
-        let mut out = BTreeMap::new();
-        for (room_id, room) in &self.rooms {
-            for (user, marker) in &room.members {
-                let n = room
-                    .messages
-                    .range(marker + 1..)
-                    .filter(|(_, (sender, deleted))| sender != user && !deleted)
                     .count();
                 out.insert((*user, *room_id), n as u64);
             }

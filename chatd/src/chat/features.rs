@@ -62,16 +62,18 @@ impl Chat {
         &self,
         actor: UserId,
         room: RoomId,
-        message_id: MessageId,
+        id: MessageId,
         emoji: Emoji,
     ) -> Result<()> {
-        let command = RoomCommand::React {
-            user: actor,
-            message_id,
-            emoji,
-        };
-        self.room_command(room, command).await?;
-        Ok(())
+        self.act(
+            room,
+            RoomCommand::React {
+                user: actor,
+                message_id: id,
+                emoji,
+            },
+        )
+        .await
     }
 
     /// Takes back the caller's `emoji` reaction to a message (not there: nothing changes).
@@ -79,36 +81,46 @@ impl Chat {
         &self,
         actor: UserId,
         room: RoomId,
-        message_id: MessageId,
+        id: MessageId,
         emoji: Emoji,
     ) -> Result<()> {
-        let command = RoomCommand::Unreact {
-            user: actor,
-            message_id,
-            emoji,
-        };
-        self.room_command(room, command).await?;
-        Ok(())
+        self.act(
+            room,
+            RoomCommand::Unreact {
+                user: actor,
+                message_id: id,
+                emoji,
+            },
+        )
+        .await
     }
 
     /// Pins a message in its room (already pinned: nothing changes).
-    pub async fn pin(&self, actor: UserId, room: RoomId, message_id: MessageId) -> Result<()> {
-        let command = RoomCommand::Pin {
-            user: actor,
-            message_id,
-        };
-        self.room_command(room, command).await?;
-        Ok(())
+    pub async fn pin(&self, actor: UserId, room: RoomId, id: MessageId) -> Result<()> {
+        self.act(
+            room,
+            RoomCommand::Pin {
+                user: actor,
+                message_id: id,
+            },
+        )
+        .await
     }
 
     /// Unpins a message (not pinned: nothing changes).
-    pub async fn unpin(&self, actor: UserId, room: RoomId, message_id: MessageId) -> Result<()> {
-        let command = RoomCommand::Unpin {
-            user: actor,
-            message_id,
-        };
-        self.room_command(room, command).await?;
-        Ok(())
+    pub async fn unpin(&self, actor: UserId, room: RoomId, id: MessageId) -> Result<()> {
+        self.act(
+            room,
+            RoomCommand::Unpin {
+                user: actor,
+                message_id: id,
+            },
+        )
+        .await
+    }
+
+    async fn act(&self, room: RoomId, command: RoomCommand) -> Result<()> {
+        self.room_command(room, command).await.map(|_| ())
     }
 
     /// The room's pinned messages, newest pin first. Members only.
