@@ -553,6 +553,13 @@ async fn mentions_are_counted_next_to_unread_and_pushed_over_ws_and_sse() {
     assert_eq!(m1.id, message.id, "a mention has its message's id");
     let m2 = notes.next_of("mention").await;
     assert_eq!(m2.data["seq"], everyone["seq"]);
+    // Resuming with Last-Event-ID replays the mentions after it too.
+    let mut again = sse::open(&app.api, &bob, message.id.as_deref()).await;
+    let replayed = again.next_of("mention").await;
+    assert_eq!(
+        replayed.data["seq"], everyone["seq"],
+        "only the mention after the id"
+    );
 
     // An edit that drops the mention drops the count; reading clears the rest.
     let mid = named["message_id"].as_str().unwrap();
