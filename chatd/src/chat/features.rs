@@ -57,69 +57,47 @@ fn message_item(
 }
 
 impl Chat {
-    /// Adds `emoji` to the caller's reactions to a message (already there: nothing changes).
+    /// Adds (`add`) or takes back the caller's `emoji` reaction to a message; already so:
+    /// nothing changes.
     pub async fn react(
         &self,
         actor: UserId,
         room: RoomId,
-        id: MessageId,
+        message_id: MessageId,
         emoji: Emoji,
+        add: bool,
     ) -> Result<()> {
-        self.act(
-            room,
+        let user = actor;
+        let command = if add {
             RoomCommand::React {
-                user: actor,
-                message_id: id,
+                user,
+                message_id,
                 emoji,
-            },
-        )
-        .await
+            }
+        } else {
+            RoomCommand::Unreact {
+                user,
+                message_id,
+                emoji,
+            }
+        };
+        self.room_command(room, command).await.map(|_| ())
     }
 
-    /// Takes back the caller's `emoji` reaction to a message (not there: nothing changes).
-    pub async fn unreact(
+    /// Pins (`pin`) or unpins a message in its room; already so: nothing changes.
+    pub async fn pin(
         &self,
         actor: UserId,
         room: RoomId,
-        id: MessageId,
-        emoji: Emoji,
+        message_id: MessageId,
+        pin: bool,
     ) -> Result<()> {
-        self.act(
-            room,
-            RoomCommand::Unreact {
-                user: actor,
-                message_id: id,
-                emoji,
-            },
-        )
-        .await
-    }
-
-    /// Pins a message in its room (already pinned: nothing changes).
-    pub async fn pin(&self, actor: UserId, room: RoomId, id: MessageId) -> Result<()> {
-        self.act(
-            room,
-            RoomCommand::Pin {
-                user: actor,
-                message_id: id,
-            },
-        )
-        .await
-    }
-
-    /// Unpins a message (not pinned: nothing changes).
-    pub async fn unpin(&self, actor: UserId, room: RoomId, id: MessageId) -> Result<()> {
-        self.act(
-            room,
-            RoomCommand::Unpin {
-                user: actor,
-                message_id: id,
-            },
-        )
-        .await
-    }
-
-    async fn act(&self, room: RoomId, command: RoomCommand) -> Result<()> {
+        let user = actor;
+        let command = if pin {
+            RoomCommand::Pin { user, message_id }
+        } else {
+            RoomCommand::Unpin { user, message_id }
+        };
         self.room_command(room, command).await.map(|_| ())
     }
 

@@ -44,7 +44,13 @@ impl Api {
     ) -> Result<Done, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;
         self.chat
-            .react(auth.0.0, RoomId(room_id.0), MessageId(message_id.0), emoji)
+            .react(
+                auth.0.0,
+                RoomId(room_id.0),
+                MessageId(message_id.0),
+                emoji,
+                true,
+            )
             .await?;
         Ok(Done::Done)
     }
@@ -64,7 +70,13 @@ impl Api {
     ) -> Result<Done, ApiError> {
         let emoji = Emoji::parse(&emoji.0)?;
         self.chat
-            .unreact(auth.0.0, RoomId(room_id.0), MessageId(message_id.0), emoji)
+            .react(
+                auth.0.0,
+                RoomId(room_id.0),
+                MessageId(message_id.0),
+                emoji,
+                false,
+            )
             .await?;
         Ok(Done::Done)
     }
@@ -148,7 +160,7 @@ impl Api {
         message_id: Path<Uuid>,
     ) -> Result<Done, ApiError> {
         self.chat
-            .pin(auth.0.0, RoomId(room_id.0), MessageId(message_id.0))
+            .pin(auth.0.0, RoomId(room_id.0), MessageId(message_id.0), true)
             .await?;
         Ok(Done::Done)
     }
@@ -162,7 +174,7 @@ impl Api {
         message_id: Path<Uuid>,
     ) -> Result<Done, ApiError> {
         self.chat
-            .unpin(auth.0.0, RoomId(room_id.0), MessageId(message_id.0))
+            .pin(auth.0.0, RoomId(room_id.0), MessageId(message_id.0), false)
             .await?;
         Ok(Done::Done)
     }
