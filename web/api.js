@@ -46,8 +46,13 @@ async function request(method, path, { body, token } = {}) {
  * session, so tabs refresh one at a time (a Web Lock) and adopt each other's new tokens.
  */
 export class Session {
-  constructor(onChange) {
+  /**
+   * @param {(data: object|null) => void} onChange  logged in or out
+   * @param {(token: string) => void} onToken  a new access token (refreshed here or in another tab)
+   */
+  constructor(onChange, onToken = () => {}) {
     this.onChange = onChange;
+    this.onToken = onToken;
     this.data = read();
     this.timer = null;
     addEventListener('storage', (e) => {
@@ -56,6 +61,7 @@ export class Session {
       this.data = read();
       this.schedule();
       if (this.data?.user_id !== before) this.onChange(this.data);
+      else if (this.data) this.onToken(this.data.access_token);
     });
     this.schedule();
   }
@@ -103,6 +109,7 @@ export class Session {
     };
     localStorage.setItem(KEY, JSON.stringify(this.data));
     this.schedule();
+    this.onToken(this.data.access_token);
   }
 
   schedule() {
@@ -128,6 +135,7 @@ export class Session {
       if (stored && stored.refresh_token !== held && stored.user_id === this.data?.user_id) {
         this.data = stored;
         this.schedule();
+        this.onToken(stored.access_token);
         return;
       }
       try {

@@ -16,6 +16,7 @@ export class Live {
    * @param {() => void} hooks.onOpen  after `resume` was sent
    * @param {(state: string, retryAt?: number) => void} hooks.onState
    *   `connecting`, `online` or `offline`
+   * @param {() => void} hooks.onSessionEnded  the server closed with 4001: log in again
    */
   constructor(hooks) {
     this.hooks = hooks;
@@ -48,6 +49,11 @@ export class Live {
     if (!this.open) return false;
     this.ws.send(JSON.stringify(frame));
     return true;
+  }
+
+  /** Renews the connection's token in-band (the server closes it with 4002 otherwise). */
+  reauth(token) {
+    if (this.open) this.ws.send(JSON.stringify({ type: 'auth', access_token: token }));
   }
 
   retryNow() {
@@ -96,10 +102,12 @@ export class Live {
       }
       this.hooks.onFrame(frame);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.teardown();
-      this.scheduleRetry();
+      // 4001: the session ended (no retry); 4002: the token expired (a retry gets a fresh one).
+      if (e.code === 4001) this.hooks.onSessionEnded();
+      else this.scheduleRetry();
     };
   }
 

@@ -36,13 +36,19 @@ const state = {
   started: false,
 };
 
-const session = new Session((data) => (data ? start() : stop()));
+const session = new Session(
+  (data) => (data ? start() : stop()),
+  // A refreshed token renews the open WebSocket in-band (else it closes when the old expires).
+  (token) => live.reauth(token),
+);
 const live = new Live({
   token: () => session.token(),
   prepare: loadRooms,
   onFrame,
   onOpen: flushPending,
   onState: showConnection,
+  // Logged out elsewhere, or the session was revoked: back to the login form.
+  onSessionEnded: () => session.clear(),
 });
 
 // ------------------------------------------------------------------ start and stop
@@ -326,7 +332,8 @@ function onEvent(roomId, ev) {
       state.pending.delete(ev.client_msg_id);
     }
     stopTyping(roomId, ev.sender_id);
-    if (ev.sender_id !== me) notify(roomId, ev);
+    // A replayed message that was deleted since comes without its text: nothing to tell.
+    if (ev.sender_id !== me && ev.body !== undefined) notify(roomId, ev);
   }
   if (state.tl?.room_id === roomId) liveEvent(state.tl, ev);
 }
@@ -517,7 +524,7 @@ function liveEvent(tl, ev) {
     }
     if (state.tl !== tl || ev.seq <= tl.newest) return;
     addEvents(tl, [ev], 'append');
-    if (ev.type === 'message_sent' && ev.sender_id !== state.me?.user_id) {
+    if (ev.type === 'message_sent' && ev.body !== undefined && ev.sender_id !== state.me?.user_id) {
       announce(`${userName(ev.sender_id)}: ${ev.body}`);
     }
     if (follow) scrollToBottom();
@@ -804,7 +811,7 @@ function onFrameError(f) {
     // reach us as soon as they are durable): try again shortly.
     state.readSent.delete(f.ref);
     setTimeout(markRead, 300);
-  } else if (f.code === 'not_a_member' || f.code === 'room_not_found') {
+  } else if (f.code === 'room_not_found') {
     reloadRoomsSoon();
   } else {
     console.warn('chatd:', f.code, f.detail);

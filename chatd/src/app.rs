@@ -43,7 +43,11 @@ pub struct App {
     search: Search,
     failures: Arc<Failures>,
     alerts: observability::Alerts,
+    /// The one follower of the log whose events every consumer here shares.
+    follower: Follower,
 }
+
+type Follower = std::pin::Pin<Box<dyn Future<Output = eventlog::Result<()>> + Send>>;
 
 /// Opens the search index for `log` (rebuilt from it when missing, of another version, or
 /// ahead of it).
@@ -153,6 +157,11 @@ impl App {
         let failures = Arc::new(Failures::default());
         let Storage { log, models, nats } = open_storage(&settings).await?;
         let log = MeteredLog::wrap(log, failures.clone());
+        // The projector, the search indexer and the hub follow the log through one follower.
+        let (shared, follower) =
+            eventlog::follow::Shared::start(log, eventlog::follow::DEFAULT_CAPACITY).await?;
+        let log: Arc<dyn EventLog> = shared;
+        let follower: Follower = Box::pin(follower);
         let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =
             auth::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
@@ -210,6 +219,7 @@ impl App {
             search,
             failures,
             alerts: observability::Alerts::disabled(),
+            follower,
         })
     }
 
@@ -252,8 +262,23 @@ impl App {
             search,
             failures,
             alerts,
+            follower,
         } = self;
         let failed = CancellationToken::new();
+        let stop_follower = CancellationToken::new();
+        let follower = supervise(
+            "log follower",
+            {
+                let stop = stop_follower.clone();
+                async move {
+                    tokio::select! {
+                        () = stop.cancelled() => Ok(()),
+                        followed = follower => followed,
+                    }
+                }
+            },
+            failed.clone(),
+        );
         let stop_projector = CancellationToken::new();
         let stop_live = CancellationToken::new();
 
@@ -268,6 +293,7 @@ impl App {
                 )
             }),
             failures: failures.clone(),
+            auth: chat.auth().clone(),
         };
         let (hub, hub_run) = crate::live::hub::start(
             log.clone(),
@@ -384,6 +410,8 @@ impl App {
         let indexed = indexer.await.context("search indexer supervisor failed");
         let hub_result = hub_task.await.context("hub supervisor failed");
         let monitored = monitor.await.context("monitor supervisor failed");
+        stop_follower.cancel();
+        let followed = follower.await.context("log follower supervisor failed");
         log.close().await;
         let admin_served = match admin_server {
             Some(task) => task.await.context("admin server task failed")?,
@@ -396,6 +424,7 @@ impl App {
         indexed??;
         hub_result??;
         monitored??;
+        followed??;
         Ok(())
     }
 }

@@ -127,6 +127,14 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub search_commit_ms: u64,
 
+    /// How much nicer (lower priority) than the rest of chatd the search indexer's threads
+    /// run, as a Linux nice increment: indexing then gets the CPU that sending and delivery
+    /// leave over, and search falls behind under load instead of slowing them. 0 indexes at
+    /// normal priority.
+    #[arg(long, env = "CHAT_SEARCH_NICE", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub search_nice: i32,
+
     /// Alert when a projection (read models, search, live fan-out) is this many seconds
     /// behind the log.
     #[arg(long, env = "CHAT_ALERT_LAG_SECS", default_value_t = 30, global = true,
@@ -313,6 +321,7 @@ impl Settings {
     pub fn search_indexer(&self) -> search::IndexerSettings {
         search::IndexerSettings {
             commit_interval: Duration::from_millis(self.search_commit_ms),
+            nice: self.search_nice,
             ..search::IndexerSettings::default()
         }
     }

@@ -56,6 +56,8 @@ macro_rules! conformance_tests {
             partially_stored_ids_are_a_mismatch,
             ids_stored_in_another_stream_are_a_mismatch,
             racing_duplicates_write_once,
+            batch_append_writes_groups_in_order,
+            batch_append_is_idempotent_per_group,
             read_stream_ranges,
             read_all_pages,
             subscribe_catches_up_then_goes_live,
@@ -642,6 +644,186 @@ where
         stored.iter().map(|e| e.version).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5, 6]
     );
+    log.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch appends
+
+/// A batch's groups are written in order at consecutive versions with one `recorded_at`, each
+/// answered with where it landed; the batch has one expected version, and a batch whose
+/// expectation fails writes nothing.
+pub async fn batch_append_writes_groups_in_order<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn EventLog>>,
+{
+    let log = make().await;
+    log.append("other", ExpectedVersion::NoStream, events(1))
+        .await
+        .expect("other");
+    let groups = vec![events(2), events(1), events(3)];
+    let answers = log
+        .append_batch("s", ExpectedVersion::NoStream, groups.clone())
+        .await
+        .expect("batch");
+    let answers: Vec<AppendResult> = answers.into_iter().map(|a| a.expect("group")).collect();
+    let versions: Vec<(u64, u64)> = answers
+        .iter()
+        .map(|a| (a.first_version, a.last_version))
+        .collect();
+    assert_eq!(versions, [(1, 2), (3, 3), (4, 6)]);
+    assert!(answers.iter().all(|a| !a.duplicate));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.recorded_at == answers[0].recorded_at)
+    );
+    let stored = log.read_stream("s", 1, 100).await.expect("read");
+    let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
+    assert_eq!(stored.iter().map(|e| e.event_id).collect::<Vec<_>>(), ids);
+    // Each answer names its own events' positions.
+    let mut i = 0;
+    for answer in &answers {
+        let n = (answer.last_version - answer.first_version + 1) as usize;
+        assert_eq!(stored[i].position, answer.first_position);
+        assert_eq!(stored[i + n - 1].position, answer.last_position);
+        assert!(
+            stored[i..i + n]
+                .iter()
+                .all(|e| e.recorded_at == answer.recorded_at)
+        );
+        i += n;
+    }
+    assert!(stored.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(log.head().await.expect("head"), answers[2].last_position);
+
+    // One expected version for the batch: stale, nothing of it is written.
+    let head = log.head().await.expect("head");
+    for stale in [ExpectedVersion::NoStream, ExpectedVersion::Exact(5)] {
+        expect_error(
+            log.append_batch("s", stale, vec![events(1), events(2)])
+                .await,
+            ErrorKind::VersionConflict,
+        );
+    }
+    assert_eq!(log.head().await.expect("head"), head);
+    let more = log
+        .append_batch("s", ExpectedVersion::Exact(6), vec![events(1), events(1)])
+        .await
+        .expect("more");
+    let more: Vec<(u64, u64)> = more
+        .into_iter()
+        .map(|a| a.expect("group"))
+        .map(|a| (a.first_version, a.last_version))
+        .collect();
+    assert_eq!(more, [(7, 7), (8, 8)]);
+    expect_error(
+        log.append_batch("s", ExpectedVersion::Any, vec![]).await,
+        ErrorKind::InvalidArgument,
+    );
+    let twice = events(1);
+    expect_error(
+        log.append_batch("s", ExpectedVersion::Any, vec![twice.clone(), twice])
+            .await,
+        ErrorKind::InvalidArgument,
+    );
+    assert_eq!(log.read_stream("s", 1, 100).await.expect("read").len(), 8);
+    log.close().await;
+}
+
+/// Each group of a batch is judged by its ids on its own: a stored one gets its original
+/// result, a partly stored one a mismatch, and neither stops the others from being written; a
+/// batch of nothing but stored groups is answered whatever version it expects.
+pub async fn batch_append_is_idempotent_per_group<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn EventLog>>,
+{
+    let log = make().await;
+    let stored = events(2);
+    let original = log
+        .append("s", ExpectedVersion::NoStream, stored.clone())
+        .await
+        .expect("first");
+    let elsewhere = events(1);
+    log.append("t", ExpectedVersion::NoStream, elsewhere.clone())
+        .await
+        .expect("elsewhere");
+    let solo = events(2);
+    log.append("s", ExpectedVersion::Exact(2), solo.clone())
+        .await
+        .expect("solo");
+    let fresh = events(2);
+    let partly = vec![solo[1].clone(), event("New", b"{}")];
+    let batch = vec![stored.clone(), fresh.clone(), partly, elsewhere];
+    let answers = log
+        .append_batch("s", ExpectedVersion::Exact(4), batch.clone())
+        .await
+        .expect("batch");
+    assert_eq!(answers.len(), 4);
+    assert_eq!(
+        answers[0].as_ref().expect("stored group"),
+        &AppendResult {
+            duplicate: true,
+            ..original
+        }
+    );
+    let written = *answers[1].as_ref().expect("fresh group");
+    assert!(!written.duplicate);
+    assert_eq!((written.first_version, written.last_version), (5, 6));
+    for mismatch in &answers[2..] {
+        match mismatch {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::IdempotencyMismatch, "{e}"),
+            Ok(a) => panic!("expected a mismatch, got {a:?}"),
+        }
+    }
+    let in_s = log.read_stream("s", 1, 100).await.expect("read");
+    assert_eq!(
+        in_s.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        stored
+            .iter()
+            .chain(&solo)
+            .chain(&fresh)
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>()
+    );
+
+    // The same batch again, with a stale expectation: every group is answered as before and
+    // nothing is written (no conflict: there is nothing to write).
+    let head = log.head().await.expect("head");
+    for stale in [ExpectedVersion::NoStream, ExpectedVersion::Exact(4)] {
+        let again = log
+            .append_batch("s", stale, batch[..2].to_vec())
+            .await
+            .expect("retry");
+        let again: Vec<AppendResult> = again.into_iter().map(|a| a.expect("group")).collect();
+        assert!(again.iter().all(|a| a.duplicate), "{stale}: {again:?}");
+        assert_eq!(again[0].first_position, original.first_position);
+        assert_eq!(again[1].first_position, written.first_position);
+        assert_eq!(again[1].last_version, 6);
+    }
+    // A stored group and a new one at a stale version: the new one conflicts, so nothing is
+    // written; at the right version the new one is written after the stored one's answer.
+    let new = events(1);
+    expect_error(
+        log.append_batch(
+            "s",
+            ExpectedVersion::Exact(4),
+            vec![fresh.clone(), new.clone()],
+        )
+        .await,
+        ErrorKind::VersionConflict,
+    );
+    assert_eq!(log.head().await.expect("head"), head);
+    let answers = log
+        .append_batch("s", ExpectedVersion::Exact(6), vec![fresh, new])
+        .await
+        .expect("retry with a new group");
+    assert!(answers[0].as_ref().expect("stored").duplicate);
+    let new = answers[1].as_ref().expect("new");
+    assert_eq!((new.first_version, new.duplicate), (7, false));
+    assert_eq!(log.read_stream("s", 1, 100).await.expect("read").len(), 7);
     log.close().await;
 }
 

@@ -24,7 +24,8 @@
 //!
 //! # Appending
 //!
-//! - **Optimistic concurrency.** One append is one KurrentDB append with the exact expected
+//! - **Optimistic concurrency.** One append — or one [`EventLog::append_batch`], the new events
+//!   of all its groups together — is one KurrentDB append with the exact expected
 //!   revision (`NoStream`, `StreamRevision(v - 1)` or `Any`): atomic for its events, refused
 //!   with "wrong expected version" when the stream moved; that maps to
 //!   [`Error::VersionConflict`].
@@ -343,12 +344,13 @@ impl KurrentLog {
         format!("{}{stream}", self.inner.prefix)
     }
 
-    /// Makes the index cover the head of the log, then judges `ids` by it.
+    /// Makes the index cover the head of the log, then judges the groups not answered yet by
+    /// it.
     async fn judge_after_catching_up(
         &self,
         stream: &str,
-        ids: &[uuid::Uuid],
-    ) -> Result<Option<Result<AppendResult>>> {
+        pending: &mut crate::Pending,
+    ) -> Result<()> {
         let head = self.head().await?;
         tokio::time::timeout(INDEX_DEADLINE, self.inner.index.wait_for(head))
             .await
@@ -357,8 +359,9 @@ impl KurrentLog {
                     "the event-id index is more than {INDEX_DEADLINE:?} behind the log"
                 ))
             })?;
-        let hits = self.inner.index.lookup(ids.to_vec()).await?;
-        Ok(index::judge(stream, ids, &hits))
+        let hits = self.inner.index.lookup(pending.ids()).await?;
+        pending.answer(index::judge_groups(stream, pending.groups(), &hits));
+        Ok(())
     }
 }
 
@@ -394,27 +397,28 @@ fn event_data(e: &NewEvent, recorded_at: DateTime<Utc>) -> EventData {
 
 #[async_trait]
 impl EventLog for KurrentLog {
-    async fn append(
+    async fn append_batch(
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        validate(stream, expected, &events)?;
-        if events.len() > MAX_EVENTS_PER_APPEND {
+        batch: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<AppendResult>>> {
+        validate(stream, expected, &batch)?;
+        let total: usize = batch.iter().map(Vec::len).sum();
+        if total > MAX_EVENTS_PER_APPEND {
             return Err(Error::InvalidArgument(format!(
-                "{} events in one append; the KurrentDB backend takes at most \
-                 {MAX_EVENTS_PER_APPEND}",
-                events.len()
+                "{total} events in one append; the KurrentDB backend takes at most \
+                 {MAX_EVENTS_PER_APPEND}"
             )));
         }
         let gate = self.inner.gate.read().await;
         if *gate {
             return Err(Error::Closed);
         }
-        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
-        if let Some(judged) = self.judge_after_catching_up(stream, &ids).await? {
-            return judged;
+        let mut pending = crate::Pending::new(batch);
+        self.judge_after_catching_up(stream, &mut pending).await?;
+        if pending.settled() {
+            return Ok(pending.finish());
         }
         let recorded_at = Utc::now().trunc_subsecs(6);
         let state = match expected {
@@ -423,7 +427,11 @@ impl EventLog for KurrentLog {
             ExpectedVersion::Exact(v) => StreamState::StreamRevision(v - 1),
         };
         let name = self.name(stream);
-        let data: Vec<EventData> = events.iter().map(|e| event_data(e, recorded_at)).collect();
+        let ids: Vec<uuid::Uuid> = pending.to_write().map(|e| e.event_id).collect();
+        let data: Vec<EventData> = pending
+            .to_write()
+            .map(|e| event_data(e, recorded_at))
+            .collect();
         let written = self
             .inner
             .client
@@ -438,8 +446,9 @@ impl EventLog for KurrentLog {
             Ok(w) if w.position == Position::start() => None,
             Ok(w) => Some(w),
             Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
-                if let Some(judged) = self.judge_after_catching_up(stream, &ids).await? {
-                    return judged;
+                self.judge_after_catching_up(stream, &mut pending).await?;
+                if pending.settled() {
+                    return Ok(pending.finish());
                 }
                 return Err(Error::VersionConflict {
                     stream: stream.to_owned(),
@@ -453,33 +462,31 @@ impl EventLog for KurrentLog {
             Err(e) => return Err(unavailable(format!("append to {name}: {e}"))),
         };
         let Some(written) = written else {
-            return self
-                .judge_after_catching_up(stream, &ids)
-                .await?
-                .unwrap_or_else(|| Err(unavailable("a duplicate the index does not know")));
+            self.judge_after_catching_up(stream, &mut pending).await?;
+            if pending.settled() {
+                return Ok(pending.finish());
+            }
+            return Err(unavailable("a duplicate the index does not know"));
         };
         // The answer carries one position for the whole append: read back each event's.
-        let n = events.len() as u64;
+        let n = ids.len() as u64;
         let first_version = written.next_expected_version + 2 - n;
-        let stored = self
-            .read_stream(stream, first_version, events.len())
-            .await?;
-        let matches = stored.len() == events.len()
-            && stored.iter().zip(&ids).all(|(s, id)| s.event_id == *id);
-        let (Some(first), Some(last), true) = (stored.first(), stored.last(), matches) else {
+        let stored = self.read_stream(stream, first_version, ids.len()).await?;
+        let matches =
+            stored.len() == ids.len() && stored.iter().zip(&ids).all(|(s, id)| s.event_id == *id);
+        let (Some(first), true) = (stored.first(), matches) else {
             return Err(unavailable(format!(
                 "the events written to {name} at revision {} are not the ones appended",
                 written.next_expected_version
             )));
         };
-        Ok(AppendResult {
+        let recorded_at = first.recorded_at;
+        Ok(pending.written(
             first_version,
-            last_version: last.version,
-            first_position: first.position,
-            last_position: last.position,
-            recorded_at: first.recorded_at,
-            duplicate: false,
-        })
+            // In range: `matches` checked there is one stored event per written one.
+            |i| stored[i as usize].position,
+            recorded_at,
+        ))
     }
 
     async fn read_stream(

@@ -4,6 +4,9 @@
 //! - [`EventLog::append`] writes events to one stream, atomically, if the stream is at the
 //!   [`ExpectedVersion`]; it is idempotent by event id — appending events whose ids are already
 //!   stored returns the original [`AppendResult`] (with `duplicate: true`) and writes nothing;
+//! - [`EventLog::append_batch`] is several such appends to one stream (one per command, say)
+//!   written as one: one expected version, one atomic write (one fsync, one JetStream atomic
+//!   batch, one KurrentDB append), each part still idempotent on its own;
 //! - [`EventLog::read_stream`] and [`EventLog::read_all`] read back;
 //! - [`EventLog::subscribe`] delivers every event after a global position: first what is
 //!   stored (catch-up), then new events as they become durable (live), with no gap and no
@@ -12,6 +15,9 @@
 //! Versions are per stream, gapless, starting at 1 (a room's version is its `seq`). Positions
 //! are global, strictly increasing in commit order, starting at 1; position 0 means "before
 //! everything".
+//!
+//! [`follow::Shared`] wraps any backend so that every subscription of a process is served from
+//! one follower of the log.
 //!
 //! Backends: [`sqlite::SqliteLog`] (the embedded default) and [`jetstream::JetStreamLog`]
 //! (NATS JetStream, for several nodes). The dev-only `eventlog-testkit` crate holds the
@@ -26,6 +32,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use uuid::Uuid;
 
+pub mod follow;
 pub mod jetstream;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrentdb;
@@ -206,13 +213,40 @@ pub type Subscription = BoxStream<'static, Result<Arc<RecordedEvent>>>;
 #[async_trait]
 pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// Appends `events` (at least one) to `stream` atomically if it is at `expected`.
-    /// Returns only once the events are durable.
+    /// Returns only once the events are durable. A batch of one: see [`Self::append_batch`].
     async fn append(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-    ) -> Result<AppendResult>;
+    ) -> Result<AppendResult> {
+        let mut answers = self.append_batch(stream, expected, vec![events]).await?;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(Error::Unavailable("a batch of one got no answer".into())))
+    }
+
+    /// Appends several groups of events (at least one, each of at least one event; an event id
+    /// at most once in the whole batch) to `stream` in one atomic write, and answers each group
+    /// as [`Self::append`] would have answered it alone:
+    ///
+    /// - a group whose ids are all stored already (as one append, in this stream) is answered
+    ///   with its original result, `duplicate: true`, and not written again; a group whose ids
+    ///   are partly stored, or stored elsewhere, gets [`Error::IdempotencyMismatch`] and is not
+    ///   written. Neither affects the other groups;
+    /// - the other groups are written together, in batch order, at consecutive versions right
+    ///   after `expected`, with one `recorded_at` — or, if the stream is not at `expected`,
+    ///   none is and the whole call fails with [`Error::VersionConflict`] (when every group is
+    ///   answered already there is nothing to check and no conflict).
+    ///
+    /// The outer error is for the batch as a whole (conflict, malformed request, storage); the
+    /// inner ones, in group order, are each group's. Returns only once the writes are durable.
+    async fn append_batch(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        batch: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<AppendResult>>>;
 
     /// Up to `limit` events of `stream` with version ≥ `from_version`, in version order.
     /// An unknown stream reads as empty.
@@ -242,7 +276,11 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
 pub const MAX_STREAM_NAME_LEN: usize = 256;
 
 /// Rejects malformed requests (the same way in every backend) before they reach storage.
-pub(crate) fn validate(stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<()> {
+pub(crate) fn validate(
+    stream: &str,
+    expected: ExpectedVersion,
+    batch: &[Vec<NewEvent>],
+) -> Result<()> {
     if stream.is_empty() {
         return Err(Error::InvalidArgument("stream name is empty".into()));
     }
@@ -262,22 +300,144 @@ pub(crate) fn validate(stream: &str, expected: ExpectedVersion, events: &[NewEve
             "expected version 0 does not exist; use NoStream for an empty stream".into(),
         ));
     }
-    match events {
-        [] => return Err(Error::InvalidArgument("no events to append".into())),
-        [_] => {}
-        [a, b] => {
-            if a.event_id == b.event_id {
-                return Err(duplicate_in_request(a.event_id));
-            }
-        }
-        _ => {
-            let mut seen = HashSet::with_capacity(events.len());
-            if let Some(e) = events.iter().find(|e| !seen.insert(e.event_id)) {
-                return Err(duplicate_in_request(e.event_id));
-            }
+    if batch.is_empty() || batch.iter().any(Vec::is_empty) {
+        return Err(Error::InvalidArgument("no events to append".into()));
+    }
+    match batch {
+        [events] => match events.as_slice() {
+            [_] => {}
+            [a, b] if a.event_id != b.event_id => {}
+            _ => unique_ids(events.iter())?,
+        },
+        _ => unique_ids(batch.iter().flatten())?,
+    }
+    Ok(())
+}
+
+fn unique_ids<'a>(events: impl Iterator<Item = &'a NewEvent>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for e in events {
+        if !seen.insert(e.event_id) {
+            return Err(duplicate_in_request(e.event_id));
         }
     }
     Ok(())
+}
+
+/// A batch on its way into a backend: each group's answer, once known.
+pub(crate) struct Pending {
+    groups: Vec<Vec<NewEvent>>,
+    /// Events per group (kept apart: [`Self::take_to_write`] empties the groups).
+    sizes: Vec<u64>,
+    answers: Vec<Option<Result<AppendResult>>>,
+}
+
+impl Pending {
+    pub(crate) fn new(groups: Vec<Vec<NewEvent>>) -> Self {
+        let answers = groups.iter().map(|_| None).collect();
+        let sizes = groups.iter().map(|g| g.len() as u64).collect();
+        Self {
+            groups,
+            sizes,
+            answers,
+        }
+    }
+
+    /// Answers every group not answered yet for which `judge` (an idempotency lookup) has an
+    /// answer; an outer error from it fails the whole batch.
+    pub(crate) fn judge(
+        &mut self,
+        mut judge: impl FnMut(&[NewEvent]) -> Result<Option<Result<AppendResult>>>,
+    ) -> Result<()> {
+        for (group, answer) in self.groups.iter().zip(&mut self.answers) {
+            if answer.is_none() {
+                *answer = judge(group)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every event id, group by group.
+    pub(crate) fn ids(&self) -> Vec<Uuid> {
+        self.groups.iter().flatten().map(|e| e.event_id).collect()
+    }
+
+    /// The groups, for lookups that take them all at once.
+    pub(crate) fn groups(&self) -> &[Vec<NewEvent>] {
+        &self.groups
+    }
+
+    /// Answers the groups from `answers` (one per group, in order) where it has one.
+    pub(crate) fn answer(&mut self, answers: Vec<Option<Result<AppendResult>>>) {
+        for (mine, theirs) in self.answers.iter_mut().zip(answers) {
+            if mine.is_none() {
+                *mine = theirs;
+            }
+        }
+    }
+
+    /// Whether every group is answered (nothing left to write).
+    pub(crate) fn settled(&self) -> bool {
+        self.answers.iter().all(Option::is_some)
+    }
+
+    /// The events of the groups still to write, in order.
+    pub(crate) fn to_write(&self) -> impl Iterator<Item = &NewEvent> {
+        self.groups
+            .iter()
+            .zip(&self.answers)
+            .filter(|(_, a)| a.is_none())
+            .flat_map(|(g, _)| g)
+    }
+
+    /// Takes the groups still to write out (for a backend that consumes them).
+    pub(crate) fn take_to_write(&mut self) -> Vec<NewEvent> {
+        self.groups
+            .iter_mut()
+            .zip(&self.answers)
+            .filter(|(_, a)| a.is_none())
+            .flat_map(|(g, _)| std::mem::take(g))
+            .collect()
+    }
+
+    /// The answers once the groups still to write are written at versions from
+    /// `first_version`, the `i`-th written event at `position(i)`.
+    pub(crate) fn written(
+        self,
+        first_version: u64,
+        position: impl Fn(u64) -> u64,
+        recorded_at: DateTime<Utc>,
+    ) -> Vec<Result<AppendResult>> {
+        let mut offset = 0u64;
+        self.sizes
+            .into_iter()
+            .zip(self.answers)
+            .map(|(n, answer)| {
+                answer.unwrap_or_else(|| {
+                    let (first, last) = (offset, offset + n - 1);
+                    offset += n;
+                    Ok(AppendResult {
+                        first_version: first_version + first,
+                        last_version: first_version + last,
+                        first_position: position(first),
+                        last_position: position(last),
+                        recorded_at,
+                        duplicate: false,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The answers of a batch with nothing left to write.
+    pub(crate) fn finish(self) -> Vec<Result<AppendResult>> {
+        self.answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| Err(Error::Unavailable("a group was not answered".into())))
+            })
+            .collect()
+    }
 }
 
 fn duplicate_in_request(id: Uuid) -> Error {

@@ -6,13 +6,15 @@
 //!   sends a request over a bounded channel and waits for the answer on a oneshot. The writer
 //!   takes the first waiting request plus whatever else is already queued (up to
 //!   [`Options::max_batch`]) and runs them all in one transaction; a request of several events
-//!   runs inside its own `SAVEPOINT` (a single-event one is one `INSERT`, atomic by itself), so
-//!   that a failing request (version conflict, idempotency mismatch) leaves the others alone.
+//!   (one append of several, or an [`EventLog::append_batch`]) runs inside its own `SAVEPOINT`
+//!   (a single-event one is one `INSERT`, atomic by itself), so that a failing request
+//!   (version conflict, storage error) leaves the others alone.
 //!   After `COMMIT` — with `synchronous=FULL`, the batch is then on disk — it answers every
 //!   caller and then publishes the new events to live subscribers, in position order.
-//! - **Idempotency first.** Each request's event ids are looked up before its expected version
-//!   is checked, so a retry of a stored append gets the original result even when its expected
-//!   version has gone stale. Requests earlier in the same batch count as stored.
+//! - **Idempotency first.** Each request's event ids are looked up, group by group, before its
+//!   expected version is checked, so a retry of a stored append gets the original result even
+//!   when its expected version has gone stale. Requests earlier in the same transaction count
+//!   as stored.
 //! - **Gapless positions.** The writer assigns positions itself from an in-memory counter that
 //!   only moves for requests that are written; a failed transaction resets it from the file.
 //! - **Checkpoints** (copying the WAL back into the database file, with an fsync) run on a
@@ -54,8 +56,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
-    AppendResult, Error, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Result, Subscription,
-    validate,
+    AppendResult, Error, ErrorKind, EventLog, ExpectedVersion, NewEvent, Pending, RecordedEvent,
+    Result, Subscription, validate,
 };
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
@@ -135,7 +137,7 @@ pub struct Stats {
     /// Transactions committed (each one `fsync`). Fewer than `requests` under concurrency:
     /// that is group commit at work.
     pub batches: u64,
-    /// Append requests answered from committed batches (written, duplicates and rejected).
+    /// Append requests (an `append` or an `append_batch` each) answered from committed batches (written, duplicates and rejected).
     pub requests: u64,
     /// Events written.
     pub events: u64,
@@ -182,11 +184,14 @@ enum Command {
     Pause(PauseRequest),
 }
 
+/// What one append request is answered with: see [`EventLog::append_batch`].
+type Answers = Result<Vec<Result<AppendResult>>>;
+
 struct AppendRequest {
     stream: String,
     expected: ExpectedVersion,
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<AppendResult>>,
+    batch: Vec<Vec<NewEvent>>,
+    reply: oneshot::Sender<Answers>,
 }
 
 struct PauseRequest {
@@ -377,19 +382,19 @@ impl SqliteLog {
 
 #[async_trait]
 impl EventLog for SqliteLog {
-    async fn append(
+    async fn append_batch(
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        validate(stream, expected, &events)?;
+        batch: Vec<Vec<NewEvent>>,
+    ) -> Answers {
+        validate(stream, expected, &batch)?;
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             stream: stream.to_owned(),
             expected,
-            events,
+            batch,
             reply,
         };
         sender
@@ -668,15 +673,7 @@ impl Checkpointer {
 }
 
 /// What the writer tells one appender once the batch is settled.
-type Answer = (oneshot::Sender<Result<AppendResult>>, Result<AppendResult>);
-
-/// Outcome of checking a request against the stored state.
-enum Check {
-    /// Every event is stored already: answer with the original result.
-    Stored(AppendResult),
-    /// Go ahead; the first event gets this version.
-    Append { first_version: u64 },
-}
+type Answer = (oneshot::Sender<Answers>, Answers);
 
 impl Writer {
     fn open(
@@ -861,10 +858,10 @@ impl Writer {
             let AppendRequest {
                 stream,
                 expected,
-                events,
+                batch,
                 reply,
             } = request;
-            match self.apply(&stream, expected, events, now, written) {
+            match self.apply(&stream, expected, batch, now, written) {
                 Ok(result) => answers.push((reply, result)),
                 Err(abort) => {
                     answers.push((reply, Err(abort.clone())));
@@ -888,17 +885,27 @@ impl Writer {
         &mut self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        batch: Vec<Vec<NewEvent>>,
         now: DateTime<Utc>,
         written: &mut Vec<RecordedEvent>,
-    ) -> Result<Result<AppendResult>> {
+    ) -> Result<Answers> {
+        let mut pending = Pending::new(batch);
         // Lookups write nothing: when they fail, only this request fails.
-        let first_version = match self.check(stream, expected, &events) {
-            Ok(Check::Stored(original)) => return Ok(Ok(original)),
-            Ok(Check::Append { first_version }) => first_version,
+        if let Err(err) = pending.judge(|group| match self.find_stored(stream, group) {
+            Ok(stored) => Ok(stored.map(Ok)),
+            Err(e) if e.kind() == ErrorKind::IdempotencyMismatch => Ok(Some(Err(e))),
+            Err(e) => Err(e),
+        }) {
+            return Ok(Err(err));
+        }
+        if pending.settled() {
+            return Ok(Ok(pending.finish()));
+        }
+        let first_version = match self.check_version(stream, expected) {
+            Ok(version) => version,
             Err(err) => return Ok(Err(err)),
         };
-
+        let events = pending.take_to_write();
         let count = events.len() as u64;
         let first_position = self.next_position;
         let mark = written.len();
@@ -914,14 +921,11 @@ impl Writer {
                     self.exec_cached("RELEASE request")?;
                 }
                 self.next_position += count;
-                Ok(Ok(AppendResult {
+                Ok(Ok(pending.written(
                     first_version,
-                    last_version: first_version + count - 1,
-                    first_position,
-                    last_position: first_position + count - 1,
-                    recorded_at: now,
-                    duplicate: false,
-                }))
+                    |i| first_position + i,
+                    now,
+                )))
             }
             Err(err) => {
                 written.truncate(mark);
@@ -938,12 +942,8 @@ impl Writer {
         }
     }
 
-    /// Idempotency, then the expected version.
-    fn check(&self, stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> Result<Check> {
-        // A retry of a stored append succeeds whatever version it expected.
-        if let Some(original) = self.find_stored(stream, events)? {
-            return Ok(Check::Stored(original));
-        }
+    /// The version the next event of `stream` gets, if the stream is at `expected`.
+    fn check_version(&self, stream: &str, expected: ExpectedVersion) -> Result<u64> {
         let actual: u64 = self
             .conn
             .prepare_cached(STREAM_VERSION)
@@ -955,9 +955,7 @@ impl Writer {
             ExpectedVersion::Exact(v) => actual == v,
         };
         if ok {
-            Ok(Check::Append {
-                first_version: actual + 1,
-            })
+            Ok(actual + 1)
         } else {
             Err(Error::VersionConflict {
                 stream: stream.to_owned(),
@@ -1221,6 +1219,9 @@ mod tests {
             metadata: vec![],
         };
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let validate = |stream: &str, expected, events: &[NewEvent]| {
+            validate(stream, expected, &[events.to_vec()])
+        };
         let kind = |r: Result<()>| r.unwrap_err().kind();
         let invalid = crate::ErrorKind::InvalidArgument;
         assert_eq!(kind(validate("s", ExpectedVersion::Any, &[])), invalid);
@@ -1248,5 +1249,14 @@ mod tests {
         );
         validate("s", ExpectedVersion::Any, &[e(a), e(b)]).unwrap();
         validate("room-1", ExpectedVersion::Exact(3), &[e(a)]).unwrap();
+        // Batches: no empty group, an id once in the whole batch.
+        let batch = |groups: &[&[NewEvent]]| {
+            let groups: Vec<Vec<NewEvent>> = groups.iter().map(|g| g.to_vec()).collect();
+            crate::validate("s", ExpectedVersion::Any, &groups)
+        };
+        assert_eq!(kind(batch(&[])), invalid);
+        assert_eq!(kind(batch(&[&[e(a)], &[]])), invalid);
+        assert_eq!(kind(batch(&[&[e(a)], &[e(b), e(a)]])), invalid);
+        batch(&[&[e(a)], &[e(b)]]).unwrap();
     }
 }

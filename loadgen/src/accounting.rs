@@ -12,9 +12,12 @@
 //! - A **delivery** is a message event received by a connection other than the one that sent
 //!   it; the sender's own copy is an **echo**, counted apart. Events of earlier runs (the same
 //!   rooms are reused) are **foreign**: seq-tracked, not counted as deliveries.
-//! - Per room, each connection must receive every seq once and in order: gaps still open at the
-//!   end are **lost**, a seq received twice is a **duplicate**, a seq that fills an earlier gap
-//!   is **out of order**.
+//! - Per room, each connection must receive every seq once and in order: a seq still missing
+//!   at the end although a later one arrived is **lost** (a hole: the stream skipped it); seqs
+//!   after the last one a connection received, up to the room's last acknowledged seq, are
+//!   **behind** (not arrived when the run ended: a server that is late, not one that skipped;
+//!   those intended inside the window are also undelivered, in the latency tail). A seq
+//!   received twice is a **duplicate**; a seq that fills an earlier hole is **out of order**.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -123,9 +126,14 @@ impl RoomTrack {
         seq <= self.last && !self.missing.contains(&seq)
     }
 
-    /// Seqs up to `final_seq` this connection should have and does not.
+    /// Holes: seqs up to `final_seq` missing although a later seq arrived.
     pub fn lost(&self, final_seq: u64) -> u64 {
-        self.missing.range(..=final_seq).count() as u64 + final_seq.saturating_sub(self.last)
+        self.missing.range(..=final_seq).count() as u64
+    }
+
+    /// Seqs up to `final_seq` after the last one received: not arrived (yet) at the end.
+    pub fn behind(&self, final_seq: u64) -> u64 {
+        final_seq.saturating_sub(self.last)
     }
 }
 
@@ -154,7 +162,10 @@ pub struct Counts {
     /// Acknowledged messages intended inside the window that some member's connection never
     /// received (one per connection).
     pub undelivered: u64,
+    /// Holes in a connection's stream of a room (see the module's rules).
     pub lost: u64,
+    /// Seqs a connection had not received when the run ended, after its last one.
+    pub behind: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
 }
@@ -174,6 +185,7 @@ impl Counts {
         self.foreign += o.foreign;
         self.undelivered += o.undelivered;
         self.lost += o.lost;
+        self.behind += o.behind;
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
     }
@@ -404,7 +416,9 @@ pub fn settle(ledgers: &[Ledger]) -> Tally {
     }
     for l in ledgers {
         for (room, track) in &l.tracks {
-            t.counts.lost += track.lost(t.final_seq.get(room).copied().unwrap_or(0));
+            let final_seq = t.final_seq.get(room).copied().unwrap_or(0);
+            t.counts.lost += track.lost(final_seq);
+            t.counts.behind += track.behind(final_seq);
             t.counts.duplicates += track.duplicates;
             t.counts.out_of_order += track.out_of_order;
         }

@@ -60,6 +60,8 @@ pub struct StepSummary {
     pub delivery_p99_ms: f64,
     pub send_lag_p99_ms: f64,
     pub lost: u64,
+    /// Not arrived when the step's drain ended (a late server, not a skipping one).
+    pub behind: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub server_cpu_avg_percent: Option<f64>,
@@ -77,6 +79,7 @@ impl StepSummary {
             delivery_p99_ms: r.delivery_latency.p99_ms,
             send_lag_p99_ms: r.send_lag.p99_ms,
             lost: r.counts.lost,
+            behind: r.counts.behind,
             duplicates: r.counts.duplicates,
             out_of_order: r.counts.out_of_order,
             server_cpu_avg_percent: r.server.as_ref().map(|s| s.cpu_avg_percent),

@@ -293,7 +293,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     .await;
     shared.acks_settled.send_replace(true);
     // Done when every connection holds every event, or when nothing has arrived for a while
-    // (what is missing then is lost).
+    // (what is missing then is lost, or behind when nothing after it came).
     let mut quiet = (live.delivered.load(Ordering::Relaxed), Instant::now());
     wait_until(
         drain_until.saturating_duration_since(Instant::now()),

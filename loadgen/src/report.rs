@@ -297,8 +297,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  lost {} · duplicates {} · out of order {} · backlog (answers/deliveries) {}/{} → {}/{}",
+            "  lost {} · behind at end {} · duplicates {} · out of order {} · backlog (answers/deliveries) {}/{} → {}/{}",
             c.lost,
+            c.behind,
             c.duplicates,
             c.out_of_order,
             self.backlog_start.answers,

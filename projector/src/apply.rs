@@ -3,10 +3,11 @@
 
 use eventlog::RecordedEvent;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use schema::events::Event;
-use schema::streams;
+use schema::events::{Event, Role};
+use schema::{RoomId, UserId, streams};
 
 use crate::Result;
+use crate::unread::{self, Change, UnreadCache};
 
 const CHECKPOINT: &str = "read_models";
 
@@ -22,11 +23,14 @@ pub(crate) fn checkpoint(conn: &Connection) -> Result<u64> {
 }
 
 /// Applies a batch and moves the checkpoint to its last position, atomically. Events at or
-/// below the stored checkpoint are skipped, so re-delivery after a crash is harmless.
+/// below the stored checkpoint are skipped, so re-delivery after a crash is harmless. Once the
+/// transaction has committed, the batch's changes to watched unread counts go to `cache`.
 pub(crate) fn apply_batch(
     conn: &mut Connection,
     batch: &[std::sync::Arc<RecordedEvent>],
+    cache: &UnreadCache,
 ) -> Result<u64> {
+    let mut unread = unread::Batch::new(cache);
     let tx = conn.transaction()?;
     let mut position = checkpoint(&tx)?;
     for recorded in batch {
@@ -38,7 +42,7 @@ pub(crate) fn apply_batch(
             || tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
         );
         let _entered = span.enter();
-        apply_one(&tx, recorded)?;
+        apply_one(&tx, &mut unread, recorded)?;
         position = recorded.position;
     }
     tx.execute(
@@ -47,10 +51,15 @@ pub(crate) fn apply_batch(
         params![CHECKPOINT, position as i64],
     )?;
     tx.commit()?;
+    unread.commit(position);
     Ok(position)
 }
 
-fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
+fn apply_one(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    recorded: &RecordedEvent,
+) -> Result<()> {
     let event = Event::decode(
         &recorded.event_type,
         recorded.schema_version,
@@ -79,16 +88,17 @@ fn apply_one(tx: &Transaction<'_>, recorded: &RecordedEvent) -> Result<()> {
             )?
             .execute(params![room, seq, at])?;
         }
-        apply_room_event(tx, room, seq, at, &event)?;
+        apply_room_event(tx, unread, room, seq, at, &event)?;
         crate::features::apply(tx, room, seq, at, &event)?;
     } else {
-        apply_other_event(tx, &recorded.stream, at, &event)?;
+        apply_other_event(tx, unread, &recorded.stream, at, &event)?;
     }
     Ok(())
 }
 
 fn apply_room_event(
     tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
     room: uuid::Uuid,
     seq: i64,
     at: i64,
@@ -118,18 +128,90 @@ fn apply_room_event(
                 seq
             ])?;
             for m in members {
-                add_member(tx, room, m.0, seq)?;
+                add_member(tx, unread, room, *m, seq)?;
+            }
+            if *kind == schema::events::RoomKind::Group {
+                set_role(tx, room, created_by.0, Role::Owner)?;
             }
         }
-        Event::MemberJoined { user_id, .. } => add_member(tx, room, user_id.0, seq)?,
-        Event::MemberLeft { user_id } => {
-            let n = tx
-                .prepare_cached("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")?
+        Event::MemberJoined { user_id, .. } => {
+            add_member(tx, unread, room, *user_id, seq)?;
+            tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
                 .execute(params![room, user_id.0])?;
+        }
+        Event::MemberLeft { user_id } | Event::MemberKicked { user_id, .. } => {
+            remove_member(tx, unread, room, *user_id)?;
+        }
+        Event::MemberBanned { user_id, .. } => {
+            remove_member(tx, unread, room, *user_id)?;
+            tx.prepare_cached("INSERT OR IGNORE INTO bans (room_id, user_id) VALUES (?1, ?2)")?
+                .execute(params![room, user_id.0])?;
+            tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room, user_id.0])?;
+        }
+        Event::MemberUnbanned { user_id, .. } => {
+            tx.prepare_cached("DELETE FROM bans WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room, user_id.0])?;
+        }
+        Event::InvitationPending {
+            user_id,
+            invited_by,
+        } => {
             tx.prepare_cached(
-                "UPDATE rooms SET member_count = member_count - ?2 WHERE room_id = ?1",
+                "INSERT OR IGNORE INTO invitations (room_id, user_id, invited_by, at)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![room, n as i64])?;
+            .execute(params![room, user_id.0, invited_by.0, at])?;
+        }
+        Event::InvitationDeclined { user_id } => {
+            tx.prepare_cached("DELETE FROM invitations WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room, user_id.0])?;
+        }
+        Event::MemberRoleChanged { user_id, role, .. } => set_role(tx, room, user_id.0, *role)?,
+        Event::OwnershipTransferred { from, to } => {
+            set_role(tx, room, from.0, Role::Admin)?;
+            set_role(tx, room, to.0, Role::Owner)?;
+        }
+        Event::RoomSettingsChanged {
+            name,
+            topic,
+            visibility,
+            ..
+        } => {
+            if let Some(name) = name {
+                tx.prepare_cached("UPDATE rooms SET name = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, name.as_str()])?;
+            }
+            if let Some(topic) = topic {
+                let topic = Some(topic.as_str()).filter(|t| !t.is_empty());
+                tx.prepare_cached("UPDATE rooms SET topic = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, topic])?;
+            }
+            if let Some(v) = visibility {
+                tx.prepare_cached("UPDATE rooms SET visibility = ?2 WHERE room_id = ?1")?
+                    .execute(params![room, visibility_str(*v)])?;
+            }
+        }
+        Event::RoomArchived { .. } | Event::RoomUnarchived { .. } => {
+            let archived = matches!(event, Event::RoomArchived { .. });
+            tx.prepare_cached("UPDATE rooms SET archived = ?2 WHERE room_id = ?1")?
+                .execute(params![room, archived])?;
+        }
+        // Nothing of a deleted room stays on the read side (the log keeps it, as an audit
+        // trail).
+        Event::RoomDeleted { .. } => {
+            unread.push(Change::RoomDeleted { room: RoomId(room) });
+            crate::features::forget_room(tx, room)?;
+            for table in [
+                "rooms",
+                "members",
+                "timeline",
+                "messages",
+                "bans",
+                "invitations",
+            ] {
+                tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [room])?;
+            }
         }
         Event::MessageSent {
             message_id,
@@ -137,11 +219,15 @@ fn apply_room_event(
             body,
             ..
         } => {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO messages (message_id, room_id, seq, sender_id, body, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO messages (message_id, room_id, seq, sender_id, body, sent_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
+            if n == 1 {
+                unread.sent(RoomId(room), seq as u64, *sender_id);
+            }
             tx.prepare_cached("UPDATE rooms SET last_message_id = ?2 WHERE room_id = ?1")?
                 .execute(params![room, message_id.0])?;
         }
@@ -154,6 +240,7 @@ fn apply_room_event(
             .execute(params![message_id.0, body.as_str(), at])?;
         }
         Event::MessageDeleted { message_id, .. } => {
+            unread::deleted(tx, unread, RoomId(room), message_id.0)?;
             // A deleted message's text leaves the read side: its row and every version of it
             // in the timeline (the log keeps the history, as an audit trail).
             tx.prepare_cached("UPDATE messages SET deleted = 1, body = '' WHERE message_id = ?1")?
@@ -177,8 +264,14 @@ fn apply_room_event(
     Ok(())
 }
 
-/// Events of user and receipt streams.
-fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event) -> Result<()> {
+/// Events of user, receipt, friendship and session streams.
+fn apply_other_event(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    stream: &str,
+    at: i64,
+    event: &Event,
+) -> Result<()> {
     match event {
         Event::UserRegistered {
             user_id,
@@ -192,18 +285,107 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
             )?
             .execute(params![user_id.0, username.as_str(), username.canonical(), display_name.as_str(), at])?;
         }
-        Event::FriendAdded { friend_id } => {
+        Event::ProfileUpdated {
+            display_name,
+            status_message,
+        } => {
             if let Some(user) = streams::user_of(stream) {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?1, ?2)",
-                )?
-                .execute(params![user.0, friend_id.0])?;
+                if let Some(name) = display_name {
+                    tx.prepare_cached("UPDATE users SET display_name = ?2 WHERE user_id = ?1")?
+                        .execute(params![user.0, name.as_str()])?;
+                }
+                if let Some(status) = status_message {
+                    let status = Some(status.as_str()).filter(|s| !s.is_empty());
+                    tx.prepare_cached("UPDATE users SET status_message = ?2 WHERE user_id = ?1")?
+                        .execute(params![user.0, status])?;
+                }
             }
         }
-        Event::FriendRemoved { friend_id } => {
+        Event::UserBlocked { user_id } => {
             if let Some(user) = streams::user_of(stream) {
-                tx.prepare_cached("DELETE FROM friends WHERE user_id = ?1 AND friend_id = ?2")?
-                    .execute(params![user.0, friend_id.0])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO blocks (user_id, blocked_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![user.0, user_id.0])?;
+            }
+        }
+        Event::UserUnblocked { user_id } => {
+            if let Some(user) = streams::user_of(stream) {
+                tx.prepare_cached("DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = ?2")?
+                    .execute(params![user.0, user_id.0])?;
+            }
+        }
+        // The profile is erased; the username stays reserved (username_lc) but is not shown.
+        Event::AccountDeleted {} => {
+            if let Some(user) = streams::user_of(stream) {
+                tx.prepare_cached(
+                    "UPDATE users SET username = '', display_name = ?2, status_message = NULL,
+                         deleted = 1 WHERE user_id = ?1",
+                )?
+                .execute(params![user.0, DELETED_USER])?;
+                for sql in [
+                    "DELETE FROM blocks WHERE user_id = ?1 OR blocked_id = ?1",
+                    "DELETE FROM friends WHERE user_id = ?1 OR friend_id = ?1",
+                    "DELETE FROM friend_requests WHERE from_id = ?1 OR to_id = ?1",
+                    "DELETE FROM invitations WHERE user_id = ?1",
+                ] {
+                    tx.prepare_cached(sql)?.execute([user.0])?;
+                }
+            }
+        }
+        Event::FriendRequested { from, to } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO friend_requests (from_id, to_id, at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![from.0, to.0, at])?;
+        }
+        Event::FriendRequestAccepted { from, to }
+        | Event::FriendRequestDeclined { from, to }
+        | Event::FriendRequestCanceled { from, to } => {
+            tx.prepare_cached("DELETE FROM friend_requests WHERE from_id = ?1 AND to_id = ?2")?
+                .execute(params![from.0, to.0])?;
+            if matches!(event, Event::FriendRequestAccepted { .. }) {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO friends (user_id, friend_id) VALUES (?1, ?2)",
+                )?;
+                insert.execute(params![from.0, to.0])?;
+                insert.execute(params![to.0, from.0])?;
+            }
+        }
+        Event::Unfriended { by, other } => {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM friends WHERE user_id = ?1 AND friend_id = ?2")?;
+            delete.execute(params![by.0, other.0])?;
+            delete.execute(params![other.0, by.0])?;
+        }
+        Event::SessionStarted {
+            session_id,
+            user_id,
+            expires_at,
+            ..
+        } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO sessions (session_id, user_id, started_at, last_used_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?3, ?4)",
+            )?
+            .execute(params![session_id.0, user_id.0, at, expires_at.timestamp_micros()])?;
+        }
+        Event::SessionRefreshed { expires_at, .. } => {
+            if let Some(session) = streams::session_of(stream) {
+                tx.prepare_cached(
+                    "UPDATE sessions SET last_used_at = ?2, expires_at = ?3 WHERE session_id = ?1",
+                )?
+                .execute(params![session.0, at, expires_at.timestamp_micros()])?;
+            }
+        }
+        Event::SessionEnded { .. } => {
+            if let Some(session) = streams::session_of(stream) {
+                tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                    .execute([session.0])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ended_sessions (session_id, ended_at) VALUES (?1, ?2)",
+                )?
+                .execute(params![session.0, at])?;
             }
         }
         // Markers only move forward, and only for current members (a read that raced a leave
@@ -218,18 +400,61 @@ fn apply_other_event(tx: &Transaction<'_>, stream: &str, at: i64, event: &Event)
                 "UPDATE members SET read_seq = max(read_seq, ?3) WHERE room_id = ?1 AND user_id = ?2",
             )?
             .execute(params![room_id.0, user_id.0, *seq as i64])?;
+            unread::read(tx, unread, *room_id, *user_id)?;
         }
         _ => {}
     }
     Ok(())
 }
 
-fn add_member(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid, seq: i64) -> Result<()> {
+/// What a deleted account's name shows as.
+pub const DELETED_USER: &str = "Deleted user";
+
+fn remove_member(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    room: uuid::Uuid,
+    user: UserId,
+) -> Result<()> {
+    let n = tx
+        .prepare_cached("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")?
+        .execute(params![room, user.0])?;
+    if n == 1 {
+        unread.push(Change::Left {
+            room: RoomId(room),
+            user,
+        });
+    }
+    tx.prepare_cached("UPDATE rooms SET member_count = member_count - ?2 WHERE room_id = ?1")?
+        .execute(params![room, n as i64])?;
+    Ok(())
+}
+
+fn set_role(tx: &Transaction<'_>, room: uuid::Uuid, user: uuid::Uuid, role: Role) -> Result<()> {
+    tx.prepare_cached("UPDATE members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2")?
+        .execute(params![room, user, role.as_str()])?;
+    Ok(())
+}
+
+fn add_member(
+    tx: &Transaction<'_>,
+    unread: &mut unread::Batch<'_>,
+    room: uuid::Uuid,
+    user: UserId,
+    seq: i64,
+) -> Result<()> {
     let n = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO members (room_id, user_id, joined_seq, read_seq) VALUES (?1, ?2, ?3, ?3)",
         )?
-        .execute(params![room, user, seq])?;
+        .execute(params![room, user.0, seq])?;
+    if n == 1 {
+        unread.push(Change::Joined {
+            room: RoomId(room),
+            user,
+            seq: seq as u64,
+        });
+    }
     tx.prepare_cached("UPDATE rooms SET member_count = member_count + ?2 WHERE room_id = ?1")?
         .execute(params![room, n as i64])?;
     Ok(())

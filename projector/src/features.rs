@@ -109,6 +109,19 @@ fn recount_thread(tx: &Transaction<'_>, root: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// Drops everything these read models hold of a deleted room (before the core tables, whose
+/// `messages` rows find its reactions).
+pub(crate) fn forget_room(tx: &Transaction<'_>, room: Uuid) -> Result<()> {
+    tx.prepare_cached(
+        "DELETE FROM reactions WHERE message_id IN (SELECT message_id FROM messages WHERE room_id = ?1)",
+    )?
+    .execute([room])?;
+    for table in ["thread_participants", "mentions", "pins"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [room])?;
+    }
+    Ok(())
+}
+
 /// Applies a room event's effect on these read models (after the core ones).
 pub(crate) fn apply(
     tx: &Transaction<'_>,
@@ -386,12 +399,13 @@ pub fn message_state(
 /// Who has read message seq `seq` of `room` sent by `sender`: the members (the sender aside)
 /// whose marker is at or past it and who were members when it was sent, by when they joined.
 pub fn readers(c: &Connection, room: RoomId, seq: u64, sender: UserId) -> Result<Vec<UserView>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT u.user_id, u.username, u.display_name FROM members m
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {} FROM members m
          JOIN users u ON u.user_id = m.user_id
          WHERE m.room_id = ?1 AND m.read_seq >= ?2 AND m.joined_seq < ?2 AND m.user_id != ?3
          ORDER BY m.joined_seq, u.username_lc",
-    )?;
+        crate::queries::USER_COLUMNS
+    ))?;
     let rows = stmt.query_map(
         params![room.0, seq as i64, sender.0],
         crate::queries::user_row,
@@ -478,7 +492,7 @@ pub fn sent_event(
     id: MessageId,
 ) -> Result<Option<crate::queries::TimelineEntry>> {
     Ok(c.prepare_cached(
-        "SELECT t.seq, t.event, t.recorded_at FROM messages m
+        "SELECT t.seq, t.event, t.recorded_at, m.body, m.deleted FROM messages m
          JOIN timeline t ON t.room_id = m.room_id AND t.seq = m.seq
          WHERE m.message_id = ?1 AND m.room_id = ?2",
     )?
@@ -487,6 +501,7 @@ pub fn sent_event(
             seq: r.get::<_, i64>(0)? as u64,
             event: r.get(1)?,
             recorded_at: micros(r.get(2)?),
+            message: crate::queries::MessageNow::from_row(r.get(3)?, r.get(4)?),
         })
     })
     .optional()?)

@@ -7,6 +7,8 @@
 //!   crash neither skips nor double-applies an event.
 //! - [`Progress`] tells callers how far the projections are, so a command handler can wait
 //!   for its own append to be visible (read-your-writes).
+//! - [`UnreadWatch`] follows the unread counts of a user online on this node, kept in memory
+//!   and moved by the same batches, exactly (see the `unread` module).
 //!
 //! - [`queries`] reads the core read models, [`features`] those of the message features
 //!   (read counts per message, threads, reactions, mentions, pins).
@@ -20,7 +22,9 @@ pub mod features;
 pub mod queries;
 mod runner;
 mod store;
+mod unread;
 
 pub use error::{Error, Result};
 pub use runner::{Progress, run};
 pub use store::ReadModels;
+pub use unread::{UnreadChanges, UnreadWatch};

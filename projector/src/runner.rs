@@ -46,6 +46,17 @@ pub async fn run(
     progress: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let loader = crate::unread::load_watched(models.clone(), shutdown.clone());
+    let runner = apply_from_log(log, models, progress, shutdown);
+    tokio::try_join!(runner, loader).map(|_| ())
+}
+
+async fn apply_from_log(
+    log: Arc<dyn EventLog>,
+    models: ReadModels,
+    progress: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let start = models.checkpoint().await?;
     progress.send_replace(start);
     tracing::info!(checkpoint = start, "projector starting");
@@ -70,8 +81,9 @@ pub async fn run(
                 _ => break,
             }
         }
+        let cache = models.unread_cache().clone();
         let applied = models
-            .write(move |conn| apply::apply_batch(conn, &batch))
+            .write(move |conn| apply::apply_batch(conn, &batch, &cache))
             .await?;
         progress.send_replace(applied);
     }

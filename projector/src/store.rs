@@ -2,12 +2,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
+use schema::UserId;
 
+use crate::unread::{UnreadCache, UnreadWatch};
 use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -79,6 +81,64 @@ CREATE TABLE friends (
 ) WITHOUT ROWID;
 
 CREATE INDEX public_rooms ON rooms (visibility, member_count);
+
+-- Sessions that have ended (for any reason): their access tokens are refused.
+CREATE TABLE ended_sessions (
+    session_id BLOB PRIMARY KEY,
+    ended_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Step 4: room administration, account management, friendships with consent, sessions.
+/// (`friends` now holds accepted friendships, both directions.)
+const SCHEMA_ADMIN: &str = r#"
+ALTER TABLE users ADD COLUMN status_message TEXT;
+ALTER TABLE users ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rooms ADD COLUMN topic TEXT;
+ALTER TABLE rooms ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+-- 'owner', 'admin' or 'member'.
+ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
+
+CREATE TABLE bans (
+    room_id BLOB NOT NULL,
+    user_id BLOB NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+
+-- Invitations waiting for the invitee's consent.
+CREATE TABLE invitations (
+    room_id    BLOB NOT NULL,
+    user_id    BLOB NOT NULL,
+    invited_by BLOB NOT NULL,
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX invitations_by_user ON invitations (user_id);
+
+CREATE TABLE blocks (
+    user_id    BLOB NOT NULL,
+    blocked_id BLOB NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+) WITHOUT ROWID;
+CREATE INDEX blocks_by_blocked ON blocks (blocked_id, user_id);
+
+CREATE TABLE friend_requests (
+    from_id BLOB NOT NULL,
+    to_id   BLOB NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (from_id, to_id)
+) WITHOUT ROWID;
+CREATE INDEX friend_requests_to ON friend_requests (to_id, from_id);
+
+-- Live login sessions (an ended session's row is deleted).
+CREATE TABLE sessions (
+    session_id   BLOB PRIMARY KEY,
+    user_id      BLOB NOT NULL,
+    started_at   INTEGER NOT NULL,
+    last_used_at INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_by_user ON sessions (user_id);
 "#;
 
 /// The read-model database: a write connection for the runner, a pool of readers for queries.
@@ -92,6 +152,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Watched users' unread counts, moved by the writer (see [`crate::unread`]).
+    unread: UnreadCache,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -124,6 +186,7 @@ impl ReadModels {
         configure(&writer)?;
         if fresh {
             writer.execute_batch(SCHEMA)?;
+            writer.execute_batch(SCHEMA_ADMIN)?;
             writer.execute_batch(crate::features::SCHEMA)?;
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
@@ -133,6 +196,7 @@ impl ReadModels {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                unread: UnreadCache::default(),
             }),
         })
     }
@@ -206,6 +270,18 @@ impl ReadModels {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Watches `user`'s unread counts. Never waits: the first watch of a user queues them for
+    /// loading (off the projector's write connection, see `crate::unread`); the watch is woken
+    /// once they are loaded, and follows the projector from then on. Dropping the last watch of
+    /// a user frees their counts.
+    pub fn watch_unread(&self, user: UserId) -> UnreadWatch {
+        self.inner.unread.watch(user)
+    }
+
+    pub(crate) fn unread_cache(&self) -> &UnreadCache {
+        &self.inner.unread
     }
 
     /// The position of the last event applied (0 when none).

@@ -35,6 +35,21 @@ pub enum DomainError {
     /// revoked because the token has probably been stolen.
     #[error("refresh token was already used; the session has been revoked")]
     RefreshTokenReused,
+    /// The caller's role in the room does not allow this (or not over that member).
+    #[error("your role in this room does not allow this")]
+    InsufficientRole,
+    /// The user is banned from the room.
+    #[error("banned from this room")]
+    Banned,
+    /// The room is archived: read-only.
+    #[error("the room is archived (read-only)")]
+    RoomArchived,
+    /// One of the two has blocked the other.
+    #[error("not possible between you and this user (blocked)")]
+    Blocked,
+    /// The current password given to confirm a change is wrong.
+    #[error("the current password is wrong")]
+    WrongPassword,
 }
 
 impl DomainError {

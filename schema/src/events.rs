@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, RoomId, SessionId, UserId};
 use crate::mentions::Mention;
-use crate::values::{DisplayName, Emoji, MessageBody, RoomName, Username, Visibility};
+use crate::values::{
+    DisplayName, Emoji, MessageBody, RoomName, StatusMessage, Topic, Username, Visibility,
+};
 
 /// Group rooms have a name and members who can invite others; a direct room is the one room
 /// between exactly two people.
@@ -36,6 +38,31 @@ pub enum SessionEndReason {
     Logout,
     /// A spent refresh token was presented again: the family is revoked.
     TokenReused,
+    /// The user ended it from another session (`DELETE /v1/sessions/{id}`).
+    Revoked,
+    /// The user changed their password from another session.
+    PasswordChanged,
+    /// The account was deleted.
+    AccountDeleted,
+}
+
+/// A member's standing in a group room. The creator is the owner; there is one owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Admin => "admin",
+            Self::Owner => "owner",
+        }
+    }
 }
 
 /// Every event of every aggregate.
@@ -51,9 +78,12 @@ pub enum Event {
         password_hash: String,
     },
 
+    /// Legacy one-sided friend list (before friend requests): no longer written, read by
+    /// nothing; kept so old logs still decode.
     FriendAdded {
         friend_id: UserId,
     },
+    /// Legacy, see [`Event::FriendAdded`].
     FriendRemoved {
         friend_id: UserId,
     },
@@ -143,6 +173,111 @@ pub enum Event {
         unpinned_by: UserId,
     },
 
+    // ---- room-<id>: administration (roles, removals, settings, archive, delete)
+    /// The owner made a member an admin or an admin a member.
+    MemberRoleChanged {
+        user_id: UserId,
+        role: Role,
+        by: UserId,
+    },
+    /// `to` is the owner now; `from` stays as an admin (or has left, when they left).
+    OwnershipTransferred {
+        from: UserId,
+        to: UserId,
+    },
+    /// An admin removed a member; they may be invited again.
+    MemberKicked {
+        user_id: UserId,
+        by: UserId,
+    },
+    /// An admin removed a member (or barred a non-member) for good: they cannot join or be
+    /// invited until unbanned.
+    MemberBanned {
+        user_id: UserId,
+        by: UserId,
+    },
+    MemberUnbanned {
+        user_id: UserId,
+        by: UserId,
+    },
+    /// `user_id`, who has blocked `invited_by`, was invited: they join only if they accept.
+    InvitationPending {
+        user_id: UserId,
+        invited_by: UserId,
+    },
+    InvitationDeclined {
+        user_id: UserId,
+    },
+    /// Only the fields that changed are present.
+    RoomSettingsChanged {
+        by: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<RoomName>,
+        /// An empty topic clears it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<Topic>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        visibility: Option<Visibility>,
+    },
+    /// The room is read-only until unarchived.
+    RoomArchived {
+        by: UserId,
+    },
+    RoomUnarchived {
+        by: UserId,
+    },
+    /// The room is gone: no member, no history, no search hit, ever again.
+    RoomDeleted {
+        by: UserId,
+    },
+
+    // ---- user-<id>: account management
+    /// Only the fields that changed are present; an empty status message clears it.
+    ProfileUpdated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display_name: Option<DisplayName>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_message: Option<StatusMessage>,
+    },
+    PasswordChanged {
+        /// PHC string (argon2id). Never leaves the server.
+        password_hash: String,
+    },
+    /// The stream's user blocked `user_id`: no direct messages, invitations without consent
+    /// or presence between them.
+    UserBlocked {
+        user_id: UserId,
+    },
+    UserUnblocked {
+        user_id: UserId,
+    },
+    /// The account is withdrawn: no login, profile erased, shown as a deleted user. The
+    /// username stays reserved (the account id is derived from it).
+    AccountDeleted {},
+
+    // ---- friendship-<pair>: friend requests with consent
+    FriendRequested {
+        from: UserId,
+        to: UserId,
+    },
+    FriendRequestAccepted {
+        from: UserId,
+        to: UserId,
+    },
+    FriendRequestDeclined {
+        from: UserId,
+        to: UserId,
+    },
+    FriendRequestCanceled {
+        from: UserId,
+        to: UserId,
+    },
+    /// `by` ended the friendship with `other`.
+    Unfriended {
+        by: UserId,
+        other: UserId,
+    },
+
     // ---- session-<id>
     SessionStarted {
         session_id: SessionId,
@@ -181,6 +316,27 @@ impl Event {
             Self::ReactionRemoved { .. } => "reaction_removed",
             Self::MessagePinned { .. } => "message_pinned",
             Self::MessageUnpinned { .. } => "message_unpinned",
+            Self::MemberRoleChanged { .. } => "member_role_changed",
+            Self::OwnershipTransferred { .. } => "ownership_transferred",
+            Self::MemberKicked { .. } => "member_kicked",
+            Self::MemberBanned { .. } => "member_banned",
+            Self::MemberUnbanned { .. } => "member_unbanned",
+            Self::InvitationPending { .. } => "invitation_pending",
+            Self::InvitationDeclined { .. } => "invitation_declined",
+            Self::RoomSettingsChanged { .. } => "room_settings_changed",
+            Self::RoomArchived { .. } => "room_archived",
+            Self::RoomUnarchived { .. } => "room_unarchived",
+            Self::RoomDeleted { .. } => "room_deleted",
+            Self::ProfileUpdated { .. } => "profile_updated",
+            Self::PasswordChanged { .. } => "password_changed",
+            Self::UserBlocked { .. } => "user_blocked",
+            Self::UserUnblocked { .. } => "user_unblocked",
+            Self::AccountDeleted { .. } => "account_deleted",
+            Self::FriendRequested { .. } => "friend_requested",
+            Self::FriendRequestAccepted { .. } => "friend_request_accepted",
+            Self::FriendRequestDeclined { .. } => "friend_request_declined",
+            Self::FriendRequestCanceled { .. } => "friend_request_canceled",
+            Self::Unfriended { .. } => "unfriended",
             Self::SessionStarted { .. } => "session_started",
             Self::SessionRefreshed { .. } => "session_refreshed",
             Self::SessionEnded { .. } => "session_ended",

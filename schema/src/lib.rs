@@ -6,7 +6,7 @@
 //! - [`values`]: validated newtypes ([`Username`], [`MessageBody`], …) built once at the edge
 //!   and trusted afterwards, plus the [`limits`] they enforce.
 //! - [`events`]: the past-tense facts stored in the log, versioned and serde-tagged.
-//! - [`user`], [`room`], [`session`]: aggregates as pure `decide(state, command)` and
+//! - [`user`], [`room`], [`session`], [`friendship`]: aggregates as pure `decide(state, command)` and
 //!   `evolve(state, event)` functions.
 //! - [`mentions`]: `@username`, `@all` and `@here` found in a message body.
 //! - [`unread`]: the definition of unread counts as a pure fold over the log, which the
@@ -16,6 +16,7 @@
 //! command touches exactly one stream, so every invariant is checked by one optimistic append.
 
 pub mod events;
+pub mod friendship;
 pub mod ids;
 pub mod mentions;
 pub mod room;
@@ -31,7 +32,8 @@ pub use error::{DomainError, Result};
 pub use events::{Event, EventKind};
 pub use ids::{EventId, MessageId, RoomId, SessionId, UserId};
 pub use values::{
-    DisplayName, Emoji, MessageBody, Password, RoomName, Username, Visibility, limits,
+    DisplayName, Emoji, MessageBody, Password, RoomName, StatusMessage, Topic, Username,
+    Visibility, limits,
 };
 
 /// An aggregate: state rebuilt by folding its stream's events, and the rules that decide

@@ -38,6 +38,12 @@ pub enum SessionCommand {
     End {
         presented_hash: String,
     },
+    /// End the session on its owner's behalf (revoked from another session, password
+    /// changed, account deleted). Idempotent; another user's session is `NotFound`.
+    Revoke {
+        user: UserId,
+        reason: SessionEndReason,
+    },
 }
 
 impl SessionAggregate {
@@ -127,6 +133,15 @@ impl Aggregate for SessionAggregate {
                 Ok(vec![Event::SessionEnded {
                     reason: SessionEndReason::Logout,
                 }])
+            }
+            SessionCommand::Revoke { user, reason } => {
+                if self.user_id != Some(*user) {
+                    return Err(DomainError::NotFound("session"));
+                }
+                if self.ended.is_some() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::SessionEnded { reason: *reason }])
             }
         }
     }
@@ -261,6 +276,31 @@ mod tests {
             .when(SessionCommand::End {
                 presented_hash: "h1".into(),
             })
+            .then(&[]);
+    }
+
+    #[test]
+    fn only_the_owner_revokes_a_session() {
+        let now = Utc::now();
+        let start = started(now);
+        let Event::SessionStarted { user_id, .. } = &start else {
+            unreachable!()
+        };
+        let revoke = |user| SessionCommand::Revoke {
+            user,
+            reason: SessionEndReason::Revoked,
+        };
+        given::<SessionAggregate>(std::slice::from_ref(&start))
+            .when(revoke(UserId::new()))
+            .then_error(DomainError::NotFound("session"));
+        let ended = Event::SessionEnded {
+            reason: SessionEndReason::Revoked,
+        };
+        given::<SessionAggregate>(std::slice::from_ref(&start))
+            .when(revoke(*user_id))
+            .then(std::slice::from_ref(&ended));
+        given::<SessionAggregate>(&[start.clone(), ended])
+            .when(revoke(*user_id))
             .then(&[]);
     }
 }

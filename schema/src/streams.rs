@@ -22,9 +22,21 @@ pub fn session(id: SessionId) -> String {
     format!("session-{id}")
 }
 
+/// The friendship of two people: one stream per pair, whoever asked first, so a request and
+/// its answer are checked by one optimistic append.
+pub fn friendship(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("friendship-{lo}-{hi}")
+}
+
 /// The user a `user-<id>` stream belongs to.
 pub fn user_of(stream: &str) -> Option<UserId> {
     stream.strip_prefix("user-")?.parse().ok().map(UserId)
+}
+
+/// The session a `session-<id>` stream belongs to.
+pub fn session_of(stream: &str) -> Option<SessionId> {
+    stream.strip_prefix("session-")?.parse().ok().map(SessionId)
 }
 
 /// The room a stream belongs to, if it is a room stream.

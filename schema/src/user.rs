@@ -4,13 +4,16 @@ use std::collections::HashSet;
 
 use crate::events::Event;
 use crate::ids::UserId;
-use crate::values::{DisplayName, Username};
+use crate::values::{DisplayName, StatusMessage, Username};
 use crate::{Aggregate, DomainError, Result};
 
 #[derive(Debug, Clone, Default)]
 pub struct UserAggregate {
     pub registered: Option<Registered>,
-    pub friends: HashSet<UserId>,
+    /// The people this user has blocked.
+    pub blocked: HashSet<UserId>,
+    /// Withdrawn: the username stays taken, nothing else is left.
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -30,10 +33,30 @@ pub enum UserCommand {
         display_name: DisplayName,
         password_hash: String,
     },
-    /// Put someone on the friend list (one-directional, like a contact list). Idempotent.
-    AddFriend { friend: UserId },
-    /// Take someone off the friend list. Idempotent.
-    RemoveFriend { friend: UserId },
+    /// Change the display name and/or status message (`None`: unchanged).
+    UpdateProfile {
+        display_name: Option<DisplayName>,
+        status_message: Option<StatusMessage>,
+    },
+    /// The caller checked the current password and hashed the new one.
+    ChangePassword { password_hash: String },
+    /// Idempotent.
+    Block { user: UserId },
+    /// Idempotent.
+    Unblock { user: UserId },
+    /// Withdraw the account. Idempotent.
+    Delete,
+}
+
+impl UserAggregate {
+    /// The account, if it exists and has not been deleted.
+    pub fn active(&self) -> Option<&Registered> {
+        self.registered.as_ref().filter(|_| !self.deleted)
+    }
+
+    fn me(&self) -> Result<&Registered> {
+        self.active().ok_or(DomainError::NotFound("user"))
+    }
 }
 
 impl Aggregate for UserAggregate {
@@ -56,27 +79,50 @@ impl Aggregate for UserAggregate {
                     password_hash: password_hash.clone(),
                 }])
             }
-            UserCommand::AddFriend { friend } => {
-                let me = self
-                    .registered
-                    .as_ref()
-                    .ok_or(DomainError::NotFound("user"))?;
-                if *friend == me.user_id {
-                    return Err(DomainError::NotAllowed("you cannot befriend yourself"));
-                }
-                if self.friends.contains(friend) {
+            UserCommand::UpdateProfile {
+                display_name,
+                status_message,
+            } => {
+                self.me()?;
+                if display_name.is_none() && status_message.is_none() {
                     return Ok(vec![]);
                 }
-                Ok(vec![Event::FriendAdded { friend_id: *friend }])
+                Ok(vec![Event::ProfileUpdated {
+                    display_name: display_name.clone(),
+                    status_message: status_message.clone(),
+                }])
             }
-            UserCommand::RemoveFriend { friend } => {
-                self.registered
-                    .as_ref()
-                    .ok_or(DomainError::NotFound("user"))?;
-                if !self.friends.contains(friend) {
+            UserCommand::ChangePassword { password_hash } => {
+                self.me()?;
+                Ok(vec![Event::PasswordChanged {
+                    password_hash: password_hash.clone(),
+                }])
+            }
+            UserCommand::Block { user } => {
+                let me = self.me()?;
+                if *user == me.user_id {
+                    return Err(DomainError::NotAllowed("you cannot block yourself"));
+                }
+                if self.blocked.contains(user) {
                     return Ok(vec![]);
                 }
-                Ok(vec![Event::FriendRemoved { friend_id: *friend }])
+                Ok(vec![Event::UserBlocked { user_id: *user }])
+            }
+            UserCommand::Unblock { user } => {
+                self.me()?;
+                if !self.blocked.contains(user) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::UserUnblocked { user_id: *user }])
+            }
+            UserCommand::Delete => {
+                if self.registered.is_none() {
+                    return Err(DomainError::NotFound("user"));
+                }
+                if self.deleted {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::AccountDeleted {}])
             }
         }
     }
@@ -96,11 +142,31 @@ impl Aggregate for UserAggregate {
                     password_hash: password_hash.clone(),
                 });
             }
-            Event::FriendAdded { friend_id } => {
-                self.friends.insert(*friend_id);
+            Event::ProfileUpdated {
+                display_name: Some(name),
+                ..
+            } => {
+                if let Some(r) = &mut self.registered {
+                    r.display_name = name.clone();
+                }
             }
-            Event::FriendRemoved { friend_id } => {
-                self.friends.remove(friend_id);
+            Event::PasswordChanged { password_hash } => {
+                if let Some(r) = &mut self.registered {
+                    r.password_hash = password_hash.clone();
+                }
+            }
+            Event::UserBlocked { user_id } => {
+                self.blocked.insert(*user_id);
+            }
+            Event::UserUnblocked { user_id } => {
+                self.blocked.remove(user_id);
+            }
+            Event::AccountDeleted {} => {
+                self.deleted = true;
+                self.blocked.clear();
+                if let Some(r) = &mut self.registered {
+                    r.password_hash.clear();
+                }
             }
             _ => {}
         }
@@ -136,27 +202,69 @@ mod tests {
         assert_eq!(*user_id, UserId::for_username(username));
     }
 
-    #[test]
-    fn friends_are_added_and_removed_idempotently() {
+    fn alice() -> (Vec<Event>, UserId) {
         let registered = given::<UserAggregate>(&[]).when(register("alice")).events();
-        let me = UserId::for_username(&Username::parse("alice").unwrap());
+        (
+            registered,
+            UserId::for_username(&Username::parse("alice").unwrap()),
+        )
+    }
+
+    #[test]
+    fn blocks_are_idempotent_and_not_of_yourself() {
+        let (registered, me) = alice();
         let bob = UserId::new();
         given::<UserAggregate>(&registered)
-            .when(UserCommand::AddFriend { friend: bob })
-            .then(&[Event::FriendAdded { friend_id: bob }]);
-        let with_bob = [registered[0].clone(), Event::FriendAdded { friend_id: bob }];
-        given::<UserAggregate>(&with_bob)
-            .when(UserCommand::AddFriend { friend: bob })
+            .when(UserCommand::Block { user: bob })
+            .then(&[Event::UserBlocked { user_id: bob }]);
+        let blocked = [registered[0].clone(), Event::UserBlocked { user_id: bob }];
+        given::<UserAggregate>(&blocked)
+            .when(UserCommand::Block { user: bob })
             .then(&[]);
-        given::<UserAggregate>(&with_bob)
-            .when(UserCommand::RemoveFriend { friend: bob })
-            .then(&[Event::FriendRemoved { friend_id: bob }]);
+        given::<UserAggregate>(&blocked)
+            .when(UserCommand::Unblock { user: bob })
+            .then(&[Event::UserUnblocked { user_id: bob }]);
         given::<UserAggregate>(&registered)
-            .when(UserCommand::RemoveFriend { friend: bob })
+            .when(UserCommand::Block { user: me })
+            .then_error(DomainError::NotAllowed("you cannot block yourself"));
+    }
+
+    #[test]
+    fn profile_and_password_change_and_a_deleted_account_keeps_its_name_only() {
+        let (registered, _) = alice();
+        let name = DisplayName::parse("Alice L.").unwrap();
+        given::<UserAggregate>(&registered)
+            .when(UserCommand::UpdateProfile {
+                display_name: Some(name.clone()),
+                status_message: None,
+            })
+            .then(&[Event::ProfileUpdated {
+                display_name: Some(name),
+                status_message: None,
+            }]);
+        let changed = [
+            registered[0].clone(),
+            Event::PasswordChanged {
+                password_hash: "$argon2id$new".into(),
+            },
+        ];
+        let state = UserAggregate::replay(&changed);
+        assert_eq!(state.active().unwrap().password_hash, "$argon2id$new");
+        let deleted = [registered[0].clone(), Event::AccountDeleted {}];
+        let state = UserAggregate::replay(&deleted);
+        assert!(state.active().is_none(), "a deleted account cannot log in");
+        given::<UserAggregate>(&deleted)
+            .when(register("ALICE"))
+            .then_error(DomainError::UsernameTaken);
+        given::<UserAggregate>(&deleted)
+            .when(UserCommand::UpdateProfile {
+                display_name: Some(DisplayName::parse("back").unwrap()),
+                status_message: None,
+            })
+            .then_error(DomainError::NotFound("user"));
+        given::<UserAggregate>(&deleted)
+            .when(UserCommand::Delete)
             .then(&[]);
-        given::<UserAggregate>(&registered)
-            .when(UserCommand::AddFriend { friend: me })
-            .then_error(DomainError::NotAllowed("you cannot befriend yourself"));
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub mod limits {
     pub const PINS_PER_ROOM: usize = 50;
     /// Users one message can mention by name (`@all`/`@here` aside).
     pub const MENTIONS_PER_MESSAGE: usize = 50;
+    /// A room's topic.
+    pub const TOPIC_MAX: usize = 500;
+    /// A person's status message.
+    pub const STATUS_MESSAGE_MAX: usize = 140;
 }
 
 /// Invisible formatting characters (soft hyphen, zero-width space, bidi marks, embeddings,
@@ -143,6 +147,55 @@ impl RoomName {
             ));
         }
         Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One line of optional text (0–`max` characters after trimming, no control or invisible
+/// formatting characters); empty clears it.
+fn one_line(field: &'static str, raw: &str, max: usize) -> Result<String> {
+    let s = raw.trim();
+    if s.chars().count() > max {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if has_control(s) || s.contains(['\n', '\r', '\t']) || s.chars().any(is_invisible_format) {
+        return Err(DomainError::invalid(
+            field,
+            "must be one line without control characters",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A room's topic: 0–500 characters, one line; empty clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Topic(String);
+
+impl Topic {
+    pub fn parse(raw: &str) -> Result<Self> {
+        one_line("topic", raw, limits::TOPIC_MAX).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A person's status message: 0–140 characters, one line; empty clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StatusMessage(String);
+
+impl StatusMessage {
+    pub fn parse(raw: &str) -> Result<Self> {
+        one_line("status_message", raw, limits::STATUS_MESSAGE_MAX).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -9,6 +9,11 @@
 //! about a fifth of the indexer's time, up to [`IndexerSettings::max_commit_interval`].
 //! Each commit carries the position of the last event it covers in its payload, so after a
 //! crash the index resumes from exactly what it holds: nothing skipped, nothing twice.
+//!
+//! The writer lives on a thread of its own (`search-indexer`) that lowers its scheduling
+//! priority ([`IndexerSettings::nice`]) before it opens the `IndexWriter`, so Tantivy's indexing
+//! and merge threads, which it starts, inherit the lower priority too: indexing takes the CPU
+//! that delivery leaves over, and under load it falls behind rather than slowing sends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,7 +41,14 @@ const MAX_BATCH: usize = 4_096;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The events that change the index; the others only move its checkpoint.
-const MESSAGE_EVENTS: [&str; 3] = ["message_sent", "message_edited", "message_deleted"];
+/// The events the index follows: message changes, and a room's deletion (which takes every
+/// message of the room out).
+const MESSAGE_EVENTS: [&str; 4] = [
+    "message_sent",
+    "message_edited",
+    "message_deleted",
+    "room_deleted",
+];
 
 /// How the indexer batches its work.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +68,10 @@ pub struct IndexerSettings {
     pub threads: usize,
     /// Memory the `IndexWriter` may buffer, over all threads.
     pub memory_budget_bytes: usize,
+    /// How much nicer than the rest of the process the indexing threads run (Linux `nice`
+    /// increment, 0–19; 0 keeps the process's priority). Ignored where threads cannot have
+    /// their own priority.
+    pub nice: i32,
 }
 
 impl Default for IndexerSettings {
@@ -70,6 +86,7 @@ impl Default for IndexerSettings {
             // peak memory; the server's cores are better spent serving.
             threads: 1,
             memory_budget_bytes: 32 << 20,
+            nice: 10,
         }
     }
 }
@@ -84,7 +101,7 @@ struct Meta {
     position: u64,
 }
 
-/// The writer and what it has not committed yet. Moved into blocking tasks and back.
+/// The writer and what it has not committed yet. Lives on the [`WriterThread`].
 struct Writer {
     index: SearchIndex,
     writer: IndexWriter,
@@ -186,6 +203,21 @@ impl Writer {
                 self.deleted.insert(id);
                 self.uncommitted += 1;
             }
+            Event::RoomDeleted { .. } => {
+                self.writer
+                    .delete_term(Term::from_field_bytes(fields.room_id, room.0.as_bytes()));
+                let gone: Vec<Uuid> = self
+                    .added
+                    .iter()
+                    .filter(|(_, m)| m.room == room.0)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    self.added.remove(&id);
+                    self.deleted.insert(id);
+                }
+                self.uncommitted += 1;
+            }
             _ => {}
         }
         Ok(())
@@ -266,22 +298,106 @@ impl Writer {
     }
 }
 
-/// Runs `f` on the writer on a blocking thread, and puts the writer back.
-async fn blocking<T: Send + 'static>(
-    slot: &mut Option<Writer>,
-    f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let mut writer = slot
-        .take()
-        .ok_or_else(|| Error::Task("the index writer was lost".into()))?;
-    let (writer, result) = tokio::task::spawn_blocking(move || {
-        let result = f(&mut writer);
-        (writer, result)
-    })
-    .await
-    .map_err(|e| Error::Task(format!("index writer task: {e}")))?;
-    *slot = Some(writer);
-    result
+/// Work for the writer's thread.
+type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+
+/// The writer's own thread, at lower priority (see the module docs). Dropping this ends it
+/// (after the job in hand); the writer is dropped there, abandoning merges in flight (their
+/// files are collected on the next start): waiting for them could hold up shutdown for
+/// seconds.
+#[derive(Debug)]
+struct WriterThread {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterThread {
+    /// Starts the thread, which lowers its priority and opens the writer; returns the
+    /// position of the index's last commit.
+    async fn start(index: SearchIndex, settings: IndexerSettings) -> Result<(Self, u64)> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (opened, open) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("search-indexer".into())
+            .spawn(move || {
+                lower_priority(settings.nice);
+                let mut writer = match Writer::open(index, &settings) {
+                    Ok(writer) => {
+                        let _ = opened.send(Ok(writer.committed));
+                        writer
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = inbox.recv() {
+                    job(&mut writer);
+                }
+            })
+            .map_err(|e| Error::Task(format!("cannot start the indexer thread: {e}")))?;
+        let this = Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        let committed = open
+            .await
+            .map_err(|_| Error::Task("the indexer thread died while opening".into()))??;
+        Ok((this, committed))
+    }
+
+    /// Runs `f` on the writer, on its thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            let _ = reply.send(f(w));
+        });
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| Error::Task("the index writer was lost".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Task("the index writer was lost".into()))?
+    }
+
+    /// Ends the thread and waits for it.
+    async fn stop(mut self) -> Result<()> {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|_| Error::Task("the indexer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes the calling thread (and the threads it starts from now on) `nice` steps nicer. On
+/// Linux a thread's nice value is its own and new threads inherit it.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        let result = getpriority_process(me)
+            .and_then(|current| setpriority_process(me, (current + nice).min(19)));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, nice, "cannot lower the indexer's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::info!(
+        nice,
+        "per-thread priority is not supported here; indexing at normal priority"
+    );
 }
 
 /// Consumes the log from the index's checkpoint until `shutdown`, publishing on `progress`
@@ -295,15 +411,7 @@ pub async fn run(
     shutdown: CancellationToken,
     settings: IndexerSettings,
 ) -> Result<()> {
-    let mut slot = {
-        let index = index.clone();
-        Some(
-            tokio::task::spawn_blocking(move || Writer::open(index, &settings))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??,
-        )
-    };
-    let start = slot.as_ref().map_or(0, |w| w.committed);
+    let (writer, start) = WriterThread::start(index, settings).await?;
     progress.send_replace(start);
     tracing::info!(checkpoint = start, "search indexer starting");
     let mut events = log.subscribe(start);
@@ -316,7 +424,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             () = sleep_until(due), if due.is_some() => {
                 let started = Instant::now();
-                let applied = blocking(&mut slot, |w| w.commit().map(|()| w.applied)).await?;
+                let applied = writer.run(|w| w.commit().map(|()| w.applied)).await?;
                 interval = next_interval(&settings, started.elapsed());
                 progress.send_replace(applied);
                 due = None;
@@ -344,14 +452,15 @@ pub async fn run(
                 _ => break,
             }
         }
-        let (uncommitted, applied) = blocking(&mut slot, move |w| {
-            w.apply(&batch)?;
-            Ok((w.uncommitted, w.applied))
-        })
-        .await?;
+        let (uncommitted, applied) = writer
+            .run(move |w| {
+                w.apply(&batch)?;
+                Ok((w.uncommitted, w.applied))
+            })
+            .await?;
         let now = Instant::now();
         if uncommitted >= settings.commit_docs {
-            blocking(&mut slot, |w| w.commit()).await?;
+            writer.run(|w| w.commit()).await?;
             progress.send_replace(applied);
             due = None;
         } else if uncommitted > 0 {
@@ -364,19 +473,16 @@ pub async fn run(
         }
     }
     // Shutting down: keep what was applied so the next start need not redo it.
-    if let Some(w) = slot.as_ref()
-        && w.applied > w.committed
-    {
-        let applied = blocking(&mut slot, |w| w.commit().map(|()| w.applied)).await?;
-        progress.send_replace(applied);
-    }
-    // Dropping the writer abandons merges in flight (their files are collected on the next
-    // start); waiting for them could hold up shutdown for seconds.
-    if let Some(w) = slot.take() {
-        tokio::task::spawn_blocking(move || drop(w))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?;
-    }
+    let applied = writer
+        .run(|w| {
+            if w.applied > w.committed {
+                w.commit()?;
+            }
+            Ok(w.applied)
+        })
+        .await?;
+    progress.send_replace(applied);
+    writer.stop().await?;
     tracing::info!("search indexer stopped");
     Ok(())
 }

@@ -1,15 +1,22 @@
-//! Accounts: registering, logging in, sessions (refresh-token rotation), profiles and friend
-//! lists.
+//! Accounts: registering, logging in, sessions (refresh-token rotation, listing, revoking),
+//! profiles, passwords, withdrawal, blocking, and friendships with consent.
+
+use std::collections::HashSet;
 
 use chrono::Utc;
-use projector::queries::{self, UserView};
+use projector::queries::{self, SessionView, UserView};
+use schema::events::SessionEndReason;
+use schema::friendship::{FriendshipAggregate, FriendshipCommand};
+use schema::room::RoomCommand;
 use schema::session::{SessionAggregate, SessionCommand};
 use schema::user::{UserAggregate, UserCommand};
-use schema::{DisplayName, DomainError, Password, SessionId, UserId, Username, streams};
+use schema::{
+    DisplayName, DomainError, Password, SessionId, StatusMessage, UserId, Username, streams,
+};
 
 use super::Chat;
 use super::auth;
-use super::commands::Executed;
+use super::commands::{Executed, Loaded};
 use super::error::{ChatError, Result};
 
 /// Tokens handed out at login and refresh.
@@ -62,6 +69,8 @@ impl Chat {
             user_id,
             username: username.as_str().to_owned(),
             display_name: display_name.as_str().to_owned(),
+            status_message: None,
+            deleted: false,
         })
     }
 
@@ -74,7 +83,7 @@ impl Chat {
                     &mut loaded,
                 )
                 .await?;
-                loaded.and_then(|l| l.state.registered)
+                loaded.and_then(|l| l.state.active().cloned())
             }
             Err(_) => None,
         };
@@ -149,35 +158,255 @@ impl Chat {
         Ok(())
     }
 
-    pub async fn add_friend(&self, actor: UserId, friend: UserId) -> Result<()> {
-        if actor != friend {
-            self.require_users(vec![friend]).await?;
+    pub async fn update_profile(
+        &self,
+        actor: UserId,
+        display_name: Option<DisplayName>,
+        status_message: Option<StatusMessage>,
+    ) -> Result<()> {
+        let command = UserCommand::UpdateProfile {
+            display_name,
+            status_message,
+        };
+        self.user_command(actor, command).await
+    }
+
+    /// Refuses unless `password` is the account's (403 `wrong_password`).
+    pub async fn confirm_password(&self, actor: UserId, password: String) -> Result<()> {
+        let mut loaded = None;
+        self.check_password(actor, &mut loaded, password).await
+    }
+
+    async fn check_password(
+        &self,
+        actor: UserId,
+        loaded: &mut Option<Loaded<UserAggregate>>,
+        password: String,
+    ) -> Result<()> {
+        self.catch_up::<UserAggregate>(&streams::user(actor), loaded)
+            .await?;
+        let hash = loaded
+            .as_ref()
+            .and_then(|l| l.state.active())
+            .map(|r| r.password_hash.clone());
+        if hash.is_none() {
+            return Err(DomainError::NotFound("user").into());
         }
-        self.user_command(actor, UserCommand::AddFriend { friend })
+        if !self.auth.verify_password(password, hash).await {
+            return Err(DomainError::WrongPassword.into());
+        }
+        Ok(())
+    }
+
+    /// Changes the password after checking the current one, then ends every other session.
+    pub async fn change_password(
+        &self,
+        actor: UserId,
+        session: SessionId,
+        current: String,
+        new: Password,
+    ) -> Result<()> {
+        let stream = streams::user(actor);
+        let mut loaded = None;
+        self.check_password(actor, &mut loaded, current).await?;
+        let password_hash = self
+            .auth
+            .hash_password(new)
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))?;
+        let command = UserCommand::ChangePassword { password_hash };
+        self.command(&stream, &mut loaded, &command).await?;
+        self.end_sessions(actor, Some(session), SessionEndReason::PasswordChanged)
             .await
     }
 
-    pub async fn remove_friend(&self, actor: UserId, friend: UserId) -> Result<()> {
-        self.user_command(actor, UserCommand::RemoveFriend { friend })
+    /// The caller's sessions that have not ended, newest first.
+    pub async fn sessions(&self, actor: UserId) -> Result<Vec<SessionView>> {
+        Ok(self
+            .models
+            .read(move |c| queries::sessions(c, actor))
+            .await?)
+    }
+
+    /// Ends one of the caller's sessions (404 `session_not_found` for anyone else's).
+    pub async fn revoke_session(&self, actor: UserId, session: SessionId) -> Result<()> {
+        self.end_session(actor, session, SessionEndReason::Revoked)
             .await
+    }
+
+    async fn end_session(
+        &self,
+        actor: UserId,
+        session: SessionId,
+        reason: SessionEndReason,
+    ) -> Result<()> {
+        let command = SessionCommand::Revoke {
+            user: actor,
+            reason,
+        };
+        self.command::<SessionAggregate>(&streams::session(session), &mut None, &command)
+            .await?;
+        Ok(())
+    }
+
+    /// The one place that ends a user's sessions on their behalf: a `session_ended` event per
+    /// session (which is what revokes its tokens everywhere), all but `except`.
+    async fn end_sessions(
+        &self,
+        actor: UserId,
+        except: Option<SessionId>,
+        reason: SessionEndReason,
+    ) -> Result<()> {
+        for s in self.sessions(actor).await? {
+            if Some(s.session_id) != except {
+                self.end_session(actor, s.session_id, reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Withdraws the account: the profile is erased (messages stay, shown as from a deleted
+    /// user), every session ends, the user leaves every room. The username stays reserved.
+    /// Safe to repeat: each step is idempotent.
+    pub async fn delete_account(&self, actor: UserId) -> Result<()> {
+        self.user_command(actor, UserCommand::Delete).await?;
+        self.end_sessions(actor, None, SessionEndReason::AccountDeleted)
+            .await?;
+        let (_, rooms) = self.rooms_at_checkpoint(actor).await?;
+        for room in rooms {
+            self.room_command(room, RoomCommand::Depart { user: actor })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn block(&self, actor: UserId, user: UserId) -> Result<()> {
+        if actor != user {
+            self.require_users(vec![user]).await?;
+        }
+        self.user_command(actor, UserCommand::Block { user }).await
+    }
+
+    pub async fn unblock(&self, actor: UserId, user: UserId) -> Result<()> {
+        self.user_command(actor, UserCommand::Unblock { user })
+            .await
+    }
+
+    pub async fn blocked_users(&self, actor: UserId) -> Result<Vec<UserView>> {
+        Ok(self
+            .models
+            .read(move |c| queries::blocked_users(c, actor))
+            .await?)
+    }
+
+    /// Whether one of the two has blocked the other.
+    pub(super) async fn blocked_either(&self, a: UserId, b: UserId) -> Result<bool> {
+        Ok(self
+            .models
+            .read(move |c| queries::blocked_either(c, a, b))
+            .await?)
+    }
+
+    async fn friendship(
+        &self,
+        a: UserId,
+        b: UserId,
+        command: FriendshipCommand,
+    ) -> Result<Vec<schema::Event>> {
+        let executed = self
+            .command::<FriendshipAggregate>(&streams::friendship(a, b), &mut None, &command)
+            .await?;
+        Ok(executed.events)
+    }
+
+    /// Asks `to` to be friends; if they had asked the caller, this accepts. True when the
+    /// two are friends now.
+    pub async fn request_friend(&self, actor: UserId, to: UserId) -> Result<bool> {
+        if actor != to {
+            self.require_users(vec![to]).await?;
+        }
+        let blocked = self.blocked_either(actor, to).await?;
+        let command = FriendshipCommand::Request {
+            from: actor,
+            to,
+            blocked,
+        };
+        self.friendship(actor, to, command).await?;
+        let friends = self
+            .models
+            .read(move |c| Ok(queries::friends(c, actor)?.iter().any(|f| f.user_id == to)))
+            .await?;
+        Ok(friends)
+    }
+
+    /// Answers a request `from` made to the caller.
+    pub async fn answer_friend_request(
+        &self,
+        actor: UserId,
+        from: UserId,
+        accept: bool,
+    ) -> Result<()> {
+        let command = if accept {
+            FriendshipCommand::Accept { by: actor }
+        } else {
+            FriendshipCommand::Decline { by: actor }
+        };
+        self.friendship(actor, from, command).await?;
+        Ok(())
+    }
+
+    /// Withdraws the caller's request to `to`.
+    pub async fn cancel_friend_request(&self, actor: UserId, to: UserId) -> Result<()> {
+        self.friendship(actor, to, FriendshipCommand::Cancel { by: actor })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unfriend(&self, actor: UserId, other: UserId) -> Result<()> {
+        let command = FriendshipCommand::Unfriend { by: actor, other };
+        self.friendship(actor, other, command).await?;
+        Ok(())
+    }
+
+    /// Friend requests to the caller (`incoming`) or from them.
+    pub async fn friend_requests(&self, actor: UserId, incoming: bool) -> Result<Vec<UserView>> {
+        Ok(self
+            .models
+            .read(move |c| queries::friend_requests(c, actor, incoming))
+            .await?)
     }
 
     pub async fn friends(&self, actor: UserId) -> Result<Vec<Person>> {
-        let friends = self
+        let (friends, hidden) = self
             .models
-            .read(move |c| queries::friends(c, actor))
+            .read(move |c| {
+                Ok((
+                    queries::friends(c, actor)?,
+                    queries::block_partners(c, actor)?,
+                ))
+            })
             .await?;
-        Ok(self.with_presence(friends))
+        Ok(self.with_presence(friends, &hidden))
     }
 
-    pub(super) fn with_presence(&self, users: Vec<UserView>) -> Vec<Person> {
+    /// `users` with whether each is online, as `hidden` (people in a block with the viewer)
+    /// may not be seen.
+    pub(super) fn with_presence(
+        &self,
+        users: Vec<UserView>,
+        hidden: &HashSet<UserId>,
+    ) -> Vec<Person> {
         users
             .into_iter()
             .map(|user| Person {
-                online: self.presence.is_online(user.user_id),
+                online: self.is_visibly_online(user.user_id, hidden),
                 user,
             })
             .collect()
+    }
+
+    pub(super) fn is_visibly_online(&self, user: UserId, hidden: &HashSet<UserId>) -> bool {
+        !hidden.contains(&user) && self.presence.is_online(user)
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<UserView>> {

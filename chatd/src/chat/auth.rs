@@ -1,17 +1,20 @@
 //! Credentials: argon2id password hashes, short-lived JWT access tokens, and opaque refresh
 //! tokens whose rotation state lives in the event log (see `schema::session`).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
-use schema::{SessionId, UserId};
+use schema::events::Event;
+use schema::{SessionId, UserId, streams};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -28,6 +31,63 @@ pub struct Claims {
     pub exp: i64,
 }
 
+/// Why an access token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Malformed, forged (wrong key, another algorithm, `alg: none`), expired, or issued for
+    /// longer than this server's access-token lifetime.
+    Invalid,
+    /// Its session has ended (logout, refresh-token reuse, or any other session-ending event).
+    SessionEnded,
+}
+
+/// The sessions that have ended, whatever the reason: their access tokens are refused. Every
+/// node builds it from the log (a `session_ended` event in `session-<id>`: the read models'
+/// `ended_sessions` at start, then the events the hub consumes; see `live::hub`), so all
+/// nodes agree. A session is kept for an access-token lifetime after it ended, after which
+/// every token it had has expired anyway.
+#[derive(Debug, Clone, Default)]
+pub struct Revoked {
+    ended: Arc<RwLock<Ended>>,
+}
+
+#[derive(Debug, Default)]
+struct Ended {
+    at: HashMap<SessionId, i64>,
+    /// Prune when the set reaches this size.
+    prune_at: usize,
+}
+
+impl Revoked {
+    /// Records that `session` ended at `at` (idempotent). `keep`: how long to remember it.
+    pub fn end(&self, session: SessionId, at: DateTime<Utc>, keep: Duration) {
+        // A poisoned lock only means a panic elsewhere mid-insert; the map is still valid.
+        let mut ended = self.ended.write().unwrap_or_else(|p| p.into_inner());
+        ended.at.insert(session, at.timestamp());
+        if ended.at.len() >= ended.prune_at {
+            let horizon = Utc::now().timestamp() - keep.as_secs() as i64 - LEEWAY_SECS as i64;
+            ended.at.retain(|_, t| *t >= horizon);
+            ended.prune_at = (2 * ended.at.len()).max(1024);
+        }
+    }
+
+    pub fn contains(&self, session: SessionId) -> bool {
+        let ended = self.ended.read().unwrap_or_else(|p| p.into_inner());
+        ended.at.contains_key(&session)
+    }
+
+    /// The session an event of `stream` ends, if it does.
+    pub fn ended_by(stream: &str, event: &Event) -> Option<SessionId> {
+        match event {
+            Event::SessionEnded { .. } => streams::session_of(stream),
+            _ => None,
+        }
+    }
+}
+
+/// Clock skew allowed on `exp`, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
 #[derive(Clone)]
 pub struct Auth {
     encoding: EncodingKey,
@@ -42,6 +102,7 @@ pub struct Auth {
     dummy_hash: Arc<String>,
     /// Cost of new hashes (verification uses the cost stored in each hash).
     params: argon2::Params,
+    revoked: Revoked,
 }
 
 impl std::fmt::Debug for Auth {
@@ -113,7 +174,7 @@ impl Auth {
         let params = argon2::Params::new(hash_cost.0, hash_cost.1, 1, None)
             .map_err(|e| anyhow::anyhow!("invalid argon2 cost: {e}"))?;
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let dummy = hasher(&params)
             .hash_password(
@@ -131,6 +192,7 @@ impl Auth {
             hashing: Arc::new(Semaphore::new(num_cpus())),
             dummy_hash: Arc::new(dummy),
             params,
+            revoked: Revoked::default(),
         })
     }
 
@@ -158,11 +220,40 @@ impl Auth {
             .expect("jwt encodes")
     }
 
-    /// The user of a valid, unexpired access token.
-    pub fn verify_access(&self, token: &str) -> Option<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()
-            .map(|d| d.claims)
+    /// The claims of a valid, unexpired access token of a session that has not ended.
+    pub fn verify_access(&self, token: &str) -> Result<Claims, TokenRefusal> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| TokenRefusal::Invalid)?
+            .claims;
+        // Tokens never live longer than the lifetime set now, so an ended session is
+        // remembered only that long (a token from a run with a longer lifetime is refused).
+        if claims.exp - claims.iat > self.access_ttl.as_secs() as i64 {
+            return Err(TokenRefusal::Invalid);
+        }
+        if self.revoked.contains(SessionId(claims.sid)) {
+            return Err(TokenRefusal::SessionEnded);
+        }
+        Ok(claims)
+    }
+
+    /// The set of ended sessions.
+    pub fn revoked(&self) -> &Revoked {
+        &self.revoked
+    }
+
+    /// Records the sessions `events` of `stream` end (as soon as they are durable, so this
+    /// node refuses their tokens before the hub sees the events).
+    pub fn observe(&self, stream: &str, events: &[Event]) {
+        for event in events {
+            if let Some(session) = Revoked::ended_by(stream, event) {
+                self.end_session(session, Utc::now());
+            }
+        }
+    }
+
+    /// Records that `session` ended at `at`.
+    pub fn end_session(&self, session: SessionId, at: DateTime<Utc>) {
+        self.revoked.end(session, at, self.access_ttl);
     }
 
     pub async fn hash_password(&self, password: schema::Password) -> anyhow::Result<String> {
@@ -248,8 +339,34 @@ mod tests {
         let b = Auth::new(&[2; 32], Duration::from_secs(60), 30, (1024, 1)).unwrap();
         let (u, s) = (UserId::new(), SessionId::new());
         let t = a.issue_access(u, s);
-        assert_eq!(a.verify_access(&t).map(|c| c.sub), Some(u.0));
-        assert!(b.verify_access(&t).is_none());
-        assert!(a.verify_access("not.a.jwt").is_none());
+        assert_eq!(a.verify_access(&t).map(|c| c.sub), Ok(u.0));
+        assert_eq!(b.verify_access(&t).err(), Some(TokenRefusal::Invalid));
+        assert_eq!(
+            a.verify_access("not.a.jwt").err(),
+            Some(TokenRefusal::Invalid)
+        );
+    }
+
+    #[test]
+    fn tokens_of_an_ended_session_are_refused_and_others_are_not() {
+        let a = Auth::new(&[1; 32], Duration::from_secs(60), 30, (1024, 1)).unwrap();
+        let (u, s, other) = (UserId::new(), SessionId::new(), SessionId::new());
+        let (t, kept) = (a.issue_access(u, s), a.issue_access(u, other));
+        a.observe(
+            &streams::session(s),
+            &[Event::SessionEnded {
+                reason: schema::events::SessionEndReason::Logout,
+            }],
+        );
+        assert_eq!(a.verify_access(&t).err(), Some(TokenRefusal::SessionEnded));
+        assert!(a.verify_access(&kept).is_ok());
+        // Long-ended sessions are forgotten once the set has to be pruned: their tokens have
+        // expired by then.
+        let old = Utc::now() - chrono::Duration::hours(1);
+        for _ in 0..2048 {
+            a.end_session(SessionId::new(), old);
+        }
+        assert!(a.revoked().contains(s), "recent: kept");
+        assert!(a.revoked().ended.read().unwrap().at.len() < 1024);
     }
 }

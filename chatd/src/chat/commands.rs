@@ -1,19 +1,18 @@
 //! Command machinery: load an aggregate, `decide`, append with the expected version, retry on
 //! a version conflict, then wait for the local projections (read-your-writes).
 //!
-//! Rooms are cached per node and refreshed incrementally; commands on one room take turns on
-//! this node (the slot's lock), and other nodes are caught by the expected version. (The
-//! model is cqrs-es's `CqrsFramework::execute`.)
+//! Rooms are held per node by their actors ([`super::room_actor`]), which decide and append
+//! a room's commands in batches; other nodes are caught by the expected version. Users'
+//! commands are rare and go through [`Chat::command`] one by one. (The model is cqrs-es's
+//! `CqrsFramework::execute`.)
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventlog::{AppendResult, ErrorKind, ExpectedVersion, NewEvent};
+use eventlog::{AppendResult, ErrorKind, EventLog, ExpectedVersion, NewEvent};
 use projector::queries;
 use schema::events::Event;
-use schema::room::{RoomAggregate, RoomCommand};
-use schema::{Aggregate, RoomId, UserId, streams};
+use schema::room::RoomCommand;
+use schema::{Aggregate, RoomId, UserId};
 use uuid::Uuid;
 
 use super::Chat;
@@ -25,6 +24,18 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at a command whose stream keeps moving under it.
 const MAX_ATTEMPTS: usize = 10;
 const STREAM_PAGE: usize = 1_000;
+
+/// What the answer to a command waits for. Either way it comes only once the command's events
+/// are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Also until this node's read models show them, so the caller's next read does
+    /// (read-your-writes, bounded by a timeout).
+    #[default]
+    ReadYourWrites,
+    /// Not for the read models: the caller's next read may not show the command yet.
+    Durable,
+}
 
 /// An aggregate with the stream version it reflects.
 #[derive(Debug, Clone, Default)]
@@ -46,11 +57,6 @@ pub(super) struct Executed {
     pub(super) position: u64,
 }
 
-pub(super) type RoomSlot = Arc<tokio::sync::Mutex<Option<Loaded<RoomAggregate>>>>;
-
-/// Room aggregates by id, one slot each.
-pub(super) type RoomCache = Mutex<HashMap<RoomId, RoomSlot>>;
-
 fn event_id(event: &Event) -> Uuid {
     match event {
         // Deterministic for idempotent sends: a retry carries the same event id.
@@ -62,7 +68,12 @@ fn event_id(event: &Event) -> Uuid {
 /// The events as the log takes them, carrying the trace of the request being handled so the
 /// trace continues on every node that consumes them.
 pub(super) fn to_new(events: &[Event]) -> Vec<NewEvent> {
-    let metadata = NewEvent::trace_metadata(tracecontext::scoped().as_deref());
+    to_new_with(events, tracecontext::scoped().as_deref())
+}
+
+/// [`to_new`] for the request whose trace is `traceparent`.
+pub(super) fn to_new_with(events: &[Event], traceparent: Option<&str>) -> Vec<NewEvent> {
+    let metadata = NewEvent::trace_metadata(traceparent);
     events
         .iter()
         .map(|e| NewEvent {
@@ -75,6 +86,35 @@ pub(super) fn to_new(events: &[Event]) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Brings `loaded` up to the stream's current version.
+pub(super) async fn catch_up<A: Aggregate>(
+    log: &dyn EventLog,
+    stream: &str,
+    loaded: &mut Option<Loaded<A>>,
+) -> Result<()> {
+    let current = loaded.get_or_insert_with(Loaded::default);
+    loop {
+        let batch = log
+            .read_stream(stream, current.version + 1, STREAM_PAGE)
+            .await?;
+        let n = batch.len();
+        for recorded in batch {
+            let event = Event::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                &recorded.data,
+            )
+            .map_err(|e| ChatError::Internal(e.to_string()))?;
+            current.state.evolve(&event);
+            current.version = recorded.version;
+            current.position = recorded.position;
+        }
+        if n < STREAM_PAGE {
+            return Ok(());
+        }
+    }
+}
+
 impl Chat {
     /// Brings `loaded` up to the stream's current version.
     pub(super) async fn catch_up<A: Aggregate>(
@@ -82,28 +122,7 @@ impl Chat {
         stream: &str,
         loaded: &mut Option<Loaded<A>>,
     ) -> Result<()> {
-        let current = loaded.get_or_insert_with(Loaded::default);
-        loop {
-            let batch = self
-                .log
-                .read_stream(stream, current.version + 1, STREAM_PAGE)
-                .await?;
-            let n = batch.len();
-            for recorded in batch {
-                let event = Event::decode(
-                    &recorded.event_type,
-                    recorded.schema_version,
-                    &recorded.data,
-                )
-                .map_err(|e| ChatError::Internal(e.to_string()))?;
-                current.state.evolve(&event);
-                current.version = recorded.version;
-                current.position = recorded.position;
-            }
-            if n < STREAM_PAGE {
-                return Ok(());
-            }
-        }
+        catch_up(self.log.as_ref(), stream, loaded).await
     }
 
     /// Decides `command` against the aggregate in `stream` and appends the result, retrying on
@@ -186,6 +205,9 @@ impl Chat {
         command: &A::Command,
     ) -> Result<Executed> {
         let executed = self.execute(stream, loaded, command).await?;
+        // An ended session's tokens stop working on this node at once (the others learn it
+        // from the log).
+        self.auth.observe(stream, &executed.events);
         self.await_projection(executed.position).await;
         Ok(executed)
     }
@@ -201,43 +223,33 @@ impl Chat {
         }
     }
 
-    /// Runs a command on a room. Commands on one room take turns on this node (the slot's
-    /// lock) so they do not conflict with each other; the lock is released before waiting for
-    /// the projections, so a slow projector does not hold up the room.
+    /// Runs a command on a room (through its actor), then waits until the local projections
+    /// show the result.
     pub(super) async fn room_command(
         &self,
         room: RoomId,
         command: RoomCommand,
     ) -> Result<Executed> {
-        let slot = self.room_slot(room);
-        let executed = {
-            let mut loaded = slot.lock().await;
-            let result = self
-                .execute(&streams::room(room), &mut loaded, &command)
-                .await;
-            let exists = loaded.as_ref().is_some_and(|l| l.state.created.is_some());
-            drop(loaded);
-            if !exists {
-                // Don't let requests for made-up room ids grow the cache.
-                self.forget_room(room, &slot);
-            }
-            result?
-        };
-        self.await_projection(executed.position).await;
-        Ok(executed)
+        self.room_command_with(room, command, None, Consistency::ReadYourWrites)
+            .await
     }
 
-    fn room_slot(&self, room: RoomId) -> RoomSlot {
-        // A poisoned map only means another request panicked mid-insert; the map is still valid.
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms.entry(room).or_default().clone()
-    }
-
-    fn forget_room(&self, room: RoomId, slot: &RoomSlot) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if rooms.get(&room).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-            rooms.remove(&room);
+    /// [`Self::room_command`]; with `dm_sender`, refused with `blocked` when the room is a
+    /// direct room whose other member is in a block with the sender (checked by the room's
+    /// actor from its state, so a group room costs nothing more); answered when `consistency`
+    /// says.
+    pub(super) async fn room_command_with(
+        &self,
+        room: RoomId,
+        command: RoomCommand,
+        dm_sender: Option<UserId>,
+        consistency: Consistency,
+    ) -> Result<Executed> {
+        let executed = self.rooms.execute(room, command, dm_sender).await?;
+        if consistency == Consistency::ReadYourWrites {
+            self.await_projection(executed.position).await;
         }
+        Ok(executed)
     }
 
     pub(super) async fn require_users(&self, ids: Vec<UserId>) -> Result<()> {

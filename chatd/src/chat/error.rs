@@ -41,16 +41,16 @@ error_codes! {
     ValidationFailed => 400, "validation_failed";
     /// The username is in use (compared without case).
     UsernameTaken => 409, "username_taken";
+    /// The room does not exist, or the caller is not in it (or may not enter it): the same
+    /// answer either way, so room ids cannot be probed.
     RoomNotFound => 404, "room_not_found";
     MessageNotFound => 404, "message_not_found";
     UserNotFound => 404, "user_not_found";
     /// Something else that does not exist.
     NotFound => 404, "not_found";
-    NotAMember => 403, "not_a_member";
     NotAllowed => 403, "not_allowed";
     /// Only a message's sender may edit or delete it.
     NotTheSender => 403, "not_the_sender";
-    RoomNotPublic => 403, "room_not_public";
     DirectWithSelf => 400, "direct_with_self";
     InvalidRefreshToken => 401, "invalid_refresh_token";
     /// A used refresh token was presented again: the session is revoked.
@@ -58,11 +58,31 @@ error_codes! {
     /// Unknown username or wrong password (deliberately not told apart).
     InvalidCredentials => 401, "invalid_credentials";
     InvalidQuery => 400, "invalid_query";
+    /// Your role in the room is too low for this (or not above the member's).
+    InsufficientRole => 403, "insufficient_role";
+    /// The user is banned from the room.
+    Banned => 403, "banned";
+    /// The room is archived: read-only until the owner unarchives it.
+    RoomArchived => 409, "room_archived";
+    /// One of you has blocked the other.
+    Blocked => 403, "blocked";
+    /// The current password given to confirm a change is wrong.
+    WrongPassword => 403, "wrong_password";
+    MemberNotFound => 404, "member_not_found";
+    SessionNotFound => 404, "session_not_found";
+    FriendRequestNotFound => 404, "friend_request_not_found";
+    InvitationNotFound => 404, "invitation_not_found";
     InvalidCursor => 400, "invalid_cursor";
 
     // ---- the request itself
     /// No valid access token.
     Unauthorized => 401, "unauthorized";
+    /// The access token's session has ended (logout, refresh-token reuse, revocation): log
+    /// in again.
+    SessionEnded => 401, "session_ended";
+    /// A live connection's access token expired and no fresh one came in an `auth` frame
+    /// (a close reason, never an HTTP response).
+    TokenExpired => 401, "token_expired";
     InvalidParameter => 400, "invalid_parameter";
     InvalidBody => 400, "invalid_body";
     InvalidPath => 400, "invalid_path";
@@ -90,6 +110,9 @@ error_codes! {
     NotReady => 503, "not_ready";
     Internal => 500, "internal";
 }
+
+/// The detail of every `room_not_found`.
+const ROOM_NOT_FOUND: &str = "no such room, or you are not in it";
 
 /// What a client is told about a failure: a code from the table and words for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,17 +168,27 @@ fn domain_code(e: &DomainError) -> Code {
     match e {
         DomainError::Invalid { .. } => Code::ValidationFailed,
         DomainError::UsernameTaken => Code::UsernameTaken,
-        DomainError::NotFound("room") => Code::RoomNotFound,
+        // Not in the room (or a private room one may not join) reads as no room at all.
+        DomainError::NotFound("room") | DomainError::NotAMember | DomainError::RoomNotPublic => {
+            Code::RoomNotFound
+        }
         DomainError::NotFound("message") => Code::MessageNotFound,
         DomainError::NotFound("user") => Code::UserNotFound,
+        DomainError::NotFound("member") => Code::MemberNotFound,
+        DomainError::NotFound("session") => Code::SessionNotFound,
+        DomainError::NotFound("friend request") => Code::FriendRequestNotFound,
+        DomainError::NotFound("invitation") => Code::InvitationNotFound,
         DomainError::NotFound(_) => Code::NotFound,
-        DomainError::NotAMember => Code::NotAMember,
         DomainError::NotAllowed(_) => Code::NotAllowed,
         DomainError::NotTheSender => Code::NotTheSender,
-        DomainError::RoomNotPublic => Code::RoomNotPublic,
         DomainError::DirectWithSelf => Code::DirectWithSelf,
         DomainError::InvalidRefreshToken => Code::InvalidRefreshToken,
         DomainError::RefreshTokenReused => Code::RefreshTokenReused,
+        DomainError::InsufficientRole => Code::InsufficientRole,
+        DomainError::Banned => Code::Banned,
+        DomainError::RoomArchived => Code::RoomArchived,
+        DomainError::Blocked => Code::Blocked,
+        DomainError::WrongPassword => Code::WrongPassword,
     }
 }
 
@@ -164,7 +197,14 @@ impl From<DomainError> for Refusal {
         if matches!(e, DomainError::RefreshTokenReused) {
             crate::security::auth_failure(crate::security::AuthFailure::RefreshTokenReused);
         }
-        Self::new(domain_code(&e), e.to_string())
+        let code = domain_code(&e);
+        // One wording too: the detail must not tell the cases apart either.
+        let detail = if code == Code::RoomNotFound {
+            ROOM_NOT_FOUND.to_owned()
+        } else {
+            e.to_string()
+        };
+        Self::new(code, detail)
     }
 }
 
@@ -244,5 +284,14 @@ mod tests {
         );
         let r = Refusal::from(ChatError::Domain(DomainError::NotFound("room")));
         assert_eq!(r.code, Code::RoomNotFound);
+    }
+
+    #[test]
+    fn a_room_one_is_not_in_reads_as_no_room_at_all() {
+        let missing = Refusal::from(DomainError::NotFound("room"));
+        assert_eq!(missing.code, Code::RoomNotFound);
+        for e in [DomainError::NotAMember, DomainError::RoomNotPublic] {
+            assert_eq!(Refusal::from(e), missing);
+        }
     }
 }

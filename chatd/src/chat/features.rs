@@ -11,7 +11,7 @@ use schema::{DomainError, Emoji, MessageId, RoomId, UserId};
 use super::Chat;
 use super::error::Result;
 use super::messages::{History, message_states};
-use super::view::{Current, Extras, stored_event_view, with_extras};
+use super::view::{Extras, stored_event_view, with_extras};
 
 /// Who has read a message.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ fn message_item(
         .pop()
         .flatten();
     let stored = serde_json::from_str(&entry.event).unwrap_or_default();
-    let view = stored_event_view(stored, entry.seq, entry.recorded_at, Current::AsRecorded);
+    let view = stored_event_view(stored, entry.seq, entry.recorded_at, entry.message.as_ref());
     Ok(Some(match state {
         Some(s) => with_extras(view, &Extras::from(s)),
         None => view,

@@ -10,9 +10,9 @@ use schema::room::RoomCommand;
 use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
 
 use super::Chat;
-use super::commands::{Executed, to_new};
+use super::commands::{Consistency, Executed, to_new};
 use super::error::{ChatError, Result};
-use super::view::{Current, Extras, stored_event_view, with_extras};
+use super::view::{Extras, stored_event_view, with_extras};
 use crate::ops::metrics::names;
 
 /// A page of a room's events, as clients see them ([`super::view`]), oldest first.
@@ -54,6 +54,7 @@ impl Changed {
 }
 
 impl Chat {
+    /// Sends a message and answers once the caller's reads show it (read-your-writes).
     pub async fn send(
         &self,
         actor: UserId,
@@ -62,10 +63,32 @@ impl Chat {
         client_msg_id: Option<String>,
         reply_to: Option<MessageId>,
     ) -> Result<Sent> {
+        self.send_with(
+            actor,
+            room,
+            body,
+            client_msg_id,
+            reply_to,
+            Consistency::ReadYourWrites,
+        )
+        .await
+    }
+
+    /// [`Self::send`], answering when `consistency` says.
+    pub async fn send_with(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        body: MessageBody,
+        client_msg_id: Option<String>,
+        reply_to: Option<MessageId>,
+        consistency: Consistency,
+    ) -> Result<Sent> {
         let message_id = match &client_msg_id {
             Some(key) => MessageId::for_client_msg(room, actor, key),
             None => MessageId::new(),
         };
+
         let command = RoomCommand::Send {
             sender: actor,
             message_id,
@@ -73,7 +96,11 @@ impl Chat {
             client_msg_id,
             reply_to,
         };
-        let append = self.room_command(room, command).await?.append;
+        // No direct messages between people where one has blocked the other.
+        let append = self
+            .room_command_with(room, command, Some(actor), consistency)
+            .await?
+            .append;
         let append = append.ok_or_else(|| ChatError::Internal("a send appended nothing".into()))?;
         if !append.duplicate {
             metrics::counter!(names::MESSAGES_SENT).increment(1);
@@ -165,6 +192,13 @@ impl Chat {
         Ok(())
     }
 
+    /// Follows `user`'s unread counts in memory (see `projector::UnreadWatch`): for live
+    /// connections, which push every change. Never waits (the counts are loaded in the
+    /// background; the watch wakes when they are).
+    pub fn watch_unread(&self, user: UserId) -> projector::UnreadWatch {
+        self.models.watch_unread(user)
+    }
+
     /// Unread, mention and thread counts of every room of the caller's.
     pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, Counts)>> {
         Ok(self
@@ -203,10 +237,8 @@ impl Chat {
             .into_iter()
             .zip(states)
             .map(|(e, state)| {
-                // The timeline holds each event as the read side shows it (a deleted
-                // message's text already removed).
                 let stored = serde_json::from_str(&e.event).unwrap_or_default();
-                let view = stored_event_view(stored, e.seq, e.recorded_at, Current::AsRecorded);
+                let view = stored_event_view(stored, e.seq, e.recorded_at, e.message.as_ref());
                 match state {
                     Some(state) => with_extras(view, &Extras::from(state)),
                     None => view,

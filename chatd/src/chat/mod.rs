@@ -23,16 +23,18 @@ pub mod error;
 pub mod features;
 pub mod messages;
 pub mod presence;
+mod room_actor;
 pub mod rooms;
 pub mod search;
 pub mod view;
 
 pub use accounts::{Person, Tokens};
 pub use auth::Auth;
+pub use commands::Consistency;
 pub use error::{ChatError, Code, Refusal, Result};
 pub use messages::{Changed, History, Sent};
 pub use presence::Presence;
-pub use rooms::RoomDetail;
+pub use rooms::{Admin, RoomDetail};
 pub use search::{Search, SearchParams};
 
 /// The chat's use cases over the log and the read models. One per node, shared by every
@@ -44,10 +46,10 @@ pub struct Chat {
     progress: Progress,
     auth: Auth,
     presence: Presence,
-    /// Room aggregates by id. Commands on one room run one at a time on this node (the slot's
-    /// lock), so they do not conflict with each other; other nodes are caught by the expected
+    /// One actor per active room, deciding and appending its commands in batches, so they do
+    /// not conflict with each other on this node; other nodes are caught by the expected
     /// version.
-    rooms: commands::RoomCache,
+    rooms: room_actor::RoomActors,
 }
 
 impl Chat {
@@ -59,12 +61,12 @@ impl Chat {
         presence: Presence,
     ) -> Self {
         Self {
+            rooms: room_actor::RoomActors::new(log.clone(), models.clone()),
             log,
             models,
             progress,
             auth,
             presence,
-            rooms: Default::default(),
         }
     }
 
@@ -81,10 +83,5 @@ impl Chat {
     /// projections).
     pub fn log(&self) -> &dyn EventLog {
         self.log.as_ref()
-    }
-
-    /// The log position the read models reflect.
-    pub fn projected(&self) -> u64 {
-        self.progress.position()
     }
 }

@@ -1,13 +1,15 @@
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, OpenApi};
-use schema::{DisplayName, Password, UserId, Username};
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use schema::{DisplayName, Password, SessionId, StatusMessage, UserId, Username};
 use uuid::Uuid;
 
-use super::models::{LoginRequest, RefreshRequest, RegisterRequest, TokenResponse, User};
-use super::{ApiError, BearerAuth, Tag};
+use super::models::{LoginRequest, RefreshRequest, RegisterRequest, Text, TokenResponse, User};
+use super::{ApiError, BearerAuth, Done, Tag};
 use crate::chat::{Chat, Code};
 
 #[derive(Debug)]
@@ -27,6 +29,42 @@ enum LoggedOut {
     /// The session has ended; its refresh token no longer works.
     #[oai(status = 204)]
     Done,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct ProfileRequest {
+    /// 1–64 characters.
+    pub display_name: MaybeUndefined<Text>,
+    /// 0–140 characters, one line; empty or `null` clears it.
+    pub status_message: MaybeUndefined<Text>,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub current_password: Text,
+    /// 8–256 characters.
+    pub new_password: Text,
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DeleteAccountRequest {
+    /// Your password, to confirm.
+    pub password: Text,
+}
+
+#[derive(Debug, Object)]
+pub struct Session {
+    pub session_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    /// The last login or refresh.
+    pub last_used_at: DateTime<Utc>,
+    /// When its refresh token expires unless refreshed.
+    pub expires_at: DateTime<Utc>,
+    /// The session of the token making this request.
+    pub current: bool,
 }
 
 #[OpenApi(tag = "Tag::Accounts")]
@@ -76,6 +114,93 @@ impl Api {
     #[oai(path = "/users/me", method = "get")]
     async fn me(&self, auth: BearerAuth) -> Result<Json<User>, ApiError> {
         self.profile(UserId(auth_id(&auth))).await
+    }
+
+    /// Change your display name and/or status message; absent fields stay as they are.
+    #[oai(path = "/users/me", method = "patch")]
+    async fn update_me(
+        &self,
+        auth: BearerAuth,
+        body: Json<ProfileRequest>,
+    ) -> Result<Json<User>, ApiError> {
+        let display_name = super::admin::update("display_name", &body.display_name, None)?;
+        let display_name = display_name
+            .as_deref()
+            .map(DisplayName::parse)
+            .transpose()?;
+        let status_message = super::admin::update(
+            "status_message",
+            &body.status_message,
+            Some(Text(String::new())),
+        )?;
+        let status_message = status_message
+            .as_deref()
+            .map(StatusMessage::parse)
+            .transpose()?;
+        let me = UserId(auth_id(&auth));
+        self.chat
+            .update_profile(me, display_name, status_message)
+            .await?;
+        self.profile(me).await
+    }
+
+    /// Change your password (403 `wrong_password` if `current_password` is wrong). Every
+    /// other session ends; this one stays.
+    #[oai(path = "/users/me/password", method = "post")]
+    async fn change_password(
+        &self,
+        auth: BearerAuth,
+        body: Json<PasswordChangeRequest>,
+    ) -> Result<Done, ApiError> {
+        let new = Password::parse(&body.new_password)?;
+        let BearerAuth(super::Caller(me, session, _)) = auth;
+        self.chat
+            .change_password(me, session, body.0.current_password.0, new)
+            .await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Delete your account (403 `wrong_password` unless `password` is right). Your profile is
+    /// erased and your messages show as from a deleted user; every session ends; you leave
+    /// every room. The username stays reserved: it cannot be registered again.
+    #[oai(path = "/users/me", method = "delete")]
+    async fn delete_me(
+        &self,
+        auth: BearerAuth,
+        body: Json<DeleteAccountRequest>,
+    ) -> Result<Done, ApiError> {
+        let me = UserId(auth_id(&auth));
+        self.chat.confirm_password(me, body.0.password.0).await?;
+        self.chat.delete_account(me).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Your sessions that have not ended (one per login), newest first.
+    #[oai(path = "/sessions", method = "get")]
+    async fn sessions(&self, auth: BearerAuth) -> Result<Json<Vec<Session>>, ApiError> {
+        let BearerAuth(super::Caller(me, current, _)) = auth;
+        let list = self.chat.sessions(me).await?;
+        Ok(Json(
+            list.into_iter()
+                .map(|s| Session {
+                    session_id: s.session_id.0,
+                    started_at: s.started_at,
+                    last_used_at: s.last_used_at,
+                    expires_at: s.expires_at,
+                    current: s.session_id == current,
+                })
+                .collect(),
+        ))
+    }
+
+    /// End one of your sessions (404 `session_not_found` for any other). Its refresh token
+    /// stops working.
+    #[oai(path = "/sessions/:session_id", method = "delete")]
+    async fn revoke(&self, auth: BearerAuth, session_id: Path<Uuid>) -> Result<Done, ApiError> {
+        self.chat
+            .revoke_session(auth.0.0, SessionId(session_id.0))
+            .await?;
+        Ok(Done::NoContent)
     }
 
     /// Find people by username prefix (case-insensitive), e.g. to invite them.

@@ -12,6 +12,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 use schema::DomainError;
 
+use crate::chat::auth::TokenRefusal;
 use crate::chat::{ChatError, Code, Refusal};
 
 /// RFC 9457 problem details with a stable machine-readable `code`.
@@ -65,6 +66,18 @@ impl ApiError {
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(Code::Unauthorized, detail)
+    }
+}
+
+impl From<TokenRefusal> for ApiError {
+    fn from(r: TokenRefusal) -> Self {
+        match r {
+            TokenRefusal::Invalid => Self::unauthorized("the access token is invalid or expired"),
+            TokenRefusal::SessionEnded => Self::new(
+                Code::SessionEnded,
+                "the access token's session has ended; log in again",
+            ),
+        }
     }
 }
 

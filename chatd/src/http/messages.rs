@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use schema::values::parse_client_msg_id;
@@ -12,7 +12,7 @@ use super::models::{
     UnreadResponse,
 };
 use super::{ApiError, BearerAuth, Tag};
-use crate::chat::Chat;
+use crate::chat::{Chat, Consistency};
 
 pub(super) const DEFAULT_LIMIT: u64 = 50;
 pub(super) const MAX_LIMIT: u64 = 200;
@@ -26,10 +26,37 @@ pub struct Api {
 enum Sent {
     /// The message is stored durably.
     #[oai(status = 201)]
-    Created(Json<SendResponse>),
+    Created(
+        Json<SendResponse>,
+        /// `return=minimal` when the request asked for it (RFC 7240).
+        #[oai(header = "Preference-Applied")]
+        Option<String>,
+    ),
     /// A retry with a known `client_msg_id`: the original message, nothing new stored.
     #[oai(status = 200)]
-    AlreadySent(Json<SendResponse>),
+    AlreadySent(
+        Json<SendResponse>,
+        /// `return=minimal` when the request asked for it (RFC 7240).
+        #[oai(header = "Preference-Applied")]
+        Option<String>,
+    ),
+}
+
+/// The RFC 7240 preference that lets a send skip read-your-writes.
+const RETURN_MINIMAL: &str = "return=minimal";
+
+/// Whether a `Prefer` header value asks for `return=minimal` (RFC 7240: comma-separated
+/// preferences, names case-insensitive, values optionally quoted, parameters after `;`).
+fn prefers_minimal(prefer: &str) -> bool {
+    prefer.split(',').any(|preference| {
+        let head = preference.split(';').next().unwrap_or_default();
+        let (name, value) = head.split_once('=').unwrap_or((head, ""));
+        name.trim().eq_ignore_ascii_case("return")
+            && value
+                .trim()
+                .trim_matches('"')
+                .eq_ignore_ascii_case("minimal")
+    })
 }
 
 #[derive(ApiResponse)]
@@ -59,7 +86,8 @@ impl Api {
     }
 
     /// Delete one of your own messages (403 `not_the_sender` otherwise). The timeline keeps a
-    /// `message_deleted` event; the text no longer appears in room lists or counts.
+    /// `message_deleted` event; the text is never shown again (history, room lists, counts,
+    /// search, WebSocket resume, SSE replay).
     #[oai(path = "/rooms/:room_id/messages/:message_id", method = "delete")]
     async fn delete(
         &self,
@@ -112,12 +140,23 @@ impl Api {
 
     /// Send a message. Answered only once it is durable. `@username` (of a member), `@all`
     /// and `@here` in the body are stored as the event's `mentions`.
+    ///
+    /// By default the answer also waits until your own reads (history, room list, unread,
+    /// search excepted) show the message (read-your-writes). With `Prefer: return=minimal`
+    /// (RFC 7240) it comes as soon as the message is durable, and says so with
+    /// `Preference-Applied: return=minimal`: the body is the same, but a read right after may
+    /// not show the message yet. For senders that do not read back what they send (bots,
+    /// bridges, load).
     #[oai(path = "/rooms/:room_id/messages", method = "post")]
     async fn send(
         &self,
         auth: BearerAuth,
         room_id: Path<Uuid>,
         body: Json<SendRequest>,
+        /// `return=minimal`: answer once the message is durable, without waiting for the read
+        /// models (see above). Other preferences are ignored.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
     ) -> Result<Sent, ApiError> {
         let text = MessageBody::parse(&body.body)?;
         let key = body
@@ -126,22 +165,30 @@ impl Api {
             .map(parse_client_msg_id)
             .transpose()?
             .map(str::to_owned);
+        let minimal = prefer.0.as_deref().is_some_and(prefers_minimal);
+        let consistency = if minimal {
+            Consistency::Durable
+        } else {
+            Consistency::ReadYourWrites
+        };
         let sent = self
             .chat
-            .send(
+            .send_with(
                 auth.0.0,
                 RoomId(room_id.0),
                 text,
                 key,
                 body.reply_to.map(MessageId),
+                consistency,
             )
             .await?;
         let duplicate = sent.duplicate;
         let body = Json(SendResponse::from(sent));
+        let applied = minimal.then(|| RETURN_MINIMAL.to_owned());
         Ok(if duplicate {
-            Sent::AlreadySent(body)
+            Sent::AlreadySent(body, applied)
         } else {
-            Sent::Created(body)
+            Sent::Created(body, applied)
         })
     }
 
@@ -182,5 +229,32 @@ impl Api {
             events: page.events,
             has_more: page.has_more,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_minimal;
+
+    #[test]
+    fn return_minimal_is_found_among_preferences() {
+        for yes in [
+            "return=minimal",
+            "RETURN=Minimal",
+            "respond-async, return=minimal",
+            "return = \"minimal\"; foo=bar",
+            "wait=5,return=minimal",
+        ] {
+            assert!(prefers_minimal(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "return=representation",
+            "minimal",
+            "return",
+            "x-return=minimal",
+        ] {
+            assert!(!prefers_minimal(no), "{no}");
+        }
     }
 }

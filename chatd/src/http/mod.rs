@@ -9,7 +9,7 @@ use poem::web::Json as PoemJson;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
 use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
-use schema::UserId;
+use schema::{SessionId, UserId};
 use tracing::Instrument;
 
 use crate::chat::{Chat, Code, Search};
@@ -18,6 +18,7 @@ use crate::ops::health::Readiness;
 use crate::ops::metrics;
 
 mod accounts;
+mod admin;
 mod allow;
 pub mod error;
 mod features;
@@ -35,11 +36,14 @@ pub use error::{ApiError, Problem};
 enum Tag {
     /// Registering, logging in and looking people up.
     Accounts,
-    /// Creating, joining and leaving rooms.
+    /// Creating, joining and leaving rooms; invitations.
     Rooms,
+    /// Running a group room: roles, kick and ban, name, topic and visibility, archive,
+    /// delete, the member list.
+    Administration,
     /// Sending, editing and deleting messages, history, read markers and unread counts.
     Messages,
-    /// Your friend list.
+    /// Friend requests and friends (who see your presence), and blocking.
     Friends,
     /// Live delivery: the WebSocket and the notification stream.
     Live,
@@ -47,9 +51,18 @@ enum Tag {
     Search,
 }
 
-/// The authenticated caller.
+/// The answer of a command that returns nothing.
+#[derive(poem_openapi::ApiResponse)]
+enum Done {
+    /// Done (also when there was nothing to do).
+    #[oai(status = 204)]
+    NoContent,
+}
+
+/// The authenticated caller, the session their token belongs to, and when the token expires
+/// (Unix seconds).
 #[derive(Debug, Clone, Copy)]
-pub struct Caller(pub UserId);
+pub struct Caller(pub UserId, pub SessionId, pub i64);
 
 /// A bearer access token from `POST /v1/auth/login`.
 #[derive(Debug, SecurityScheme)]
@@ -57,12 +70,22 @@ pub struct Caller(pub UserId);
 pub struct BearerAuth(pub Caller);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    caller(req, &bearer.token)
+}
+
+/// The caller an access token names: 401 `unauthorized` for a missing, malformed, forged or
+/// expired one, 401 `session_ended` once its session has ended.
+pub(crate) fn caller(req: &Request, token: &str) -> poem::Result<Caller> {
     let chat = req
         .data::<Arc<Chat>>()
         .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&bearer.token) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
+    match chat.auth().verify_access(token) {
+        Ok(claims) => Ok(Caller(
+            UserId(claims.sub),
+            SessionId(claims.sid),
+            claims.exp,
+        )),
+        Err(refusal) => Err(ApiError::from(refusal).into()),
     }
 }
 
@@ -83,6 +106,7 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request, max: usize) -> poem:
 
 type Apis = (
     accounts::Api,
+    admin::Api,
     friends::Api,
     rooms::Api,
     messages::Api,
@@ -100,6 +124,7 @@ pub fn api_service(
     OpenApiService::new(
         (
             accounts::Api { chat: chat.clone() },
+            admin::Api { chat: chat.clone() },
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },

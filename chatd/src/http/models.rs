@@ -116,8 +116,15 @@ impl From<Tokens> for TokenResponse {
 #[derive(Debug, Object)]
 pub struct User {
     pub user_id: Uuid,
+    /// Empty for a deleted account (the name stays reserved but is not shown).
     pub username: String,
+    /// `Deleted user` for a deleted account.
     pub display_name: String,
+    /// Up to 140 characters; absent when not set.
+    #[oai(skip_serializing_if_is_none)]
+    pub status_message: Option<String>,
+    /// The account was deleted: show its messages as from a deleted user.
+    pub deleted: bool,
 }
 
 impl From<UserView> for User {
@@ -126,6 +133,8 @@ impl From<UserView> for User {
             user_id: u.user_id.0,
             username: u.username,
             display_name: u.display_name,
+            status_message: u.status_message,
+            deleted: u.deleted,
         }
     }
 }
@@ -224,6 +233,12 @@ pub struct Room {
     pub unread_count: u64,
     /// Those of them that mention the caller (by name, `@all` or `@here`).
     pub mention_count: u64,
+    /// The group's topic; absent when not set.
+    #[oai(skip_serializing_if_is_none)]
+    pub topic: Option<String>,
+    /// Read-only: sends, edits, invites and setting changes are refused (409
+    /// `room_archived`) until the owner unarchives it.
+    pub archived: bool,
 }
 
 impl From<RoomSummary> for Room {
@@ -239,6 +254,8 @@ impl From<RoomSummary> for Room {
             last_message: r.last_message.map(Into::into),
             unread_count: r.unread_count,
             mention_count: r.mention_count,
+            topic: r.topic,
+            archived: r.archived,
         }
     }
 }
@@ -305,13 +322,19 @@ impl From<Sent> for SendResponse {
 pub struct HistoryPage {
     /// Room events, oldest first. Each has `seq`, `type` (`room_created`, `member_joined`,
     /// `member_left`, `message_sent`, `message_edited`, `message_deleted`, `reaction_added`,
-    /// `reaction_removed`, `message_pinned`, `message_unpinned`), `at` (when it was stored,
-    /// RFC 3339) and the event's own fields. A `message_sent` item also has the message's
-    /// state now: `unread_by` (members other than the sender whose read marker is below it),
-    /// `reply_count` and `last_reply` (`{message_id, seq, sender_id, sent_at}` or null) of its
-    /// thread, `reactions` (`[{emoji, count, me}]`, most used first) and `pinned`; its
-    /// `reply_to` (the thread root it replies in) and `mentions` (`[{kind: user|all|here,
-    /// user_id?}]`) are event fields, present when set.
+    /// `reaction_removed`, `message_pinned`, `message_unpinned`, and the administration events
+    /// `member_role_changed`, `ownership_transferred`, `member_kicked`, `member_banned`,
+    /// `member_unbanned`, `invitation_pending`, `invitation_declined`,
+    /// `room_settings_changed`, `room_archived`, `room_unarchived`, `room_deleted`), `at`
+    /// (when it was stored, RFC 3339) and the event's own fields. An event about a message
+    /// shows the message as it is now: no `body` once it is deleted, its current `body` once
+    /// edited (also in its `message_sent` and earlier `message_edited` events). A
+    /// `message_sent` item also has the message's state now: `unread_by` (members other than
+    /// the sender whose read marker is below it), `reply_count` and `last_reply`
+    /// (`{message_id, seq, sender_id, sent_at}` or null) of its thread, `reactions`
+    /// (`[{emoji, count, me}]`, most used first) and `pinned`; its `reply_to` (the thread root
+    /// it replies in) and `mentions` (`[{kind: user|all|here, user_id?}]`) are event fields,
+    /// present when set.
     pub events: Vec<serde_json::Value>,
     /// More events exist beyond this page (older ones, or newer ones when paging with
     /// `after_seq`).

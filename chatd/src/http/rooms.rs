@@ -6,11 +6,12 @@ use poem_openapi::{ApiResponse, OpenApi};
 use schema::{RoomId, RoomName, UserId};
 use uuid::Uuid;
 
+use super::admin::{self, MemberPage, RoomSettingsRequest};
 use super::models::{
     CreateRoomRequest, DirectRoomRequest, InviteRequest, Room, RoomWithMembers, Visibility,
 };
-use super::{ApiError, BearerAuth, Tag};
-use crate::chat::Chat;
+use super::{ApiError, BearerAuth, Done, Tag};
+use crate::chat::{Admin, Chat};
 
 #[derive(Debug)]
 pub struct Api {
@@ -25,13 +26,6 @@ enum CreatedRoom {
     /// The room already existed (direct rooms are created once per pair).
     #[oai(status = 200)]
     Existing(Json<RoomWithMembers>),
-}
-
-#[derive(ApiResponse)]
-enum Done {
-    /// Done (also when there was nothing to do).
-    #[oai(status = 204)]
-    NoContent,
 }
 
 fn ids(v: &[Uuid]) -> Vec<UserId> {
@@ -93,7 +87,10 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// Join a public room (403 `room_not_public` for a private one; a no-op for members).
+    /// Join a public room (a no-op for members), or accept an invitation waiting for your
+    /// consent. 404 `room_not_found` for a private room you are not invited to, as for one
+    /// that does not exist; 403 `banned` for the banned, 409 `room_archived` for an archived
+    /// room.
     #[oai(path = "/rooms/:room_id/join", method = "post")]
     async fn join(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
         self.chat.join(auth.0.0, RoomId(room_id.0)).await?;
@@ -107,7 +104,8 @@ impl Api {
         Ok(Json(rooms.into_iter().map(Into::into).collect()))
     }
 
-    /// One room with its members. Members only (403 `not_a_member`).
+    /// One room with its members. Members only: 404 `room_not_found` for a room you are not
+    /// in, whether or not it exists.
     #[oai(path = "/rooms/:room_id", method = "get")]
     async fn get(
         &self,
@@ -122,7 +120,9 @@ impl Api {
         ))
     }
 
-    /// Add users to a group room. Any member may invite.
+    /// Add users to a group room. Any member may invite. Invitees who have blocked the
+    /// inviter get an invitation to accept instead (`GET /v1/invitations`); 403 `banned` if
+    /// any invitee is banned (nobody is added).
     #[oai(path = "/rooms/:room_id/members", method = "post")]
     async fn invite(
         &self,
@@ -134,6 +134,54 @@ impl Api {
             .invite(auth.0.0, RoomId(room_id.0), ids(&body.user_ids))
             .await?;
         Ok(Done::NoContent)
+    }
+
+    /// The room's members with their roles, in the order they joined (those who joined
+    /// together by id), paged. Members only.
+    #[oai(
+        path = "/rooms/:room_id/members",
+        method = "get",
+        tag = "Tag::Administration"
+    )]
+    async fn members(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        /// At most this many members (1–200, default 50).
+        limit: Query<Option<u32>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<MemberPage>, ApiError> {
+        let page =
+            admin::member_page(&self.chat, &auth, room_id.0, limit.0, cursor.0.as_deref()).await?;
+        Ok(Json(page))
+    }
+
+    /// Change the name, topic or visibility (admins and the owner; 403
+    /// `insufficient_role`). Absent fields stay as they are.
+    #[oai(
+        path = "/rooms/:room_id",
+        method = "patch",
+        tag = "Tag::Administration"
+    )]
+    async fn settings(
+        &self,
+        auth: BearerAuth,
+        room_id: Path<Uuid>,
+        body: Json<RoomSettingsRequest>,
+    ) -> Result<Done, ApiError> {
+        admin::change_settings(&self.chat, &auth, room_id.0, &body).await
+    }
+
+    /// Delete the room (the owner only): its history, members and search hits are gone for
+    /// everyone; afterwards it is 404 `room_not_found`.
+    #[oai(
+        path = "/rooms/:room_id",
+        method = "delete",
+        tag = "Tag::Administration"
+    )]
+    async fn delete(&self, auth: BearerAuth, room_id: Path<Uuid>) -> Result<Done, ApiError> {
+        admin::administer(&self.chat, &auth, room_id.0, Admin::Delete).await
     }
 
     /// Leave a group room. Afterwards the room and its history are closed to the caller.

@@ -73,8 +73,8 @@ impl Api {
     /// Errors: 400 `invalid_query` (missing, empty, too long, or nothing searchable such as
     /// only punctuation or only `-exclusions`), 400 `invalid_cursor` (not from a previous
     /// page of the same query and sort), 400 `invalid_parameter` (bad `limit`, `sort`, ids,
-    /// times, or `from` after `to`), 403 `not_a_member` / 404 `room_not_found` for
-    /// `room_id`.
+    /// times, or `from` after `to`), 404 `room_not_found` for a `room_id` you are not
+    /// in (whether or not it exists).
     #[oai(path = "/search", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn search(

@@ -12,7 +12,6 @@ use poem_openapi::payload::EventStream;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
-use schema::UserId;
 
 use super::{ApiError, BearerAuth, Caller, Tag};
 use crate::chat::Chat;
@@ -40,13 +39,7 @@ pub struct Api {
 pub struct QueryToken(Caller);
 
 async fn check_query_token(req: &Request, key: ApiKey) -> poem::Result<Caller> {
-    let chat = req
-        .data::<Arc<Chat>>()
-        .ok_or_else(|| ApiError::unauthorized("server misconfigured"))?;
-    match chat.auth().verify_access(&key.key) {
-        Some(claims) => Ok(Caller(UserId(claims.sub))),
-        None => Err(ApiError::unauthorized("the access token is invalid or expired").into()),
-    }
+    super::caller(req, &key.key)
 }
 
 /// A bearer header or the `access_token` query parameter.
@@ -57,9 +50,9 @@ pub enum LiveAuth {
 }
 
 impl LiveAuth {
-    fn user(&self) -> UserId {
+    fn caller(self) -> Caller {
         match self {
-            Self::Bearer(BearerAuth(c)) | Self::Query(QueryToken(c)) => c.0,
+            Self::Bearer(BearerAuth(c)) | Self::Query(QueryToken(c)) => c,
         }
     }
 }
@@ -112,18 +105,20 @@ type Notifications = EventStream<futures::stream::BoxStream<'static, Notificatio
 #[OpenApi(tag = "Tag::Live")]
 impl Api {
     /// The live connection: resume, then room events, acks, unread counts, typing and
-    /// presence. A missing or bad token is refused here with 401; no socket is served.
+    /// presence. A missing or bad token is refused here with 401; no socket is served. The
+    /// socket is closed with 4001 when the session ends and 4002 when the token expires,
+    /// unless renewed by an `auth` frame.
     #[oai(path = "/ws", method = "get")]
     async fn ws(&self, auth: LiveAuth, socket: WebSocket) -> Result<Upgrade, ApiError> {
-        let (chat, hub, user, rate) = (
+        let (chat, hub, caller, rate) = (
             self.chat.clone(),
             self.hub.clone(),
-            auth.user(),
+            auth.caller(),
             self.ws_rate,
         );
         let upgraded = socket
             .config(ws::socket_config())
-            .on_upgrade(move |stream| ws::serve(chat, hub, user, rate, stream));
+            .on_upgrade(move |stream| ws::serve(chat, hub, caller, rate, stream));
         Ok(Upgrade(upgraded.into_response()))
     }
 
@@ -132,7 +127,8 @@ impl Api {
     /// its `message`, with the same `id`) and `unread` (your counts, mentions included; the
     /// first ones are a baseline of every room with unread messages). Send `Last-Event-ID` to
     /// get the `message` and `mention` events you missed. Comment lines every 15 s keep the
-    /// stream alive.
+    /// stream alive. The stream ends with a `closed` event when the session ends
+    /// (`session_ended`) or the token expires (`token_expired`).
     #[oai(path = "/notifications", method = "get")]
     async fn notifications(
         &self,
@@ -142,7 +138,7 @@ impl Api {
         let stream = sse::notifications(
             self.chat.clone(),
             self.hub.clone(),
-            auth.user(),
+            auth.caller(),
             last_event_id.0,
         )
         .await?;
@@ -156,6 +152,7 @@ impl Api {
                 Notification::Mention(m) => Event::message(m.to_json_string())
                     .event_type("mention")
                     .id(m.position.to_string()),
+                Notification::Closed(c) => Event::message(c.to_json_string()).event_type("closed"),
             }))
     }
 }

@@ -1,6 +1,6 @@
-//! Who receives what: every room's members and every user's followers (the people with them
-//! on their friend list), started from a snapshot of the read models and kept from the log by
-//! the hub. Pure state: no I/O, no clock.
+//! Who receives what: every room's members, every user's friends (accepted friend requests)
+//! and who has blocked whom, started from a snapshot of the read models and kept from the log
+//! by the hub. Pure state: no I/O, no clock.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,8 +11,10 @@ use schema::{RoomId, UserId};
 pub struct Audience {
     members: HashMap<RoomId, HashSet<UserId>>,
     rooms_of: HashMap<UserId, HashSet<RoomId>>,
-    /// user → the users who have them on their friend list.
+    /// user → the users who see their presence as friends.
     followers: HashMap<UserId, HashSet<UserId>>,
+    /// (blocker, blocked).
+    blocks: HashSet<(UserId, UserId)>,
 }
 
 impl Audience {
@@ -25,7 +27,20 @@ impl Audience {
         for &(user, friend) in &relations.friends {
             audience.follow(user, friend);
         }
+        audience.blocks.extend(relations.blocks.iter().copied());
         audience
+    }
+
+    pub fn block(&mut self, user: UserId, blocked: UserId, on: bool) {
+        if on {
+            self.blocks.insert((user, blocked));
+        } else {
+            self.blocks.remove(&(user, blocked));
+        }
+    }
+
+    fn blocked_either(&self, a: UserId, b: UserId) -> bool {
+        self.blocks.contains(&(a, b)) || self.blocks.contains(&(b, a))
     }
 
     pub fn join(&mut self, room: RoomId, user: UserId) {
@@ -38,7 +53,7 @@ impl Audience {
         remove_from(&mut self.rooms_of, user, &room);
     }
 
-    /// `user` put `friend` on their friend list.
+    /// `user` sees `friend`'s presence.
     pub fn follow(&mut self, user: UserId, friend: UserId) {
         self.followers.entry(friend).or_default().insert(user);
     }
@@ -51,13 +66,19 @@ impl Audience {
         self.members.get(&room).is_some_and(|m| m.contains(&user))
     }
 
+    /// How many members `room` has.
+    pub fn member_count(&self, room: RoomId) -> usize {
+        self.members.get(&room).map_or(0, HashSet::len)
+    }
+
     /// The members of `room` (none for a room not known).
     pub fn members(&self, room: RoomId) -> impl Iterator<Item = UserId> + '_ {
         self.members.get(&room).into_iter().flatten().copied()
     }
 
-    /// The users for whom `connected` holds who see `user`'s presence: their followers and
-    /// the members of their rooms, `user` excepted.
+    /// The users for whom `connected` holds who see `user`'s presence: their friends and the
+    /// members of their rooms, `user` and anyone who has blocked `user` or been blocked by
+    /// them excepted.
     pub fn watchers(&self, user: UserId, connected: impl Fn(UserId) -> bool) -> HashSet<UserId> {
         let mut watchers: HashSet<UserId> = self
             .followers
@@ -71,7 +92,15 @@ impl Audience {
             watchers.extend(self.members(*room).filter(|m| connected(*m)));
         }
         watchers.remove(&user);
+        watchers.retain(|w| !self.blocked_either(user, *w));
         watchers
+    }
+
+    /// The members of `room` (for a deleted room: all of them leave).
+    pub fn close(&mut self, room: RoomId) {
+        for user in self.members(room).collect::<Vec<_>>() {
+            self.leave(room, user);
+        }
     }
 }
 
@@ -101,10 +130,17 @@ mod tests {
             position: 0,
             members: vec![(room, a), (room, b)],
             friends: vec![(c, a)],
+            ended_sessions: Vec::new(),
+            blocks: vec![],
         });
         let everyone = |_| true;
         assert_eq!(audience.watchers(a, everyone), HashSet::from([b, c]));
         assert_eq!(audience.watchers(a, |u| u != c), HashSet::from([b]));
+        // Blocking hides presence both ways, friends and room mates alike.
+        audience.block(b, a, true);
+        assert_eq!(audience.watchers(a, everyone), HashSet::from([c]));
+        assert!(!audience.watchers(b, everyone).contains(&a));
+        audience.block(b, a, false);
         // d follows b; c unfollows a; b leaves the room.
         audience.follow(d, b);
         audience.unfollow(c, a);

@@ -17,7 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::chat::Code;
-use crate::chat::view::{Current, Extras, event_view, with_extras};
+use crate::chat::view::{Extras, MessageNow, event_view, with_extras};
 
 /// Largest client frame accepted, in bytes; larger ones get an `error` frame.
 pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
@@ -66,6 +66,21 @@ pub struct TypingRequest {
 #[derive(Debug, Deserialize, Object)]
 pub struct PingFrame {}
 
+/// Re-authenticates the connection with a fresh access token of the same session (send it
+/// whenever you refresh your token): the connection then lives until that token expires
+/// instead of being closed (4002 `token_expired`) when the one it was opened with does.
+/// Refused with an `error` frame (`unauthorized`, `session_ended`) otherwise.
+#[derive(Deserialize, Object)]
+pub struct AuthFrame {
+    pub access_token: String,
+}
+
+impl std::fmt::Debug for AuthFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthFrame { .. }") // the token is a secret
+    }
+}
+
 /// A frame from the client.
 #[derive(Debug, Deserialize, Union)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -81,9 +96,11 @@ pub enum ClientFrame {
     Typing(TypingRequest),
     #[oai(mapping = "ping")]
     Ping(PingFrame),
+    #[oai(mapping = "auth")]
+    Auth(AuthFrame),
 }
 
-const CLIENT_TYPES: [&str; 5] = ["resume", "send", "read", "typing", "ping"];
+const CLIENT_TYPES: [&str; 6] = ["resume", "send", "read", "typing", "ping", "auth"];
 
 /// Why a client frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +223,24 @@ pub struct PresenceFrame {
     pub online: bool,
 }
 
+/// A friendship changed: `status` is where it stands now, as you see it.
+#[derive(Debug, Serialize, Object)]
+pub struct FriendFrame {
+    /// The other person.
+    pub user_id: Uuid,
+    /// `incoming_request` (they asked you), `outgoing_request` (you asked them), `friends`,
+    /// or `none` (declined, cancelled or ended).
+    pub status: String,
+}
+
+/// Someone you have blocked invited you into a room: join (`POST /v1/rooms/{room_id}/join`)
+/// to accept, or decline.
+#[derive(Debug, Serialize, Object)]
+pub struct InvitationFrame {
+    pub room_id: Uuid,
+    pub invited_by: Uuid,
+}
+
 /// A frame from the server.
 #[derive(Debug, Serialize, Union)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -227,6 +262,10 @@ pub enum ServerFrame {
     Presence(PresenceFrame),
     #[oai(mapping = "receipt")]
     Receipt(ReceiptFrame),
+    #[oai(mapping = "friend")]
+    Friend(FriendFrame),
+    #[oai(mapping = "invitation")]
+    Invitation(InvitationFrame),
 }
 
 impl ServerFrame {
@@ -260,38 +299,52 @@ pub struct MessageNotice {
 }
 
 impl MessageNotice {
-    /// The notice of `sender`'s message `body`, seq `seq` of `room` at log `position`.
-    pub fn new(room: RoomId, seq: u64, position: u64, sender: UserId, body: &str) -> Self {
-        Self {
+    /// The notice of a `message_sent` event of `room`, from the event's client `view` (so it
+    /// shows what the view shows): none for other events, or once the message is deleted.
+    pub fn of(room: RoomId, recorded: &RecordedEvent, event: &Event, view: &Value) -> Option<Self> {
+        let Event::MessageSent { sender_id, .. } = event else {
+            return None;
+        };
+        let body = view.get("body")?.as_str()?;
+        Some(Self {
             room_id: room.0,
-            seq,
-            sender_id: sender.0,
+            seq: recorded.version,
+            sender_id: sender_id.0,
             preview: body.chars().take(PREVIEW_CHARS).collect(),
-            position,
+            position: recorded.position,
+        })
+    }
+}
+
+/// The last event of a stream the server ends (SSE `closed` event): `code` says why —
+/// `session_ended` (log in again) or `token_expired` (reconnect with a fresh token).
+#[derive(Debug, Clone, Serialize, Object)]
+pub struct ClosedNotice {
+    pub code: String,
+    pub detail: String,
+}
+
+impl ClosedNotice {
+    pub fn new(code: Code, detail: &str) -> Self {
+        Self {
+            code: code.as_str().to_owned(),
+            detail: detail.to_owned(),
         }
     }
 }
 
-/// An SSE notification: the SSE `event:` is `unread`, `message` or `mention` (a new message
-/// that mentions you, after its `message`, with the same id), `data:` is the object.
+/// An SSE notification: the SSE `event:` is `unread`, `message`, `mention` (a new message
+/// that mentions you, after its `message`, with the same id) or `closed`, `data:` is the
+/// object.
 #[derive(Debug, Clone, Union)]
 pub enum Notification {
     Unread(UnreadFrame),
     Message(MessageNotice),
     Mention(MessageNotice),
+    Closed(ClosedNotice),
 }
 
 // ------------------------------------------------------------------ shared fan-out frames
-
-/// How a room event can change members' unread counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnreadEffect {
-    None,
-    /// Everyone's but this user's (a message they sent).
-    AllBut(UserId),
-    /// Anyone's (a delete, a join, a leave).
-    All,
-}
 
 /// A room event ready to go out: serialised once, shared by every recipient.
 #[derive(Debug, Clone)]
@@ -301,9 +354,10 @@ pub struct EventFrame {
     /// Position in the log (the SSE event id).
     pub position: u64,
     pub text: Arc<str>,
-    pub unread: UnreadEffect,
-    /// For `member_left`: who left.
+    /// For `member_left`, `member_kicked`, `member_banned`: who is no longer a member.
     pub leaver: Option<UserId>,
+    /// `room_deleted`: nobody is a member any more.
+    pub room_deleted: bool,
     /// For `message_sent`: the SSE notification.
     pub notice: Option<Arc<MessageNotice>>,
     /// For `message_sent`: whom it mentions.
@@ -312,47 +366,25 @@ pub struct EventFrame {
 
 impl EventFrame {
     /// `{"type":"event","room_id","seq","event":{…the event's view…}}`, and what the event
-    /// means for unread counts, leaves and notifications (read from the typed event).
-    /// `extras`: the state of a `message_sent`'s message, for its view.
+    /// means for leaves and notifications (read from the typed event). `now`: the current
+    /// state of the event's message, for an event read back from the log ([`event_view`]);
+    /// `None` for a live event. `extras`: the state of a `message_sent`'s message, for its
+    /// view.
     pub fn new(
         room: RoomId,
         recorded: &RecordedEvent,
         event: &Event,
+        now: Option<&MessageNow>,
         extras: Option<&Extras>,
     ) -> Self {
-        let (unread, notice) = match event {
-            Event::MessageSent {
-                sender_id, body, ..
-            } => {
-                let notice = MessageNotice::new(
-                    room,
-                    recorded.version,
-                    recorded.position,
-                    *sender_id,
-                    body.as_str(),
-                );
-                (UnreadEffect::AllBut(*sender_id), Some(Arc::new(notice)))
-            }
-            Event::MessageDeleted { .. }
-            | Event::MemberJoined { .. }
-            | Event::MemberLeft { .. }
-            | Event::RoomCreated { .. } => (UnreadEffect::All, None),
-            _ => (UnreadEffect::None, None),
-        };
-        let leaver = match event {
-            Event::MemberLeft { user_id } => Some(*user_id),
-            _ => None,
-        };
+        let leaver = schema::room::removed_member(event);
+        let room_deleted = matches!(event, Event::RoomDeleted { .. });
         let mentions = match event {
             Event::MessageSent { mentions, .. } => Some(mentions.as_slice().into()),
             _ => None,
         };
-        let view = event_view(
-            event,
-            recorded.version,
-            recorded.recorded_at,
-            Current::AsRecorded,
-        );
+        let view = event_view(event, recorded.version, recorded.recorded_at, now);
+        let notice = MessageNotice::of(room, recorded, event, &view).map(Arc::new);
         let frame = ServerFrame::Event(EventBody {
             room_id: room.0,
             seq: recorded.version,
@@ -366,8 +398,8 @@ impl EventFrame {
             seq: recorded.version,
             position: recorded.position,
             text: frame.text().into(),
-            unread,
             leaver,
+            room_deleted,
             notice,
             mentions,
         }
@@ -384,13 +416,9 @@ impl EventFrame {
         (mentioned && notice.sender_id != user.0).then(|| (**notice).clone())
     }
 
-    /// Whether this event may change `user`'s unread count.
-    pub fn touches_unread_of(&self, user: UserId) -> bool {
-        match self.unread {
-            UnreadEffect::None => false,
-            UnreadEffect::AllBut(sender) => sender != user,
-            UnreadEffect::All => true,
-        }
+    /// Whether `user` is no longer a member of the room after this event.
+    pub fn removes(&self, user: UserId) -> bool {
+        self.room_deleted || self.leaver == Some(user)
     }
 }
 

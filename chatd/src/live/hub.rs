@@ -22,16 +22,19 @@ use futures::StreamExt;
 use projector::ReadModels;
 use projector::queries::{self, Relations};
 use schema::events::Event;
-use schema::{RoomId, UserId, streams};
+use schema::{RoomId, SessionId, UserId, streams};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::audience::Audience;
-use super::frames::{EventFrame, PresenceFrame, ReceiptFrame, ServerFrame, TypingFrame};
+use super::frames::{
+    EventFrame, FriendFrame, InvitationFrame, PresenceFrame, ReceiptFrame, ServerFrame, TypingFrame,
+};
 use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::{Effect, TYPING_EVERY, Tracker};
-use crate::chat::Presence;
+use crate::chat::auth::Revoked;
 use crate::chat::view::Extras;
+use crate::chat::{Auth, Presence};
 use crate::ops::metered_log::Failures;
 use crate::ops::metrics::names;
 use uuid::Uuid;
@@ -46,6 +49,8 @@ pub enum Disconnect {
     TooSlow = 1,
     /// The server is shutting down.
     Shutdown = 2,
+    /// The connection's session has ended (logout, refresh-token reuse, revocation).
+    SessionEnded = 3,
 }
 
 /// Shared between the hub and a connection: why the hub dropped it.
@@ -61,6 +66,7 @@ impl DisconnectReason {
         match self.0.load(Ordering::Acquire) {
             1 => Disconnect::TooSlow,
             2 => Disconnect::Shutdown,
+            3 => Disconnect::SessionEnded,
             _ => Disconnect::None,
         }
     }
@@ -82,9 +88,6 @@ pub enum Outbound {
     Event(EventFrame),
     /// An ephemeral frame (typing, presence), ready to send.
     Notice(Arc<str>),
-    /// The user's read marker moved (on any device): their unread counts may have changed
-    /// once the read models reach `position`.
-    ReadMoved { position: u64 },
 }
 
 /// A registered connection. Dropping it unregisters (and may start the offline grace).
@@ -112,6 +115,7 @@ impl Drop for Registration {
 enum Command {
     Register {
         user: UserId,
+        session: SessionId,
         kind: ConnKind,
         reply: oneshot::Sender<(ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>)>,
     },
@@ -149,12 +153,23 @@ impl Hub {
         self.position.clone()
     }
 
-    /// Registers a live connection of `user`: from now on it receives every event of every
-    /// room the user belongs to. `None` when the hub has stopped.
-    pub async fn register(&self, user: UserId, kind: ConnKind) -> Option<Registration> {
+    /// Registers a live connection of `user` in `session`: from now on it receives every
+    /// event of every room the user belongs to, until the session ends. `None` when the hub
+    /// has stopped.
+    pub async fn register(
+        &self,
+        user: UserId,
+        session: SessionId,
+        kind: ConnKind,
+    ) -> Option<Registration> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Register { user, kind, reply })
+            .send(Command::Register {
+                user,
+                session,
+                kind,
+                reply,
+            })
             .await
             .ok()?;
         let (id, frames, reason) = rx.await.ok()?;
@@ -184,6 +199,7 @@ impl Hub {
 
 struct Conn {
     user: UserId,
+    session: SessionId,
     kind: ConnKind,
     out: mpsc::Sender<Outbound>,
     reason: Arc<DisconnectReason>,
@@ -199,6 +215,8 @@ struct State {
     /// To the other nodes, on the scale-out backend.
     outbox: Option<Outbox>,
     failures: Arc<Failures>,
+    /// Ended sessions (shared with request authentication).
+    auth: Auth,
 }
 
 /// The live connections by id and by user.
@@ -238,6 +256,7 @@ impl Connections {
     fn open(
         &mut self,
         user: UserId,
+        session: SessionId,
         kind: ConnKind,
     ) -> (ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
         let id = self.next_id;
@@ -248,6 +267,7 @@ impl Connections {
             id,
             Conn {
                 user,
+                session,
                 kind,
                 out,
                 reason: reason.clone(),
@@ -302,6 +322,21 @@ impl State {
             presence: Tracker::new(presence, settings.offline_grace),
             outbox: settings.peers.as_ref().map(Peers::outbox),
             failures: settings.failures.clone(),
+            auth: settings.auth.clone(),
+        }
+    }
+
+    /// A session ended: its connections are closed.
+    fn end_session(&mut self, session: SessionId) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .by_id
+            .iter()
+            .filter(|(_, c)| c.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.drop_conn(id, Disconnect::SessionEnded);
         }
     }
 
@@ -337,10 +372,18 @@ impl State {
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Register { user, kind, reply } => {
-                let (id, frames, reason) = self.conns.open(user, kind);
+            Command::Register {
+                user,
+                session,
+                kind,
+                reply,
+            } => {
+                let (id, frames, reason) = self.conns.open(user, session, kind);
                 if reply.send((id, frames, reason)).is_err() {
                     self.drop_conn(id, Disconnect::None);
+                } else if self.auth.revoked().contains(session) {
+                    // The session ended after the token was checked.
+                    self.drop_conn(id, Disconnect::SessionEnded);
                 } else {
                     let effects = self.presence.connected(user);
                     self.carry_out(effects);
@@ -460,10 +503,23 @@ impl State {
         };
         let mut frame = None;
         let mut slow = Vec::new();
-        for user in self.audience.members(room) {
+        // Walk the smaller side: a big room's members, or the users connected here.
+        let recipients: Vec<UserId> = if self.conns.by_user.len() < self.audience.member_count(room)
+        {
+            let connected = self.conns.by_user.keys();
+            connected
+                .filter(|u| self.audience.is_member(room, **u))
+                .copied()
+                .collect()
+        } else {
+            let members = self.audience.members(room);
+            members.filter(|u| self.conns.is_connected(*u)).collect()
+        };
+        for user in recipients {
             for id in self.conns.of(user) {
-                let frame = frame
-                    .get_or_insert_with(|| EventFrame::new(room, recorded, event, extras.as_ref()));
+                let frame = frame.get_or_insert_with(|| {
+                    EventFrame::new(room, recorded, event, None, extras.as_ref())
+                });
                 self.conns.send(
                     id,
                     Outbound::Event(frame.clone()),
@@ -489,14 +545,38 @@ impl State {
         };
         let Some(room) = streams::room_of(&recorded.stream) else {
             match event {
-                Event::FriendAdded { friend_id } => {
+                Event::UserBlocked { user_id } | Event::UserUnblocked { user_id } => {
                     if let Some(user) = streams::user_of(&recorded.stream) {
-                        self.audience.follow(user, friend_id);
+                        let on = matches!(event, Event::UserBlocked { .. });
+                        self.audience.block(user, user_id, on);
                     }
                 }
-                Event::FriendRemoved { friend_id } => {
-                    if let Some(user) = streams::user_of(&recorded.stream) {
-                        self.audience.unfollow(user, friend_id);
+                Event::FriendRequested { from, to }
+                | Event::FriendRequestAccepted { from, to }
+                | Event::FriendRequestDeclined { from, to }
+                | Event::FriendRequestCanceled { from, to } => {
+                    let (for_from, for_to) = match event {
+                        Event::FriendRequested { .. } => ("outgoing_request", "incoming_request"),
+                        Event::FriendRequestAccepted { .. } => {
+                            self.audience.follow(from, to);
+                            self.audience.follow(to, from);
+                            ("friends", "friends")
+                        }
+                        _ => ("none", "none"),
+                    };
+                    self.tell_friend(from, to, for_from);
+                    self.tell_friend(to, from, for_to);
+                }
+                Event::Unfriended { by, other } => {
+                    self.audience.unfollow(by, other);
+                    self.audience.unfollow(other, by);
+                    self.tell_friend(by, other, "none");
+                    self.tell_friend(other, by, "none");
+                }
+                Event::SessionEnded { .. } => {
+                    if let Some(session) = Revoked::ended_by(&recorded.stream, &event) {
+                        self.auth.end_session(session, recorded.recorded_at);
+                        self.end_session(session);
                     }
                 }
                 Event::ReadMarkerMoved {
@@ -504,39 +584,29 @@ impl State {
                     user_id,
                     seq,
                     previous_seq,
-                } => {
-                    let mut slow = Vec::new();
-                    for id in self.conns.of(user_id) {
-                        let item = Outbound::ReadMoved {
-                            position: recorded.position,
-                        };
-                        self.conns.send(id, item, Delivery::Durable, &mut slow);
-                    }
-                    self.drop_slow(slow);
+                } if self.audience.is_member(room_id, user_id) => {
                     // The room's members see the read counts of its messages change. Missing
                     // one would leave counts wrong, so a full queue disconnects as for events.
-                    if self.audience.is_member(room_id, user_id) {
-                        let text = ServerFrame::Receipt(ReceiptFrame {
-                            room_id: room_id.0,
-                            user_id: user_id.0,
-                            seq,
-                            previous_seq,
-                        })
-                        .text();
-                        let members: Vec<UserId> = self
-                            .audience
-                            .members(room_id)
-                            .filter(|m| self.conns.is_connected(*m))
-                            .collect();
-                        self.notify_as(members, &text.into(), Delivery::Durable);
-                    }
+                    let text = ServerFrame::Receipt(ReceiptFrame {
+                        room_id: room_id.0,
+                        user_id: user_id.0,
+                        seq,
+                        previous_seq,
+                    })
+                    .text();
+                    let members: Vec<UserId> = self
+                        .audience
+                        .members(room_id)
+                        .filter(|m| self.conns.is_connected(*m))
+                        .collect();
+                    self.notify_as(members, &text.into(), Delivery::Durable);
                 }
                 _ => {}
             }
             return;
         };
-        // Joins take effect before delivery (the newcomer sees their join), leaves after (the
-        // leaver sees their leave).
+        // Joins take effect before delivery (the newcomer sees their join), removals after (who
+        // leaves, is kicked or banned, sees it, and nothing after it).
         match &event {
             Event::RoomCreated { members, .. } => {
                 for user in members {
@@ -547,9 +617,34 @@ impl State {
             _ => {}
         }
         self.deliver(room, recorded, &event);
-        if let Event::MemberLeft { user_id } = event {
-            self.audience.leave(room, user_id);
+        if let Some(user) = schema::room::removed_member(&event) {
+            self.audience.leave(room, user);
         }
+        match event {
+            Event::RoomDeleted { .. } => self.audience.close(room),
+            Event::InvitationPending {
+                user_id,
+                invited_by,
+            } => {
+                let text = ServerFrame::Invitation(InvitationFrame {
+                    room_id: room.0,
+                    invited_by: invited_by.0,
+                })
+                .text();
+                self.notify([user_id], &text.into());
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells `user`'s WebSocket connections where their friendship with `other` stands.
+    fn tell_friend(&mut self, user: UserId, other: UserId, status: &str) {
+        let text = ServerFrame::Friend(FriendFrame {
+            user_id: other.0,
+            status: status.to_owned(),
+        })
+        .text();
+        self.notify([user], &text.into());
     }
 
     /// Lets go of every connection (the server is stopping, or the hub lost the log).
@@ -571,6 +666,10 @@ pub struct HubSettings {
     pub peers: Option<Peers>,
     /// Where forced disconnects are counted for the alert rules.
     pub failures: Arc<Failures>,
+    /// Whose ended sessions the hub records as it follows the log (see [`Revoked`]).
+    ///
+    /// [`Revoked`]: crate::chat::auth::Revoked
+    pub auth: Auth,
 }
 
 /// Starts the hub: returns its handle and the task to run until `shutdown`.
@@ -585,6 +684,9 @@ pub async fn start(
     impl Future<Output = anyhow::Result<()>> + Send + 'static,
 )> {
     let relations = models.read(queries::relations).await?;
+    for (session, at) in &relations.ended_sessions {
+        settings.auth.end_session(*session, *at);
+    }
     let (tx, mut commands) = mpsc::channel(1024);
     let mut state = State::new(&relations, presence, &settings);
     let mut incoming = match &settings.peers {
@@ -653,11 +755,14 @@ mod tests {
             offline_grace: Duration::from_secs(5),
             peers: None,
             failures: Arc::default(),
+            auth: Auth::new(&[7; 32], Duration::from_secs(60), 1, (1024, 1)).unwrap(),
         };
         let relations = Relations {
             position: 0,
             members,
             friends: Vec::new(),
+            ended_sessions: Vec::new(),
+            blocks: Vec::new(),
         };
         State::new(&relations, Presence::default(), &settings)
     }
@@ -669,6 +774,7 @@ mod tests {
         let (reply, mut rx) = oneshot::channel();
         state.command(Command::Register {
             user,
+            session: SessionId::new(),
             kind: ConnKind::WebSocket,
             reply,
         });
@@ -742,5 +848,70 @@ mod tests {
             frames.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn typing_reaches_the_other_connected_members_and_non_members_are_refused() {
+        let (room, alice, bob, carol) =
+            (RoomId::new(), UserId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice), (room, bob)]);
+        let (mut a, _) = register(&mut state, alice);
+        let (mut b, _) = register(&mut state, bob);
+        let (mut c, _) = register(&mut state, carol);
+        // Bob coming online was announced to Alice (they share a room); drain the notices.
+        while a.try_recv().is_ok() {}
+        let typing = |state: &mut State, user| {
+            let (reply, mut rx) = oneshot::channel();
+            state.command(Command::Typing { user, room, reply });
+            rx.try_recv().unwrap()
+        };
+        assert!(typing(&mut state, alice));
+        match b.try_recv() {
+            Ok(Outbound::Notice(text)) => {
+                assert!(text.contains(r#""type":"typing""#), "{text}");
+                assert!(text.contains(&alice.0.to_string()), "{text}");
+            }
+            other => panic!("bob got {other:?}"),
+        }
+        assert!(a.try_recv().is_err(), "not to the typist");
+        assert!(c.try_recv().is_err(), "not to a non-member");
+        assert!(!typing(&mut state, carol), "carol is not a member");
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
+    }
+
+    #[test]
+    fn shutting_down_lets_go_of_every_connection_with_the_reason() {
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice)]);
+        let (mut a, a_reason) = register(&mut state, alice);
+        let (_b, b_reason) = register(&mut state, bob);
+        state.shut_down();
+        assert_eq!(a_reason.get(), Disconnect::Shutdown);
+        assert_eq!(b_reason.get(), Disconnect::Shutdown);
+        assert!(!state.conns.is_connected(alice) && !state.conns.is_connected(bob));
+        while let Ok(item) = a.try_recv() {
+            assert!(
+                matches!(item, Outbound::Notice(_)),
+                "only presence was queued"
+            );
+        }
+        assert!(matches!(
+            a.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn a_room_bigger_than_the_connected_set_reaches_its_connected_members_only() {
+        let room = RoomId::new();
+        let members: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
+        let outsider = UserId::new();
+        let mut state = state(8, members.iter().map(|m| (room, *m)).collect());
+        let (mut a, _) = register(&mut state, members[0]);
+        let (mut o, _) = register(&mut state, outsider);
+        while a.try_recv().is_ok() {}
+        state.apply(&recorded(room, 1, &sent(members[1])));
+        assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
+        assert!(o.try_recv().is_err(), "not a member");
     }
 }

@@ -32,18 +32,26 @@ impl MeteredLog {
 
 #[async_trait]
 impl EventLog for MeteredLog {
-    #[tracing::instrument(name = "eventlog.append", skip_all, fields(stream, events = events.len()))]
-    async fn append(
+    #[tracing::instrument(
+        name = "eventlog.append",
+        skip_all,
+        fields(stream, groups = batch.len(), events = batch.iter().map(Vec::len).sum::<usize>())
+    )]
+    async fn append_batch(
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> eventlog::Result<AppendResult> {
+        batch: Vec<Vec<NewEvent>>,
+    ) -> eventlog::Result<Vec<eventlog::Result<AppendResult>>> {
         tracing::Span::current().record("stream", stream);
         let started = Instant::now();
-        let result = self.inner.append(stream, expected, events).await;
+        let result = self.inner.append_batch(stream, expected, batch).await;
         metrics::histogram!(names::APPEND_DURATION).record(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
+        let errors: Vec<&eventlog::Error> = match &result {
+            Ok(answers) => answers.iter().filter_map(|a| a.as_ref().err()).collect(),
+            Err(e) => vec![e],
+        };
+        for e in errors {
             let kind = e.kind();
             if kind != eventlog::ErrorKind::VersionConflict {
                 let kind = format!("{kind:?}").to_ascii_lowercase();

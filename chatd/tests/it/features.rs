@@ -164,7 +164,7 @@ async fn read_counts_per_message_follow_the_read_markers_live_and_in_history() {
         .await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("not_a_member"))
+        (StatusCode::NOT_FOUND, Some("room_not_found"))
     );
 }
 
@@ -454,7 +454,7 @@ async fn reactions_are_one_per_user_per_emoji_with_counts_live_and_in_history() 
     let (status, body) = react(&app, &eve, Method::PUT, &room, id, "👍").await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("not_a_member"))
+        (StatusCode::NOT_FOUND, Some("room_not_found"))
     );
     let (status, body) = react(
         &app,
@@ -663,7 +663,7 @@ async fn pins_are_listed_and_deleted_messages_leave_the_list() {
         .await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("not_a_member"))
+        (StatusCode::NOT_FOUND, Some("room_not_found"))
     );
     let (status, body) = pin(&alice, Method::PUT, &m2).await;
     assert_eq!(

@@ -81,6 +81,10 @@ impl Api {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
     pub async fn register(&self, username: &str) -> String {
         let (status, body) = self
             .call(
@@ -119,6 +123,36 @@ impl Api {
                 .expect("refresh")
                 .to_owned(),
         }
+    }
+
+    /// `POST /v1/auth/<action>` (`refresh` or `logout`) with a refresh token.
+    pub async fn session_call(&self, action: &str, refresh: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/auth/{action}"),
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await
+    }
+
+    /// `a` asks `b` to be friends and `b` accepts: they see each other's presence.
+    pub async fn befriend(&self, a: &TestUser, b: &TestUser) {
+        let (status, body) = self
+            .post("/v1/friends/requests", &a.token, json!({"user_id": b.id}))
+            .await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("requested"))
+        );
+        let (status, body) = self
+            .post(
+                &format!("/v1/friends/requests/{}/accept", a.id),
+                &b.token,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     }
 
     pub async fn create_room(&self, owner: &TestUser, name: &str, members: &[&TestUser]) -> String {

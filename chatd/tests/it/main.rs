@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test reports failure
 
 mod accounts;
+mod admin;
+mod authz;
 mod cluster;
 mod crash;
 mod environment;
@@ -11,9 +13,11 @@ mod friends;
 mod helpers;
 #[cfg(feature = "kurrentdb")]
 mod kurrentdb;
+mod leaks;
 mod messages;
 mod metrics;
 mod ops;
+mod revocation;
 mod rooms;
 mod search;
 mod security;

@@ -131,6 +131,55 @@ async fn a_retried_send_is_stored_once_and_answered_the_same() {
     assert_eq!(bodies, ["once", "in between", "burst"]);
 }
 
+/// `Prefer: return=minimal` answers from the durable append (same body, the preference
+/// acknowledged); without it nothing says so. The message is stored either way.
+#[tokio::test]
+async fn a_send_may_skip_read_your_writes() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let room = app.create_room(&alice, "minimal", &[]).await;
+    let url = format!("{}/v1/rooms/{room}/messages", app.base);
+    let send = |prefer: Option<&'static str>, key: &'static str| {
+        let mut req = app
+            .http
+            .post(&url)
+            .bearer_auth(&alice.token)
+            .json(&json!({"body": "fire and forget", "client_msg_id": key}));
+        if let Some(p) = prefer {
+            req = req.header("prefer", p);
+        }
+        req.send()
+    };
+    let applied = |r: &reqwest::Response| {
+        r.headers()
+            .get("preference-applied")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    let resp = send(Some("respond-async, return=minimal"), "m-1")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(applied(&resp).as_deref(), Some("return=minimal"));
+    let minimal: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(minimal["seq"], 2);
+    assert!(minimal["message_id"].is_string() && minimal["sent_at"].is_string());
+
+    // A retry is recognised the same way.
+    let resp = send(Some("return=minimal"), "m-1").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(applied(&resp).as_deref(), Some("return=minimal"));
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap(), minimal);
+
+    for prefer in [None, Some("return=representation")] {
+        let resp = send(prefer, "m-2").await.unwrap();
+        assert!(resp.status().is_success());
+        assert_eq!(applied(&resp), None, "{prefer:?}");
+    }
+    let all = app.full_history(&alice, &room).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+}
+
 #[tokio::test]
 async fn message_bodies_are_validated() {
     let app = spawn_app().await;

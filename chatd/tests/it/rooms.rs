@@ -47,8 +47,8 @@ async fn group_room_lifecycle() {
     assert!(room_ids(&list).is_empty());
     assert_problem(
         &app.get(&format!("/v1/rooms/{id}"), &carol.token).await,
-        StatusCode::FORBIDDEN,
-        "not_a_member",
+        StatusCode::NOT_FOUND,
+        "room_not_found",
     );
 
     // Bob invites Carol: now she is in.
@@ -83,8 +83,8 @@ async fn group_room_lifecycle() {
     assert_problem(
         &app.get(&format!("/v1/rooms/{id}/messages"), &carol.token)
             .await,
-        StatusCode::FORBIDDEN,
-        "not_a_member",
+        StatusCode::NOT_FOUND,
+        "room_not_found",
     );
     let send = app
         .post(
@@ -93,7 +93,7 @@ async fn group_room_lifecycle() {
             json!({"body": "hello?"}),
         )
         .await;
-    assert_problem(&send, StatusCode::FORBIDDEN, "not_a_member");
+    assert_problem(&send, StatusCode::NOT_FOUND, "room_not_found");
     let again = app
         .call(
             Method::DELETE,
@@ -102,7 +102,7 @@ async fn group_room_lifecycle() {
             None,
         )
         .await;
-    assert_problem(&again, StatusCode::FORBIDDEN, "not_a_member");
+    assert_problem(&again, StatusCode::NOT_FOUND, "room_not_found");
     let (_, room) = app.get(&format!("/v1/rooms/{id}"), &alice.token).await;
     assert_eq!(room["member_count"], 2);
 }
@@ -118,6 +118,12 @@ async fn non_members_and_strangers_are_refused_on_every_room_endpoint() {
         .unwrap()
         .to_owned();
     let unknown = uuid::Uuid::now_v7();
+    let bob = app.user("bob").await;
+    let (status, room) = app
+        .post("/v1/rooms/direct", &alice.token, json!({"user_id": bob.id}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{room}");
+    let direct = room["room_id"].as_str().unwrap().to_owned();
 
     let calls: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, String::from("/v1/rooms/{}"), None),
@@ -139,6 +145,11 @@ async fn non_members_and_strangers_are_refused_on_every_room_endpoint() {
         ),
         (
             Method::POST,
+            String::from("/v1/rooms/{}/join"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
             String::from("/v1/rooms/{}/read"),
             Some(json!({"seq": 1})),
         ),
@@ -154,13 +165,26 @@ async fn non_members_and_strangers_are_refused_on_every_room_endpoint() {
         ),
     ];
     for (method, template, body) in calls {
-        let path = template.replace("{}", &id);
-        let got = app
-            .call(method.clone(), &path, Some(&mallory.token), body.clone())
+        let unknown_room = app
+            .call(
+                method.clone(),
+                &template.replace("{}", &unknown.to_string()),
+                Some(&mallory.token),
+                body.clone(),
+            )
             .await;
-        assert_problem(&got, StatusCode::FORBIDDEN, "not_a_member");
-        let got = app.call(method.clone(), &path, None, body.clone()).await;
-        assert_problem(&got, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_problem(&unknown_room, StatusCode::NOT_FOUND, "room_not_found");
+        // A room that exists but is not hers (a group room, the computable direct room of two
+        // others) reads exactly like no room at all: no oracle.
+        for room in [&id, &direct] {
+            let path = template.replace("{}", room);
+            let got = app
+                .call(method.clone(), &path, Some(&mallory.token), body.clone())
+                .await;
+            assert_eq!(got, unknown_room, "{method} {path}");
+            let got = app.call(method.clone(), &path, None, body.clone()).await;
+            assert_problem(&got, StatusCode::UNAUTHORIZED, "unauthorized");
+        }
         let got = app
             .call(
                 method,

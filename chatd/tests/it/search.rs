@@ -106,7 +106,7 @@ async fn korean_text_is_found_inside_words_by_members_only() {
     let got = app
         .get(&path(&[("q", "채팅"), ("room_id", &room)]), &carol.token)
         .await;
-    assert_problem(&got, StatusCode::FORBIDDEN, "not_a_member");
+    assert_problem(&got, StatusCode::NOT_FOUND, "room_not_found");
     let got = app
         .get(
             &path(&[
@@ -163,7 +163,7 @@ async fn leaving_a_room_takes_its_messages_out_of_your_results() {
     let got = app
         .get(&path(&[("q", "tangerine"), ("room_id", &room)]), &bob.token)
         .await;
-    assert_problem(&got, StatusCode::FORBIDDEN, "not_a_member");
+    assert_problem(&got, StatusCode::NOT_FOUND, "room_not_found");
 }
 
 #[tokio::test]

@@ -215,16 +215,7 @@ async fn an_sse_connection_makes_its_user_online() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     app.create_room(&alice, "shared", &[&bob]).await;
-    let (status, _) = app
-        .api
-        .call(
-            reqwest::Method::PUT,
-            &format!("/v1/friends/{}", alice.id),
-            Some(&bob.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.befriend(&bob, &alice).await;
     let (_, friends) = app.get("/v1/friends", &bob.token).await;
     assert_eq!(friends[0]["online"], false);
     let _sse = open(&app.api, &alice, None).await;

@@ -195,7 +195,7 @@ async fn edits_and_deletes_are_for_the_sender_and_show_in_history_and_room_list(
             Some(json!({"body": "x"})),
         )
         .await;
-    assert_problem(&stranger, StatusCode::FORBIDDEN, "not_a_member");
+    assert_problem(&stranger, StatusCode::NOT_FOUND, "room_not_found");
     let no_token = app.call(Method::DELETE, &path(&second), None, None).await;
     assert_problem(&no_token, StatusCode::UNAUTHORIZED, "unauthorized");
     let empty = app

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -299,7 +299,7 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
     ws.send(json!({"type": "resume", "rooms": {other.clone(): 0}}))
         .await;
     let err = ws.next().await;
-    assert_eq!(err["code"], "not_a_member");
+    assert_eq!(err["code"], "room_not_found");
     assert_eq!(err["ref"], other.as_str());
 }
 
@@ -318,12 +318,7 @@ async fn rooms_joined_later_are_live_and_left_rooms_go_quiet() {
     assert_eq!(ws.next().await["event"]["body"], "hello bob");
 
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/rooms/{room}/members/me"),
-            Some(&bob.token),
-            None,
-        )
+        .delete(&format!("/v1/rooms/{room}/members/me"), &bob.token)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(ws.next().await["event"]["type"], "member_left");
@@ -409,7 +404,7 @@ async fn bad_frames_get_error_frames_and_the_connection_survives() {
     let f = ws.next().await;
     assert_eq!(
         (f["code"].as_str(), f["ref"].as_str()),
-        (Some("not_a_member"), Some("x"))
+        (Some("room_not_found"), Some("x"))
     );
     assert!(
         ws.drain().await.is_empty(),
@@ -561,6 +556,32 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     );
     // Alice's own messages never changed her count: she got no unread frame at all.
     assert!(of_type(&a.drain_any().await, "unread").is_empty());
+
+    // A second connection of Bob's starts from the baseline; a delete reaches both.
+    let three = app.send(&alice, &room, "three").await;
+    let one = json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0});
+    assert_eq!(b.next_of("unread").await, one);
+    let mut b2 = connect(&app.api, &bob).await;
+    b2.send(json!({"type": "resume"})).await;
+    assert_eq!(b2.next_of("unread").await, one);
+    let id = three["message_id"].as_str().unwrap();
+    let (status, _) = app
+        .delete(&format!("/v1/rooms/{room}/messages/{id}"), &alice.token)
+        .await;
+    assert!(status.is_success());
+    let zero = json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0});
+    assert_eq!(b.next_of("unread").await, zero);
+    assert_eq!(b2.next_of("unread").await, zero);
+    // The first connection going away leaves the second one's counts live; leaving the room
+    // reports it once with 0.
+    b.close().await;
+    app.send(&alice, &room, "four").await;
+    assert_eq!(b2.next_of("unread").await, one);
+    let (status, _) = app
+        .delete(&format!("/v1/rooms/{room}/members/me"), &bob.token)
+        .await;
+    assert!(status.is_success());
+    assert_eq!(b2.next_of("unread").await, zero);
 }
 
 #[tokio::test]
@@ -605,7 +626,7 @@ async fn typing_reaches_the_other_members_only_and_is_coalesced() {
     c.send(json!({"type": "typing", "room_id": room})).await;
     let f = c.next().await;
     assert_eq!(f["type"], "error");
-    assert_eq!(f["code"], "not_a_member");
+    assert_eq!(f["code"], "room_not_found");
     assert_eq!(f["ref"], room);
     assert!(of_type(&b.drain_any().await, "typing").is_empty());
 }
@@ -644,16 +665,7 @@ async fn presence_goes_online_at_once_offline_after_the_grace_and_flapping_does_
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let room = app.create_room(&alice, "presence", &[&bob]).await;
-    let (status, _) = app
-        .api
-        .call(
-            Method::PUT,
-            &format!("/v1/friends/{}", alice.id),
-            Some(&bob.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.befriend(&bob, &alice).await;
     let mut b = connect(&app.api, &bob).await;
     b.send(json!({"type": "resume"})).await;
     assert!(!online(&app, &bob, &alice).await);

@@ -448,13 +448,10 @@ async fn random_and_malformed_frames_neither_crash_nor_wedge_the_server() {
     }
 }
 
-/// Found by the fuzzer: `resume` from seq `u64::MAX` overflows `after + 1` in the catch-up
-/// (`chatd/src/live/ws.rs`, `catch_up`): the connection task panics (debug builds) or wraps to
-/// seq 0 and replays the whole room (release builds). The fix (`saturating_add`, or refusing
-/// such a seq) belongs to the issue-16 work on `live/`; until then this test is ignored, so the
-/// gap is visible in every test run rather than silently excluded from the fuzzer.
+/// Found by the fuzzer: `resume` from seq `u64::MAX` overflowed `after + 1` in the catch-up
+/// (`chatd/src/live/connections/ws.rs`, `catch_up`): the connection task panicked (debug
+/// builds) or wrapped to seq 0 and replayed the whole room (release builds).
 #[tokio::test]
-#[ignore = "known bug: resume from u64::MAX overflows in live/ws.rs catch_up (issue 16)"]
 async fn resume_after_the_largest_seq_is_not_a_panic() {
     let mut chatd = Chatd::spawn(&[], &[]);
     let addr = chatd.address_logged("listening").await;

@@ -243,13 +243,27 @@ impl Index {
     }
 }
 
+/// [`judge`] for each group of a batch; `hits` are the lookups of all their ids, in order.
+pub(crate) fn judge_groups(
+    stream: &str,
+    groups: &[Vec<crate::NewEvent>],
+    hits: &[Option<Hit>],
+) -> Vec<Option<Result<AppendResult>>> {
+    let mut offset = 0;
+    groups
+        .iter()
+        .map(|group| {
+            let ids: Vec<uuid::Uuid> = group.iter().map(|e| e.event_id).collect();
+            let mine = hits.get(offset..offset + ids.len()).unwrap_or_default();
+            offset += ids.len();
+            judge(stream, &ids, mine)
+        })
+        .collect()
+}
+
 /// What a request whose ids are (partly) stored gets: the original result if every id is
 /// stored in `stream` in request order, else a mismatch. `None` if no id is stored.
-pub(crate) fn judge(
-    stream: &str,
-    ids: &[uuid::Uuid],
-    hits: &[Option<Hit>],
-) -> Option<Result<AppendResult>> {
+fn judge(stream: &str, ids: &[uuid::Uuid], hits: &[Option<Hit>]) -> Option<Result<AppendResult>> {
     if hits.iter().all(Option::is_none) {
         return None;
     }

@@ -16,6 +16,12 @@
 //!   either retries (the versions still match) or reports a version conflict.
 //! - **Atomicity.** An append of several events is one JetStream atomic batch
 //!   (`allow_atomic`, server ≥ 2.12): all of its messages are stored, consecutively, or none.
+//!   So is an [`EventLog::append_batch`] (the new events of all its groups in one atomic
+//!   batch, conditional on one last subject sequence): the server stores it with one write to
+//!   its file (and one replication round), and no other append can interleave with it. Pipelined
+//!   single publishes would not do: each needs the expected last sequence of the one before,
+//!   which is known only from its acknowledgement, and without it another node's append could
+//!   land between two of them and break the versions.
 //! - **Duplicates, within the window.** Every message carries `Nats-Msg-Id` = its event id:
 //!   JetStream drops a re-publish within the stream's duplicate window.
 //! - **Duplicates, at any later time.** Each node keeps an [`index`] of every event id in the
@@ -622,16 +628,18 @@ impl JetStreamLog {
             })
     }
 
-    /// Looks the ids up after the index has caught up with the whole stream.
+    /// Looks the ids of the groups not answered yet up after the index has caught up with the
+    /// whole stream.
     async fn judge_after_catching_up(
         &self,
         stream: &str,
-        ids: &[uuid::Uuid],
-    ) -> Result<Option<Result<AppendResult>>> {
+        pending: &mut crate::Pending,
+    ) -> Result<()> {
         let head = self.head().await?;
         self.wait_for_index(head).await?;
-        let hits = self.inner.index.lookup(ids.to_vec()).await?;
-        Ok(index::judge(stream, ids, &hits))
+        let hits = self.inner.index.lookup(pending.ids()).await?;
+        pending.answer(index::judge_groups(stream, pending.groups(), &hits));
+        Ok(())
     }
 
     /// Publishes `events` as versions `tail.version + 1 ..`, conditional on the subject's last
@@ -640,11 +648,11 @@ impl JetStreamLog {
         &self,
         subject: &str,
         tail: Tail,
-        events: &[NewEvent],
+        events: &[&NewEvent],
         recorded_at: chrono::DateTime<Utc>,
     ) -> Result<std::result::Result<PublishOutcome, u64>> {
         let headers = |i: usize| {
-            let mut h = wire::headers(&events[i], tail.version + 1 + i as u64, recorded_at);
+            let mut h = wire::headers(events[i], tail.version + 1 + i as u64, recorded_at);
             if i == 0 {
                 h.insert(
                     wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -833,29 +841,29 @@ fn tokio_stream_from<T: Send + 'static>(
 
 #[async_trait]
 impl EventLog for JetStreamLog {
-    async fn append(
+    async fn append_batch(
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        validate(stream, expected, &events)?;
-        if events.len() > MAX_EVENTS_PER_APPEND {
+        batch: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Result<AppendResult>>> {
+        validate(stream, expected, &batch)?;
+        let total: usize = batch.iter().map(Vec::len).sum();
+        if total > MAX_EVENTS_PER_APPEND {
             return Err(Error::InvalidArgument(format!(
-                "{} events in one append; JetStream takes at most {MAX_EVENTS_PER_APPEND}",
-                events.len()
+                "{total} events in one append; JetStream takes at most {MAX_EVENTS_PER_APPEND}"
             )));
         }
         let gate = self.inner.gate.read().await;
         if *gate {
             return Err(Error::Closed);
         }
-        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut pending = crate::Pending::new(batch);
         self.ensure_index_fresh().await?;
-        if let Some(judged) =
-            index::judge(stream, &ids, &self.inner.index.lookup(ids.clone()).await?)
-        {
-            return judged;
+        let hits = self.inner.index.lookup(pending.ids()).await?;
+        pending.answer(index::judge_groups(stream, pending.groups(), &hits));
+        if pending.settled() {
+            return Ok(pending.finish());
         }
         let subject = self.subject(stream);
         let recorded_at = Utc::now().trunc_subsecs(6);
@@ -874,8 +882,9 @@ impl EventLog for JetStreamLog {
                 if fresh != tail {
                     continue;
                 }
-                if let Some(judged) = self.judge_after_catching_up(stream, &ids).await? {
-                    return judged;
+                self.judge_after_catching_up(stream, &mut pending).await?;
+                if pending.settled() {
+                    return Ok(pending.finish());
                 }
                 return Err(Error::VersionConflict {
                     stream: stream.to_owned(),
@@ -883,12 +892,14 @@ impl EventLog for JetStreamLog {
                     actual: tail.version,
                 });
             }
+            let events: Vec<&NewEvent> = pending.to_write().collect();
             match self.publish(&subject, tail, &events, recorded_at).await? {
                 Ok(outcome) if outcome.duplicate => {
                     // Inside JetStream's window: the id is stored, maybe in another stream.
                     self.forget(stream);
-                    if let Some(judged) = self.judge_after_catching_up(stream, &ids).await? {
-                        return judged;
+                    self.judge_after_catching_up(stream, &mut pending).await?;
+                    if pending.settled() {
+                        return Ok(pending.finish());
                     }
                     return Err(unavailable(
                         "JetStream reported a duplicate the index does not know",
@@ -896,29 +907,27 @@ impl EventLog for JetStreamLog {
                 }
                 Ok(outcome) => {
                     let n = events.len() as u64;
-                    let result = AppendResult {
-                        first_version: tail.version + 1,
-                        last_version: tail.version + n,
-                        first_position: outcome.last_sequence + 1 - n,
-                        last_position: outcome.last_sequence,
-                        recorded_at,
-                        duplicate: false,
-                    };
+                    let first_position = outcome.last_sequence + 1 - n;
                     self.remember(
                         stream,
                         Tail {
-                            version: result.last_version,
+                            version: tail.version + n,
                             sequence: outcome.last_sequence,
                         },
                     );
-                    return Ok(result);
+                    return Ok(pending.written(
+                        tail.version + 1,
+                        |i| first_position + i,
+                        recorded_at,
+                    ));
                 }
                 Err(codes::WRONG_LAST_SEQUENCE) => self.forget(stream),
                 Err(_) => {
                     // A duplicate id inside the batch's window.
                     self.forget(stream);
-                    if let Some(judged) = self.judge_after_catching_up(stream, &ids).await? {
-                        return judged;
+                    self.judge_after_catching_up(stream, &mut pending).await?;
+                    if pending.settled() {
+                        return Ok(pending.finish());
                     }
                 }
             }

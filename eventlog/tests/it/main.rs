@@ -2,6 +2,7 @@
 //! SQLite-specific behaviour (reopening, group commit, lag).
 
 mod conformance;
+mod follow;
 mod jetstream;
 mod kurrentdb;
 mod sqlite;

@@ -99,7 +99,7 @@ fn loss_duplicates_and_reordering_are_counted_exactly() {
     assert_eq!(c.out_of_order, 1, "13 after 14");
     // Acked up to 16: connection 2 lacks 13, 14, 15; connection 1 has everything (17 and 18
     // are beyond the last ack and not owed). Connection 0 had all its echoes.
-    assert_eq!(c.lost, 3);
+    assert_eq!((c.lost, c.behind), (3, 0), "holes: 16 arrived after them");
     assert_eq!(t.final_seq[&0], 16);
     // The three it lacks were all intended inside the window: in the tail at one hour.
     assert_eq!(c.undelivered, 3);
@@ -186,8 +186,9 @@ fn failed_unanswered_and_stray_answers_are_failures_in_the_tail() {
     // k1 (seq 11) reached nobody: two recipients owe it.
     assert_eq!(c.undelivered, 2);
     assert_eq!(
-        c.lost, 3,
-        "seq 11 missing everywhere, the sender's echo too"
+        (c.lost, c.behind),
+        (0, 3),
+        "seq 11 missing everywhere, the sender's echo too, and nothing after it: behind, not a hole"
     );
 }
 

@@ -6,13 +6,19 @@
 //! `schema::unread::UnreadModel` folded over the same events — every message's `unread_by`
 //! against a brute-force count over the members' markers — and a rebuild from scratch must
 //! give the same numbers again.
+//!
+//! Meanwhile users are watched and unwatched at random points (racing the projector), and each
+//! watch's changes are taken after every step and folded into what a client would show: at
+//! every settle point that view equals the SQL count (the oracle) of every watched user.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use eventlog::sqlite::SqliteLog;
 use eventlog::{EventLog, ExpectedVersion, NewEvent};
-use projector::{Progress, ReadModels, features, queries};
+use std::collections::BTreeMap;
+
+use projector::{Progress, ReadModels, UnreadWatch, features, queries};
 use proptest::prelude::*;
 use schema::events::RoomKind;
 use schema::room::{RoomAggregate, RoomCommand};
@@ -70,6 +76,16 @@ enum Op {
         user: usize,
         eighths: u64,
     },
+    /// Watch the user's unread counts (another handle if already watched).
+    Watch {
+        user: usize,
+    },
+    /// Drop the n-th (mod count) live watch.
+    Unwatch {
+        nth: usize,
+    },
+    /// Wait for the projector to reach the head and compare every watch with SQL.
+    Settle,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -81,7 +97,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (room.clone(), 0..64usize).prop_map(|(room, nth)| Op::Delete { room, nth }),
         2 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Join { room, user }),
         1 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Leave { room, user }),
-        3 => (room, user, 0..=8u64).prop_map(|(room, user, eighths)| Op::Read { room, user, eighths }),
+        3 => (room, user.clone(), 0..=8u64).prop_map(|(room, user, eighths)| Op::Read { room, user, eighths }),
+        1 => user.prop_map(|user| Op::Watch { user }),
+        1 => (0..8usize).prop_map(|nth| Op::Unwatch { nth }),
+        2 => Just(Op::Settle),
     ]
 }
 
@@ -181,6 +200,7 @@ impl World {
                     RoomCommand::Invite {
                         by,
                         users: vec![self.users[user]],
+                        consent_needed: vec![],
                     },
                 )
                 .await;
@@ -222,7 +242,68 @@ impl World {
                     .unwrap();
                 self.model.apply(None, &event);
             }
+            Op::Watch { .. } | Op::Unwatch { .. } | Op::Settle => {}
         }
+    }
+}
+
+/// A watch and what a client shows from its changes: the rooms with unread messages, and the
+/// total.
+struct Watcher {
+    watch: UnreadWatch,
+    rooms: BTreeMap<RoomId, u64>,
+    total: u64,
+}
+
+impl Watcher {
+    fn take(&mut self) {
+        let changes = self.watch.take();
+        self.total = changes.total;
+        for (room, n) in changes.rooms {
+            if n == 0 {
+                self.rooms.remove(&room);
+            } else {
+                self.rooms.insert(room, n);
+            }
+        }
+    }
+}
+
+/// Waits for the projector to reach the head, then holds every watcher to the SQL counts.
+async fn settle(
+    log: &dyn EventLog,
+    progress: &Progress,
+    models: &ReadModels,
+    watchers: &mut [Watcher],
+) {
+    let head = log.head().await.unwrap();
+    progress
+        .wait_for(head, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for w in watchers {
+        // Watching never waits; the counts are loaded (from a read snapshot) soon after.
+        tokio::time::timeout(Duration::from_secs(30), w.watch.loaded())
+            .await
+            .expect("the counts are loaded");
+        w.take();
+        let user = w.watch.user();
+        let sql: BTreeMap<RoomId, u64> = models
+            .read(move |c| queries::unread_counts(c, user))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(
+            w.rooms, sql,
+            "watched counts of {user} differ from SQL at {head}"
+        );
+        assert_eq!(
+            w.total,
+            sql.values().sum::<u64>(),
+            "total of {user} at {head}"
+        );
     }
 }
 
@@ -263,6 +344,13 @@ async fn check(ops: Vec<Op>) {
         rooms: vec![],
         sent: vec![vec![]; ROOMS],
     };
+    // Two users are watched from the start, so founding a room counts for them too.
+    let watch = |user: UserId| Watcher {
+        watch: live.watch_unread(user),
+        rooms: BTreeMap::new(),
+        total: 0,
+    };
+    let mut watchers = vec![watch(users[0]), watch(users[1])];
     for r in 0..ROOMS {
         world
             .rooms
@@ -279,8 +367,21 @@ async fn check(ops: Vec<Op>) {
         world.room_command(r, create).await;
     }
     for op in &ops {
-        world.apply(op).await;
+        match *op {
+            Op::Watch { user } => watchers.push(watch(users[user])),
+            Op::Unwatch { nth } if !watchers.is_empty() => {
+                watchers.remove(nth % watchers.len());
+            }
+            Op::Settle => settle(&*log, &progress, &live, &mut watchers).await,
+            _ => world.apply(op).await,
+        }
+        // Changes are taken at whatever position the projector is at.
+        for w in &mut watchers {
+            w.take();
+        }
     }
+    settle(&*log, &progress, &live, &mut watchers).await;
+    drop(watchers);
 
     let head = log.head().await.unwrap();
     progress
@@ -360,4 +461,96 @@ proptest! {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(check(ops));
     }
+}
+
+/// Watches taken while the projector works through a backlog are loaded from read snapshots
+/// the projector has already passed, and catch up from its journal to exactly its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_taken_during_a_catch_up_follow_it_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(SqliteLog::open(dir.path().join("events.db")).await.unwrap());
+    const MEMBERS: usize = 16;
+    let users: Vec<UserId> = (0..MEMBERS).map(|_| UserId::new()).collect();
+    let room = RoomId::new();
+    let state = RoomAggregate::default();
+    let mut events = state
+        .decide(&RoomCommand::Create {
+            room_id: room,
+            kind: RoomKind::Group,
+            name: Some(RoomName::parse("room").unwrap()),
+            visibility: Visibility::Private,
+            creator: users[0],
+            members: users[1..].to_vec(),
+        })
+        .unwrap();
+    for i in 0..6_000 {
+        events.push(Event::MessageSent {
+            message_id: MessageId::new(),
+            sender_id: users[i % 3],
+            body: MessageBody::parse("hello").unwrap(),
+            client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
+        });
+    }
+    let mut version = 0;
+    for (i, chunk) in events.chunks(20).enumerate() {
+        let new = chunk
+            .iter()
+            .map(|e| {
+                let id = match e {
+                    Event::MessageSent { message_id, .. } => message_id.0,
+                    _ => uuid::Uuid::now_v7(),
+                };
+                encode(e, id)
+            })
+            .collect();
+        version = log
+            .append(&streams::room(room), ExpectedVersion::at(version), new)
+            .await
+            .unwrap()
+            .last_version;
+        // Members take turns reading nearly to the end: counts are small and often moved.
+        let reader = users[i % MEMBERS];
+        let read = Event::ReadMarkerMoved {
+            room_id: room,
+            user_id: reader,
+            seq: version - 3,
+            previous_seq: None,
+        };
+        log.append(
+            &streams::receipts(reader),
+            ExpectedVersion::Any,
+            vec![encode(&read, uuid::Uuid::now_v7())],
+        )
+        .await
+        .unwrap();
+    }
+    let head = log.head().await.unwrap();
+    let (live, stop, progress, task) = project(log.clone(), &dir.path().join("rm.db")).await;
+    let mut watchers = Vec::new();
+    let mut round = 0;
+    while progress.position() < head {
+        let watch = live.watch_unread(users[round % MEMBERS]);
+        watchers.push(Watcher {
+            watch,
+            rooms: BTreeMap::new(),
+            total: 0,
+        });
+        // Unwatch some again, so later watches load afresh.
+        if round % 3 == 2 {
+            watchers.remove(0);
+        }
+        for w in &mut watchers {
+            w.take();
+        }
+        round += 1;
+    }
+    assert!(round > 1, "the catch-up was over before a second watch");
+    settle(&*log, &progress, &live, &mut watchers).await;
+    drop(watchers);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    log.close().await;
 }

@@ -144,6 +144,13 @@ impl Harness {
         self.append(room, event).await
     }
 
+    pub async fn delete_room(&self, room: RoomId) -> u64 {
+        let event = Event::RoomDeleted {
+            by: UserId(uuid::Uuid::nil()),
+        };
+        self.append(room, event).await
+    }
+
     /// Waits until everything up to the log's head is searchable.
     pub async fn caught_up(&self) {
         let head = self.log.head().await.unwrap();

@@ -34,6 +34,22 @@ async fn edits_replace_the_text_and_deletes_remove_the_message() {
 }
 
 #[tokio::test]
+async fn a_deleted_room_takes_its_messages_out_and_no_other_room_s() {
+    let h = Harness::new().await;
+    let (gone, kept) = (RoomId::new(), RoomId::new());
+    h.send(gone, "apple one").await;
+    h.caught_up().await; // one indexed and committed before, one still pending
+    h.send(gone, "apple two").await;
+    h.send(kept, "apple three").await;
+    h.delete_room(gone).await;
+    h.caught_up().await;
+    assert!(h.ids("apple", &[gone]).is_empty());
+    assert_eq!(h.ids("apple", &[gone, kept]).len(), 1);
+    assert_eq!(h.index.num_docs(), 1);
+    h.close().await;
+}
+
+#[tokio::test]
 async fn send_edit_and_delete_in_one_batch_end_as_the_log_says() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = Harness::open(tmp.path()).await;
@@ -218,5 +234,58 @@ async fn sender_and_time_filters() {
         r.to = Some(older);
     });
     assert_eq!(empty.total, 0);
+    h.close().await;
+}
+
+/// The nice value in a `/proc/…/stat` file.
+fn nice_in(stat: &std::path::Path) -> Option<i64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    // Fields after the parenthesised name: state is field 3, nice is field 19.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// Nice values of this process's threads whose name starts with `prefix` (Linux).
+fn nice_of_threads(prefix: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(prefix) {
+            out.extend(nice_in(&path.join("stat")));
+        }
+    }
+    out
+}
+
+/// The indexer's thread and the Tantivy threads it starts run at a lower priority than the
+/// rest of the process (by `IndexerSettings::nice`, at most 19).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn indexing_threads_run_at_lower_priority() {
+    let own = nice_in("/proc/thread-self/stat".as_ref()).unwrap();
+    let wanted = (own + i64::from(search::IndexerSettings::default().nice)).min(19);
+    if wanted == own {
+        eprintln!("SKIPPED: the tests already run at nice {own}; nothing lower to see");
+        return;
+    }
+    let h = Harness::new().await;
+    h.send(RoomId::new(), "wake the writer").await;
+    h.caught_up().await;
+    // Thread names as the kernel keeps them: 15 bytes at most. Tantivy restarts its indexing
+    // threads at each commit, so look until they are there.
+    let prefixes = ["search-indexer", "thrd-tantivy-in", "merge_thread_"];
+    let seen = || prefixes.map(nice_of_threads);
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    while seen().iter().any(Vec::is_empty) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for (prefix, nice) in prefixes.iter().zip(seen()) {
+        assert!(!nice.is_empty(), "no {prefix} thread");
+        assert!(
+            nice.iter().all(|n| *n == wanted),
+            "{prefix}: {nice:?}, wanted {wanted}"
+        );
+    }
     h.close().await;
 }

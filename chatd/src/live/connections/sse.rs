@@ -9,7 +9,7 @@
 //! registers with the hub before it replays, and live events at or below the replayed position
 //! are dropped, so nothing is missed or repeated at the seam.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +18,11 @@ use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
-use crate::chat::{Chat, ChatError, Result};
-use crate::live::frames::{MessageNotice, Notification};
-use crate::live::hub::{ConnKind, Hub, Outbound, Registration};
+use crate::chat::view::event_view;
+use crate::chat::{Chat, ChatError, Code, Result};
+use crate::http::Caller;
+use crate::live::frames::{ClosedNotice, MessageNotice, Notification};
+use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound, Registration};
 use crate::ops::metrics::{ConnectionGauge, names};
 
 /// Comment lines sent when nothing else is, so proxies keep the stream open and dead peers are
@@ -39,34 +41,41 @@ struct Sse {
     /// Live events at or below this position were covered by the replay.
     replayed_to: u64,
     flush_at: Option<tokio::time::Instant>,
+    /// When the token the stream was opened with expires: the stream ends then.
+    expires: tokio::time::Instant,
+    /// The stream ends once `pending` is sent.
+    ending: bool,
     _open: ConnectionGauge,
 }
 
-/// The notification stream of `user`, resuming after `last_event_id` when given.
+/// The notification stream of `caller`, resuming after `last_event_id` when given. It ends
+/// with a `closed` notification when the token expires or the session ends.
 pub async fn notifications(
     chat: Arc<Chat>,
     hub: Hub,
-    user: UserId,
+    Caller(user, session, expires): Caller,
     last_event_id: Option<u64>,
 ) -> Result<BoxStream<'static, Notification>> {
     let reg = hub
-        .register(user, ConnKind::Sse)
+        .register(user, session, ConnKind::Sse)
         .await
         .ok_or(ChatError::ShuttingDown)?;
+    let unread = UnreadPush::watch(&chat, user);
     let mut sse = Sse {
         chat,
         user,
         reg,
-        unread: UnreadPush::default(),
+        unread,
         pending: VecDeque::new(),
         replayed_to: 0,
-        flush_at: Some(tokio::time::Instant::now()),
+        flush_at: None,
+        expires: super::ws::expiry(expires),
+        ending: false,
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
     };
     if let Some(after) = last_event_id {
         sse.replay(after).await?;
     }
-    sse.unread.mark(sse.replayed_to);
     Ok(stream::unfold(sse, Sse::next).boxed())
 }
 
@@ -99,7 +108,7 @@ impl Sse {
                     &recorded.data,
                 )
                 .ok()?;
-                Some((recorded.position, recorded.version, room, event))
+                Some((recorded, room, event))
             }));
         }
         let mut rooms: HashSet<RoomId> = rooms.into_iter().collect();
@@ -111,10 +120,10 @@ impl Sse {
             _ => None,
         };
         // Undo what happened between `after` and the checkpoint.
-        for (_, _, room, event) in events
+        for (_, room, event) in events
             .iter()
             .rev()
-            .filter(|e| e.0 > after && e.0 <= checkpoint)
+            .filter(|e| e.0.position > after && e.0.position <= checkpoint)
         {
             match membership(event) {
                 Some(true) => rooms.remove(room),
@@ -122,8 +131,9 @@ impl Sse {
                 None => false,
             };
         }
-        for (pos, seq, room, event) in events {
-            if pos <= after {
+        let mut notices = Vec::new();
+        for (recorded, room, event) in events {
+            if recorded.position <= after {
                 // Between the checkpoint and `after`: only membership matters.
                 match membership(&event) {
                     Some(true) => rooms.insert(room),
@@ -139,25 +149,39 @@ impl Sse {
                 (Some(false), _) => {
                     rooms.remove(&room);
                 }
-                (
-                    None,
-                    Event::MessageSent {
-                        sender_id,
-                        body,
-                        mentions,
-                        ..
-                    },
-                ) if sender_id != me && rooms.contains(&room) => {
-                    let notice = MessageNotice::new(room, seq, pos, sender_id, body.as_str());
-                    if mentions.iter().any(|m| m.addresses(me)) {
-                        self.pending
-                            .push_back(Notification::Message(notice.clone()));
-                        self.pending.push_back(Notification::Mention(notice));
-                    } else {
-                        self.pending.push_back(Notification::Message(notice));
-                    }
+                (None, event @ Event::MessageSent { sender_id, .. })
+                    if sender_id != me && rooms.contains(&room) =>
+                {
+                    notices.push((recorded, room, event));
                 }
                 _ => {}
+            }
+        }
+        // Read back from the log, so shown as the messages stand now: a message deleted since
+        // is not notified, an edited one previews its current text.
+        let mut by_room: HashMap<RoomId, Vec<&Event>> = HashMap::new();
+        for (_, room, event) in &notices {
+            by_room.entry(*room).or_default().push(event);
+        }
+        let mut now = HashMap::new();
+        for (room, events) in by_room {
+            now.insert(room, self.chat.messages_now(room, events).await?);
+        }
+        for (recorded, room, event) in &notices {
+            let view = event_view(
+                event,
+                recorded.version,
+                recorded.recorded_at,
+                now.get(room).and_then(|n| n.of(event)),
+            );
+            if let Some(notice) = MessageNotice::of(*room, recorded, event, &view) {
+                let mentioned = matches!(event, Event::MessageSent { mentions, .. }
+                    if mentions.iter().any(|m| m.addresses(me)));
+                self.pending
+                    .push_back(Notification::Message(notice.clone()));
+                if mentioned {
+                    self.pending.push_back(Notification::Mention(notice));
+                }
             }
         }
         self.replayed_to = position.max(after);
@@ -170,9 +194,6 @@ impl Sse {
                 if frame.position <= self.replayed_to {
                     return;
                 }
-                if frame.touches_unread_of(self.user) {
-                    self.unread.mark(frame.position);
-                }
                 let mention = frame.mention_of(self.user);
                 if let Some(notice) = frame.notice
                     && notice.sender_id != self.user.0
@@ -184,9 +205,15 @@ impl Sse {
                     self.pending.push_back(Notification::Mention(mention));
                 }
             }
-            Outbound::ReadMoved { position } => self.unread.mark(position),
             Outbound::Notice(_) => {}
         }
+    }
+
+    /// Ends the stream with a `closed` notification saying why.
+    fn end(&mut self, code: Code, detail: &str) {
+        self.pending
+            .push_back(Notification::Closed(ClosedNotice::new(code, detail)));
+        self.ending = true;
     }
 
     async fn next(mut self) -> Option<(Notification, Self)> {
@@ -197,8 +224,8 @@ impl Sse {
                 }
                 return Some((n, self));
             }
-            if self.flush_at.is_none() && self.unread.is_dirty() {
-                self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
+            if self.ending {
+                return None;
             }
             let flush_at = self.flush_at;
             let flush = async move {
@@ -208,16 +235,27 @@ impl Sse {
                 }
             };
             tokio::select! {
+                () = self.unread.changed(), if flush_at.is_none() => {
+                    self.flush_at = Some(tokio::time::Instant::now() + unread::COALESCE);
+                }
                 () = flush => {
                     self.flush_at = None;
-                    match self.unread.changes(&self.chat, self.user).await {
-                        Ok(Some(frames)) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
-                        Ok(None) => {} // the read models are behind: the next flush retries
-                        Err(e) => tracing::warn!(error = %e, "cannot read unread counts for a push"),
+                    match self.unread.changes(&self.chat).await {
+                        Ok(frames) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
+                        Err(e) => tracing::warn!(error = %e, "unread counts not pushed"),
                     }
                 }
-                // `None`: too slow or shutting down; the client reconnects with Last-Event-ID.
-                item = self.reg.frames.recv() => self.on(item?),
+                () = tokio::time::sleep_until(self.expires) => {
+                    self.end(Code::TokenExpired, "the access token expired: reconnect with a fresh one");
+                }
+                item = self.reg.frames.recv() => match item {
+                    Some(item) => self.on(item),
+                    None if self.reg.reason.get() == Disconnect::SessionEnded => {
+                        self.end(Code::SessionEnded, "the session has ended: log in again");
+                    }
+                    // Too slow or shutting down: the client reconnects with Last-Event-ID.
+                    None => return None,
+                },
             }
         }
     }

@@ -1,74 +1,90 @@
-//! Unread pushes for one connection: events mark the counts dirty; a flush (coalesced, at most
-//! every [`COALESCE`]) waits for the read models to reach the newest marked position, reads the
-//! caller's counts in one query and reports the rooms whose count changed since the last push.
+//! Unread pushes for one connection. The connection watches its user's unread counts, which the
+//! projector keeps in memory and moves as it applies the log (`projector::UnreadWatch`); when
+//! they change it waits [`COALESCE`] (a burst of messages is one push) and reports the rooms
+//! whose count changed. The unread counts come from memory; the mention and thread counts of
+//! the same push are read from the read models by SQL (one query per push, only when some
+//! count changed), as `GET /v1/unread` does. A mention added by an edit shows at the next
+//! change of the unread count, not by itself.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use projector::{UnreadChanges, UnreadWatch};
 use schema::{RoomId, UserId};
+
+use projector::features::Counts;
 
 use crate::chat::messages::total;
 use crate::chat::{Chat, Result};
 use crate::live::frames::UnreadFrame;
-use projector::features::Counts;
 
 /// Pushes for one connection are at most this frequent (a burst of messages is one push).
 pub const COALESCE: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UnreadPush {
-    /// Newest log position that may have changed the counts, not yet pushed.
-    dirty: Option<u64>,
-    last: HashMap<RoomId, Counts>,
+    watch: UnreadWatch,
+    /// The counts last pushed, of rooms with unread messages.
+    last: HashMap<RoomId, u64>,
 }
 
 impl UnreadPush {
-    pub fn mark(&mut self, position: u64) {
-        self.dirty = Some(self.dirty.map_or(position, |d| d.max(position)));
+    /// Watches `user`'s counts (for as long as the push lives); never waits.
+    pub fn watch(chat: &Chat, user: UserId) -> Self {
+        Self {
+            watch: chat.watch_unread(user),
+            last: HashMap::new(),
+        }
     }
 
-    pub fn is_dirty(&self) -> bool {
-        self.dirty.is_some()
+    /// Resolves when the counts changed since the last push; the first time when they are
+    /// loaded (the baseline). Cancel-safe.
+    pub async fn changed(&mut self) {
+        self.watch.changed().await;
     }
 
-    /// The rooms whose count changed since the last push, each with the new total. Before the
-    /// first push every count counts as 0, so the first push is the baseline: every room with
-    /// unread messages. A room the user left is reported once with 0.
-    ///
-    /// `None` (still dirty) while the read models have not reached the marked position: the
-    /// caller tries again at its next flush rather than waiting.
-    pub async fn changes(&mut self, chat: &Chat, user: UserId) -> Result<Option<Vec<UnreadFrame>>> {
-        let Some(position) = self.dirty else {
-            return Ok(Some(Vec::new()));
-        };
-        if chat.projected() < position {
-            return Ok(None);
-        }
-        let counts = chat.unread_by_room(user).await?;
-        self.dirty = None;
-        let totals = total(counts.iter().map(|(_, n)| n));
-        let frame = |room: RoomId, n: Counts| UnreadFrame {
-            room_id: room.0,
-            unread_count: n.unread,
-            total: totals.unread,
-            mention_count: n.mentions,
-            mention_total: totals.mentions,
-            thread_unread_count: n.thread_unread,
-        };
-        let mut frames = Vec::new();
-        let mut now = HashMap::with_capacity(counts.len());
-        for (room, count) in counts {
-            if self.last.get(&room).copied().unwrap_or_default() != count {
-                frames.push(frame(room, count));
-            }
-            now.insert(room, count);
-        }
-        for (room, count) in &self.last {
-            if *count != Counts::default() && !now.contains_key(room) {
-                frames.push(frame(*room, Counts::default()));
+    /// The rooms whose count changed since the last push, each with the new total, as of the
+    /// read models' position (so `GET /v1/unread` agrees), with their mention and thread
+    /// counts. The first push is the baseline: every room with unread messages. A room the
+    /// user left is reported once with 0.
+    pub async fn changes(&mut self, chat: &Chat) -> Result<Vec<UnreadFrame>> {
+        let UnreadChanges {
+            total: unread_total,
+            rooms,
+        } = self.watch.take();
+        let mut changed = Vec::new();
+        for (room, count) in rooms {
+            let before = if count == 0 {
+                self.last.remove(&room)
+            } else {
+                self.last.insert(room, count)
+            };
+            if before.unwrap_or(0) != count {
+                changed.push((room, count));
             }
         }
-        self.last = now;
-        Ok(Some(frames))
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts: HashMap<RoomId, Counts> = chat
+            .unread_by_room(self.watch.user())
+            .await?
+            .into_iter()
+            .collect();
+        let totals = total(counts.values());
+        Ok(changed
+            .into_iter()
+            .map(|(room, count)| {
+                let n = counts.get(&room).copied().unwrap_or_default();
+                UnreadFrame {
+                    room_id: room.0,
+                    unread_count: count,
+                    total: unread_total,
+                    mention_count: if count == 0 { 0 } else { n.mentions },
+                    mention_total: totals.mentions,
+                    thread_unread_count: if count == 0 { 0 } else { n.thread_unread },
+                }
+            })
+            .collect())
     }
 }

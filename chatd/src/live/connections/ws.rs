@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
 use schema::events::Event;
-use schema::{MessageBody, MessageId, RoomId, UserId, streams};
+use schema::{MessageBody, MessageId, RoomId, SessionId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
+use crate::chat::auth::TokenRefusal;
 use crate::chat::{Chat, ChatError, Code, Refusal};
+use crate::http::Caller;
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
@@ -50,18 +52,33 @@ pub fn socket_config() -> WebSocketConfig {
         .max_frame_size(Some(64 * 1024))
 }
 
-/// Serves an upgraded socket of an authenticated user.
+/// Close code: the connection's session has ended (log in again).
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
+/// Close code: the access token expired and no fresh one came in an `auth` frame (reconnect
+/// with a fresh token).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+
+/// Serves an upgraded socket of an authenticated caller.
 /// `rate`: frames the client may send per second (bursts of twice as many).
-pub async fn serve(chat: Arc<Chat>, hub: Hub, user: UserId, rate: u32, stream: WebSocketStream) {
-    if let Err(e) = Connection::run(chat, hub, user, f64::from(rate), stream).await {
+pub async fn serve(chat: Arc<Chat>, hub: Hub, caller: Caller, rate: u32, stream: WebSocketStream) {
+    if let Err(e) = Connection::run(chat, hub, caller, f64::from(rate), stream).await {
         tracing::debug!(error = %e, "websocket ended with an error");
     }
+}
+
+/// When a token expiring at `exp` (Unix seconds) expires, as a timer deadline.
+pub(super) fn expiry(exp: i64) -> tokio::time::Instant {
+    let left = (exp - chrono::Utc::now().timestamp()).max(0);
+    tokio::time::Instant::now() + Duration::from_secs(left as u64)
 }
 
 struct Connection {
     chat: Arc<Chat>,
     hub: Hub,
     user: UserId,
+    session: SessionId,
+    /// When the newest token presented expires.
+    expires: tokio::time::Instant,
     /// Last seq sent per room; rooms not present start live.
     sent: HashMap<RoomId, u64>,
     unread: UnreadPush,
@@ -101,29 +118,30 @@ impl Connection {
     async fn run(
         chat: Arc<Chat>,
         hub: Hub,
-        user: UserId,
+        Caller(user, session, expires): Caller,
         rate: f64,
         stream: WebSocketStream,
     ) -> anyhow::Result<()> {
         let (sink, mut incoming) = stream.split();
         let mut sink = Sink(sink);
-        let Some(mut reg) = hub.register(user, ConnKind::WebSocket).await else {
+        let Some(mut reg) = hub.register(user, session, ConnKind::WebSocket).await else {
             close(&mut sink, CLOSE_RESUME, "server is restarting").await;
             return Ok(());
         };
+        let unread = UnreadPush::watch(&chat, user);
         let _open = ConnectionGauge::open(names::WS_CONNECTIONS);
         let mut conn = Connection {
             chat,
             hub,
             user,
+            session,
+            expires: expiry(expires),
             sent: HashMap::new(),
-            unread: UnreadPush::default(),
+            unread,
             rate,
             tokens: 2.0 * rate,
             refilled: Instant::now(),
         };
-        // The first unread push is the baseline: every room with unread messages.
-        conn.unread.mark(0);
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_heard = Instant::now();
         let mut live = false;
@@ -133,17 +151,25 @@ impl Connection {
         tokio::pin!(flush);
         let mut flush_armed = false;
         loop {
-            if live && !flush_armed && conn.unread.is_dirty() {
-                flush
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + unread::COALESCE);
-                flush_armed = true;
-            }
             tokio::select! {
+                () = tokio::time::sleep_until(conn.expires) => {
+                    close(&mut sink, CLOSE_TOKEN_EXPIRED, Code::TokenExpired.as_str()).await;
+                    return Ok(());
+                }
                 () = &mut grace, if !live => live = true,
+                // Unread counts changed (the first time: the baseline is ready); pushed
+                // together after a pause.
+                () = conn.unread.changed(), if live && !flush_armed => {
+                    flush
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + unread::COALESCE);
+                    flush_armed = true;
+                }
                 () = &mut flush, if flush_armed => {
                     flush_armed = false;
-                    conn.push_unread(&mut sink).await?;
+                    for frame in conn.unread.changes(&conn.chat).await? {
+                        conn.reply(&mut sink, ServerFrame::Unread(frame)).await?;
+                    }
                 }
                 item = reg.frames.recv(), if live => match item {
                     Some(item) => {
@@ -157,6 +183,7 @@ impl Connection {
                     None => {
                         let (code, why) = match reg.reason.get() {
                             Disconnect::TooSlow => (CLOSE_RESUME, "too slow: reconnect and resume"),
+                            Disconnect::SessionEnded => (CLOSE_SESSION_ENDED, Code::SessionEnded.as_str()),
                             _ => (u16::from(CloseCode::Restart), "server is restarting: resume"),
                         };
                         close(&mut sink, code, why).await;
@@ -204,37 +231,12 @@ impl Connection {
 
     async fn outbound(&mut self, sink: &mut Sink, item: Outbound) -> anyhow::Result<()> {
         match item {
-            Outbound::Event(frame) => {
-                if frame.touches_unread_of(self.user) {
-                    self.unread.mark(frame.position);
-                }
-                self.forward(sink, frame).await
-            }
+            Outbound::Event(frame) => self.forward(sink, frame).await,
             Outbound::Notice(text) => {
                 sink.send(Message::Text(text.to_string())).await?;
                 Ok(())
             }
-            Outbound::ReadMoved { position } => {
-                self.unread.mark(position);
-                Ok(())
-            }
         }
-    }
-
-    async fn push_unread(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
-        let frames = match self.unread.changes(&self.chat, self.user).await {
-            Ok(Some(frames)) => frames,
-            // The read models have not caught up yet: the next flush tries again.
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read unread counts for a push");
-                return Ok(());
-            }
-        };
-        for frame in frames {
-            self.reply(sink, ServerFrame::Unread(frame)).await?;
-        }
-        Ok(())
     }
 
     /// Sends a live frame unless the catch-up already did; fills a gap from the log first.
@@ -250,7 +252,7 @@ impl Connection {
         }
         sink.send(Message::Text(frame.text.to_string())).await?;
         delivered();
-        if frame.leaver == Some(self.user) {
+        if frame.removes(self.user) {
             // The room goes quiet; a later rejoin starts live from the join, without what
             // happened while away.
             self.sent.remove(&frame.room);
@@ -269,7 +271,10 @@ impl Connection {
         until: Option<u64>,
     ) -> anyhow::Result<()> {
         let stream = streams::room(room);
-        let mut next = after + 1;
+        // Nothing comes after the largest seq (and `after + 1` would overflow).
+        let Some(mut next) = after.checked_add(1) else {
+            return Ok(());
+        };
         loop {
             let page = self
                 .chat
@@ -277,15 +282,28 @@ impl Connection {
                 .read_stream(&stream, next, CATCH_UP_PAGE)
                 .await?;
             let n = page.len();
-            // As live: an event the hub cannot decode is not delivered (it logs it).
-            let events: Vec<Option<Event>> = page
-                .iter()
-                .map(|r| Event::decode(&r.event_type, r.schema_version, &r.data).ok())
+            let page: Vec<_> = page
+                .into_iter()
+                .take_while(|recorded| until.is_none_or(|u| recorded.version <= u))
+                .map(|recorded| {
+                    // As live: an event the hub cannot decode is not delivered (it logs it).
+                    let event = Event::decode(
+                        &recorded.event_type,
+                        recorded.schema_version,
+                        &recorded.data,
+                    );
+                    (recorded, event.ok())
+                })
                 .collect();
+            let done = n < CATCH_UP_PAGE || page.len() < n;
+            // Read back from the log, so shown as the messages stand now.
+            let now = self
+                .chat
+                .messages_now(room, page.iter().filter_map(|(_, e)| e.as_ref()))
+                .await?;
             // Messages show their state now (read counts, replies, reactions, pin).
             let sent: Vec<_> = page
                 .iter()
-                .zip(&events)
                 .filter_map(|(r, e)| match e {
                     Some(Event::MessageSent {
                         message_id,
@@ -296,23 +314,21 @@ impl Connection {
                 })
                 .collect();
             let mut extras = self.chat.extras(room, self.user, sent).await?.into_iter();
-            for (recorded, event) in page.into_iter().zip(events) {
-                if until.is_some_and(|u| recorded.version > u) {
-                    return Ok(());
-                }
+            for (recorded, event) in page {
                 if let Some(event) = event {
                     let state = match event {
                         Event::MessageSent { .. } => extras.next(),
                         _ => None,
                     };
-                    let frame = EventFrame::new(room, &recorded, &event, state.as_ref());
+                    let frame =
+                        EventFrame::new(room, &recorded, &event, now.of(&event), state.as_ref());
                     sink.send(Message::Text(frame.text.to_string())).await?;
                     delivered();
                 }
                 self.sent.insert(room, recorded.version);
                 next = recorded.version + 1;
             }
-            if n < CATCH_UP_PAGE {
+            if done {
                 return Ok(());
             }
         }
@@ -350,6 +366,29 @@ impl Connection {
         };
         match frame {
             ClientFrame::Ping(_) => self.reply(sink, ServerFrame::Pong(PongFrame {})).await,
+            ClientFrame::Auth(auth) => {
+                let refusal = match self.chat.auth().verify_access(&auth.access_token) {
+                    Ok(claims) if claims.sub == self.user.0 && claims.sid == self.session.0 => {
+                        self.expires = expiry(claims.exp);
+                        return Ok(());
+                    }
+                    Ok(_) => Refusal::new(
+                        Code::Unauthorized,
+                        "a token of another session: open a new connection",
+                    ),
+                    Err(TokenRefusal::SessionEnded) => {
+                        Refusal::new(Code::SessionEnded, "the session has ended")
+                    }
+                    Err(TokenRefusal::Invalid) => {
+                        Refusal::new(Code::Unauthorized, "the access token is invalid or expired")
+                    }
+                };
+                self.reply(
+                    sink,
+                    ServerFrame::error(None, refusal.code, &refusal.detail),
+                )
+                .await
+            }
             ClientFrame::Resume(resume) => {
                 for (room, after) in resume.rooms {
                     let room = RoomId(room);
