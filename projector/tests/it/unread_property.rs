@@ -554,3 +554,113 @@ async fn watches_taken_during_a_catch_up_follow_it_exactly() {
     task.await.unwrap().unwrap();
     log.close().await;
 }
+
+/// Counts rows of the message features' tables (every room).
+async fn feature_rows(models: &ReadModels) -> [i64; 4] {
+    models
+        .read(|c| {
+            let n = |t: &str| -> projector::Result<i64> {
+                Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
+            };
+            Ok([
+                n("reactions")?,
+                n("pins")?,
+                n("mentions")?,
+                n("thread_participants")?,
+            ])
+        })
+        .await
+        .unwrap()
+}
+
+/// A deleted room leaves nothing of its reactions, pins, mentions or threads behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_room_leaves_no_feature_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(SqliteLog::open(dir.path().join("events.db")).await.unwrap());
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let room = RoomId::new();
+    let (root, reply) = (MessageId::new(), MessageId::new());
+    let events = [
+        Event::RoomCreated {
+            room_id: room,
+            kind: RoomKind::Group,
+            name: Some(RoomName::parse("room").unwrap()),
+            visibility: Visibility::Private,
+            created_by: alice,
+            members: vec![alice, bob],
+        },
+        Event::MessageSent {
+            message_id: root,
+            sender_id: alice,
+            body: MessageBody::parse("root").unwrap(),
+            client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
+        },
+        Event::MessageSent {
+            message_id: reply,
+            sender_id: bob,
+            body: MessageBody::parse("@alice re").unwrap(),
+            client_msg_id: None,
+            reply_to: Some(root),
+            mentions: vec![schema::mentions::Mention::User { user_id: alice }],
+        },
+        Event::ReactionAdded {
+            message_id: root,
+            user_id: bob,
+            emoji: schema::Emoji::parse("👍").unwrap(),
+            count: 1,
+        },
+        Event::MessagePinned {
+            message_id: root,
+            pinned_by: bob,
+        },
+    ];
+    let new = events
+        .iter()
+        .map(|e| {
+            let id = match e {
+                Event::MessageSent { message_id, .. } => message_id.0,
+                _ => uuid::Uuid::now_v7(),
+            };
+            encode(e, id)
+        })
+        .collect();
+    let version = log
+        .append(&streams::room(room), ExpectedVersion::at(0), new)
+        .await
+        .unwrap()
+        .last_version;
+    let (models, stop, progress, task) = project(log.clone(), &dir.path().join("rm.db")).await;
+    let wait = |progress: &Progress| {
+        let log = log.clone();
+        let progress = progress.clone();
+        async move {
+            let head = log.head().await.unwrap();
+            progress
+                .wait_for(head, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+    };
+    wait(&progress).await;
+    assert!(
+        feature_rows(&models).await.iter().all(|n| *n > 0),
+        "the room has every kind of row before"
+    );
+    let deleted = Event::RoomDeleted { by: alice };
+    log.append(
+        &streams::room(room),
+        ExpectedVersion::at(version),
+        vec![encode(&deleted, uuid::Uuid::now_v7())],
+    )
+    .await
+    .unwrap();
+    wait(&progress).await;
+    assert_eq!(feature_rows(&models).await, [0; 4]);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    log.close().await;
+}
