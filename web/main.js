@@ -257,7 +257,56 @@ function onFrame(f) {
       return onTyping(f);
     case 'presence':
       return setOnline(f.user_id, f.online);
+    case 'receipt':
+      return onReceipt(f);
   }
+}
+
+/**
+ * A member read up to `f.seq`: the shown messages in (previous_seq, seq] not theirs have one
+ * reader more. Ranges count from the highest seq already seen of that reader (two devices may
+ * report overlapping ones).
+ */
+function onReceipt(f) {
+  const tl = state.tl;
+  if (tl?.room_id !== f.room_id) return;
+  const from = Math.max(f.previous_seq ?? 0, tl.receipts.get(f.user_id) ?? 0);
+  if (f.seq <= from) return;
+  tl.receipts.set(f.user_id, f.seq);
+  for (const el of tl.messages.values()) {
+    const seq = Number(el.dataset.seq);
+    if (seq > from && seq <= f.seq && el.dataset.sender !== f.user_id) {
+      setUnreadBy(el, Number(el.dataset.unreadBy) - 1);
+    }
+  }
+}
+
+/** Shows how many members have not read a message (nothing once everyone has). */
+function setUnreadBy(el, n) {
+  const count = Math.max(0, n || 0);
+  el.dataset.unreadBy = count;
+  const badge = el.querySelector('.reads');
+  badge.textContent = count ? String(count) : '';
+  badge.title = count ? `not read by ${count}` : '';
+}
+
+/** Shows a message's reactions: emoji and count, most used first. */
+function setReactions(el, reactions) {
+  el.reactions = reactions.filter((r) => r.count > 0);
+  el.querySelector('.reactions').replaceChildren(
+    ...el.reactions.map((r) => h(`span.reaction${r.me ? '.me' : ''}`, { title: `${r.count} reacted ${r.emoji}` }, `${r.emoji} ${r.count}`)),
+  );
+}
+
+/** A live reaction change: the emoji's new count (and whether it is now ours). */
+function onReaction(el, ev) {
+  const me = ev.user_id === state.me?.user_id;
+  const list = (el.reactions ?? []).filter((r) => r.emoji !== ev.emoji);
+  const old = (el.reactions ?? []).find((r) => r.emoji === ev.emoji);
+  const mine = me ? ev.type === 'reaction_added' : Boolean(old?.me);
+  list.push({ emoji: ev.emoji, count: ev.count, me: mine });
+  list.sort((a, b) => b.count - a.count);
+  setReactions(el, list);
 }
 
 function onEvent(roomId, ev) {
@@ -397,6 +446,8 @@ function newTimeline(roomId) {
     messages: new Map(),
     /** message id → a newer edit or delete seen before the message itself was loaded. */
     later: new Map(),
+    /** Reader → highest read seq seen in a `receipt` frame. */
+    receipts: new Map(),
     oldest: null,
     newest: null,
     hasMore: true,
@@ -525,6 +576,13 @@ function eventEl(tl, ev) {
       }
       return null;
     }
+    case 'reaction_added':
+    case 'reaction_removed': {
+      const el = tl.messages.get(ev.message_id);
+      // A message's state is current as of when it was shown: older changes are in it.
+      if (el && !el.classList.contains('deleted') && ev.seq > Number(el.dataset.stateSeq)) onReaction(el, ev);
+      return null;
+    }
     case 'room_created':
       return systemEl(ev, [nameEl(ev.created_by), ' created the room']);
     case 'member_joined':
@@ -547,10 +605,23 @@ function messageEl(tl, ev) {
   const mine = ev.sender_id === state.me?.user_id;
   const el = h(
     `li.msg${mine ? '.mine' : ''}`,
-    { dataset: { seq: ev.seq, messageId: ev.message_id, changed: 0 }, tabIndex: -1 },
-    h('div.meta', {}, nameEl(ev.sender_id), ' ', time(ev.at), h('span.edited', { hidden: true }, ' (edited)')),
+    { dataset: { seq: ev.seq, messageId: ev.message_id, sender: ev.sender_id, changed: 0 }, tabIndex: -1 },
+    h(
+      'div.meta',
+      {},
+      nameEl(ev.sender_id),
+      ' ',
+      time(ev.at),
+      h('span.edited', { hidden: true }, ' (edited)'),
+      ' ',
+      h('span.reads', {}),
+    ),
     h('p.body', {}, ev.body),
+    h('div.reactions', {}),
   );
+  el.dataset.stateSeq = tl.newest ?? ev.seq;
+  setUnreadBy(el, ev.unread_by);
+  setReactions(el, ev.reactions ?? []);
   if (mine) {
     el.append(
       h(
@@ -570,6 +641,7 @@ function applyChange(el, ev) {
   el.dataset.changed = ev.seq;
   if (ev.type === 'message_deleted') {
     el.classList.add('deleted');
+    setReactions(el, []);
     el.querySelector('.body').replaceChildren(h('em', {}, 'Message deleted'));
     el.querySelector('.tools')?.remove();
     el.querySelector('.edit')?.remove();

@@ -50,6 +50,8 @@ fn sent(sender: UserId) -> Event {
         body: MessageBody::parse("a message of ordinary length, about sixty characters long")
             .unwrap(),
         client_msg_id: None,
+        reply_to: None,
+        mentions: vec![],
     }
 }
 
@@ -203,6 +205,7 @@ async fn unread_query(
                 room_id: room,
                 user_id: me,
                 seq: (messages_per_room / 2) as u64,
+                previous_seq: None,
             };
             log.append(
                 &streams::receipts(me),

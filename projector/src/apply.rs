@@ -75,7 +75,7 @@ fn apply_one(
             Event::MessageSent { message_id, .. }
             | Event::MessageEdited { message_id, .. }
             | Event::MessageDeleted { message_id, .. } => Some(message_id.0),
-            _ => None,
+            e => crate::features::message_of(e).map(|m| m.0),
         };
         tx.prepare_cached(
             "INSERT OR IGNORE INTO timeline (room_id, seq, event, recorded_at, message_id)
@@ -89,6 +89,7 @@ fn apply_one(
             .execute(params![room, seq, at])?;
         }
         apply_room_event(tx, unread, room, seq, at, &event)?;
+        crate::features::apply(tx, room, seq, at, &event)?;
     } else {
         apply_other_event(tx, unread, &recorded.stream, at, &event)?;
     }
@@ -200,6 +201,7 @@ fn apply_room_event(
         // trail).
         Event::RoomDeleted { .. } => {
             unread.push(Change::RoomDeleted { room: RoomId(room) });
+            crate::features::forget_room(tx, room)?;
             for table in [
                 "rooms",
                 "members",
@@ -392,6 +394,7 @@ fn apply_other_event(
             room_id,
             user_id,
             seq,
+            ..
         } => {
             tx.prepare_cached(
                 "UPDATE members SET read_seq = max(read_seq, ?3) WHERE room_id = ?1 AND user_id = ?2",

@@ -10,11 +10,15 @@
 //! - [`UnreadWatch`] follows the unread counts of a user online on this node, kept in memory
 //!   and moved by the same batches, exactly (see the `unread` module).
 //!
+//! - [`queries`] reads the core read models, [`features`] those of the message features
+//!   (read counts per message, threads, reactions, mentions, pins).
+//!
 //! Delete the file (or run `chatd rebuild`) and the next start replays the whole log. The file
 //! also carries a schema version; a file written by another version is rebuilt automatically.
 
 mod apply;
 mod error;
+pub mod features;
 pub mod queries;
 mod runner;
 mod store;

@@ -43,6 +43,8 @@ pub struct RoomSummary {
     pub last_message: Option<MessageView>,
     /// The viewer's unread messages here (0 where the viewer is not a member).
     pub unread_count: u64,
+    /// Those of them that mention the viewer.
+    pub mention_count: u64,
     pub topic: Option<String>,
     /// Read-only.
     pub archived: bool,
@@ -70,7 +72,7 @@ pub enum MessageNow {
 }
 
 impl MessageNow {
-    fn from_row(body: Option<String>, deleted: Option<bool>) -> Option<Self> {
+    pub(crate) fn from_row(body: Option<String>, deleted: Option<bool>) -> Option<Self> {
         match (body, deleted) {
             (_, Some(true)) => Some(Self::Deleted),
             (Some(body), Some(false)) => Some(Self::Text(body)),
@@ -86,14 +88,15 @@ pub struct Page {
     pub has_more: bool,
 }
 
-fn micros(us: i64) -> DateTime<Utc> {
+pub(crate) fn micros(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 
 /// Columns for [`user_row`], of `users u`.
-const USER_COLUMNS: &str = "u.user_id, u.username, u.display_name, u.status_message, u.deleted";
+pub(crate) const USER_COLUMNS: &str =
+    "u.user_id, u.username, u.display_name, u.status_message, u.deleted";
 
-fn user_row(r: &Row<'_>) -> rusqlite::Result<UserView> {
+pub(crate) fn user_row(r: &Row<'_>) -> rusqlite::Result<UserView> {
     Ok(UserView {
         user_id: UserId(r.get(0)?),
         username: r.get(1)?,
@@ -146,7 +149,7 @@ pub fn is_member(c: &Connection, room: RoomId, user: UserId) -> Result<bool> {
 
 /// Messages after the member's marker, not their own, not deleted: a range scan of the
 /// covering index `messages_by_room`. `me` is the viewer's `members` row.
-const UNREAD: &str = "(SELECT count(*) FROM messages x
+pub(crate) const UNREAD: &str = "(SELECT count(*) FROM messages x
     WHERE x.room_id = me.room_id AND x.seq > me.read_seq
       AND x.sender_id != me.user_id AND x.deleted = 0)";
 
@@ -160,7 +163,8 @@ fn room_columns() -> String {
             WHERE o.room_id = r.room_id AND o.user_id != ?1 LIMIT 1)
         ELSE r.name END,
         r.visibility, r.member_count, r.last_seq, r.last_activity_at,
-        m.message_id, m.seq, m.sender_id, m.body, m.sent_at, {UNREAD}, r.topic, r.archived"
+        m.message_id, m.seq, m.sender_id, m.body, m.sent_at, {UNREAD}, {}, r.topic, r.archived",
+        crate::features::MENTIONS
     )
 }
 
@@ -186,8 +190,9 @@ fn room_row(r: &Row<'_>) -> rusqlite::Result<RoomSummary> {
         last_activity_at: micros(r.get(6)?),
         last_message,
         unread_count: r.get::<_, i64>(12)? as u64,
-        topic: r.get(13)?,
-        archived: r.get(14)?,
+        mention_count: r.get::<_, i64>(13)? as u64,
+        topic: r.get(14)?,
+        archived: r.get(15)?,
     })
 }
 
@@ -230,7 +235,7 @@ pub fn public_rooms(c: &Connection, q: &str, limit: usize) -> Result<Vec<RoomSum
     );
     let mut stmt = c.prepare_cached(
         "SELECT r.room_id, r.kind, r.name, r.visibility, r.member_count, r.last_seq,
-                r.last_activity_at, NULL, NULL, NULL, NULL, NULL, 0, r.topic, r.archived
+                r.last_activity_at, NULL, NULL, NULL, NULL, NULL, 0, 0, r.topic, r.archived
          FROM rooms r
          WHERE r.visibility = 'public' AND r.kind = 'group' AND r.archived = 0
            AND r.name LIKE ?1 ESCAPE '\\'
@@ -308,7 +313,15 @@ pub(crate) fn standing_message(
 pub fn all_unread_counts(
     c: &Connection,
 ) -> Result<std::collections::BTreeMap<(UserId, RoomId), u64>> {
-    let sql = format!("SELECT me.user_id, me.room_id, {UNREAD} FROM members me");
+    per_member(c, UNREAD)
+}
+
+/// `count`, an SQL count over the member's row `me`, for every member of every room.
+pub(crate) fn per_member(
+    c: &Connection,
+    count: &str,
+) -> Result<std::collections::BTreeMap<(UserId, RoomId), u64>> {
+    let sql = format!("SELECT me.user_id, me.room_id, {count} FROM members me");
     let mut stmt = c.prepare(&sql)?;
     let rows = stmt.query_map([], |r| {
         Ok((

@@ -9,7 +9,7 @@ use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
 /// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -187,6 +187,7 @@ impl ReadModels {
         if fresh {
             writer.execute_batch(SCHEMA)?;
             writer.execute_batch(SCHEMA_ADMIN)?;
+            writer.execute_batch(crate::features::SCHEMA)?;
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
         }

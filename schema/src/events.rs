@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, RoomId, SessionId, UserId};
+use crate::mentions::Mention;
 use crate::values::{
-    DisplayName, MessageBody, RoomName, StatusMessage, Topic, Username, Visibility,
+    DisplayName, Emoji, MessageBody, RoomName, StatusMessage, Topic, Username, Visibility,
 };
 
 /// Group rooms have a name and members who can invite others; a direct room is the one room
@@ -94,6 +95,11 @@ pub enum Event {
         user_id: UserId,
         /// Everything up to and including this seq has been read.
         seq: u64,
+        /// The marker this move started from, as the reader's node saw it (absent in events
+        /// written before read counts per message): receivers of the `receipt` frame count
+        /// the messages in `(previous_seq, seq]` as newly read by this user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_seq: Option<u64>,
     },
 
     // ---- room-<id>
@@ -121,15 +127,50 @@ pub enum Event {
         body: MessageBody,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// The root of the thread this message replies in (replies to a reply land in its
+        /// root's thread: threads are one level deep).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<MessageId>,
+        /// Who the body mentions (`@username` of a member, `@all`, `@here`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<Mention>,
     },
     MessageEdited {
         message_id: MessageId,
         sender_id: UserId,
         body: MessageBody,
+        /// The mentions of the new body; they replace the old ones.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<Mention>,
     },
     MessageDeleted {
         message_id: MessageId,
         sender_id: UserId,
+    },
+
+    // ---- room-<id>: message features (issue 17: reactions, pins)
+    ReactionAdded {
+        message_id: MessageId,
+        user_id: UserId,
+        emoji: Emoji,
+        /// How many users have reacted with this emoji to this message now (this one
+        /// included), so a live frame carries the new count.
+        count: u64,
+    },
+    ReactionRemoved {
+        message_id: MessageId,
+        user_id: UserId,
+        emoji: Emoji,
+        /// How many users are left reacting with this emoji.
+        count: u64,
+    },
+    MessagePinned {
+        message_id: MessageId,
+        pinned_by: UserId,
+    },
+    MessageUnpinned {
+        message_id: MessageId,
+        unpinned_by: UserId,
     },
 
     // ---- room-<id>: administration (roles, removals, settings, archive, delete)
@@ -271,6 +312,10 @@ impl Event {
             Self::MessageSent { .. } => "message_sent",
             Self::MessageEdited { .. } => "message_edited",
             Self::MessageDeleted { .. } => "message_deleted",
+            Self::ReactionAdded { .. } => "reaction_added",
+            Self::ReactionRemoved { .. } => "reaction_removed",
+            Self::MessagePinned { .. } => "message_pinned",
+            Self::MessageUnpinned { .. } => "message_unpinned",
             Self::MemberRoleChanged { .. } => "member_role_changed",
             Self::OwnershipTransferred { .. } => "ownership_transferred",
             Self::MemberKicked { .. } => "member_kicked",
@@ -343,6 +388,8 @@ mod tests {
             sender_id: UserId::new(),
             body: MessageBody::parse("안녕").unwrap(),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         };
         let bytes = e.encode();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -350,5 +397,25 @@ mod tests {
         assert_eq!(v["type"], e.type_name());
         assert_eq!(Event::decode(e.type_name(), 1, &bytes).unwrap(), e);
         assert!(Event::decode(e.type_name(), 99, &bytes).is_err());
+    }
+
+    #[test]
+    fn events_written_before_replies_and_mentions_still_decode() {
+        let old = br#"{"type":"message_sent","message_id":"0190a0f0-0000-7000-8000-000000000001","sender_id":"0190a0f0-0000-7000-8000-000000000002","body":"hi"}"#;
+        match Event::decode("message_sent", 1, old).unwrap() {
+            Event::MessageSent {
+                reply_to, mentions, ..
+            } => assert!(reply_to.is_none() && mentions.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let old_marker = br#"{"type":"read_marker_moved","room_id":"0190a0f0-0000-7000-8000-000000000001","user_id":"0190a0f0-0000-7000-8000-000000000002","seq":4}"#;
+        assert!(matches!(
+            Event::decode("read_marker_moved", 1, old_marker).unwrap(),
+            Event::ReadMarkerMoved {
+                previous_seq: None,
+                seq: 4,
+                ..
+            }
+        ));
     }
 }

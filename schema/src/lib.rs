@@ -8,6 +8,7 @@
 //! - [`events`]: the past-tense facts stored in the log, versioned and serde-tagged.
 //! - [`user`], [`room`], [`session`], [`friendship`]: aggregates as pure `decide(state, command)` and
 //!   `evolve(state, event)` functions.
+//! - [`mentions`]: `@username`, `@all` and `@here` found in a message body.
 //! - [`unread`]: the definition of unread counts as a pure fold over the log, which the
 //!   projections are tested against.
 //!
@@ -17,6 +18,7 @@
 pub mod events;
 pub mod friendship;
 pub mod ids;
+pub mod mentions;
 pub mod room;
 pub mod session;
 pub mod streams;
@@ -30,8 +32,8 @@ pub use error::{DomainError, Result};
 pub use events::{Event, EventKind};
 pub use ids::{EventId, MessageId, RoomId, SessionId, UserId};
 pub use values::{
-    DisplayName, MessageBody, Password, RoomName, StatusMessage, Topic, Username, Visibility,
-    limits,
+    DisplayName, Emoji, MessageBody, Password, RoomName, StatusMessage, Topic, Username,
+    Visibility, limits,
 };
 
 /// An aggregate: state rebuilt by folding its stream's events, and the rules that decide

@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::events::{Event, Role, RoomKind};
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::values::{MessageBody, RoomName, Topic, Visibility, limits};
+use crate::mentions::{self, Mention};
+use crate::values::{Emoji, MessageBody, RoomName, Topic, Visibility, limits};
 use crate::{Aggregate, DomainError, Result};
 
 #[derive(Debug, Clone, Default)]
@@ -13,6 +14,10 @@ pub struct RoomAggregate {
     pub members: HashSet<UserId>,
     /// Sender and deletion state of every message, for edit and delete rules.
     pub messages: HashMap<MessageId, MessageState>,
+    /// Who reacted with what to which message (one reaction per user per emoji per message).
+    pub reactions: HashMap<MessageId, HashMap<Emoji, HashSet<UserId>>>,
+    /// The pinned messages.
+    pub pinned: HashSet<MessageId>,
     /// Members above [`Role::Member`] (a group's owner and admins).
     pub roles: HashMap<UserId, Role>,
     /// When each member joined (events folded so far), for choosing a new owner.
@@ -36,6 +41,8 @@ pub struct Created {
 pub struct MessageState {
     pub sender_id: UserId,
     pub deleted: bool,
+    /// The thread root this message replies in.
+    pub reply_to: Option<MessageId>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +75,8 @@ pub enum RoomCommand {
         message_id: MessageId,
         body: MessageBody,
         client_msg_id: Option<String>,
+        /// The message this one replies to (a reply to a reply joins its root's thread).
+        reply_to: Option<MessageId>,
     },
     Edit {
         sender: UserId,
@@ -76,6 +85,25 @@ pub enum RoomCommand {
     },
     Delete {
         sender: UserId,
+        message_id: MessageId,
+    },
+    // ---- message features (issue 17)
+    React {
+        user: UserId,
+        message_id: MessageId,
+        emoji: Emoji,
+    },
+    Unreact {
+        user: UserId,
+        message_id: MessageId,
+        emoji: Emoji,
+    },
+    Pin {
+        user: UserId,
+        message_id: MessageId,
+    },
+    Unpin {
+        user: UserId,
         message_id: MessageId,
     },
     /// The invitee declines an invitation that waits for their consent.
@@ -223,6 +251,46 @@ impl RoomAggregate {
             }
             Some(m) if m.sender_id != sender => Err(DomainError::NotTheSender),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// A message `user` (a member) may react to, pin or reply to: one that exists here and is
+    /// not deleted.
+    fn live_message(&self, user: UserId, message_id: MessageId) -> Result<&MessageState> {
+        self.member(user)?;
+        match self.messages.get(&message_id) {
+            Some(m) if !m.deleted => Ok(m),
+            _ => Err(DomainError::NotFound("message")),
+        }
+    }
+
+    fn reaction_count(&self, message_id: MessageId, emoji: &Emoji) -> usize {
+        self.reactions
+            .get(&message_id)
+            .and_then(|r| r.get(emoji))
+            .map_or(0, HashSet::len)
+    }
+
+    fn has_reacted(&self, user: UserId, message_id: MessageId, emoji: &Emoji) -> bool {
+        self.reactions
+            .get(&message_id)
+            .and_then(|r| r.get(emoji))
+            .is_some_and(|users| users.contains(&user))
+    }
+
+    fn mentions(&self, body: &MessageBody) -> Vec<Mention> {
+        mentions::parse(body.as_str(), |u| self.is_member(u))
+    }
+
+    /// The thread a reply to `parent` belongs in: `parent`'s own thread root if it is a reply.
+    fn thread_root(&self, user: UserId, parent: MessageId) -> Result<MessageId> {
+        match self.live_message(user, parent) {
+            Ok(m) => Ok(m.reply_to.unwrap_or(parent)),
+            Err(DomainError::NotFound(_)) => Err(DomainError::invalid(
+                "reply_to",
+                "no such message in this room",
+            )),
+            Err(e) => Err(e),
         }
     }
 }
@@ -456,22 +524,34 @@ impl Aggregate for RoomAggregate {
                 message_id,
                 body,
                 client_msg_id,
+                reply_to,
             } => {
                 // A retry of a send that was stored is answered with the original (the log
                 // deduplicates by id) even if the sender has left since.
-                let retry = self
-                    .messages
-                    .get(message_id)
-                    .is_some_and(|m| m.sender_id == *sender);
-                if !retry {
-                    self.member(*sender)?;
-                    self.writable()?;
+                if let Some(m) = self.messages.get(message_id)
+                    && m.sender_id == *sender
+                {
+                    return Ok(vec![Event::MessageSent {
+                        message_id: *message_id,
+                        sender_id: *sender,
+                        body: body.clone(),
+                        client_msg_id: client_msg_id.clone(),
+                        reply_to: m.reply_to,
+                        mentions: Vec::new(),
+                    }]);
                 }
+                self.member(*sender)?;
+                self.writable()?;
+                let reply_to = reply_to
+                    .map(|parent| self.thread_root(*sender, parent))
+                    .transpose()?;
                 Ok(vec![Event::MessageSent {
                     message_id: *message_id,
                     sender_id: *sender,
                     body: body.clone(),
                     client_msg_id: client_msg_id.clone(),
+                    reply_to,
+                    mentions: self.mentions(body),
                 }])
             }
             RoomCommand::Edit {
@@ -485,6 +565,7 @@ impl Aggregate for RoomAggregate {
                     message_id: *message_id,
                     sender_id: *sender,
                     body: body.clone(),
+                    mentions: self.mentions(body),
                 }])
             }
             RoomCommand::Delete { sender, message_id } => {
@@ -493,6 +574,67 @@ impl Aggregate for RoomAggregate {
                 Ok(vec![Event::MessageDeleted {
                     message_id: *message_id,
                     sender_id: *sender,
+                }])
+            }
+            RoomCommand::React {
+                user,
+                message_id,
+                emoji,
+            } => {
+                self.live_message(*user, *message_id)?;
+                self.writable()?;
+                if self.has_reacted(*user, *message_id, emoji) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::ReactionAdded {
+                    message_id: *message_id,
+                    user_id: *user,
+                    emoji: emoji.clone(),
+                    count: self.reaction_count(*message_id, emoji) as u64 + 1,
+                }])
+            }
+            RoomCommand::Unreact {
+                user,
+                message_id,
+                emoji,
+            } => {
+                self.live_message(*user, *message_id)?;
+                self.writable()?;
+                if !self.has_reacted(*user, *message_id, emoji) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::ReactionRemoved {
+                    message_id: *message_id,
+                    user_id: *user,
+                    emoji: emoji.clone(),
+                    count: self.reaction_count(*message_id, emoji) as u64 - 1,
+                }])
+            }
+            RoomCommand::Pin { user, message_id } => {
+                self.live_message(*user, *message_id)?;
+                self.writable()?;
+                if self.pinned.contains(message_id) {
+                    return Ok(vec![]);
+                }
+                if self.pinned.len() >= limits::PINS_PER_ROOM {
+                    return Err(DomainError::NotAllowed(
+                        "a room has at most 50 pinned messages; unpin one first",
+                    ));
+                }
+                Ok(vec![Event::MessagePinned {
+                    message_id: *message_id,
+                    pinned_by: *user,
+                }])
+            }
+            RoomCommand::Unpin { user, message_id } => {
+                self.member(*user)?;
+                self.writable()?;
+                if !self.pinned.contains(message_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::MessageUnpinned {
+                    message_id: *message_id,
+                    unpinned_by: *user,
                 }])
             }
         }
@@ -581,6 +723,7 @@ impl Aggregate for RoomAggregate {
             Event::MessageSent {
                 message_id,
                 sender_id,
+                reply_to,
                 ..
             } => {
                 self.messages.insert(
@@ -588,6 +731,7 @@ impl Aggregate for RoomAggregate {
                     MessageState {
                         sender_id: *sender_id,
                         deleted: false,
+                        reply_to: *reply_to,
                     },
                 );
             }
@@ -595,6 +739,46 @@ impl Aggregate for RoomAggregate {
                 if let Some(m) = self.messages.get_mut(message_id) {
                     m.deleted = true;
                 }
+                // A deleted message keeps no reactions and no pin.
+                self.reactions.remove(message_id);
+                self.pinned.remove(message_id);
+            }
+            Event::ReactionAdded {
+                message_id,
+                user_id,
+                emoji,
+                ..
+            } => {
+                self.reactions
+                    .entry(*message_id)
+                    .or_default()
+                    .entry(emoji.clone())
+                    .or_default()
+                    .insert(*user_id);
+            }
+            Event::ReactionRemoved {
+                message_id,
+                user_id,
+                emoji,
+                ..
+            } => {
+                if let Some(by_emoji) = self.reactions.get_mut(message_id) {
+                    if let Some(users) = by_emoji.get_mut(emoji) {
+                        users.remove(user_id);
+                        if users.is_empty() {
+                            by_emoji.remove(emoji);
+                        }
+                    }
+                    if by_emoji.is_empty() {
+                        self.reactions.remove(message_id);
+                    }
+                }
+            }
+            Event::MessagePinned { message_id, .. } => {
+                self.pinned.insert(*message_id);
+            }
+            Event::MessageUnpinned { message_id, .. } => {
+                self.pinned.remove(message_id);
             }
             _ => {}
         }
@@ -643,6 +827,8 @@ mod tests {
             sender_id: sender,
             body: body("hi"),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         }
     }
 
@@ -726,6 +912,7 @@ mod tests {
             message_id: id,
             body: body("hi"),
             client_msg_id: None,
+            reply_to: None,
         };
         given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(send(w.bob))
@@ -773,6 +960,7 @@ mod tests {
                 message_id: MessageId::new(),
                 body: body("still here?"),
                 client_msg_id: None,
+                reply_to: None,
             })
             .then_error(DomainError::NotAMember);
         given::<RoomAggregate>(&history)
@@ -791,6 +979,7 @@ mod tests {
                 message_id: id,
                 body: body("hi"),
                 client_msg_id: None,
+                reply_to: None,
             })
             .then(&[sent(id, w.bob)]);
     }
@@ -850,6 +1039,240 @@ mod tests {
             .then_error(DomainError::NotFound("message"));
     }
 
+    // ---- message features (issue 17)
+
+    fn emoji(s: &str) -> Emoji {
+        Emoji::parse(s).unwrap()
+    }
+
+    fn react(user: UserId, message_id: MessageId, e: &str) -> RoomCommand {
+        RoomCommand::React {
+            user,
+            message_id,
+            emoji: emoji(e),
+        }
+    }
+
+    fn added(message_id: MessageId, user_id: UserId, e: &str, count: u64) -> Event {
+        Event::ReactionAdded {
+            message_id,
+            user_id,
+            emoji: emoji(e),
+            count,
+        }
+    }
+
+    #[test]
+    fn one_reaction_per_user_per_emoji_per_message_with_counts() {
+        let w = world();
+        let id = MessageId::new();
+        let mut history = vec![group(&w, Visibility::Private), sent(id, w.alice)];
+        given::<RoomAggregate>(&history)
+            .when(react(w.bob, id, "👍"))
+            .then(&[added(id, w.bob, "👍", 1)]);
+        history.push(added(id, w.bob, "👍", 1));
+        // Again: already there, nothing to store.
+        given::<RoomAggregate>(&history)
+            .when(react(w.bob, id, "👍"))
+            .then(&[]);
+        given::<RoomAggregate>(&history)
+            .when(react(w.alice, id, "👍"))
+            .then(&[added(id, w.alice, "👍", 2)]);
+        given::<RoomAggregate>(&history)
+            .when(react(w.bob, id, "🎉"))
+            .then(&[added(id, w.bob, "🎉", 1)]);
+        given::<RoomAggregate>(&history)
+            .when(react(w.carol, id, "👍"))
+            .then_error(DomainError::NotAMember);
+        let unreact = |user| RoomCommand::Unreact {
+            user,
+            message_id: id,
+            emoji: emoji("👍"),
+        };
+        given::<RoomAggregate>(&history)
+            .when(unreact(w.bob))
+            .then(&[Event::ReactionRemoved {
+                message_id: id,
+                user_id: w.bob,
+                emoji: emoji("👍"),
+                count: 0,
+            }]);
+        given::<RoomAggregate>(&history)
+            .when(unreact(w.alice))
+            .then(&[]);
+    }
+
+    #[test]
+    fn a_deleted_message_loses_reactions_and_pin_and_takes_no_new_ones() {
+        let w = world();
+        let id = MessageId::new();
+        let history = [
+            group(&w, Visibility::Private),
+            sent(id, w.alice),
+            added(id, w.bob, "👍", 1),
+            Event::MessagePinned {
+                message_id: id,
+                pinned_by: w.bob,
+            },
+            Event::MessageDeleted {
+                message_id: id,
+                sender_id: w.alice,
+            },
+        ];
+        let state = RoomAggregate::replay(&history);
+        assert!(state.reactions.is_empty() && state.pinned.is_empty());
+        given::<RoomAggregate>(&history)
+            .when(react(w.bob, id, "👍"))
+            .then_error(DomainError::NotFound("message"));
+        given::<RoomAggregate>(&history)
+            .when(RoomCommand::Pin {
+                user: w.bob,
+                message_id: id,
+            })
+            .then_error(DomainError::NotFound("message"));
+        given::<RoomAggregate>(&history)
+            .when(react(w.bob, MessageId::new(), "👍"))
+            .then_error(DomainError::NotFound("message"));
+    }
+
+    #[test]
+    fn pins_are_idempotent_and_bounded() {
+        let w = world();
+        let mut history = vec![group(&w, Visibility::Private)];
+        let ids: Vec<MessageId> = (0..=limits::PINS_PER_ROOM)
+            .map(|_| MessageId::new())
+            .collect();
+        for id in &ids {
+            history.push(sent(*id, w.alice));
+        }
+        let pin = |message_id| RoomCommand::Pin {
+            user: w.bob,
+            message_id,
+        };
+        given::<RoomAggregate>(&history)
+            .when(pin(ids[0]))
+            .then(&[Event::MessagePinned {
+                message_id: ids[0],
+                pinned_by: w.bob,
+            }]);
+        for id in &ids[..limits::PINS_PER_ROOM] {
+            history.push(Event::MessagePinned {
+                message_id: *id,
+                pinned_by: w.bob,
+            });
+        }
+        given::<RoomAggregate>(&history).when(pin(ids[0])).then(&[]);
+        assert!(matches!(
+            given::<RoomAggregate>(&history)
+                .when(pin(ids[limits::PINS_PER_ROOM]))
+                .0,
+            Err(DomainError::NotAllowed(_))
+        ));
+        given::<RoomAggregate>(&history)
+            .when(RoomCommand::Unpin {
+                user: w.alice,
+                message_id: ids[3],
+            })
+            .then(&[Event::MessageUnpinned {
+                message_id: ids[3],
+                unpinned_by: w.alice,
+            }]);
+        given::<RoomAggregate>(&history)
+            .when(RoomCommand::Unpin {
+                user: w.alice,
+                message_id: ids[limits::PINS_PER_ROOM],
+            })
+            .then(&[]);
+    }
+
+    fn send_reply(
+        sender: UserId,
+        message_id: MessageId,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> RoomCommand {
+        RoomCommand::Send {
+            sender,
+            message_id,
+            body: body(text),
+            client_msg_id: None,
+            reply_to,
+        }
+    }
+
+    #[test]
+    fn replies_join_the_root_thread_and_must_reply_to_a_live_message() {
+        let w = world();
+        let (root, reply, deleted) = (MessageId::new(), MessageId::new(), MessageId::new());
+        let history = [
+            group(&w, Visibility::Private),
+            sent(root, w.alice),
+            Event::MessageSent {
+                message_id: reply,
+                sender_id: w.bob,
+                body: body("re"),
+                client_msg_id: None,
+                reply_to: Some(root),
+                mentions: vec![],
+            },
+            sent(deleted, w.alice),
+            Event::MessageDeleted {
+                message_id: deleted,
+                sender_id: w.alice,
+            },
+        ];
+        let id = MessageId::new();
+        let events = given::<RoomAggregate>(&history)
+            .when(send_reply(w.alice, id, "re re", Some(reply)))
+            .events();
+        assert!(
+            matches!(&events[..], [Event::MessageSent { reply_to: Some(r), .. }] if *r == root)
+        );
+        for parent in [deleted, MessageId::new()] {
+            assert!(matches!(
+                given::<RoomAggregate>(&history)
+                    .when(send_reply(w.alice, id, "x", Some(parent)))
+                    .0,
+                Err(DomainError::Invalid {
+                    field: "reply_to",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn mentions_of_members_are_parsed_on_send_and_edit() {
+        let w = world();
+        let bob = UserId::for_username(&crate::Username::parse("bob").unwrap());
+        let created = Event::RoomCreated {
+            room_id: w.room,
+            kind: RoomKind::Group,
+            name: Some(RoomName::parse("general").unwrap()),
+            visibility: Visibility::Private,
+            created_by: w.alice,
+            members: vec![w.alice, bob],
+        };
+        let id = MessageId::new();
+        let events = given::<RoomAggregate>(std::slice::from_ref(&created))
+            .when(send_reply(w.alice, id, "@bob @nobody and @here", None))
+            .events();
+        assert!(matches!(&events[..], [Event::MessageSent { mentions, .. }]
+            if *mentions == vec![Mention::User { user_id: bob }, Mention::Here]));
+        let history = [created, events[0].clone()];
+        given::<RoomAggregate>(&history)
+            .when(RoomCommand::Edit {
+                sender: w.alice,
+                message_id: id,
+                body: body("never mind, @all"),
+            })
+            .then(&[Event::MessageEdited {
+                message_id: id,
+                sender_id: w.alice,
+                body: body("never mind, @all"),
+                mentions: vec![Mention::All],
+            }]);
+    }
     // ---- administration
 
     fn with_admin_bob(w: &World) -> Vec<Event> {
@@ -1035,6 +1458,7 @@ mod tests {
                 message_id: MessageId::new(),
                 body: body("hello?"),
                 client_msg_id: None,
+                reply_to: None,
             })
             .then_error(DomainError::RoomArchived);
         given::<RoomAggregate>(&h)

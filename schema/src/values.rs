@@ -17,6 +17,12 @@ pub mod limits {
     pub const MEMBERS_PER_REQUEST: usize = 1_000;
     /// Length of a client-chosen idempotency key.
     pub const CLIENT_MSG_ID_MAX: usize = 128;
+    /// Characters of a reaction (an emoji, possibly a joined sequence, or a short code).
+    pub const EMOJI_MAX: usize = 16;
+    /// Pinned messages per room.
+    pub const PINS_PER_ROOM: usize = 50;
+    /// Users one message can mention by name (`@all`/`@here` aside).
+    pub const MENTIONS_PER_MESSAGE: usize = 50;
     /// A room's topic.
     pub const TOPIC_MAX: usize = 500;
     /// A person's status message.
@@ -230,6 +236,35 @@ impl MessageBody {
     }
 }
 
+/// A reaction: 1–16 characters with something visible, no whitespace or control characters
+/// (an emoji such as `👍` or `👩‍💻`, or a short code such as `:party:`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Emoji(String);
+
+impl Emoji {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let n = raw.chars().count();
+        if n == 0 || n > limits::EMOJI_MAX || !has_visible(raw) {
+            return Err(DomainError::invalid(
+                "emoji",
+                format!("must be 1–{} characters", limits::EMOJI_MAX),
+            ));
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(DomainError::invalid(
+                "emoji",
+                "must not contain whitespace or control characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A password as typed; never stored, only its hash is.
 #[derive(Clone)]
 pub struct Password(String);
@@ -337,6 +372,16 @@ mod tests {
             RoomName::parse("general\u{200B}").is_err(),
             "zero-width space"
         );
+    }
+
+    #[test]
+    fn emoji_rules() {
+        for ok in ["👍", "👩\u{200D}💻", ":party:", "🇰🇷", "+1"] {
+            assert!(Emoji::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", " ", "👍 👍", "a\nb", &"x".repeat(17), "\u{200B}"] {
+            assert!(Emoji::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

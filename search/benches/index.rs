@@ -223,6 +223,8 @@ async fn write_corpus(log: &SqliteLog, rooms: &[RoomId], messages: usize) -> u64
                     sender_id: senders[rng.gen_range(0..senders.len())],
                     body: MessageBody::parse(&body).unwrap(),
                     client_msg_id: None,
+                    reply_to: None,
+                    mentions: vec![],
                 };
                 NewEvent {
                     event_id: uuid::Uuid::now_v7(),

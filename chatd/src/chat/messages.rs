@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use eventlog::{AppendResult, ExpectedVersion};
-use projector::queries;
+use projector::features::Counts;
+use projector::{features, queries};
 use schema::events::Event;
 use schema::room::RoomCommand;
 use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
@@ -11,7 +12,7 @@ use schema::{DomainError, MessageBody, MessageId, RoomId, UserId, streams};
 use super::Chat;
 use super::commands::{Consistency, Executed, to_new};
 use super::error::{ChatError, Result};
-use super::view::stored_event_view;
+use super::view::{Extras, stored_event_view, with_extras};
 use crate::ops::metrics::names;
 
 /// A page of a room's events, as clients see them ([`super::view`]), oldest first.
@@ -60,12 +61,14 @@ impl Chat {
         room: RoomId,
         body: MessageBody,
         client_msg_id: Option<String>,
+        reply_to: Option<MessageId>,
     ) -> Result<Sent> {
         self.send_with(
             actor,
             room,
             body,
             client_msg_id,
+            reply_to,
             Consistency::ReadYourWrites,
         )
         .await
@@ -78,6 +81,7 @@ impl Chat {
         room: RoomId,
         body: MessageBody,
         client_msg_id: Option<String>,
+        reply_to: Option<MessageId>,
         consistency: Consistency,
     ) -> Result<Sent> {
         let message_id = match &client_msg_id {
@@ -90,6 +94,7 @@ impl Chat {
             message_id,
             body,
             client_msg_id,
+            reply_to,
         };
         // No direct messages between people where one has blocked the other.
         let append = self
@@ -173,6 +178,7 @@ impl Chat {
             room_id: room,
             user_id: actor,
             seq,
+            previous_seq: Some(marker),
         };
         let result = self
             .log
@@ -193,14 +199,20 @@ impl Chat {
         self.models.watch_unread(user)
     }
 
-    /// Unread counts of the caller's rooms that have any, and their total.
-    pub async fn unread(&self, actor: UserId) -> Result<(u64, Vec<(RoomId, u64)>)> {
-        let counts = self
+    /// Unread, mention and thread counts of every room of the caller's.
+    pub async fn unread_by_room(&self, actor: UserId) -> Result<Vec<(RoomId, Counts)>> {
+        Ok(self
             .models
-            .read(move |c| queries::unread_counts(c, actor))
-            .await?;
-        let rooms: Vec<(RoomId, u64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
-        Ok((rooms.iter().map(|(_, n)| n).sum(), rooms))
+            .read(move |c| features::counts(c, actor))
+            .await?)
+    }
+
+    /// The counts of the caller's rooms with unread messages, and their totals.
+    pub async fn unread(&self, actor: UserId) -> Result<(Counts, Vec<(RoomId, Counts)>)> {
+        let counts = self.unread_by_room(actor).await?;
+        let rooms: Vec<(RoomId, Counts)> =
+            counts.into_iter().filter(|(_, n)| n.unread > 0).collect();
+        Ok((total(rooms.iter().map(|(_, n)| n)), rooms))
     }
 
     pub async fn history(
@@ -212,16 +224,25 @@ impl Chat {
         limit: usize,
     ) -> Result<History> {
         self.require_member(actor, room).await?;
-        let page = self
+        let (page, states) = self
             .models
-            .read(move |c| queries::history(c, room, before, after, limit))
+            .read(move |c| {
+                let page = queries::history(c, room, before, after, limit)?;
+                let states = message_states(c, room, actor, &page.events)?;
+                Ok((page, states))
+            })
             .await?;
         let events = page
             .events
             .into_iter()
-            .map(|e| {
+            .zip(states)
+            .map(|(e, state)| {
                 let stored = serde_json::from_str(&e.event).unwrap_or_default();
-                stored_event_view(stored, e.seq, e.recorded_at, e.message.as_ref())
+                let view = stored_event_view(stored, e.seq, e.recorded_at, e.message.as_ref());
+                match state {
+                    Some(state) => with_extras(view, &Extras::from(state)),
+                    None => view,
+                }
             })
             .collect();
         Ok(History {
@@ -229,4 +250,46 @@ impl Chat {
             has_more: page.has_more,
         })
     }
+}
+
+/// The sum of some rooms' counts.
+pub fn total<'a>(counts: impl Iterator<Item = &'a Counts>) -> Counts {
+    counts.fold(Counts::default(), |t, c| Counts {
+        unread: t.unread + c.unread,
+        mentions: t.mentions + c.mentions,
+        thread_unread: t.thread_unread + c.thread_unread,
+    })
+}
+
+/// The state of the message each `message_sent` entry is about, as `viewer` sees it (`None`
+/// for other entries).
+pub(super) fn message_states(
+    c: &rusqlite::Connection,
+    room: RoomId,
+    viewer: UserId,
+    entries: &[queries::TimelineEntry],
+) -> projector::Result<Vec<Option<features::MessageState>>> {
+    entries
+        .iter()
+        .map(|e| {
+            let Some(id) = sent_message_id(&e.event) else {
+                return Ok(None);
+            };
+            features::message_state(c, room, id, viewer)
+        })
+        .collect()
+}
+
+/// The message id of a stored `message_sent` event.
+fn sent_message_id(stored: &str) -> Option<MessageId> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+        message_id: Option<uuid::Uuid>,
+    }
+    let probe: Probe = serde_json::from_str(stored).ok()?;
+    (probe.kind == "message_sent")
+        .then_some(probe.message_id?)
+        .map(MessageId)
 }

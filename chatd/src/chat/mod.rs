@@ -6,7 +6,8 @@
 //!   conflict, wait for the projections (read-your-writes);
 //! - use cases by area: [`accounts`] (registering, sessions, profiles, friends), [`rooms`],
 //!   [`messages`] (sending, editing, deleting, history, read markers, unread counts),
-//!   [`search`] (member-only full-text search);
+//!   [`search`] (member-only full-text search), [`features`] (reactions, pins, readers,
+//!   threads);
 //! - [`auth`]: password hashes and tokens; [`presence`]: who is online;
 //! - [`view`]: the client view of a room event; [`error`]: error kinds and their codes.
 
@@ -21,6 +22,7 @@ pub mod accounts;
 pub mod auth;
 mod commands;
 pub mod error;
+pub mod features;
 pub mod messages;
 pub mod presence;
 mod room_actor;

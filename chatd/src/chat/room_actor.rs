@@ -455,6 +455,7 @@ mod tests {
             message_id,
             body: MessageBody::parse("hi").unwrap(),
             client_msg_id: None,
+            reply_to: None,
         }
     }
 

@@ -10,17 +10,94 @@
 //! side no longer holds is never shown again, whichever way an event is read.
 //!
 //! Live events go out as recorded: they are the newest state when they are delivered.
+//!
+//! A `message_sent` item also carries the message's state now ([`Extras`]): `unread_by`,
+//! `reply_count`, `last_reply`, `reactions` and `pinned`. History and replays take it from the
+//! read models; a live frame of a new message shows the state of a message just sent.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use eventlog::RecordedEvent;
+use projector::features::{LastReply, MessageState, ReactionCount};
 pub use projector::queries::MessageNow;
 use schema::events::Event;
 use schema::{MessageId, RoomId, streams};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{Chat, Result};
+
+/// The state of a message beyond its own event, as one viewer sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// Members other than the sender whose read marker is below the message.
+    pub unread_by: u64,
+    /// Live replies in the thread this message is the root of.
+    pub reply_count: u64,
+    pub last_reply: Option<LastReply>,
+    /// By emoji, most used first; `me`: whether the viewer is among them.
+    pub reactions: Vec<ReactionCount>,
+    pub pinned: bool,
+}
+
+impl Extras {
+    /// A message just sent: nobody but its sender has read it, nothing else has happened yet.
+    pub fn fresh(unread_by: u64) -> Self {
+        Self {
+            unread_by,
+            ..Self::default()
+        }
+    }
+}
+
+impl From<MessageState> for Extras {
+    fn from(m: MessageState) -> Self {
+        Self {
+            unread_by: m.unread_by,
+            reply_count: m.reply_count,
+            last_reply: m.last_reply,
+            reactions: m.reactions,
+            pinned: m.pinned,
+        }
+    }
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Adds `extras` to the view of a `message_sent` event (other views are left alone).
+pub fn with_extras(mut view: Value, extras: &Extras) -> Value {
+    let Some(obj) = view.as_object_mut() else {
+        return view;
+    };
+    if obj.get("type").and_then(Value::as_str) != Some("message_sent") {
+        return view;
+    }
+    obj.insert("unread_by".into(), extras.unread_by.into());
+    obj.insert("reply_count".into(), extras.reply_count.into());
+    obj.insert(
+        "last_reply".into(),
+        extras.last_reply.as_ref().map_or(Value::Null, |r| {
+            json!({
+                "message_id": r.message_id,
+                "seq": r.seq,
+                "sender_id": r.sender_id,
+                "sent_at": rfc3339(r.sent_at),
+            })
+        }),
+    );
+    obj.insert(
+        "reactions".into(),
+        extras
+            .reactions
+            .iter()
+            .map(|r| json!({"emoji": r.emoji, "count": r.count, "me": r.me}))
+            .collect(),
+    );
+    obj.insert("pinned".into(), extras.pinned.into());
+    view
+}
 
 /// The view of `event`, recorded at `at` as seq `seq` of its room; `now` is what the read side
 /// holds of its message now (`None`: as recorded).
@@ -51,10 +128,7 @@ pub fn stored_event_view(
             None => {}
         }
         obj.insert("seq".into(), seq.into());
-        obj.insert(
-            "at".into(),
-            at.to_rfc3339_opts(SecondsFormat::Micros, true).into(),
-        );
+        obj.insert("at".into(), rfc3339(at).into());
     }
     event
 }
@@ -152,6 +226,8 @@ mod tests {
             sender_id: UserId::new(),
             body: MessageBody::parse(text).unwrap(),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         }
     }
 
@@ -213,6 +289,7 @@ mod tests {
                 message_id,
                 sender_id,
                 body: MessageBody::parse("two").unwrap(),
+                mentions: vec![],
             },
             &wanted,
         );
@@ -228,5 +305,34 @@ mod tests {
         let other = sent("elsewhere");
         now.apply(&other, &wanted);
         assert_eq!(now.of(&other), None, "not asked about");
+    }
+
+    #[test]
+    fn message_items_carry_their_state_and_others_do_not() {
+        let extras = Extras {
+            unread_by: 2,
+            reply_count: 1,
+            last_reply: None,
+            reactions: vec![ReactionCount {
+                emoji: "👍".into(),
+                count: 3,
+                me: true,
+            }],
+            pinned: true,
+        };
+        let v = with_extras(event_view(&sent("hello"), 1, Utc::now(), None), &extras);
+        assert_eq!(v["unread_by"], 2);
+        assert_eq!(v["reply_count"], 1);
+        assert_eq!(v["last_reply"], Value::Null);
+        assert_eq!(
+            v["reactions"],
+            json!([{"emoji": "👍", "count": 3, "me": true}])
+        );
+        assert_eq!(v["pinned"], true);
+        let left = Event::MemberLeft {
+            user_id: UserId::new(),
+        };
+        let v = with_extras(event_view(&left, 2, Utc::now(), None), &extras);
+        assert!(v.get("unread_by").is_none());
     }
 }

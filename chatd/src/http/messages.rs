@@ -14,8 +14,8 @@ use super::models::{
 use super::{ApiError, BearerAuth, Tag};
 use crate::chat::{Chat, Consistency};
 
-const DEFAULT_LIMIT: u64 = 50;
-const MAX_LIMIT: u64 = 200;
+pub(super) const DEFAULT_LIMIT: u64 = 50;
+pub(super) const MAX_LIMIT: u64 = 200;
 
 #[derive(Debug)]
 pub struct Api {
@@ -116,7 +116,8 @@ impl Api {
         Ok(Read::Done)
     }
 
-    /// Unread counts: messages after your read marker, not sent by you, not deleted.
+    /// Unread counts: messages after your read marker, not sent by you, not deleted; of them,
+    /// those that mention you and the replies in threads you take part in.
     #[oai(path = "/unread", method = "get")]
     async fn unread(&self, auth: BearerAuth) -> Result<Json<UnreadResponse>, ApiError> {
         let (total, rooms) = self.chat.unread(auth.0.0).await?;
@@ -124,13 +125,21 @@ impl Api {
             .into_iter()
             .map(|(r, n)| RoomUnread {
                 room_id: r.0,
-                unread_count: n,
+                unread_count: n.unread,
+                mention_count: n.mentions,
+                thread_unread_count: n.thread_unread,
             })
             .collect();
-        Ok(Json(UnreadResponse { total, rooms }))
+        Ok(Json(UnreadResponse {
+            total: total.unread,
+            mention_total: total.mentions,
+            thread_unread_total: total.thread_unread,
+            rooms,
+        }))
     }
 
-    /// Send a message. Answered only once it is durable.
+    /// Send a message. Answered only once it is durable. `@username` (of a member), `@all`
+    /// and `@here` in the body are stored as the event's `mentions`.
     ///
     /// By default the answer also waits until your own reads (history, room list, unread,
     /// search excepted) show the message (read-your-writes). With `Prefer: return=minimal`
@@ -171,7 +180,14 @@ impl Api {
         };
         let sent = self
             .chat
-            .send_with(auth.0.0, RoomId(room_id.0), text, key, consistency)
+            .send_with(
+                auth.0.0,
+                RoomId(room_id.0),
+                text,
+                key,
+                body.reply_to.map(MessageId),
+                consistency,
+            )
             .await?;
         let duplicate = sent.duplicate;
         let body = Json(SendResponse::from(sent));

@@ -23,6 +23,7 @@ mod accounts;
 mod admin;
 mod allow;
 pub mod error;
+mod features;
 mod friends;
 mod messages;
 mod models;
@@ -155,6 +156,7 @@ type Apis = (
     friends::Api,
     rooms::Api,
     messages::Api,
+    features::Api,
     upgrade::Api,
     search::Api,
 );
@@ -167,6 +169,7 @@ pub fn api_service(chat: Arc<Chat>, hub: Hub, search: Search) -> OpenApiService<
             friends::Api { chat: chat.clone() },
             rooms::Api { chat: chat.clone() },
             messages::Api { chat: chat.clone() },
+            features::Api { chat: chat.clone() },
             upgrade::Api { chat, hub },
             search::Api { search },
         ),

@@ -234,6 +234,8 @@ pub struct Room {
     pub last_message: Option<LastMessage>,
     /// Messages after the caller's read marker, not sent by the caller, not deleted.
     pub unread_count: u64,
+    /// Those of them that mention the caller (by name, `@all` or `@here`).
+    pub mention_count: u64,
     /// The group's topic; absent when not set.
     #[oai(skip_serializing_if_is_none)]
     pub topic: Option<String>,
@@ -254,6 +256,7 @@ impl From<RoomSummary> for Room {
             last_activity_at: r.last_activity_at,
             last_message: r.last_message.map(Into::into),
             unread_count: r.unread_count,
+            mention_count: r.mention_count,
             topic: r.topic,
             archived: r.archived,
         }
@@ -296,6 +299,9 @@ pub struct SendRequest {
     /// same key returns the original message and stores nothing — at any later time.
     /// A UUIDv7 is recommended: its time prefix keeps the server's writes ordered.
     pub client_msg_id: Option<Text>,
+    /// Reply to this message of the room: the new message joins its thread (a reply to a
+    /// reply joins the root's thread). 400 `validation_failed` if there is no such message.
+    pub reply_to: Option<Uuid>,
 }
 
 #[derive(Debug, Object)]
@@ -318,14 +324,20 @@ impl From<Sent> for SendResponse {
 #[derive(Debug, Object)]
 pub struct HistoryPage {
     /// Room events, oldest first. Each has `seq`, `type` (`room_created`, `member_joined`,
-    /// `member_left`, `message_sent`, `message_edited`, `message_deleted`, and the
-    /// administration events `member_role_changed`, `ownership_transferred`,
-    /// `member_kicked`, `member_banned`, `member_unbanned`, `invitation_pending`,
-    /// `invitation_declined`, `room_settings_changed`, `room_archived`, `room_unarchived`,
-    /// `room_deleted`), `at` (when it was stored, RFC 3339) and the event's own fields. An
-    /// event about a message shows the message as it is now: no `body` once it is deleted,
-    /// its current `body` once edited (also in its `message_sent` and earlier
-    /// `message_edited` events).
+    /// `member_left`, `message_sent`, `message_edited`, `message_deleted`, `reaction_added`,
+    /// `reaction_removed`, `message_pinned`, `message_unpinned`, and the administration events
+    /// `member_role_changed`, `ownership_transferred`, `member_kicked`, `member_banned`,
+    /// `member_unbanned`, `invitation_pending`, `invitation_declined`,
+    /// `room_settings_changed`, `room_archived`, `room_unarchived`, `room_deleted`), `at`
+    /// (when it was stored, RFC 3339) and the event's own fields. An event about a message
+    /// shows the message as it is now: no `body` once it is deleted, its current `body` once
+    /// edited (also in its `message_sent` and earlier `message_edited` events). A
+    /// `message_sent` item also has the message's state now: `unread_by` (members other than
+    /// the sender whose read marker is below it), `reply_count` and `last_reply`
+    /// (`{message_id, seq, sender_id, sent_at}` or null) of its thread, `reactions`
+    /// (`[{emoji, count, me}]`, most used first) and `pinned`; its `reply_to` (the thread root
+    /// it replies in) and `mentions` (`[{kind: user|all|here, user_id?}]`) are event fields,
+    /// present when set.
     pub events: Vec<serde_json::Value>,
     /// More events exist beyond this page (older ones, or newer ones when paging with
     /// `after_seq`).
@@ -369,12 +381,84 @@ pub struct ReadRequest {
 pub struct RoomUnread {
     pub room_id: Uuid,
     pub unread_count: u64,
+    /// Unread messages that mention you (by name, `@all` or `@here`).
+    pub mention_count: u64,
+    /// Unread replies in threads you take part in (you wrote the root or a reply).
+    pub thread_unread_count: u64,
 }
 
 #[derive(Debug, Object)]
 pub struct UnreadResponse {
     /// Sum over all rooms.
     pub total: u64,
+    /// Unread mentions over all rooms.
+    pub mention_total: u64,
+    /// Unread thread replies over all rooms.
+    pub thread_unread_total: u64,
     /// Rooms with at least one unread message.
     pub rooms: Vec<RoomUnread>,
+}
+
+#[derive(Debug, Object)]
+pub struct ReadersResponse {
+    pub message_id: Uuid,
+    pub seq: u64,
+    /// Members other than the sender whose read marker is below the message.
+    pub unread_by: u64,
+    /// Members other than the sender who were in the room when it was sent and have read it,
+    /// in the order they joined.
+    pub readers: Vec<User>,
+}
+
+impl From<crate::chat::features::Readers> for ReadersResponse {
+    fn from(r: crate::chat::features::Readers) -> Self {
+        Self {
+            message_id: r.message_id.0,
+            seq: r.seq,
+            unread_by: r.unread_by,
+            readers: r.readers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct ThreadPage {
+    /// The root message, as a `message_sent` item of the history (with `reply_count`).
+    pub root: serde_json::Value,
+    /// Its live replies, `message_sent` items, oldest first.
+    pub replies: Vec<serde_json::Value>,
+    /// More replies exist beyond this page (older ones, or newer ones when paging with
+    /// `after_seq`).
+    pub has_more: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct PinnedMessage {
+    pub message_id: Uuid,
+    pub seq: u64,
+    pub sender_id: Uuid,
+    pub body: String,
+    pub sent_at: DateTime<Utc>,
+    pub pinned_by: Uuid,
+    pub pinned_at: DateTime<Utc>,
+}
+
+impl From<projector::features::Pin> for PinnedMessage {
+    fn from(p: projector::features::Pin) -> Self {
+        Self {
+            message_id: p.message_id.0,
+            seq: p.seq,
+            sender_id: p.sender_id.0,
+            body: p.body,
+            sent_at: p.sent_at,
+            pinned_by: p.pinned_by.0,
+            pinned_at: p.pinned_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct PinsResponse {
+    /// Newest pin first; deleted messages are never listed.
+    pub pins: Vec<PinnedMessage>,
 }

@@ -121,11 +121,12 @@ impl Api {
     }
 
     /// Notifications as Server-Sent Events: `message` (others' new messages in your rooms;
-    /// the SSE `id` is a log position) and `unread` (your counts; the first ones are a
-    /// baseline of every room with unread messages). Send `Last-Event-ID` to get the
-    /// `message` events you missed. Comment lines every 15 s keep the stream alive. The
-    /// stream ends with a `closed` event when the session ends (`session_ended`) or the token
-    /// expires (`token_expired`).
+    /// the SSE `id` is a log position), `mention` (one of them that mentions you, right after
+    /// its `message`, with the same `id`) and `unread` (your counts, mentions included; the
+    /// first ones are a baseline of every room with unread messages). Send `Last-Event-ID` to
+    /// get the `message` and `mention` events you missed. Comment lines every 15 s keep the
+    /// stream alive. The stream ends with a `closed` event when the session ends
+    /// (`session_ended`) or the token expires (`token_expired`).
     #[oai(path = "/notifications", method = "get")]
     async fn notifications(
         &self,
@@ -153,6 +154,9 @@ impl Api {
                 Notification::Unread(u) => Event::message(u.to_json_string()).event_type("unread"),
                 Notification::Message(m) => Event::message(m.to_json_string())
                     .event_type("message")
+                    .id(m.position.to_string()),
+                Notification::Mention(m) => Event::message(m.to_json_string())
+                    .event_type("mention")
                     .id(m.position.to_string()),
                 Notification::Closed(c) => Event::message(c.to_json_string()).event_type("closed"),
             }))

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use eventlog::RecordedEvent;
 use poem_openapi::{Object, Union};
 use schema::events::Event;
+use schema::mentions::Mention;
 use schema::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::chat::Code;
-use crate::chat::view::{MessageNow, event_view};
+use crate::chat::view::{Extras, MessageNow, event_view, with_extras};
 
 /// Largest client frame accepted, in bytes; larger ones get an `error` frame.
 pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
@@ -43,6 +44,9 @@ pub struct SendFrame {
     pub body: String,
     /// Idempotency key: sending again with it returns the original `ack`.
     pub client_msg_id: String,
+    /// The message this one replies to (its thread).
+    #[serde(default)]
+    pub reply_to: Option<Uuid>,
 }
 
 /// Moves your read marker forward.
@@ -183,6 +187,26 @@ pub struct UnreadFrame {
     pub unread_count: u64,
     /// Your unread messages over all rooms.
     pub total: u64,
+    /// Your unread messages here that mention you (by name, `@all` or `@here`).
+    pub mention_count: u64,
+    /// Your unread mentions over all rooms.
+    pub mention_total: u64,
+    /// Unread replies here in threads you take part in (you wrote the root or a reply).
+    pub thread_unread_count: u64,
+}
+
+/// A member of one of your rooms moved their read marker: the messages with seq in
+/// `(previous_seq, seq]` not sent by `user_id` have one reader more (`unread_by` one less).
+#[derive(Debug, Clone, Serialize, Object)]
+pub struct ReceiptFrame {
+    pub room_id: Uuid,
+    pub user_id: Uuid,
+    /// Everything up to and including this seq has been read by `user_id`.
+    pub seq: u64,
+    /// Where their marker was before, as far as the server that moved it knew. Two devices
+    /// reading at once may report overlapping ranges: count each user's range from the
+    /// highest `seq` you have seen of theirs.
+    pub previous_seq: Option<u64>,
 }
 
 /// Someone is typing in one of your rooms (show it for about 5 seconds).
@@ -236,6 +260,8 @@ pub enum ServerFrame {
     Typing(TypingFrame),
     #[oai(mapping = "presence")]
     Presence(PresenceFrame),
+    #[oai(mapping = "receipt")]
+    Receipt(ReceiptFrame),
     #[oai(mapping = "friend")]
     Friend(FriendFrame),
     #[oai(mapping = "invitation")]
@@ -307,12 +333,14 @@ impl ClosedNotice {
     }
 }
 
-/// An SSE notification: the SSE `event:` is `unread`, `message` or `closed`, `data:` is the
+/// An SSE notification: the SSE `event:` is `unread`, `message`, `mention` (a new message
+/// that mentions you, after its `message`, with the same id) or `closed`, `data:` is the
 /// object.
 #[derive(Debug, Clone, Union)]
 pub enum Notification {
     Unread(UnreadFrame),
     Message(MessageNotice),
+    Mention(MessageNotice),
     Closed(ClosedNotice),
 }
 
@@ -332,27 +360,38 @@ pub struct EventFrame {
     pub room_deleted: bool,
     /// For `message_sent`: the SSE notification.
     pub notice: Option<Arc<MessageNotice>>,
+    /// For `message_sent`: whom it mentions.
+    pub mentions: Option<Arc<[Mention]>>,
 }
 
 impl EventFrame {
     /// `{"type":"event","room_id","seq","event":{…the event's view…}}`, and what the event
     /// means for leaves and notifications (read from the typed event). `now`: the current
     /// state of the event's message, for an event read back from the log ([`event_view`]);
-    /// `None` for a live event.
+    /// `None` for a live event. `extras`: the state of a `message_sent`'s message, for its
+    /// view.
     pub fn new(
         room: RoomId,
         recorded: &RecordedEvent,
         event: &Event,
         now: Option<&MessageNow>,
+        extras: Option<&Extras>,
     ) -> Self {
         let leaver = schema::room::removed_member(event);
         let room_deleted = matches!(event, Event::RoomDeleted { .. });
+        let mentions = match event {
+            Event::MessageSent { mentions, .. } => Some(mentions.as_slice().into()),
+            _ => None,
+        };
         let view = event_view(event, recorded.version, recorded.recorded_at, now);
         let notice = MessageNotice::of(room, recorded, event, &view).map(Arc::new);
         let frame = ServerFrame::Event(EventBody {
             room_id: room.0,
             seq: recorded.version,
-            event: view,
+            event: match extras {
+                Some(extras) => with_extras(view, extras),
+                None => view,
+            },
         });
         Self {
             room,
@@ -362,7 +401,19 @@ impl EventFrame {
             leaver,
             room_deleted,
             notice,
+            mentions,
         }
+    }
+
+    /// The SSE `mention` notification for `user`, if this is a message from someone else that
+    /// mentions them.
+    pub fn mention_of(&self, user: UserId) -> Option<MessageNotice> {
+        let notice = self.notice.as_ref()?;
+        let mentioned = self
+            .mentions
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m.addresses(user)));
+        (mentioned && notice.sender_id != user.0).then(|| (**notice).clone())
     }
 
     /// Whether `user` is no longer a member of the room after this event.

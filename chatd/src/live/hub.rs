@@ -28,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::audience::Audience;
 use super::frames::{
-    EventFrame, FriendFrame, InvitationFrame, PresenceFrame, ServerFrame, TypingFrame,
+    EventFrame, FriendFrame, InvitationFrame, PresenceFrame, ReceiptFrame, ServerFrame, TypingFrame,
 };
 use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
 use super::presence::{Effect, TYPING_EVERY, Tracker};
 use crate::chat::auth::Revoked;
+use crate::chat::view::Extras;
 use crate::chat::{Auth, Presence};
 use crate::ops::metered_log::Failures;
 use crate::ops::metrics::names;
@@ -226,6 +227,7 @@ struct Connections {
     by_user: HashMap<UserId, Vec<ConnId>>,
 }
 
+#[derive(Clone, Copy)]
 enum Delivery {
     /// Must arrive: a full queue disconnects the client (it resumes from the log).
     Durable,
@@ -432,6 +434,15 @@ impl State {
 
     /// Sends an ephemeral frame to the WebSocket connections of `users`.
     fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Arc<str>) {
+        self.notify_as(users, text, Delivery::Ephemeral);
+    }
+
+    fn notify_as(
+        &mut self,
+        users: impl IntoIterator<Item = UserId>,
+        text: &Arc<str>,
+        delivery: Delivery,
+    ) {
         let mut slow = Vec::new();
         for user in users {
             for id in self.conns.of(user) {
@@ -441,12 +452,8 @@ impl State {
                     .get(&id)
                     .is_some_and(|c| c.kind == ConnKind::WebSocket)
                 {
-                    self.conns.send(
-                        id,
-                        Outbound::Notice(text.clone()),
-                        Delivery::Ephemeral,
-                        &mut slow,
-                    );
+                    self.conns
+                        .send(id, Outbound::Notice(text.clone()), delivery, &mut slow);
                 }
             }
         }
@@ -484,6 +491,16 @@ impl State {
     }
 
     fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
+        // A message just sent is unread by every other member (no marker can be past it).
+        let extras = match event {
+            Event::MessageSent { sender_id, .. } => Some(Extras::fresh(
+                self.audience
+                    .members(room)
+                    .filter(|m| m != sender_id)
+                    .count() as u64,
+            )),
+            _ => None,
+        };
         let mut frame = None;
         let mut slow = Vec::new();
         // Walk the smaller side: a big room's members, or the users connected here.
@@ -500,8 +517,9 @@ impl State {
         };
         for user in recipients {
             for id in self.conns.of(user) {
-                let frame =
-                    frame.get_or_insert_with(|| EventFrame::new(room, recorded, event, None));
+                let frame = frame.get_or_insert_with(|| {
+                    EventFrame::new(room, recorded, event, None, extras.as_ref())
+                });
                 self.conns.send(
                     id,
                     Outbound::Event(frame.clone()),
@@ -560,6 +578,28 @@ impl State {
                         self.auth.end_session(session, recorded.recorded_at);
                         self.end_session(session);
                     }
+                }
+                Event::ReadMarkerMoved {
+                    room_id,
+                    user_id,
+                    seq,
+                    previous_seq,
+                } if self.audience.is_member(room_id, user_id) => {
+                    // The room's members see the read counts of its messages change. Missing
+                    // one would leave counts wrong, so a full queue disconnects as for events.
+                    let text = ServerFrame::Receipt(ReceiptFrame {
+                        room_id: room_id.0,
+                        user_id: user_id.0,
+                        seq,
+                        previous_seq,
+                    })
+                    .text();
+                    let members: Vec<UserId> = self
+                        .audience
+                        .members(room_id)
+                        .filter(|m| self.conns.is_connected(*m))
+                        .collect();
+                    self.notify_as(members, &text.into(), Delivery::Durable);
                 }
                 _ => {}
             }
@@ -762,6 +802,8 @@ mod tests {
             sender_id: sender,
             body: MessageBody::parse("hi").unwrap(),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         }
     }
 

@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod environment;
 mod errors;
+mod features;
 mod friends;
 mod helpers;
 #[cfg(feature = "kurrentdb")]

@@ -57,6 +57,19 @@ async fn health_readiness_and_the_openapi_document() {
         ("/v1/rooms/{room_id}/join", "post"),
         ("/v1/rooms/public", "get"),
         ("/v1/unread", "get"),
+        ("/v1/rooms/{room_id}/messages/{message_id}/readers", "get"),
+        ("/v1/rooms/{room_id}/messages/{message_id}/thread", "get"),
+        (
+            "/v1/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+            "put",
+        ),
+        (
+            "/v1/rooms/{room_id}/messages/{message_id}/reactions/{emoji}",
+            "delete",
+        ),
+        ("/v1/rooms/{room_id}/pins", "get"),
+        ("/v1/rooms/{room_id}/pins/{message_id}", "put"),
+        ("/v1/rooms/{room_id}/pins/{message_id}", "delete"),
         ("/v1/friends", "get"),
         ("/v1/friends/{user_id}", "delete"),
         ("/v1/friends/requests", "post"),
@@ -132,6 +145,7 @@ async fn health_readiness_and_the_openapi_document() {
                 "unread",
                 "typing",
                 "presence",
+                "receipt",
                 "friend",
                 "invitation",
             ][..],
@@ -152,6 +166,9 @@ async fn health_readiness_and_the_openapi_document() {
     }
     assert!(schemas["AckFrame"]["properties"]["client_msg_id"].is_object());
     assert!(schemas["MessageNotice"]["properties"]["preview"].is_object());
+    assert!(schemas["ReceiptFrame"]["properties"]["previous_seq"].is_object());
+    assert!(schemas["UnreadFrame"]["properties"]["mention_count"].is_object());
+    assert!(schemas["SendFrame"]["properties"]["reply_to"].is_object());
 
     let docs = app
         .http

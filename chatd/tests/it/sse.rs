@@ -14,18 +14,18 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq)]
-struct SseEvent {
-    event: String,
-    id: Option<String>,
-    data: Value,
+pub(crate) struct SseEvent {
+    pub(crate) event: String,
+    pub(crate) id: Option<String>,
+    pub(crate) data: Value,
 }
 
-struct SseClient {
+pub(crate) struct SseClient {
     body: BoxStream<'static, reqwest::Result<Vec<u8>>>,
     buf: String,
 }
 
-async fn open(api: &Api, user: &TestUser, last_event_id: Option<&str>) -> SseClient {
+pub(crate) async fn open(api: &Api, user: &TestUser, last_event_id: Option<&str>) -> SseClient {
     let mut req = api
         .http
         .get(format!("{}/v1/notifications", api.base))
@@ -79,7 +79,7 @@ impl SseClient {
         }
     }
 
-    async fn next_of(&mut self, kind: &str) -> SseEvent {
+    pub(crate) async fn next_of(&mut self, kind: &str) -> SseEvent {
         loop {
             let e = self.next().await;
             if e.event == kind {
@@ -123,7 +123,7 @@ async fn messages_and_unread_counts_arrive_and_last_event_id_resumes() {
     let u = sse.next_of("unread").await;
     assert_eq!(
         u.data,
-        json!({"room_id": room, "unread_count": 1, "total": 1})
+        json!({"room_id": room, "unread_count": 1, "total": 1, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0})
     );
     assert_eq!(u.id, None, "unread events do not move Last-Event-ID");
 
@@ -157,7 +157,7 @@ async fn messages_and_unread_counts_arrive_and_last_event_id_resumes() {
         (u.event.as_str(), &u.data),
         (
             "unread",
-            &json!({"room_id": room, "unread_count": 4, "total": 4})
+            &json!({"room_id": room, "unread_count": 4, "total": 4, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0})
         ),
         "Bob's own message counts as read"
     );

@@ -45,9 +45,13 @@ async fn unread_counts_follow_sends_reads_joins_and_deletes() {
     );
     assert_eq!(
         unread(&app, &bob).await,
-        json!({"total": 3, "rooms": [{"room_id": room, "unread_count": 3}]})
+        json!({"total": 3, "mention_total": 0, "thread_unread_total": 0,
+            "rooms": [{"room_id": room, "unread_count": 3, "mention_count": 0, "thread_unread_count": 0}]})
     );
-    assert_eq!(unread(&app, &alice).await, json!({"total": 0, "rooms": []}));
+    assert_eq!(
+        unread(&app, &alice).await,
+        json!({"total": 0, "mention_total": 0, "thread_unread_total": 0, "rooms": []})
+    );
 
     // Bob reads up to the second message (seq 3).
     let (status, _) = read(&app, &bob, &room, 3).await;
@@ -105,7 +109,10 @@ async fn unread_counts_follow_sends_reads_joins_and_deletes() {
         None,
     )
     .await;
-    assert_eq!(unread(&app, &bob).await, json!({"total": 0, "rooms": []}));
+    assert_eq!(
+        unread(&app, &bob).await,
+        json!({"total": 0, "mention_total": 0, "thread_unread_total": 0, "rooms": []})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

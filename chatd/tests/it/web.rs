@@ -282,12 +282,58 @@ async fn scenario(
         js(&bob, "document.title").await? == json!("(2) chatd"),
         "the title counts unread messages"
     );
+    // Read counts per message: Alice sees her messages unread by Bob ("1")…
+    wait_js(
+        &alice,
+        "her message shown unread by one",
+        &message_reads_are("are you there?", "1"),
+    )
+    .await?;
 
     // Opening the room shows the messages and reads them; Alice sees Bob online and typing.
     open_room(&bob, &lobby).await?;
     wait_js(&bob, "Alice's messages", &timeline_has("are you there?")).await?;
     wait_js(&bob, "the lobby read", &unread_is(&lobby, 0)).await?;
     server_unread_is_zero(&api, &bob_user).await?;
+    // …until his read receipt arrives, live.
+    wait_js(
+        &alice,
+        "her messages read by Bob",
+        &message_reads_are("are you there?", ""),
+    )
+    .await?;
+    ensure!(
+        js(&alice, &message_reads_js("hello bob")).await? == json!(""),
+        "the earlier message read too"
+    );
+    // A reaction shows on both sides, counted.
+    let first = api
+        .full_history(&bob_user, &lobby)
+        .await
+        .into_iter()
+        .find(|e| e["body"] == "are you there?")
+        .expect("the message");
+    let (status, _) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!(
+                "/v1/rooms/{lobby}/messages/{}/reactions/%F0%9F%91%8D",
+                first["message_id"].as_str().unwrap()
+            ),
+            Some(&bob_user.token),
+            None,
+        )
+        .await;
+    ensure!(status == StatusCode::NO_CONTENT, "reaction stored");
+    wait_js(
+        &alice,
+        "Bob's reaction on her message",
+        &format!(
+            "{}?.querySelector('.reactions').textContent === '👍 1'",
+            message_js("are you there?")
+        ),
+    )
+    .await?;
     wait_js(
         &alice,
         "Bob shown online",
@@ -399,7 +445,14 @@ async fn scenario(
             .filter(|e| {
                 !matches!(
                     e["type"].as_str(),
-                    Some("message_edited" | "message_deleted")
+                    Some(
+                        "message_edited"
+                            | "message_deleted"
+                            | "reaction_added"
+                            | "reaction_removed"
+                            | "message_pinned"
+                            | "message_unpinned"
+                    )
                 )
             })
             .filter_map(|e| e["seq"].as_u64())
@@ -569,6 +622,23 @@ fn timeline_sys_has(text: &str) -> String {
         "[...document.querySelectorAll('#messages .sys')].some(l => l.textContent.startsWith({}))",
         json!(text)
     )
+}
+
+/// The shown message with this text.
+fn message_js(text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#messages .msg')].find(m => m.querySelector('.body').textContent === {})",
+        json!(text)
+    )
+}
+
+/// The read count shown on the message with this text ("" when everyone has read it).
+fn message_reads_js(text: &str) -> String {
+    format!("{}?.querySelector('.reads').textContent", message_js(text))
+}
+
+fn message_reads_are(text: &str, reads: &str) -> String {
+    format!("{} === {}", message_reads_js(text), json!(reads))
 }
 
 fn timeline_has(text: &str) -> String {

@@ -526,7 +526,7 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     let f = b.next_of("unread").await;
     assert_eq!(
         f,
-        json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1})
+        json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0})
     );
     // More messages: the count rises (bursts may be coalesced into one push).
     let last = app.send(&alice, &room, "one").await;
@@ -553,14 +553,14 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
     let f = b.next_of("unread").await;
     assert_eq!(
         f,
-        json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0})
+        json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0})
     );
     // Alice's own messages never changed her count: she got no unread frame at all.
     assert!(of_type(&a.drain_any().await, "unread").is_empty());
 
     // A second connection of Bob's starts from the baseline; a delete reaches both.
     let three = app.send(&alice, &room, "three").await;
-    let one = json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1});
+    let one = json!({"type": "unread", "room_id": room, "unread_count": 1, "total": 1, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0});
     assert_eq!(b.next_of("unread").await, one);
     let mut b2 = connect(&app.api, &bob).await;
     b2.send(json!({"type": "resume"})).await;
@@ -570,7 +570,7 @@ async fn unread_counts_are_pushed_when_they_change_on_any_device() {
         .delete(&format!("/v1/rooms/{room}/messages/{id}"), &alice.token)
         .await;
     assert!(status.is_success());
-    let zero = json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0});
+    let zero = json!({"type": "unread", "room_id": room, "unread_count": 0, "total": 0, "mention_count": 0, "mention_total": 0, "thread_unread_count": 0});
     assert_eq!(b.next_of("unread").await, zero);
     assert_eq!(b2.next_of("unread").await, zero);
     // The first connection going away leaves the second one's counts live; leaving the room

@@ -1,9 +1,11 @@
-//! Unread counts are a pure function of the log.
+//! Unread counts, mention counts and read counts per message are a pure function of the log.
 //!
-//! Random interleavings of sends, edits, deletes, joins, leaves and reads are decided by the
-//! real room aggregate and appended to a real log while the projector runs live. The projected
-//! counts must equal `schema::unread::UnreadModel` folded over the same events, and a rebuild
-//! from scratch must give the same numbers again.
+//! Random interleavings of sends (some mentioning members, `@all` or nobody), edits, deletes,
+//! joins, leaves and marker moves are decided by the real room aggregate and appended to a
+//! real log while the projector runs live. The projected counts must equal
+//! `schema::unread::UnreadModel` folded over the same events — every message's `unread_by`
+//! against a brute-force count over the members' markers — and a rebuild from scratch must
+//! give the same numbers again.
 //!
 //! Meanwhile users are watched and unwatched at random points (racing the projector), and each
 //! watch's changes are taken after every step and folded into what a client would show: at
@@ -16,7 +18,7 @@ use eventlog::sqlite::SqliteLog;
 use eventlog::{EventLog, ExpectedVersion, NewEvent};
 use std::collections::BTreeMap;
 
-use projector::{Progress, ReadModels, UnreadWatch, queries};
+use projector::{Progress, ReadModels, UnreadWatch, features, queries};
 use proptest::prelude::*;
 use schema::events::RoomKind;
 use schema::room::{RoomAggregate, RoomCommand};
@@ -28,20 +30,35 @@ use tokio_util::sync::CancellationToken;
 
 const USERS: usize = 4;
 const ROOMS: usize = 2;
+/// Message bodies: no mention, members by name (user0…user3), everyone.
+const BODIES: [&str; 5] = [
+    "hello",
+    "hi @user1",
+    "@user2 and @USER3.",
+    "@all look",
+    "@here @user0",
+];
+
+fn username(i: usize) -> schema::Username {
+    schema::Username::parse(&format!("user{i}")).unwrap()
+}
 
 #[derive(Debug, Clone)]
 enum Op {
     Send {
         room: usize,
         user: usize,
+        /// Which body: see [`BODIES`].
+        body: usize,
+    },
+    /// Edit the n-th message (mod count) of the room, by its sender, to another body.
+    Edit {
+        room: usize,
+        nth: usize,
+        body: usize,
     },
     /// Delete the n-th message (mod count) of the room, by its sender.
     Delete {
-        room: usize,
-        nth: usize,
-    },
-    /// Edit the n-th message (mod count) of the room, by its sender.
-    Edit {
         room: usize,
         nth: usize,
     },
@@ -75,9 +92,9 @@ fn op() -> impl Strategy<Value = Op> {
     let room = 0..ROOMS;
     let user = 0..USERS;
     prop_oneof![
-        4 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Send { room, user }),
+        4 => (room.clone(), user.clone(), 0..BODIES.len()).prop_map(|(room, user, body)| Op::Send { room, user, body }),
+        1 => (room.clone(), 0..64usize, 0..BODIES.len()).prop_map(|(room, nth, body)| Op::Edit { room, nth, body }),
         1 => (room.clone(), 0..64usize).prop_map(|(room, nth)| Op::Delete { room, nth }),
-        1 => (room.clone(), 0..64usize).prop_map(|(room, nth)| Op::Edit { room, nth }),
         2 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Join { room, user }),
         1 => (room.clone(), user.clone()).prop_map(|(room, user)| Op::Leave { room, user }),
         3 => (room, user.clone(), 0..=8u64).prop_map(|(room, user, eighths)| Op::Read { room, user, eighths }),
@@ -142,29 +159,22 @@ impl World {
 
     async fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Send { room, user } => {
+            Op::Send { room, user, body } => {
                 let command = RoomCommand::Send {
                     sender: self.users[user],
                     message_id: MessageId::new(),
-                    body: MessageBody::parse("hello").unwrap(),
+                    body: MessageBody::parse(BODIES[body]).unwrap(),
                     client_msg_id: None,
+                    reply_to: None,
                 };
                 self.room_command(room, command).await;
             }
-            Op::Delete { room, nth } => {
+            Op::Edit { room, nth, body } => {
                 if self.sent[room].is_empty() {
                     return;
                 }
                 let (message_id, sender) = self.sent[room][nth % self.sent[room].len()];
-                self.room_command(room, RoomCommand::Delete { sender, message_id })
-                    .await;
-            }
-            Op::Edit { room, nth } => {
-                if self.sent[room].is_empty() {
-                    return;
-                }
-                let (message_id, sender) = self.sent[room][nth % self.sent[room].len()];
-                let body = MessageBody::parse("edited").unwrap();
+                let body = MessageBody::parse(BODIES[body]).unwrap();
                 self.room_command(
                     room,
                     RoomCommand::Edit {
@@ -174,6 +184,14 @@ impl World {
                     },
                 )
                 .await;
+            }
+            Op::Delete { room, nth } => {
+                if self.sent[room].is_empty() {
+                    return;
+                }
+                let (message_id, sender) = self.sent[room][nth % self.sent[room].len()];
+                self.room_command(room, RoomCommand::Delete { sender, message_id })
+                    .await;
             }
             Op::Join { room, user } => {
                 let by = self.users[0];
@@ -212,6 +230,7 @@ impl World {
                     room_id: *room_id,
                     user_id,
                     seq: version * eighths / 8,
+                    previous_seq: None,
                 };
                 self.log
                     .append(
@@ -315,7 +334,9 @@ async fn check(ops: Vec<Op>) {
     // The projector runs live while the operations are appended.
     let (live, stop, progress, task) = project(log.clone(), &dir.path().join("live.db")).await;
 
-    let users: Vec<UserId> = (0..USERS).map(|_| UserId::new()).collect();
+    let users: Vec<UserId> = (0..USERS)
+        .map(|i| UserId::for_username(&username(i)))
+        .collect();
     let mut world = World {
         log: log.clone(),
         model: UnreadModel::default(),
@@ -373,7 +394,13 @@ async fn check(ops: Vec<Op>) {
         projected, expected,
         "live projection differs from the log's definition"
     );
-    // Per-user queries agree with the audit query.
+    let mentions = world.model.mention_counts();
+    assert_eq!(
+        live.read(features::all_mention_counts).await.unwrap(),
+        mentions,
+        "mention counts differ from the log's definition"
+    );
+    // Per-user queries agree with the audit queries.
     for u in &users {
         let user = *u;
         for (room, n) in live
@@ -383,6 +410,29 @@ async fn check(ops: Vec<Op>) {
         {
             assert_eq!(expected.get(&(user, room)), Some(&n));
         }
+        for (room, n) in live.read(move |c| features::counts(c, user)).await.unwrap() {
+            assert_eq!(expected.get(&(user, room)), Some(&n.unread));
+            assert_eq!(mentions.get(&(user, room)), Some(&n.mentions));
+        }
+    }
+    // Every message's read count against the brute-force count over the markers.
+    for (r, sent) in world.sent.iter().enumerate() {
+        let room = world.rooms[r].0;
+        for (message_id, _) in sent {
+            let (id, viewer) = (*message_id, users[0]);
+            let state = live
+                .read(move |c| features::message_state(c, room, id, viewer))
+                .await
+                .unwrap()
+                .expect("every sent message is projected");
+            assert_eq!(
+                Some(state.unread_by),
+                world.model.unread_by(room, state.seq),
+                "unread_by of seq {} in room {r}",
+                state.seq
+            );
+        }
+        assert_eq!(sent.len(), world.model.message_seqs(room).len());
     }
     stop.cancel();
     task.await.unwrap().unwrap();
@@ -440,6 +490,8 @@ async fn watches_taken_during_a_catch_up_follow_it_exactly() {
             sender_id: users[i % 3],
             body: MessageBody::parse("hello").unwrap(),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         });
     }
     let mut version = 0;
@@ -465,6 +517,7 @@ async fn watches_taken_during_a_catch_up_follow_it_exactly() {
             room_id: room,
             user_id: reader,
             seq: version - 3,
+            previous_seq: None,
         };
         log.append(
             &streams::receipts(reader),
@@ -497,6 +550,116 @@ async fn watches_taken_during_a_catch_up_follow_it_exactly() {
     assert!(round > 1, "the catch-up was over before a second watch");
     settle(&*log, &progress, &live, &mut watchers).await;
     drop(watchers);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    log.close().await;
+}
+
+/// Counts rows of the message features' tables (every room).
+async fn feature_rows(models: &ReadModels) -> [i64; 4] {
+    models
+        .read(|c| {
+            let n = |t: &str| -> projector::Result<i64> {
+                Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))?)
+            };
+            Ok([
+                n("reactions")?,
+                n("pins")?,
+                n("mentions")?,
+                n("thread_participants")?,
+            ])
+        })
+        .await
+        .unwrap()
+}
+
+/// A deleted room leaves nothing of its reactions, pins, mentions or threads behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_room_leaves_no_feature_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(SqliteLog::open(dir.path().join("events.db")).await.unwrap());
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let room = RoomId::new();
+    let (root, reply) = (MessageId::new(), MessageId::new());
+    let events = [
+        Event::RoomCreated {
+            room_id: room,
+            kind: RoomKind::Group,
+            name: Some(RoomName::parse("room").unwrap()),
+            visibility: Visibility::Private,
+            created_by: alice,
+            members: vec![alice, bob],
+        },
+        Event::MessageSent {
+            message_id: root,
+            sender_id: alice,
+            body: MessageBody::parse("root").unwrap(),
+            client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
+        },
+        Event::MessageSent {
+            message_id: reply,
+            sender_id: bob,
+            body: MessageBody::parse("@alice re").unwrap(),
+            client_msg_id: None,
+            reply_to: Some(root),
+            mentions: vec![schema::mentions::Mention::User { user_id: alice }],
+        },
+        Event::ReactionAdded {
+            message_id: root,
+            user_id: bob,
+            emoji: schema::Emoji::parse("👍").unwrap(),
+            count: 1,
+        },
+        Event::MessagePinned {
+            message_id: root,
+            pinned_by: bob,
+        },
+    ];
+    let new = events
+        .iter()
+        .map(|e| {
+            let id = match e {
+                Event::MessageSent { message_id, .. } => message_id.0,
+                _ => uuid::Uuid::now_v7(),
+            };
+            encode(e, id)
+        })
+        .collect();
+    let version = log
+        .append(&streams::room(room), ExpectedVersion::at(0), new)
+        .await
+        .unwrap()
+        .last_version;
+    let (models, stop, progress, task) = project(log.clone(), &dir.path().join("rm.db")).await;
+    let wait = |progress: &Progress| {
+        let log = log.clone();
+        let progress = progress.clone();
+        async move {
+            let head = log.head().await.unwrap();
+            progress
+                .wait_for(head, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+    };
+    wait(&progress).await;
+    assert!(
+        feature_rows(&models).await.iter().all(|n| *n > 0),
+        "the room has every kind of row before"
+    );
+    let deleted = Event::RoomDeleted { by: alice };
+    log.append(
+        &streams::room(room),
+        ExpectedVersion::at(version),
+        vec![encode(&deleted, uuid::Uuid::now_v7())],
+    )
+    .await
+    .unwrap();
+    wait(&progress).await;
+    assert_eq!(feature_rows(&models).await, [0; 4]);
     stop.cancel();
     task.await.unwrap().unwrap();
     log.close().await;

@@ -116,6 +116,8 @@ impl Harness {
             sender_id: sender,
             body: MessageBody::parse(body).unwrap(),
             client_msg_id: None,
+            reply_to: None,
+            mentions: vec![],
         };
         (id, self.append(room, event).await)
     }
@@ -129,6 +131,7 @@ impl Harness {
             message_id: id,
             sender_id: UserId(uuid::Uuid::nil()),
             body: MessageBody::parse(body).unwrap(),
+            mentions: vec![],
         };
         self.append(room, event).await
     }

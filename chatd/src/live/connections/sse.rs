@@ -249,7 +249,13 @@ impl Sse {
                 now.get(room).and_then(|n| n.of(event)),
             );
             if let Some(notice) = MessageNotice::of(*room, recorded, event, &view) {
-                self.pending.push_back(Notification::Message(notice));
+                let mentioned = matches!(event, Event::MessageSent { mentions, .. }
+                    if mentions.iter().any(|m| m.addresses(me)));
+                self.pending
+                    .push_back(Notification::Message(notice.clone()));
+                if mentioned {
+                    self.pending.push_back(Notification::Mention(notice));
+                }
             }
         }
         Ok(())
@@ -261,11 +267,15 @@ impl Sse {
                 if frame.position <= self.replayed_to {
                     return;
                 }
+                let mention = frame.mention_of(self.user);
                 if let Some(notice) = frame.notice
                     && notice.sender_id != self.user.0
                 {
                     self.pending
                         .push_back(Notification::Message((*notice).clone()));
+                }
+                if let Some(mention) = mention {
+                    self.pending.push_back(Notification::Mention(mention));
                 }
             }
             Outbound::Notice(_) => {}
@@ -311,7 +321,10 @@ impl Sse {
                 }
                 () = flush => {
                     self.flush_at = None;
-                    self.pending.extend(self.unread.changes().into_iter().map(Notification::Unread));
+                    match self.unread.changes(&self.chat).await {
+                        Ok(frames) => self.pending.extend(frames.into_iter().map(Notification::Unread)),
+                        Err(e) => tracing::warn!(error = %e, "unread counts not pushed"),
+                    }
                 }
                 () = tokio::time::sleep_until(self.expires) => {
                     self.end(Code::TokenExpired, "the access token expired: reconnect with a fresh one");

@@ -1,7 +1,10 @@
 //! Unread pushes for one connection. The connection watches its user's unread counts, which the
 //! projector keeps in memory and moves as it applies the log (`projector::UnreadWatch`); when
 //! they change it waits [`COALESCE`] (a burst of messages is one push) and reports the rooms
-//! whose count changed. A flush reads only the rooms that changed, and never the database.
+//! whose count changed. The unread counts come from memory; the mention and thread counts of
+//! the same push are read from the read models by SQL (one query per push, only when some
+//! count changed), as `GET /v1/unread` does. A mention added by an edit shows at the next
+//! change of the unread count, not by itself.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,7 +12,10 @@ use std::time::Duration;
 use projector::{UnreadChanges, UnreadWatch};
 use schema::{RoomId, UserId};
 
-use crate::chat::Chat;
+use projector::features::Counts;
+
+use crate::chat::messages::total;
+use crate::chat::{Chat, Result};
 use crate::live::frames::UnreadFrame;
 
 /// Pushes for one connection are at most this frequent (a burst of messages is one push).
@@ -38,11 +44,15 @@ impl UnreadPush {
     }
 
     /// The rooms whose count changed since the last push, each with the new total, as of the
-    /// read models' position (so `GET /v1/unread` agrees). The first push is the baseline:
-    /// every room with unread messages. A room the user left is reported once with 0.
-    pub fn changes(&mut self) -> Vec<UnreadFrame> {
-        let UnreadChanges { total, rooms } = self.watch.take();
-        let mut frames = Vec::new();
+    /// read models' position (so `GET /v1/unread` agrees), with their mention and thread
+    /// counts. The first push is the baseline: every room with unread messages. A room the
+    /// user left is reported once with 0.
+    pub async fn changes(&mut self, chat: &Chat) -> Result<Vec<UnreadFrame>> {
+        let UnreadChanges {
+            total: unread_total,
+            rooms,
+        } = self.watch.take();
+        let mut changed = Vec::new();
         for (room, count) in rooms {
             let before = if count == 0 {
                 self.last.remove(&room)
@@ -50,13 +60,31 @@ impl UnreadPush {
                 self.last.insert(room, count)
             };
             if before.unwrap_or(0) != count {
-                frames.push(UnreadFrame {
-                    room_id: room.0,
-                    unread_count: count,
-                    total,
-                });
+                changed.push((room, count));
             }
         }
-        frames
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let counts: HashMap<RoomId, Counts> = chat
+            .unread_by_room(self.watch.user())
+            .await?
+            .into_iter()
+            .collect();
+        let totals = total(counts.values());
+        Ok(changed
+            .into_iter()
+            .map(|(room, count)| {
+                let n = counts.get(&room).copied().unwrap_or_default();
+                UnreadFrame {
+                    room_id: room.0,
+                    unread_count: count,
+                    total: unread_total,
+                    mention_count: if count == 0 { 0 } else { n.mentions },
+                    mention_total: totals.mentions,
+                    thread_unread_count: if count == 0 { 0 } else { n.thread_unread },
+                }
+            })
+            .collect())
     }
 }

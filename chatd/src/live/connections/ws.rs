@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
 use schema::events::Event;
-use schema::{MessageBody, RoomId, SessionId, UserId, streams};
+use schema::{MessageBody, MessageId, RoomId, SessionId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
 use crate::chat::auth::TokenRefusal;
@@ -160,7 +160,7 @@ impl Connection {
                 }
                 () = &mut flush, if flush_armed => {
                     flush_armed = false;
-                    for frame in conn.unread.changes() {
+                    for frame in conn.unread.changes(&conn.chat).await? {
                         conn.reply(&mut sink, ServerFrame::Unread(frame)).await?;
                     }
                 }
@@ -294,9 +294,27 @@ impl Connection {
                 .chat
                 .messages_now(room, page.iter().filter_map(|(_, e)| e.as_ref()))
                 .await?;
+            // Messages show their state now (read counts, replies, reactions, pin).
+            let sent: Vec<_> = page
+                .iter()
+                .filter_map(|(r, e)| match e {
+                    Some(Event::MessageSent {
+                        message_id,
+                        sender_id,
+                        ..
+                    }) => Some((*message_id, r.version, *sender_id)),
+                    _ => None,
+                })
+                .collect();
+            let mut extras = self.chat.extras(room, self.user, sent).await?.into_iter();
             for (recorded, event) in page {
                 if let Some(event) = event {
-                    let frame = EventFrame::new(room, &recorded, &event, now.of(&event));
+                    let state = match event {
+                        Event::MessageSent { .. } => extras.next(),
+                        _ => None,
+                    };
+                    let frame =
+                        EventFrame::new(room, &recorded, &event, now.of(&event), state.as_ref());
                     sink.send(Message::Text(frame.text.to_string())).await?;
                     delivered();
                 }
@@ -395,6 +413,7 @@ impl Connection {
                             RoomId(send.room_id),
                             body,
                             Some(key.to_owned()),
+                            send.reply_to.map(MessageId),
                         );
                         tracecontext::scope(trace, sent).instrument(span).await
                     }
