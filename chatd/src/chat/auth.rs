@@ -23,6 +23,11 @@ use uuid::Uuid;
 use super::error::ChatError;
 use crate::limits::{Limit, Limited};
 
+/// The authenticated caller, the session their token belongs to, and when the token expires
+/// (Unix seconds): what a transport hands the layers below once a token checks out.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub UserId, pub SessionId, pub i64);
+
 /// Claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {

@@ -63,10 +63,7 @@ enum Done {
     NoContent,
 }
 
-/// The authenticated caller, the session their token belongs to, and when the token expires
-/// (Unix seconds).
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub UserId, pub SessionId, pub i64);
+pub use crate::chat::auth::Caller;
 
 /// A bearer access token from `POST /v1/auth/login`.
 #[derive(Debug, SecurityScheme)]

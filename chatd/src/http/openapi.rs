@@ -84,6 +84,11 @@ pub fn declare_limits(document: &str, invite_max_users: usize) -> String {
     parameter("/v1/search", "limit", page(100));
     parameter("/v1/rooms/{room_id}/messages", "limit", page(200));
     parameter("/v1/rooms/{room_id}/members", "limit", page(200));
+    parameter(
+        "/v1/rooms/{room_id}/messages/{message_id}/thread",
+        "limit",
+        page(200),
+    );
     for name in ["before_seq", "after_seq"] {
         parameter("/v1/rooms/{room_id}/messages", name, seq.clone());
     }

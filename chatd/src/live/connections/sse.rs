@@ -19,9 +19,9 @@ use schema::events::Event;
 use schema::{RoomId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
+use crate::chat::auth::Caller;
 use crate::chat::view::event_view;
 use crate::chat::{Chat, ChatError, Code, Result};
-use crate::http::Caller;
 use crate::limits::LiveSlot;
 use crate::live::frames::{ClosedNotice, MessageNotice, Notification};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound, Registration};

@@ -15,9 +15,9 @@ use schema::events::Event;
 use schema::{MessageBody, MessageId, RoomId, SessionId, UserId, streams};
 
 use super::unread::{self, UnreadPush};
+use crate::chat::auth::Caller;
 use crate::chat::auth::TokenRefusal;
 use crate::chat::{Chat, ChatError, Code, Refusal};
-use crate::http::Caller;
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
