@@ -91,6 +91,11 @@ pub fn declare_limits(document: &str, invite_max_users: usize) -> String {
     );
     for name in ["before_seq", "after_seq"] {
         parameter("/v1/rooms/{room_id}/messages", name, seq.clone());
+        parameter(
+            "/v1/rooms/{room_id}/messages/{message_id}/thread",
+            name,
+            seq.clone(),
+        );
     }
     parameter("/v1/notifications", "Last-Event-ID", seq);
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| document.to_owned())
