@@ -257,6 +257,12 @@ pub struct LimitSettings {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub sse_replay_limit: u64,
 
+    /// Rooms a node holds in memory to decide their commands (one actor each); beyond it the
+    /// least recently used is let go (and loaded from the log again when next used).
+    #[arg(long, env = "CHAT_ROOM_CACHE", default_value_t = 10_000, global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub room_cache: usize,
+
     /// Keys (users, addresses) each rate-limit table remembers; the least recently seen are
     /// forgotten first.
     #[arg(long, env = "CHAT_LIMIT_KEYS", default_value_t = 100_000, global = true,

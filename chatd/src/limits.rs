@@ -321,6 +321,8 @@ pub struct Limits {
     pub resume_max_rooms: usize,
     /// The most log events an SSE `Last-Event-ID` replay scans.
     pub sse_replay_limit: u64,
+    /// The most rooms held in memory (room actors).
+    pub room_cache: usize,
     /// Registrations per source address.
     pub registrations: Buckets<IpAddr>,
     login_accounts: Backoff<String>,
@@ -369,6 +371,7 @@ impl Limits {
             resumes: Buckets::per_minute(Limit::Rate, s.resumes_per_min, keys),
             resume_max_rooms: s.resume_max_rooms,
             sse_replay_limit: s.sse_replay_limit,
+            room_cache: s.room_cache,
             registrations: Buckets::per_minute(Limit::Register, s.registrations_per_min, keys),
             login_accounts,
             login_addresses,

@@ -65,7 +65,7 @@ impl Chat {
         limits: Limits,
     ) -> Self {
         Self {
-            rooms: room_actor::RoomActors::new(log.clone(), models.clone()),
+            rooms: room_actor::RoomActors::new(log.clone(), models.clone(), limits.room_cache),
             log,
             models,
             progress,

@@ -16,13 +16,15 @@
 //! when commands took turns. The order of a room's commands on this node is the mailbox's.
 //!
 //! An actor that has been idle for [`IDLE`] stops and forgets its aggregate; so does one
-//! whose room does not exist (requests naming made-up rooms must not grow the map). Its state
-//! is only a cache of the log, so nothing is lost: the next command starts a new actor, which
-//! loads the room again. Actors also stop when the [`RoomActors`] is dropped (their mailboxes
-//! close).
+//! whose room does not exist (requests naming made-up rooms must not grow the map). The number
+//! of actors is bounded too (`CHAT_ROOM_CACHE`): starting one more than that retires the least
+//! recently used, which stops as soon as the commands already given to it are done. An
+//! actor's state is only a cache of the log, so nothing is lost: the next command starts a new
+//! actor, which loads the room again. Actors also stop when the [`RoomActors`] is dropped
+//! (their mailboxes close).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -60,8 +62,63 @@ struct Job {
     reply: oneshot::Sender<Result<Executed>>,
 }
 
-/// Each running actor's mailbox, with a number telling actors of one room apart.
-type Mailboxes = Arc<Mutex<HashMap<RoomId, (u64, mpsc::Sender<Job>)>>>;
+/// The mailboxes of the actors commands go to, by room, least recently used first.
+#[derive(Debug)]
+struct Running {
+    /// Each actor's mailbox, with the number telling actors of one room apart and when it
+    /// was last given a command.
+    rooms: HashMap<RoomId, Slot>,
+    /// The rooms by when they were last used.
+    by_use: BTreeMap<u64, RoomId>,
+    /// The most entries; one more retires the least recently used.
+    capacity: usize,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    used: u64,
+    tx: mpsc::Sender<Job>,
+}
+
+impl Running {
+    /// `room`'s mailbox, now its most recently used.
+    fn touch(&mut self, room: RoomId) -> Option<mpsc::Sender<Job>> {
+        self.clock += 1;
+        let slot = self.rooms.get_mut(&room)?;
+        self.by_use.remove(&slot.used);
+        slot.used = self.clock;
+        self.by_use.insert(self.clock, room);
+        Some(slot.tx.clone())
+    }
+
+    /// Adds a new actor's mailbox, first dropping the least recently used ones beyond the
+    /// capacity (their actors stop once the commands they have are done).
+    fn insert(&mut self, room: RoomId, id: u64, tx: mpsc::Sender<Job>) {
+        while self.rooms.len() >= self.capacity {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            self.rooms.remove(&oldest);
+        }
+        self.clock += 1;
+        self.by_use.insert(self.clock, room);
+        let used = self.clock;
+        self.rooms.insert(room, Slot { id, used, tx });
+    }
+
+    /// Removes `room`'s entry if `is_it` says it is the one meant.
+    fn remove_if(&mut self, room: RoomId, is_it: impl FnOnce(&Slot) -> bool) {
+        if self.rooms.get(&room).is_some_and(is_it)
+            && let Some(slot) = self.rooms.remove(&room)
+        {
+            self.by_use.remove(&slot.used);
+        }
+    }
+}
+
+type Mailboxes = Arc<Mutex<Running>>;
 
 /// The running room actors, by room. One per node, owned by [`super::Chat`].
 #[derive(Debug)]
@@ -71,6 +128,8 @@ pub(super) struct RoomActors {
     models: ReadModels,
     actors: Mailboxes,
     next_id: AtomicU64,
+    /// Actor tasks alive, including retired ones finishing their last commands.
+    alive: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,13 +138,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RoomActors {
-    pub(super) fn new(log: Arc<dyn EventLog>, models: ReadModels) -> Self {
+    /// `capacity`: the most actors (rooms held in memory) at once.
+    pub(super) fn new(log: Arc<dyn EventLog>, models: ReadModels, capacity: usize) -> Self {
+        let running = Running {
+            rooms: HashMap::new(),
+            by_use: BTreeMap::new(),
+            capacity: capacity.max(1),
+            clock: 0,
+        };
         Self {
             log,
             models,
-            actors: Arc::default(),
+            actors: Arc::new(Mutex::new(running)),
             next_id: AtomicU64::new(0),
+            alive: Arc::default(),
         }
+    }
+
+    /// Actor tasks alive (rooms held in memory).
+    #[cfg(test)]
+    fn alive(&self) -> usize {
+        self.alive.load(Ordering::Relaxed)
     }
 
     /// Runs `command` on `room` and answers once its events are durable (or it was refused).
@@ -111,13 +184,7 @@ impl RoomActors {
                 // another.
                 Err(mpsc::error::SendError(back)) => {
                     job = back;
-                    let mut actors = lock(&self.actors);
-                    if actors
-                        .get(&room)
-                        .is_some_and(|(_, tx)| tx.same_channel(&mailbox))
-                    {
-                        actors.remove(&room);
-                    }
+                    lock(&self.actors).remove_if(room, |s| s.tx.same_channel(&mailbox));
                 }
             }
         }
@@ -129,12 +196,12 @@ impl RoomActors {
     /// The mailbox of `room`'s actor, starting one if none runs.
     fn mailbox(&self, room: RoomId) -> mpsc::Sender<Job> {
         let mut actors = lock(&self.actors);
-        if let Some((_, tx)) = actors.get(&room) {
-            return tx.clone();
+        if let Some(tx) = actors.touch(room) {
+            return tx;
         }
         let (tx, rx) = mpsc::channel(MAILBOX);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        actors.insert(room, (id, tx.clone()));
+        actors.insert(room, id, tx.clone());
         let actor = Actor {
             room,
             stream: streams::room(room),
@@ -143,6 +210,7 @@ impl RoomActors {
             actors: self.actors.clone(),
             id,
             loaded: None,
+            _alive: Alive::new(self.alive.clone()),
         };
         tokio::spawn(actor.run(rx));
         tx
@@ -151,7 +219,23 @@ impl RoomActors {
     /// Rooms with a running actor (for tests of eviction).
     #[cfg(test)]
     fn running(&self) -> usize {
-        lock(&self.actors).len()
+        lock(&self.actors).rooms.len()
+    }
+}
+
+/// Counts an actor task while it lives.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -165,6 +249,7 @@ struct Actor {
     /// The room as of its last event this actor knows; `None` until loaded, and after an
     /// append whose outcome is unknown (then it is loaded again).
     loaded: Option<Loaded<RoomAggregate>>,
+    _alive: Alive,
 }
 
 impl Actor {
@@ -208,12 +293,7 @@ impl Actor {
     /// Leaves the map (if still this room's actor there) and closes the mailbox. Returns
     /// false when jobs are left to do first: ones that arrived before the mailbox closed.
     fn retire(&self, mailbox: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) -> bool {
-        {
-            let mut actors = lock(&self.actors);
-            if actors.get(&self.room).is_some_and(|(id, _)| *id == self.id) {
-                actors.remove(&self.room);
-            }
-        }
+        lock(&self.actors).remove_if(self.room, |s| s.id == self.id);
         // Senders holding the mailbox from before now fail and start a new actor; what they
         // put in before the close is still ours.
         mailbox.close();
@@ -428,7 +508,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteLog::open(dir.path().join("events.db")).await.unwrap();
         let models = ReadModels::open(dir.path().join("readmodels.db")).unwrap();
-        let actors = Arc::new(RoomActors::new(Arc::new(log.clone()), models));
+        let actors = Arc::new(RoomActors::new(Arc::new(log.clone()), models, 10_000));
         let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
         let create = RoomCommand::Create {
             room_id: room,
@@ -470,8 +550,9 @@ mod tests {
 
     fn queued(actors: &RoomActors, room: RoomId) -> usize {
         lock(&actors.actors)
+            .rooms
             .get(&room)
-            .map_or(0, |(_, tx)| tx.max_capacity() - tx.capacity())
+            .map_or(0, |s| s.tx.max_capacity() - s.tx.capacity())
     }
 
     /// Commands waiting while an append is in flight go out as one batch, in mailbox order,
@@ -598,6 +679,50 @@ mod tests {
             w.actors.running() == 1
         })
         .await;
-        assert!(lock(&w.actors.actors).contains_key(&w.room));
+        assert!(lock(&w.actors.actors).rooms.contains_key(&w.room));
+    }
+
+    /// No more actors than the capacity: a new room retires the least recently used one,
+    /// whose task then ends; its room loads again on its next command, losing nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_least_recently_used_room_is_retired_beyond_the_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SqliteLog::open(dir.path().join("events.db")).await.unwrap();
+        let models = ReadModels::open(dir.path().join("readmodels.db")).unwrap();
+        let actors = RoomActors::new(Arc::new(log.clone()), models, 2);
+        let alice = UserId::new();
+        let rooms = [RoomId::new(), RoomId::new(), RoomId::new()];
+        for room in rooms {
+            let create = RoomCommand::Create {
+                room_id: room,
+                kind: RoomKind::Group,
+                name: Some(RoomName::parse("lru").unwrap()),
+                visibility: Visibility::Private,
+                creator: alice,
+                members: vec![],
+            };
+            actors.execute(room, create, None).await.unwrap();
+        }
+        let held = |actors: &RoomActors| {
+            let running = lock(&actors.actors);
+            let mut held: Vec<RoomId> = running.rooms.keys().copied().collect();
+            held.sort_by_key(|r| running.rooms[r].used);
+            held
+        };
+        assert_eq!(held(&actors), rooms[1..], "the first room was retired");
+        eventually("the retired actor to stop", || actors.alive() == 2).await;
+
+        // Using room 1 makes room 2 the least recently used: room 0 coming back retires it.
+        actors
+            .execute(rooms[1], send(alice, MessageId::new()), None)
+            .await
+            .unwrap();
+        let sent = actors
+            .execute(rooms[0], send(alice, MessageId::new()), None)
+            .await
+            .unwrap();
+        assert_eq!(sent.append.unwrap().first_version, 2, "room 0 loaded again");
+        assert_eq!(held(&actors), [rooms[1], rooms[0]]);
+        eventually("the retired actor to stop", || actors.alive() == 2).await;
     }
 }
