@@ -330,6 +330,21 @@ pub struct Limits {
     pub live: LiveConnections,
 }
 
+/// A password check of a signed-in user (password change, account deletion) let through.
+#[derive(Debug)]
+#[must_use]
+pub struct PasswordCheck<'a> {
+    limits: &'a Limits,
+    account: String,
+}
+
+impl PasswordCheck<'_> {
+    /// The password was right: the account starts over.
+    pub fn succeeded(self) {
+        self.limits.login_accounts.reset(&self.account);
+    }
+}
+
 /// A login attempt let through; tell it how it ended.
 #[derive(Debug)]
 #[must_use]
@@ -379,6 +394,23 @@ impl Limits {
                 max: s.live_connections_per_user,
                 open: Arc::default(),
             },
+        }
+    }
+
+    /// Lets a signed-in user's password check for `account` go ahead, or says how long to
+    /// wait: failures count against the account's login backoff (and a backoff from failed
+    /// logins holds these too).
+    pub fn password_check(&self, account: &str) -> Result<PasswordCheck<'_>, Limited> {
+        let account = account.to_lowercase();
+        match self
+            .login_accounts
+            .attempt_at(account.clone(), Instant::now())
+        {
+            Some(wait) => Err(Limited::new(Limit::Login, wait)),
+            None => Ok(PasswordCheck {
+                limits: self,
+                account,
+            }),
         }
     }
 

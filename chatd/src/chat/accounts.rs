@@ -201,16 +201,17 @@ impl Chat {
     ) -> Result<()> {
         self.catch_up::<UserAggregate>(&streams::user(actor), loaded)
             .await?;
-        let hash = loaded
-            .as_ref()
-            .and_then(|l| l.state.active())
-            .map(|r| r.password_hash.clone());
-        if hash.is_none() {
+        let Some(me) = loaded.as_ref().and_then(|l| l.state.active()) else {
             return Err(DomainError::NotFound("user").into());
-        }
+        };
+        // A stolen access token must not let anyone guess the password faster than a login
+        // could: the account's login backoff counts these too.
+        let attempt = self.limits.password_check(me.username.as_str())?;
+        let hash = Some(me.password_hash.clone());
         if !self.auth.verify_password(password, hash).await? {
             return Err(DomainError::WrongPassword.into());
         }
+        attempt.succeeded();
         Ok(())
     }
 

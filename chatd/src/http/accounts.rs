@@ -162,8 +162,9 @@ impl Api {
         self.profile(me).await
     }
 
-    /// Change your password (403 `wrong_password` if `current_password` is wrong). Every
-    /// other session ends; this one stays.
+    /// Change your password (403 `wrong_password` if `current_password` is wrong; wrong ones
+    /// count toward the account's login backoff, 429 `login_throttled`). Every other session
+    /// ends; this one stays.
     #[oai(path = "/users/me/password", method = "post")]
     async fn change_password(
         &self,
@@ -178,7 +179,8 @@ impl Api {
         Ok(Done::NoContent)
     }
 
-    /// Delete your account (403 `wrong_password` unless `password` is right). Your profile is
+    /// Delete your account (403 `wrong_password` unless `password` is right; 429
+    /// `login_throttled` as for a password change). Your profile is
     /// erased and your messages show as from a deleted user; every session ends; you leave
     /// every room. The username stays reserved: it cannot be registered again.
     #[oai(path = "/users/me", method = "delete")]

@@ -62,6 +62,13 @@ pub fn declare_limits(document: &str, invite_max_users: usize) -> String {
     // Optional fields take `null` as absent.
     property("RegisterRequest", "display_name", json!({"nullable": true}));
     property("SendRequest", "client_msg_id", json!({"nullable": true}));
+    // ... and these clear with `null` (as with an empty string).
+    property(
+        "ProfileRequest",
+        "status_message",
+        json!({"nullable": true}),
+    );
+    property("RoomSettingsRequest", "topic", json!({"nullable": true}));
     let cap = json!({"maxItems": invite_max_users});
     property("CreateRoomRequest", "member_ids", cap.clone());
     property("InviteRequest", "user_ids", cap);

@@ -125,6 +125,69 @@ async fn logins_back_off_after_failures_and_registrations_are_limited() {
     assert_eq!(refusals, expected, "{printed}");
 }
 
+/// A signed-in user's password checks (password change, account deletion) back off like
+/// logins, and share the account's count: a stolen access token does not guess faster.
+#[tokio::test]
+async fn password_checks_share_the_login_backoff() {
+    let (_chatd, api) = start(&[
+        ("CHAT_LOGIN_FAILURES_PER_ACCOUNT", "2"),
+        ("CHAT_LOGIN_BACKOFF_MS", "600000"),
+        ("CHAT_LOGIN_BACKOFF_MAX_SECS", "3600"),
+    ])
+    .await;
+    assert_eq!(register(&api, "alice").await.0, StatusCode::CREATED);
+    let (status, _, tokens) = login(&api, "alice", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let change = |current: &str| json!({"current_password": current, "new_password": "a brand new password"});
+    // A right one in between starts the count over.
+    for current in ["wrong guess 1", PASSWORD, "wrong guess 2", "wrong guess 3"] {
+        let path = "/v1/users/me/password";
+        let got = request(
+            &api,
+            Method::POST,
+            path,
+            Some(&token),
+            Some(change(current)),
+        )
+        .await;
+        if current == PASSWORD {
+            assert_eq!(got.0, StatusCode::NO_CONTENT, "{got:?}");
+            // Changing it back keeps the test's password (and is a second right one).
+            let back =
+                json!({"current_password": "a brand new password", "new_password": PASSWORD});
+            let got = request(&api, Method::POST, path, Some(&token), Some(back)).await;
+            assert_eq!(got.0, StatusCode::NO_CONTENT, "{got:?}");
+        } else {
+            assert_problem(&(got.0, got.2), StatusCode::FORBIDDEN, "wrong_password");
+        }
+    }
+    // Two failures in a row: the right password waits too, here and at login.
+    let got = request(
+        &api,
+        Method::POST,
+        "/v1/users/me/password",
+        Some(&token),
+        Some(change(PASSWORD)),
+    )
+    .await;
+    assert_limited(&got, StatusCode::TOO_MANY_REQUESTS, "login_throttled");
+    let got = request(
+        &api,
+        Method::DELETE,
+        "/v1/users/me",
+        Some(&token),
+        Some(json!({"password": PASSWORD})),
+    )
+    .await;
+    assert_limited(&got, StatusCode::TOO_MANY_REQUESTS, "login_throttled");
+    assert_limited(
+        &login(&api, "alice", PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "login_throttled",
+    );
+}
+
 /// With every password-hash slot busy and no wait allowed, a login is refused with 503 at
 /// once instead of queueing.
 #[tokio::test]
