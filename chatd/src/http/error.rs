@@ -81,6 +81,11 @@ impl ApiError {
         Self::Problem(status, problem(status, code, detail))
     }
 
+    /// 503 `not_ready`, to retry in a second.
+    pub fn not_ready(detail: impl Into<String>) -> Self {
+        Self::with_retry(Code::NotReady, detail, Some(1))
+    }
+
     pub fn invalid_parameter(detail: impl Into<String>) -> Self {
         Self::new(Code::InvalidParameter, detail)
     }

@@ -197,6 +197,29 @@ async fn readyz(req: &Request) -> Response {
     }
 }
 
+/// How long an API request waits for the projections to catch up after a start before it is
+/// refused with 503 `not_ready`.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Middleware on the API: nothing is served from read models behind what the log held at
+/// start. After a crash they replay what they had not made durable, and until then they would
+/// show an older state: acknowledged messages missing, a message deleted just before the crash
+/// back again. A request waits (boundedly) for them, then gets 503 `not_ready` with
+/// `Retry-After`. Once caught up this is one atomic read.
+async fn caught_up<E: Endpoint>(ep: E, req: Request, ready: Readiness) -> poem::Result<Response> {
+    let behind = ready.progress.position() < ready.head_at_start;
+    if behind
+        && let Err(e) = ready
+            .progress
+            .wait_for(ready.head_at_start, CATCH_UP_WAIT)
+            .await
+    {
+        let detail = format!("starting: the read models are catching up with the log ({e})");
+        return Ok(ApiError::not_ready(detail).into_response());
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
 /// Middleware: one span per request, continuing the caller's W3C trace when it sends a
 /// `traceparent`. Events appended while handling the request carry the span's context (or,
 /// without OpenTelemetry, the caller's), so projections and fan-out on every node join the
@@ -268,6 +291,8 @@ pub fn routes(
             .content_type("application/json")
             .body(openapi.clone())
     });
+    let gate = readiness.clone();
+    let api = api.around(move |ep, req| caught_up(ep, req, gate.clone()));
     let public = web::mount(Route::new())
         .nest("/v1", api)
         .at("/openapi.json", spec)
