@@ -3,7 +3,11 @@
 //! The browser test drives Debian's Chromium through chromedriver (WebDriver, via fantoccini)
 //! against the real `chatd` binary: two users chat in real time, unread counts move in the
 //! other's list, the server is killed and restarted without the client losing or repeating a
-//! message, and search finds a Korean message and jumps to it. It is recorded as skipped
+//! message, and search finds a Korean message and jumps to it. Replies (quoted, counted, a
+//! thread answered in its dialog) and reactions are made through the page and seen by the
+//! other user; dark mode is emulated (CDP `Emulation.setEmulatedMedia`) and its colours and
+//! contrast checked; notifications are granted (CDP `Browser.grantPermissions`) and one must
+//! be shown while Alice's tab is hidden behind another tab. It is recorded as skipped
 //! (`test_support::skip!`: on the real stderr, and in `scripts/test`'s summary) when Chromium
 //! or chromedriver is not installed; `scripts/test` installs them. On failure, screenshots of both browsers are saved
 //! under `target/tmp/web-client/` and their paths printed.
