@@ -9,6 +9,8 @@ const $ = (id) => document.getElementById(id);
 
 const PAGE = 50;
 const TYPING_SEND_EVERY_MS = 3000;
+/** The server forwards one typing frame per second per room and typer, and drops the rest. */
+const TYPING_SERVER_GAP_MS = 1100;
 const TYPING_SHOWN_MS = 5000;
 /** Notifications only for messages this fresh (a resume after a long sleep stays quiet). */
 const NOTIFY_WITHIN_MS = 120_000;
@@ -31,7 +33,13 @@ const state = {
   typing: new Map(),
   /** room id → highest seq we marked read. */
   readSent: new Map(),
-  lastTypingSent: 0,
+  /** The last typing frame: {room_id, at}; `shown` false once a sent message ended it. */
+  typingSent: { room_id: null, at: 0, shown: false },
+  typingTimer: null,
+  /** The message the composer replies to: {message_id, sender_id, body, seq} or null. */
+  replyTo: null,
+  /** The open thread (see `openThread`) or null. */
+  thread: null,
   search: null,
   started: false,
 };
@@ -171,6 +179,7 @@ function roomItem(r) {
         'span.room-side',
         {},
         last ? time(last.sent_at) : null,
+        r.mention_count ? h('span.badge.mention', { title: `${r.mention_count} mentioning you` }, '@', h('span.sr-only', {}, ` ${r.mention_count} mentioning you`)) : null,
         unread ? h('span.badge', {}, String(unread), h('span.sr-only', {}, ' unread')) : null,
       ),
     ),
@@ -181,6 +190,8 @@ function setUnread(f) {
   const r = state.rooms.get(f.room_id);
   if (!r) return;
   r.unread_count = f.unread_count;
+  if (f.mention_count !== undefined) r.mention_count = f.mention_count;
+  else if (!f.unread_count) r.mention_count = 0;
   renderRooms();
 }
 
@@ -290,11 +301,22 @@ function setUnreadBy(el, n) {
   badge.title = count ? `not read by ${count}` : '';
 }
 
-/** Shows a message's reactions: emoji and count, most used first. */
+/** Shows a message's reactions: emoji and count, most used first; each toggles ours. */
 function setReactions(el, reactions) {
   el.reactions = reactions.filter((r) => r.count > 0);
   el.querySelector('.reactions').replaceChildren(
-    ...el.reactions.map((r) => h(`span.reaction${r.me ? '.me' : ''}`, { title: `${r.count} reacted ${r.emoji}` }, `${r.emoji} ${r.count}`)),
+    ...el.reactions.map((r) =>
+      h(
+        `button.reaction${r.me ? '.me' : ''}`,
+        {
+          type: 'button',
+          'aria-pressed': String(Boolean(r.me)),
+          title: `${r.count} reacted ${r.emoji}`,
+          onclick: () => state.tl && react(state.tl.room_id, el, r.emoji, !r.me),
+        },
+        `${r.emoji} ${r.count}`,
+      ),
+    ),
   );
 }
 
@@ -336,6 +358,7 @@ function onEvent(roomId, ev) {
     if (ev.sender_id !== me && ev.body !== undefined) notify(roomId, ev);
   }
   if (state.tl?.room_id === roomId) liveEvent(state.tl, ev);
+  threadEvent(roomId, ev);
 }
 
 /** Applies an event to a room's summary (idempotent: replays are ignored by seq). */
@@ -396,6 +419,12 @@ function showNotifyButton() {
   $('notify').hidden = !('Notification' in window) || Notification.permission !== 'default' || !!asked;
 }
 
+// Granted or blocked from the browser's own settings: the button follows.
+navigator.permissions
+  ?.query({ name: 'notifications' })
+  .then((status) => status.addEventListener('change', () => state.started && showNotifyButton()))
+  .catch(() => {});
+
 $('notify').addEventListener('click', async () => {
   localStorage.setItem('chatd.notify-asked', '1');
   $('notify').hidden = true;
@@ -448,6 +477,8 @@ function newTimeline(roomId) {
     later: new Map(),
     /** Reader → highest read seq seen in a `receipt` frame. */
     receipts: new Map(),
+    /** message id → a promise of what a reply's quote shows of it (parents not loaded). */
+    parents: new Map(),
     oldest: null,
     newest: null,
     hasMore: true,
@@ -471,6 +502,7 @@ async function openRoom(roomId, { focusSeq } = {}) {
     $('jump').hidden = true;
     renderRoomHeader();
     renderTyping();
+    renderReplying();
     renderOutbox();
     renderRooms();
     loadMembers(roomId).catch(report);
@@ -539,6 +571,9 @@ function addEvents(tl, events, where) {
   const frag = document.createDocumentFragment();
   const scroller = $('scroller');
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  // The items of a page are current as of (at least) its newest event: changes up to there
+  // are in their counts already.
+  tl.asOf = Math.max(tl.newest ?? 0, ...events.map((e) => e.seq));
   for (const ev of events) {
     if (tl.entries.has(ev.seq)) continue;
     tl.oldest = tl.oldest === null ? ev.seq : Math.min(tl.oldest, ev.seq);
@@ -563,6 +598,7 @@ function eventEl(tl, ev) {
     case 'message_sent': {
       const el = messageEl(tl, ev);
       tl.messages.set(ev.message_id, el);
+      if (ev.reply_to) countReply(tl, ev.reply_to, 1, ev.seq);
       const later = tl.later.get(ev.message_id);
       if (later) applyChange(el, later);
       return el;
@@ -570,6 +606,9 @@ function eventEl(tl, ev) {
     case 'message_edited':
     case 'message_deleted': {
       const el = tl.messages.get(ev.message_id);
+      if (el?.dataset.replyTo && ev.type === 'message_deleted' && !el.classList.contains('deleted')) {
+        countReply(tl, el.dataset.replyTo, -1, ev.seq);
+      }
       if (el) applyChange(el, ev);
       else if ((tl.later.get(ev.message_id)?.seq ?? 0) < ev.seq && tl.later.get(ev.message_id)?.type !== 'message_deleted') {
         tl.later.set(ev.message_id, ev);
@@ -606,6 +645,7 @@ function messageEl(tl, ev) {
   const el = h(
     `li.msg${mine ? '.mine' : ''}`,
     { dataset: { seq: ev.seq, messageId: ev.message_id, sender: ev.sender_id, changed: 0 }, tabIndex: -1 },
+    ev.reply_to ? quoteEl(tl, ev.reply_to) : null,
     h(
       'div.meta',
       {},
@@ -618,32 +658,270 @@ function messageEl(tl, ev) {
     ),
     h('p.body', {}, ev.body),
     h('div.reactions', {}),
+    h('button.ghost.replies', { type: 'button', hidden: true, onclick: () => openThread(tl.room_id, ev.message_id) }),
+    h(
+      'div.tools',
+      {},
+      h('button.ghost', { type: 'button', onclick: () => startReply(tl, el) }, 'Reply', h('span.sr-only', {}, ' to this message')),
+      h('button.ghost.react', { type: 'button', 'aria-expanded': 'false', onclick: () => togglePicker(tl, el) }, 'React'),
+      mine ? h('button.ghost', { type: 'button', onclick: () => startEdit(tl, el) }, 'Edit', h('span.sr-only', {}, ' message')) : null,
+      mine ? h('button.ghost', { type: 'button', onclick: () => deleteMessage(tl, el) }, 'Delete', h('span.sr-only', {}, ' message')) : null,
+    ),
   );
-  el.dataset.stateSeq = tl.newest ?? ev.seq;
+  if (ev.reply_to) el.dataset.replyTo = ev.reply_to;
+  el.dataset.stateSeq = tl.asOf ?? ev.seq;
   setUnreadBy(el, ev.unread_by);
   setReactions(el, ev.reactions ?? []);
-  if (mine) {
-    el.append(
-      h(
-        'div.tools',
-        {},
-        h('button.ghost', { type: 'button', onclick: () => startEdit(tl, el) }, 'Edit', h('span.sr-only', {}, ' message')),
-        h('button.ghost', { type: 'button', onclick: () => deleteMessage(tl, el) }, 'Delete', h('span.sr-only', {}, ' message')),
-      ),
+  setReplyCount(el, ev.reply_count ?? 0);
+  return el;
+}
+
+// ------------------------------------------------------------------ replies and threads
+
+/** Shows "N replies" under a thread's root (a button opening the thread). */
+function setReplyCount(el, n) {
+  const count = Math.max(0, n || 0);
+  el.dataset.replies = count;
+  const b = el.querySelector('.replies');
+  if (!b) return;
+  b.hidden = count === 0;
+  b.textContent = `${count} repl${count === 1 ? 'y' : 'ies'}`;
+}
+
+/** What a quote shows of a parent: {seq, sender_id, body, deleted}, from the timeline or the API. */
+async function parentOf(tl, id) {
+  const el = tl.messages.get(id);
+  if (el) {
+    return {
+      seq: Number(el.dataset.seq),
+      sender_id: el.dataset.sender,
+      body: el.querySelector('.body').textContent,
+      deleted: el.classList.contains('deleted'),
+    };
+  }
+  if (!tl.parents.has(id)) {
+    tl.parents.set(
+      id,
+      session
+        .call('GET', `/v1/rooms/${tl.room_id}/messages/${id}/thread?limit=1`)
+        .then(({ root }) => ({ seq: root.seq, sender_id: root.sender_id, body: root.body, deleted: root.body === undefined }))
+        .catch(() => ({ seq: null, sender_id: null, body: '', deleted: true })),
     );
   }
-  return el;
+  return tl.parents.get(id);
+}
+
+/** The quoted parent above a reply; a button that jumps to it. */
+function quoteEl(tl, parentId) {
+  const name = h('span.quote-name', {}, '…');
+  const text = h('span.quote-text', {}, '');
+  const q = h(
+    'button.quote',
+    { type: 'button', dataset: { parent: parentId }, onclick: () => jumpToMessage(tl, parentId) },
+    h('span.sr-only', {}, 'In reply to '),
+    name,
+    ': ',
+    text,
+  );
+  parentOf(tl, parentId).then((p) => {
+    if (p.sender_id) name.replaceChildren(nameEl(p.sender_id));
+    else name.textContent = '';
+    text.textContent = p.deleted ? 'Message deleted' : p.body.slice(0, 140);
+    q.classList.toggle('deleted', p.deleted);
+  });
+  return q;
+}
+
+async function jumpToMessage(tl, id) {
+  const p = await parentOf(tl, id);
+  if (p.seq !== null && !p.deleted) await jumpTo(tl, p.seq);
+}
+
+/** A new reply counts on its root; a deleted one no longer does. */
+function countReply(tl, rootId, delta, seq) {
+  const root = tl.messages.get(rootId);
+  if (root && seq > Number(root.dataset.stateSeq)) setReplyCount(root, Number(root.dataset.replies) + delta);
+}
+
+function startReply(tl, el) {
+  // Threads are one level deep: replying to a reply replies to its root.
+  const id = el.dataset.replyTo || el.dataset.messageId;
+  const target = tl.messages.get(id) || el;
+  state.replyTo = { room_id: tl.room_id, message_id: id, sender_id: target.dataset.sender, body: target.querySelector('.body').textContent };
+  renderReplying();
+  $('compose').focus();
+}
+
+function renderReplying() {
+  const r = state.replyTo;
+  const bar = $('replying');
+  bar.hidden = !r || r.room_id !== state.tl?.room_id;
+  if (bar.hidden) return;
+  $('replying-text').replaceChildren('Replying to ', nameEl(r.sender_id), ': ', r.body.slice(0, 140));
+}
+
+function cancelReply() {
+  state.replyTo = null;
+  renderReplying();
+}
+
+$('replying-cancel').addEventListener('click', () => {
+  cancelReply();
+  $('compose').focus();
+});
+
+/** Opens a thread: its root and replies in a dialog, updated live, with its own composer. */
+async function openThread(roomId, rootId) {
+  const th = { room_id: roomId, root: rootId, ids: new Map(), oldest: null, hasMore: false };
+  state.thread = th;
+  $('thread-list').replaceChildren();
+  $('thread-older').hidden = true;
+  if (!$('thread').open) $('thread').showModal();
+  $('thread-compose').focus();
+  try {
+    const page = await session.call('GET', `/v1/rooms/${roomId}/messages/${rootId}/thread?limit=${PAGE}`);
+    if (state.thread !== th) return;
+    addThreadItems(th, [page.root], 'append');
+    addThreadItems(th, page.replies, 'append');
+    th.hasMore = page.has_more;
+    $('thread-older').hidden = !th.hasMore;
+  } catch (err) {
+    report(err);
+  }
+}
+
+async function loadOlderReplies() {
+  const th = state.thread;
+  if (!th?.hasMore) return;
+  const page = await session.call('GET', `/v1/rooms/${th.room_id}/messages/${th.root}/thread?before_seq=${th.oldest}&limit=${PAGE}`);
+  if (state.thread !== th) return;
+  th.hasMore = page.has_more;
+  addThreadItems(th, page.replies, 'prepend');
+  $('thread-older').hidden = !th.hasMore;
+}
+
+function addThreadItems(th, items, where) {
+  const els = [];
+  for (const m of items) {
+    if (th.ids.has(m.message_id)) continue;
+    const root = m.message_id === th.root;
+    const el = h(
+      `li.msg${m.sender_id === state.me?.user_id ? '.mine' : ''}${root ? '.root' : ''}`,
+      { dataset: { seq: m.seq, messageId: m.message_id, changed: m.seq } },
+      h('div.meta', {}, nameEl(m.sender_id), ' ', time(m.at), h('span.edited', { hidden: true }, ' (edited)')),
+      h('p.body', {}, m.body ?? ''),
+    );
+    if (m.body === undefined) applyChange(el, { type: 'message_deleted', seq: m.seq + 1 });
+    th.ids.set(m.message_id, el);
+    if (!root) th.oldest = th.oldest === null ? m.seq : Math.min(th.oldest, m.seq);
+    els.push(el);
+  }
+  const list = $('thread-list');
+  if (where === 'prepend') list.firstElementChild?.after(...els);
+  else list.append(...els);
+  if (where === 'append') list.lastElementChild?.scrollIntoView({ block: 'nearest' });
+}
+
+/** A live event for the open thread: a new reply, or an edit or delete of one of its messages. */
+function threadEvent(roomId, ev) {
+  const th = state.thread;
+  if (!th || th.room_id !== roomId) return;
+  if (ev.type === 'message_sent' && ev.reply_to === th.root) addThreadItems(th, [ev], 'append');
+  else if (ev.type === 'message_edited' || ev.type === 'message_deleted') {
+    const el = th.ids.get(ev.message_id);
+    if (el) applyChange(el, ev);
+  }
+}
+
+$('thread-older').addEventListener('click', () => loadOlderReplies().catch(report));
+$('thread-close').addEventListener('click', () => $('thread').close());
+$('thread').addEventListener('close', () => (state.thread = null));
+$('thread-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  sendThreadReply();
+});
+$('thread-compose').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    sendThreadReply();
+  }
+});
+
+function sendThreadReply() {
+  const th = state.thread;
+  const body = $('thread-compose').value.trim();
+  if (!th || !body) return;
+  $('thread-compose').value = '';
+  sendText(th.room_id, body, th.root);
+}
+
+// ------------------------------------------------------------------ reactions
+
+const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '🙏'];
+
+async function react(roomId, el, emoji, on) {
+  try {
+    await session.call(on ? 'PUT' : 'DELETE', `/v1/rooms/${roomId}/messages/${el.dataset.messageId}/reactions/${encodeURIComponent(emoji)}`);
+  } catch (err) {
+    report(err);
+  }
+}
+
+/** A row of emoji under the message; picking one reacts with it (or takes it back). */
+function togglePicker(tl, el) {
+  const button = el.querySelector('.react');
+  const open = el.querySelector('.picker');
+  if (open) {
+    open.remove();
+    button.setAttribute('aria-expanded', 'false');
+    return;
+  }
+  const close = () => {
+    picker.remove();
+    button.setAttribute('aria-expanded', 'false');
+    button.focus();
+  };
+  const picker = h(
+    'div.picker',
+    { role: 'group', 'aria-label': 'Pick a reaction', onkeydown: (e) => e.key === 'Escape' && close() },
+    ...EMOJI.map((emoji) =>
+      h(
+        'button.ghost',
+        {
+          type: 'button',
+          'aria-label': `React with ${emoji}`,
+          onclick: () => {
+            const mine = (el.reactions ?? []).find((r) => r.emoji === emoji)?.me;
+            react(tl.room_id, el, emoji, !mine);
+            close();
+          },
+        },
+        emoji,
+      ),
+    ),
+  );
+  el.querySelector('.tools').before(picker);
+  button.setAttribute('aria-expanded', 'true');
+  picker.querySelector('button').focus();
 }
 
 /** Applies an edit or delete to a shown message, unless a newer one was applied already. */
 function applyChange(el, ev) {
   if (Number(el.dataset.changed) >= ev.seq || el.classList.contains('deleted')) return;
   el.dataset.changed = ev.seq;
+  if (ev.message_id) {
+    for (const q of document.querySelectorAll(`.quote[data-parent="${ev.message_id}"]`)) {
+      q.querySelector('.quote-text').textContent = ev.type === 'message_deleted' ? 'Message deleted' : ev.body.slice(0, 140);
+      q.classList.toggle('deleted', ev.type === 'message_deleted');
+    }
+    state.tl?.parents.delete(ev.message_id);
+  }
   if (ev.type === 'message_deleted') {
     el.classList.add('deleted');
     setReactions(el, []);
     el.querySelector('.body').replaceChildren(h('em', {}, 'Message deleted'));
     el.querySelector('.tools')?.remove();
+    el.querySelector('.picker')?.remove();
     el.querySelector('.edit')?.remove();
     el.querySelector('.body').hidden = false;
   } else {
@@ -772,14 +1050,26 @@ function send() {
   const tl = state.tl;
   const body = $('compose').value.trim();
   if (!tl || !body) return;
-  const id = uuidv7();
-  const p = { room_id: tl.room_id, body, status: 'sending', el: null };
-  state.pending.set(id, p);
+  const replyTo = state.replyTo?.room_id === tl.room_id ? state.replyTo.message_id : undefined;
   $('compose').value = '';
-  state.lastTypingSent = 0;
-  if (!live.send({ type: 'send', room_id: p.room_id, body, client_msg_id: id })) p.status = 'queued';
-  renderOutbox();
+  cancelReply();
+  sendText(tl.room_id, body, replyTo);
   scrollToBottom();
+}
+
+/** Sends a message (a reply when `replyTo` is a message id); kept in the outbox until confirmed. */
+function sendText(roomId, body, replyTo) {
+  const id = uuidv7();
+  const p = { room_id: roomId, body, reply_to: replyTo, status: 'sending', el: null };
+  state.pending.set(id, p);
+  // Our message ends the typing indicator the others show: typing again must say so anew.
+  state.typingSent.shown = false;
+  if (!live.send(sendFrame(id, p))) p.status = 'queued';
+  renderOutbox();
+}
+
+function sendFrame(id, p) {
+  return { type: 'send', room_id: p.room_id, body: p.body, client_msg_id: id, ...(p.reply_to ? { reply_to: p.reply_to } : {}) };
 }
 
 /** After (re)connecting: sends again whatever is not confirmed (the server drops repeats). */
@@ -787,7 +1077,7 @@ function flushPending() {
   for (const [id, p] of state.pending) {
     if (p.status === 'failed') continue;
     p.status = 'sending';
-    live.send({ type: 'send', room_id: p.room_id, body: p.body, client_msg_id: id });
+    live.send(sendFrame(id, p));
   }
   renderOutbox();
   markRead();
@@ -847,7 +1137,7 @@ function renderOutbox() {
 
 function retry(id) {
   const p = state.pending.get(id);
-  p.status = live.send({ type: 'send', room_id: p.room_id, body: p.body, client_msg_id: id }) ? 'sending' : 'queued';
+  p.status = live.send(sendFrame(id, p)) ? 'sending' : 'queued';
   renderOutbox();
 }
 
@@ -865,13 +1155,29 @@ $('compose').addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     send();
+  } else if (e.key === 'Escape' && state.replyTo) {
+    cancelReply();
   }
 });
-$('compose').addEventListener('input', () => {
+$('compose').addEventListener('input', sendTyping);
+
+/** Tells the room we are typing: every few seconds, and again soon after a sent message. */
+function sendTyping() {
+  clearTimeout(state.typingTimer);
+  const tl = state.tl;
+  if (!tl || !$('compose').value) return;
+  const last = state.typingSent;
   const now = Date.now();
-  if (!state.tl || !$('compose').value || now - state.lastTypingSent < TYPING_SEND_EVERY_MS) return;
-  if (live.send({ type: 'typing', room_id: state.tl.room_id })) state.lastTypingSent = now;
-});
+  const fresh = last.room_id !== tl.room_id || !last.shown;
+  if (!fresh && now - last.at < TYPING_SEND_EVERY_MS) return;
+  // Within the server's gap the frame would be dropped: send it when the gap is over.
+  const wait = last.room_id === tl.room_id ? last.at + TYPING_SERVER_GAP_MS - now : 0;
+  if (wait > 0) {
+    state.typingTimer = setTimeout(sendTyping, wait);
+    return;
+  }
+  if (live.send({ type: 'typing', room_id: tl.room_id })) state.typingSent = { room_id: tl.room_id, at: now, shown: true };
+}
 
 // ------------------------------------------------------------------ search
 

@@ -3,7 +3,11 @@
 //! The browser test drives Debian's Chromium through chromedriver (WebDriver, via fantoccini)
 //! against the real `chatd` binary: two users chat in real time, unread counts move in the
 //! other's list, the server is killed and restarted without the client losing or repeating a
-//! message, and search finds a Korean message and jumps to it. It is recorded as skipped
+//! message, and search finds a Korean message and jumps to it. Replies (quoted, counted, a
+//! thread answered in its dialog) and reactions are made through the page and seen by the
+//! other user; dark mode is emulated (CDP `Emulation.setEmulatedMedia`) and its colours and
+//! contrast checked; notifications are granted (CDP `Browser.grantPermissions`) and one must
+//! be shown while Alice's tab is hidden behind another tab. It is recorded as skipped
 //! (`test_support::skip!`: on the real stderr, and in `scripts/test`'s summary) when Chromium
 //! or chromedriver is not installed; `scripts/test` installs them. On failure, screenshots of both browsers are saved
 //! under `target/tmp/web-client/` and their paths printed.
@@ -148,8 +152,9 @@ async fn two_people_chat_in_chromium_through_a_restart_and_search_in_korean() {
         let (a, b) = (alice_browser.clone(), bob_browser.clone());
         let data_dir = dir.path().to_owned();
         let api = chatd.api.clone();
+        let driver_url = driver.url.clone();
         async move {
-            scenario(a, b, api, &mut chatd, &data_dir)
+            scenario(a, b, api, &mut chatd, &data_dir, &driver_url)
                 .await
                 .map(|()| chatd)
         }
@@ -181,6 +186,7 @@ async fn scenario(
     api: Api,
     chatd: &mut ChatdProcess,
     data_dir: &Path,
+    driver: &str,
 ) -> anyhow::Result<()> {
     let base = api.base.clone();
     let addr: SocketAddr = base.trim_start_matches("http://").parse()?;
@@ -294,6 +300,8 @@ async fn scenario(
     open_room(&bob, &lobby).await?;
     wait_js(&bob, "Alice's messages", &timeline_has("are you there?")).await?;
     wait_js(&bob, "the lobby read", &unread_is(&lobby, 0)).await?;
+    // Access tokens live 10 s: the test's own are renewed before use.
+    let bob_user = login_as(&api, "bob").await;
     server_unread_is_zero(&api, &bob_user).await?;
     // …until his read receipt arrives, live.
     wait_js(
@@ -334,6 +342,149 @@ async fn scenario(
         ),
     )
     .await?;
+
+    // ---- Replies: Bob answers Alice's question with the message's Reply action; Alice sees
+    // the quoted question above it (a link back to it), and a reply count on the question.
+    let (question_seq, question_id) = (
+        first["seq"].as_u64().context("seq")?,
+        first["message_id"].as_str().context("id")?.to_owned(),
+    );
+    js(
+        &bob,
+        &format!(
+            "[...{}.querySelectorAll('.tools button')].find(b => b.textContent.startsWith('Reply')).click()",
+            message_js("are you there?")
+        ),
+    )
+    .await?;
+    wait_js(
+        &bob,
+        "the composer replying",
+        "!document.getElementById('replying').hidden && document.getElementById('replying-text').textContent.includes('are you there?') && document.activeElement.id === 'compose'",
+    )
+    .await?;
+    type_into(&bob, "#compose", "yes, here\u{E007}").await?;
+    wait_js(&bob, "the reply confirmed", &timeline_has("yes, here")).await?;
+    ensure!(
+        js(&bob, "document.getElementById('replying').hidden").await? == json!(true),
+        "the reply bar closes after sending"
+    );
+    let reply_quote = |text: &str| {
+        format!(
+            "{}?.querySelector('.quote[data-parent=\"{question_id}\"]')?.textContent.includes({})",
+            message_js(text),
+            json!("are you there?")
+        )
+    };
+    wait_js(
+        &alice,
+        "Bob's reply, quoting her question",
+        &reply_quote("yes, here"),
+    )
+    .await?;
+    wait_js(
+        &alice,
+        "one reply counted on the question",
+        &format!(
+            "{}.querySelector('.replies').textContent === '1 reply'",
+            message_js("are you there?")
+        ),
+    )
+    .await?;
+    js(
+        &alice,
+        &format!(
+            "{}.querySelector('.quote').click()",
+            message_js("yes, here")
+        ),
+    )
+    .await?;
+    wait_js(
+        &alice,
+        "the quote jumps to the question",
+        &format!("document.activeElement?.dataset.seq === '{question_seq}'"),
+    )
+    .await?;
+    // The thread: Alice opens it from the count, sees question and reply, and answers in it.
+    js(
+        &alice,
+        &format!(
+            "{}.querySelector('.replies').click()",
+            message_js("are you there?")
+        ),
+    )
+    .await?;
+    wait_js(
+        &alice,
+        "the thread with its root and reply",
+        "document.getElementById('thread').open && [...document.querySelectorAll('#thread-list .body')].map(b => b.textContent).join('|') === 'are you there?|yes, here'",
+    )
+    .await?;
+    type_into(&alice, "#thread-compose", "good to hear\u{E007}").await?;
+    wait_js(
+        &alice,
+        "her thread reply in the thread",
+        "[...document.querySelectorAll('#thread-list .body')].map(b => b.textContent).join('|') === 'are you there?|yes, here|good to hear'",
+    )
+    .await?;
+    click(&alice, "#thread-close").await?;
+    wait_js(
+        &bob,
+        "Alice's thread reply, quoting the question",
+        &reply_quote("good to hear"),
+    )
+    .await?;
+    wait_js(
+        &bob,
+        "two replies counted",
+        &format!(
+            "{}.querySelector('.replies').textContent === '2 replies'",
+            message_js("are you there?")
+        ),
+    )
+    .await?;
+    // A reaction from the picker; its chip takes it back.
+    js(
+        &alice,
+        &format!(
+            "{}.querySelector('.react').click()",
+            message_js("yes, here")
+        ),
+    )
+    .await?;
+    click(
+        &alice,
+        "#messages .picker button[aria-label='React with 🎉']",
+    )
+    .await?;
+    let party = format!(
+        "{}?.querySelector('.reactions').textContent",
+        message_js("yes, here")
+    );
+    wait_js(
+        &bob,
+        "Alice's 🎉 on his reply",
+        &format!("{party} === '🎉 1'"),
+    )
+    .await?;
+    wait_js(
+        &alice,
+        "her reaction marked as hers",
+        &format!(
+            "{}.querySelector('.reaction').getAttribute('aria-pressed') === 'true'",
+            message_js("yes, here")
+        ),
+    )
+    .await?;
+    js(
+        &alice,
+        &format!(
+            "{}.querySelector('.reaction').click()",
+            message_js("yes, here")
+        ),
+    )
+    .await?;
+    wait_js(&bob, "the reaction taken back", &format!("{party} === ''")).await?;
     wait_js(
         &alice,
         "Bob shown online",
@@ -367,7 +518,7 @@ async fn scenario(
     // Alice edits her first message; Bob sees the new text, marked edited.
     js(
         &alice,
-        "[...document.querySelectorAll('#messages .msg.mine')].find(m => m.querySelector('.body').textContent === 'hello bob').querySelector('.tools button').click()",
+        "[...document.querySelectorAll('#messages .msg.mine')].find(m => m.querySelector('.body').textContent === 'hello bob').querySelector('.tools button:nth-of-type(3)').click()",
     )
     .await?;
     let editor = alice.find(Locator::Css("#messages .edit textarea")).await?;
@@ -429,6 +580,10 @@ async fn scenario(
         &unread_is(&lobby, 0),
     )
     .await?;
+    let (alice_user, bob_user) = (
+        login_as(&chatd.api, "alice").await,
+        login_as(&chatd.api, "bob").await,
+    );
     server_unread_is_zero(&chatd.api, &alice_user).await?;
     // Nothing lost, nothing twice: the timeline holds exactly the server's events.
     let history: Vec<Value> = chatd.api.full_history(&bob_user, &lobby).await;
@@ -492,7 +647,7 @@ async fn scenario(
             .send(&alice_now, &random, &format!("filler {i}"))
             .await;
     }
-    searchable(&chatd.api, &bob_user, "채팅").await?;
+    searchable(&chatd.api, &login_as(&chatd.api, "bob").await, "채팅").await?;
     type_into(&bob, "#search-q", "채팅\u{E007}").await?;
     wait_js(
         &bob,
@@ -551,6 +706,119 @@ async fn scenario(
     )
     .await?;
 
+    // ---- Dark mode: with `prefers-color-scheme: dark` emulated, the colours change and text
+    // keeps a readable contrast (WCAG AA, 4.5:1) on its backgrounds, as in light mode.
+    open_room(&alice, &lobby).await?;
+    let light = js(&alice, COLOURS).await?;
+    cdp(
+        driver,
+        &alice,
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+    )
+    .await?;
+    wait_js(
+        &alice,
+        "dark mode",
+        "matchMedia('(prefers-color-scheme: dark)').matches",
+    )
+    .await?;
+    let dark = js(&alice, COLOURS).await?;
+    save_screenshot(&alice, "web-client-dark.png").await?;
+    cdp(
+        driver,
+        &alice,
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "light"}]}),
+    )
+    .await?;
+    for key in ["page", "bubble", "mine"] {
+        ensure!(
+            light[key]["bg"] != dark[key]["bg"] && light[key]["fg"] != dark[key]["fg"],
+            "{key}: the same colours in both modes: {light} / {dark}"
+        );
+    }
+    for (mode, colours) in [("light", &light), ("dark", &dark)] {
+        for (key, pair) in colours.as_object().context("colours")? {
+            let ratio = pair["contrast"].as_f64().context("contrast")?;
+            ensure!(
+                ratio >= 4.5,
+                "{mode} mode, {key}: contrast {ratio:.2} below 4.5 ({pair})"
+            );
+        }
+    }
+
+    // ---- Browser notifications while the tab is hidden. Chromium grants the permission (as
+    // a person would when asked), the page's Notification constructor is wrapped to record
+    // what is shown, and Alice switches to another tab of the same site, which hides hers.
+    cdp(
+        driver,
+        &alice,
+        "Browser.grantPermissions",
+        json!({"origin": base, "permissions": ["notifications"]}),
+    )
+    .await?;
+    wait_js(
+        &alice,
+        "notifications granted",
+        "Notification.permission === 'granted'",
+    )
+    .await?;
+    js(&alice, RECORD_NOTIFICATIONS).await?;
+    let chat_tab = alice.window().await?;
+    let other = alice.new_window(true).await?;
+    alice.switch_to_window(other.handle).await?;
+    alice.goto(&format!("{base}/openapi.json")).await?;
+    let hidden = until("the chat tab hidden", || async {
+        let v = js(&alice, "localStorage.getItem('test.visibility')").await?;
+        Ok((v == json!("hidden")).then_some(()))
+    })
+    .await;
+    if hidden.is_err() {
+        alice.close_window().await?;
+        alice.switch_to_window(chat_tab).await?;
+        test_support::skip!(
+            "web client notifications: this Chromium does not hide a background tab \
+             (document.visibilityState stayed 'visible'), so the hidden-tab notification is untested"
+        );
+    } else {
+        let bob_now = login_as(&chatd.api, "bob").await;
+        let note = chatd.api.send(&bob_now, &random, "ping while away").await;
+        let note_seq = note["seq"].as_u64().context("seq")?;
+        until("a notification shown", || async {
+            let v = js(&alice, "localStorage.getItem('test.notified')").await?;
+            Ok(v.as_str()
+                .is_some_and(|s| s.contains("ping while away"))
+                .then_some(()))
+        })
+        .await?;
+        alice.close_window().await?;
+        alice.switch_to_window(chat_tab).await?;
+        let shown = js(
+            &alice,
+            "window.testNotifications.map(n => [n.title, n.body])",
+        )
+        .await?;
+        ensure!(
+            shown.as_array().map(Vec::len) == Some(1)
+                && shown[0][0]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with(" in random"))
+                && shown[0][1] == json!("ping while away"),
+            "one notification, naming the room: {shown}"
+        );
+        // Clicking the notification opens the message in its room.
+        js(&alice, "window.testNotifications[0].onclick()").await?;
+        wait_js(
+            &alice,
+            "the notified message focused in its room",
+            &format!(
+                "document.activeElement?.dataset.seq === '{note_seq}' && document.getElementById('room-title').textContent === 'random'"
+            ),
+        )
+        .await?;
+    }
+
     // Both sessions have lived through several access-token lifetimes on rotated refresh
     // tokens (a reused one would have revoked the session and logged them out).
     for (b, initial) in [(&alice, &alice_refresh), (&bob, &bob_refresh)] {
@@ -596,6 +864,48 @@ async fn scenario(
     .await?;
     Ok(())
 }
+
+/// Text and background colours of the page, a message, one's own message, muted text and the
+/// unread badge, with the contrast ratio of each pair (WCAG 2 relative luminance).
+const COLOURS: &str = r#"(() => {
+  const rgb = (c) => c.match(/[\d.]+/g).slice(0, 3).map(Number);
+  const lum = (c) => {
+    const [r, g, b] = rgb(c).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const pair = (fgEl, bgEl) => {
+    const fg = getComputedStyle(fgEl).color, bg = getComputedStyle(bgEl).backgroundColor;
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    return { fg, bg, contrast: (a + 0.05) / (b + 0.05) };
+  };
+  const other = document.querySelector('#messages .msg:not(.mine)');
+  const mine = document.querySelector('#messages .msg.mine');
+  const room = document.querySelector('#rooms .room-item');
+  return {
+    page: pair(document.body, document.body),
+    bubble: pair(other.querySelector('.body'), other),
+    mine: pair(mine.querySelector('.body'), mine),
+    muted: pair(other.querySelector('.meta'), other),
+    preview: pair(room.querySelector('.preview'), document.getElementById('sidebar')),
+  };
+})()"#;
+
+/// Records the notifications the page shows (in `window.testNotifications`, and in
+/// localStorage for another tab of the site to see) and the page's visibility changes.
+const RECORD_NOTIFICATIONS: &str = r#"(() => {
+  const Real = window.Notification;
+  window.testNotifications = [];
+  window.Notification = class extends Real {
+    constructor(title, options) {
+      super(title, options);
+      window.testNotifications.push(this);
+      this.recorded = { title, body: options?.body };
+      localStorage.setItem('test.notified', JSON.stringify(window.testNotifications.map((n) => n.recorded)));
+    }
+  };
+  document.addEventListener('visibilitychange', () => localStorage.setItem('test.visibility', document.visibilityState));
+  return true;
+})()"#;
 
 const REFRESH_TOKEN: &str = "JSON.parse(localStorage.getItem('chatd.session')).refresh_token";
 
@@ -729,6 +1039,20 @@ async fn type_into(b: &Client, css: &str, text: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("typing into {css}"))?;
     Ok(())
+}
+
+/// A Chrome DevTools Protocol command, through chromedriver's `goog/cdp/execute`.
+async fn cdp(driver: &str, b: &Client, cmd: &str, params: Value) -> anyhow::Result<Value> {
+    let id = b.session_id().await?.context("a WebDriver session")?;
+    let resp = client()
+        .post(format!("{driver}/session/{id}/goog/cdp/execute"))
+        .json(&json!({"cmd": cmd, "params": params}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    ensure!(status.is_success(), "CDP {cmd}: {status} {body}");
+    Ok(body["value"].clone())
 }
 
 async fn js(b: &Client, expr: &str) -> anyhow::Result<Value> {
