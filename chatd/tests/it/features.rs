@@ -583,6 +583,49 @@ async fn mentions_are_counted_next_to_unread_and_pushed_over_ws_and_sse() {
 }
 
 #[tokio::test]
+async fn here_mentions_the_members_online_when_it_is_sent() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.create_room(&alice, "here", &[&bob, &carol]).await;
+    // Alice and Bob are connected, Carol is not; Alice sees Bob come online.
+    let mut a = connect(&app.api, &alice).await;
+    a.send(json!({"type": "resume"})).await;
+    let mut b = connect(&app.api, &bob).await;
+    b.send(json!({"type": "resume"})).await;
+    loop {
+        let f = a.next_of("presence").await;
+        if f["user_id"] == bob.id.as_str() && f["online"] == true {
+            break;
+        }
+    }
+
+    let here = app.send(&alice, &room, "@here standup in 5").await;
+    let ev = item(&app, &carol, &room, &here["message_id"]).await;
+    let mut resolved: Vec<&str> = ev["mentions"][0]["user_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("resolved on the event: {ev}"))
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    resolved.sort_unstable();
+    let mut want = vec![alice.id.as_str(), bob.id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ev["mentions"][0]["kind"], "here", "{ev}");
+    assert_eq!(resolved, want, "the members online, the sender too: {ev}");
+    assert_eq!(unread(&app, &bob).await["mention_total"], 1);
+    let u = unread(&app, &carol).await;
+    assert_eq!(
+        (u["total"].as_u64(), u["mention_total"].as_u64()),
+        (Some(1), Some(0)),
+        "carol was offline: unread, not mentioned: {u}"
+    );
+    let (_, rooms) = app.get("/v1/rooms", &carol.token).await;
+    assert_eq!(rooms[0]["mention_count"], 0, "{rooms}");
+}
+
+#[tokio::test]
 async fn pins_are_listed_and_deleted_messages_leave_the_list() {
     let app = spawn_app().await;
     let alice = app.user("alice").await;
