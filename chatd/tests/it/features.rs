@@ -582,6 +582,67 @@ async fn mentions_are_counted_next_to_unread_and_pushed_over_ws_and_sse() {
     );
 }
 
+/// The next `unread` frame of `room` on `ws`.
+async fn next_unread(ws: &mut crate::ws::Client, room: &str) -> Value {
+    loop {
+        let f = ws.next_of("unread").await;
+        if f["room_id"] == room {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mention_added_or_removed_by_an_edit_is_pushed() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "edits", &[&bob]).await;
+    let mut b = connect(&app.api, &bob).await;
+    b.send(json!({"type": "resume"})).await;
+    let sent = app.send(&alice, &room, "standup in 5").await;
+    loop {
+        let f = next_unread(&mut b, &room).await;
+        if f["unread_count"] == 1 {
+            assert_eq!(f["mention_count"], 0, "{f}");
+            break;
+        }
+    }
+    let mid = sent["message_id"].as_str().unwrap();
+    let edit = |body: &'static str| {
+        let (app, token, room) = (&app, alice.token.clone(), room.clone());
+        async move {
+            let (status, _) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/rooms/{room}/messages/{mid}"),
+                    Some(&token),
+                    Some(json!({ "body": body })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    // The unread count stays 1; the mention count moves, and is pushed by itself.
+    edit("@bob standup in 5").await;
+    let f = next_unread(&mut b, &room).await;
+    assert_eq!(
+        (f["unread_count"].as_u64(), f["mention_count"].as_u64()),
+        (Some(1), Some(1)),
+        "{f}"
+    );
+    assert_eq!(f["mention_total"], 1, "{f}");
+    // An edit that keeps the mention pushes nothing; one that drops it pushes 0.
+    edit("@bob standup in 10").await;
+    edit("standup in 10").await;
+    let f = next_unread(&mut b, &room).await;
+    assert_eq!(
+        (f["unread_count"].as_u64(), f["mention_count"].as_u64()),
+        (Some(1), Some(0)),
+        "{f}"
+    );
+}
+
 #[tokio::test]
 async fn here_mentions_the_members_online_when_it_is_sent() {
     let app = spawn_app().await;
