@@ -234,6 +234,7 @@ fn apply_room_event(
         Event::MessageEdited {
             message_id, body, ..
         } => {
+            unread::edited(tx, unread, RoomId(room), message_id.0)?;
             tx.prepare_cached(
                 "UPDATE messages SET body = ?2, edited_at = ?3 WHERE message_id = ?1",
             )?

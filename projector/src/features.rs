@@ -81,18 +81,15 @@ fn set_mentions(
 ) -> Result<()> {
     tx.prepare_cached("DELETE FROM mentions WHERE room_id = ?1 AND seq = ?2")?
         .execute(params![room, seq])?;
-    let all = mentions
-        .iter()
-        .any(|m| matches!(m, Mention::All | Mention::Here));
+    let all = mentions.iter().any(Mention::addresses_all);
     tx.prepare_cached("UPDATE messages SET mentions_all = ?2 WHERE message_id = ?1")?
         .execute(params![message, all])?;
-    for m in mentions {
-        if let Mention::User { user_id } = m {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO mentions (room_id, user_id, seq) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![room, user_id.0, seq])?;
-        }
+    // Named members and those an `@here` resolved to, one row each.
+    for user_id in mentions.iter().flat_map(Mention::named) {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO mentions (room_id, user_id, seq) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![room, user_id.0, seq])?;
     }
     Ok(())
 }

@@ -20,7 +20,9 @@
 //! - a read-marker move: the member's marker and count as the read models have them right
 //!   after the move (one indexed count over that member's unread messages);
 //! - a join (or founding the room) adds the room with count 0; a leave drops it;
-//! - edits, and every other event, change no count.
+//! - edits change no count; an edit of a message a watched member has unread marks the room
+//!   changed for them (its mentions may have changed, which the consumer reads);
+//! - every other event changes no count.
 //!
 //! That is exactly what `queries::unread_counts` computes from the read models (the property
 //! test in `tests/it/unread_property.rs` holds the two equal after every step). The changes a
@@ -169,6 +171,14 @@ pub(crate) enum Change {
     },
     /// The standing message at `seq` by `sender` was deleted.
     Deleted {
+        room: RoomId,
+        seq: u64,
+        sender: UserId,
+    },
+    /// The standing message at `seq` by `sender` was edited: no count changes, but its
+    /// mentions may have, so the members who have it unread are told the room changed (their
+    /// push reads the mention counts again).
+    Edited {
         room: RoomId,
         seq: u64,
         sender: UserId,
@@ -556,6 +566,21 @@ fn apply(
                     }
                 }
             }
+            Change::Edited { room, seq, sender } => {
+                let Some(members) = rooms.get(&room) else {
+                    continue;
+                };
+                for user in members.iter().filter(|u| wanted(u) && **u != sender) {
+                    let Some(watched) = users.get_mut(user).filter(|w| w.follows(position)) else {
+                        continue;
+                    };
+                    if watched.rooms.get(&room).is_some_and(|s| s.marker < seq)
+                        && watched.touch(room)
+                    {
+                        woken.push(*user);
+                    }
+                }
+            }
             Change::Joined { room, user, seq } => {
                 if !wanted(&user) {
                     continue;
@@ -639,6 +664,7 @@ impl Change {
         match self {
             Self::Sent { room, .. }
             | Self::Deleted { room, .. }
+            | Self::Edited { room, .. }
             | Self::Joined { room, .. }
             | Self::Left { room, .. }
             | Self::RoomDeleted { room }
@@ -779,6 +805,23 @@ pub(crate) fn deleted(
     }
     if let Some((seq, sender)) = queries::standing_message(tx, room, message)? {
         batch.push(Change::Deleted { room, seq, sender });
+    }
+    Ok(())
+}
+
+/// Gathers an edit of a standing message (its mentions may change); runs inside the batch's
+/// transaction.
+pub(crate) fn edited(
+    tx: &Transaction<'_>,
+    batch: &mut Batch<'_>,
+    room: RoomId,
+    message: uuid::Uuid,
+) -> Result<()> {
+    if !batch.active() {
+        return Ok(());
+    }
+    if let Some((seq, sender)) = queries::standing_message(tx, room, message)? {
+        batch.push(Change::Edited { room, seq, sender });
     }
     Ok(())
 }
@@ -994,6 +1037,45 @@ mod tests {
         );
         load(&cache, 0, me, &[(room, 0, 1)]);
         assert_eq!(new.take().rooms, vec![(room, 1)]);
+    }
+
+    #[test]
+    fn an_edit_marks_the_room_changed_for_members_who_have_it_unread() {
+        let cache = UnreadCache::default();
+        let (me, you) = (UserId::new(), UserId::new());
+        let room = RoomId::new();
+        let mut mine = cache.watch(me);
+        let mut yours = cache.watch(you);
+        let taken: HashMap<UserId, u64> = cache.to_load(LOAD_BATCH).into_iter().collect();
+        cache.install(
+            0,
+            vec![
+                (me, taken[&me], vec![(room, 3, 2)]),
+                (you, taken[&you], vec![(room, 5, 0)]),
+            ],
+        );
+        mine.take();
+        yours.take();
+        let edited = |at, seq, sender| {
+            cache.committed(at, 0, vec![Change::Edited { room, seq, sender }]);
+        };
+        // Unread for me (marker 3 < 4): the room is reported, its count unchanged. You have
+        // read it (marker 5).
+        edited(1, 4, you);
+        assert!(mine.changed().now_or_never().is_some());
+        assert_eq!(
+            mine.take(),
+            UnreadChanges {
+                total: 2,
+                rooms: vec![(room, 2)]
+            }
+        );
+        assert!(yours.changed().now_or_never().is_none());
+        // My own message, or one I have read: nothing.
+        edited(2, 4, me);
+        edited(3, 3, you);
+        assert!(mine.changed().now_or_never().is_none());
+        assert_eq!(mine.take().rooms, vec![]);
     }
 
     #[test]

@@ -10,25 +10,59 @@ use crate::ids::UserId;
 use crate::values::{Username, limits};
 
 /// One mention on a message event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Mention {
     /// `@username` of a member.
     User { user_id: UserId },
     /// `@all`: every member.
     All,
-    /// `@here`: every member (counted like `@all`; presence is not known to the log).
-    Here,
+    /// `@here`: the members online when the message was sent (or edited). Presence is not in
+    /// the log, so the node that takes the command resolves it into `user_ids`, and every
+    /// projection reads the same list on replay. Events written before `user_ids` existed have
+    /// none and address every member, as they were counted then.
+    Here {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_ids: Option<Vec<UserId>>,
+    },
 }
 
 impl Mention {
+    /// `@here` not yet resolved (as [`parse`] returns it).
+    pub const HERE: Self = Self::Here { user_ids: None };
+
     /// Whether this mention addresses `user`.
     pub fn addresses(&self, user: UserId) -> bool {
         match self {
             Self::User { user_id } => *user_id == user,
-            Self::All | Self::Here => true,
+            Self::All | Self::Here { user_ids: None } => true,
+            Self::Here {
+                user_ids: Some(users),
+            } => users.contains(&user),
         }
     }
+
+    /// Whether this mention addresses every member (`@all`, or an `@here` from before it was
+    /// resolved on the event).
+    pub fn addresses_all(&self) -> bool {
+        matches!(self, Self::All | Self::Here { user_ids: None })
+    }
+
+    /// The members this mention names one by one (a user, or those `@here` resolved to).
+    pub fn named(&self) -> &[UserId] {
+        match self {
+            Self::User { user_id } => std::slice::from_ref(user_id),
+            Self::Here {
+                user_ids: Some(users),
+            } => users,
+            Self::All | Self::Here { user_ids: None } => &[],
+        }
+    }
+}
+
+/// Whether `body` has `@here` (cheap: the sending node asks before it resolves presence).
+pub fn has_here(body: &str) -> bool {
+    parse(body, |_| false).contains(&Mention::HERE)
 }
 
 fn is_name_char(c: char) -> bool {
@@ -54,7 +88,7 @@ pub fn parse(body: &str, is_member: impl Fn(UserId) -> bool) -> Vec<Mention> {
         let name = rest[..end].trim_end_matches(['.', '-']);
         let mention = match name.to_ascii_lowercase().as_str() {
             "all" | "everyone" => Some(Mention::All),
-            "here" => Some(Mention::Here),
+            "here" => Some(Mention::HERE),
             _ => Username::parse(name)
                 .ok()
                 .map(|u| UserId::for_username(&u))
@@ -101,9 +135,11 @@ mod tests {
                     user_id: id("bob.k")
                 },
                 Mention::All,
-                Mention::Here,
+                Mention::HERE,
             ]
         );
+        assert!(has_here("ping @here."));
+        assert!(!has_here("ping @all, not here"));
     }
 
     #[test]
@@ -146,5 +182,26 @@ mod tests {
         assert_eq!(v[0]["kind"], "user");
         assert_eq!(v[0]["user_id"], id("alice").to_string());
         assert_eq!(v[1], serde_json::json!({"kind": "all"}));
+    }
+
+    #[test]
+    fn here_carries_the_members_it_was_resolved_to_and_old_events_address_everyone() {
+        let (alice, bob) = (id("alice"), id("bob"));
+        let resolved = Mention::Here {
+            user_ids: Some(vec![alice]),
+        };
+        let v = serde_json::to_value(&resolved).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"kind": "here", "user_ids": [alice.to_string()]})
+        );
+        assert_eq!(serde_json::from_value::<Mention>(v).unwrap(), resolved);
+        assert!(resolved.addresses(alice) && !resolved.addresses(bob));
+        assert!(!resolved.addresses_all());
+        assert_eq!(resolved.named(), &[alice]);
+
+        let old: Mention = serde_json::from_value(serde_json::json!({"kind": "here"})).unwrap();
+        assert_eq!(old, Mention::HERE);
+        assert!(old.addresses(bob) && old.addresses_all() && old.named().is_empty());
     }
 }

@@ -77,11 +77,16 @@ pub enum RoomCommand {
         client_msg_id: Option<String>,
         /// The message this one replies to (a reply to a reply joins its root's thread).
         reply_to: Option<MessageId>,
+        /// Who of the room is online now, as the node taking the command sees presence: an
+        /// `@here` in the body addresses these (members only). Empty when the body has none.
+        online: Vec<UserId>,
     },
     Edit {
         sender: UserId,
         message_id: MessageId,
         body: MessageBody,
+        /// As for `Send`: whom an `@here` in the new body addresses.
+        online: Vec<UserId>,
     },
     Delete {
         sender: UserId,
@@ -278,8 +283,22 @@ impl RoomAggregate {
             .is_some_and(|users| users.contains(&user))
     }
 
-    fn mentions(&self, body: &MessageBody) -> Vec<Mention> {
-        mentions::parse(body.as_str(), |u| self.is_member(u))
+    /// The mentions of `body`, `@here` resolved to the members among `online`.
+    fn mentions(&self, body: &MessageBody, online: &[UserId]) -> Vec<Mention> {
+        let mut found = mentions::parse(body.as_str(), |u| self.is_member(u));
+        for m in &mut found {
+            if let Mention::Here { user_ids } = m {
+                let mut here: Vec<UserId> = online
+                    .iter()
+                    .copied()
+                    .filter(|u| self.is_member(*u))
+                    .collect();
+                here.sort_unstable();
+                here.dedup();
+                *user_ids = Some(here);
+            }
+        }
+        found
     }
 
     /// The thread a reply to `parent` belongs in: `parent`'s own thread root if it is a reply.
@@ -525,6 +544,7 @@ impl Aggregate for RoomAggregate {
                 body,
                 client_msg_id,
                 reply_to,
+                online,
             } => {
                 // A retry of a send that was stored is answered with the original (the log
                 // deduplicates by id) even if the sender has left since.
@@ -551,13 +571,14 @@ impl Aggregate for RoomAggregate {
                     body: body.clone(),
                     client_msg_id: client_msg_id.clone(),
                     reply_to,
-                    mentions: self.mentions(body),
+                    mentions: self.mentions(body, online),
                 }])
             }
             RoomCommand::Edit {
                 sender,
                 message_id,
                 body,
+                online,
             } => {
                 self.own_message(*sender, *message_id)?;
                 self.writable()?;
@@ -565,7 +586,7 @@ impl Aggregate for RoomAggregate {
                     message_id: *message_id,
                     sender_id: *sender,
                     body: body.clone(),
-                    mentions: self.mentions(body),
+                    mentions: self.mentions(body, online),
                 }])
             }
             RoomCommand::Delete { sender, message_id } => {
@@ -913,6 +934,7 @@ mod tests {
             body: body("hi"),
             client_msg_id: None,
             reply_to: None,
+            online: vec![],
         };
         given::<RoomAggregate>(&[group(&w, Visibility::Private)])
             .when(send(w.bob))
@@ -961,6 +983,7 @@ mod tests {
                 body: body("still here?"),
                 client_msg_id: None,
                 reply_to: None,
+                online: vec![],
             })
             .then_error(DomainError::NotAMember);
         given::<RoomAggregate>(&history)
@@ -980,6 +1003,7 @@ mod tests {
                 body: body("hi"),
                 client_msg_id: None,
                 reply_to: None,
+                online: vec![],
             })
             .then(&[sent(id, w.bob)]);
     }
@@ -1011,6 +1035,7 @@ mod tests {
                 sender: w.bob,
                 message_id: id,
                 body: body("x"),
+                online: vec![],
             })
             .then_error(DomainError::NotTheSender);
         given::<RoomAggregate>(&history)
@@ -1035,6 +1060,7 @@ mod tests {
                 sender: w.alice,
                 message_id: id,
                 body: body("x"),
+                online: vec![],
             })
             .then_error(DomainError::NotFound("message"));
     }
@@ -1197,6 +1223,7 @@ mod tests {
             body: body(text),
             client_msg_id: None,
             reply_to,
+            online: vec![],
         }
     }
 
@@ -1257,20 +1284,72 @@ mod tests {
         let events = given::<RoomAggregate>(std::slice::from_ref(&created))
             .when(send_reply(w.alice, id, "@bob @nobody and @here", None))
             .events();
+        // Nobody was online: `@here` addresses no one.
+        let here = |users: Vec<UserId>| Mention::Here {
+            user_ids: Some(users),
+        };
         assert!(matches!(&events[..], [Event::MessageSent { mentions, .. }]
-            if *mentions == vec![Mention::User { user_id: bob }, Mention::Here]));
+            if *mentions == vec![Mention::User { user_id: bob }, here(vec![])]));
         let history = [created, events[0].clone()];
         given::<RoomAggregate>(&history)
             .when(RoomCommand::Edit {
                 sender: w.alice,
                 message_id: id,
                 body: body("never mind, @all"),
+                online: vec![],
             })
             .then(&[Event::MessageEdited {
                 message_id: id,
                 sender_id: w.alice,
                 body: body("never mind, @all"),
                 mentions: vec![Mention::All],
+            }]);
+    }
+
+    #[test]
+    fn here_addresses_the_members_online_when_it_is_sent_or_edited() {
+        let w = world();
+        let created = Event::RoomCreated {
+            room_id: w.room,
+            kind: RoomKind::Group,
+            name: Some(RoomName::parse("general").unwrap()),
+            visibility: Visibility::Private,
+            created_by: w.alice,
+            members: vec![w.alice, w.bob, w.carol],
+        };
+        let (id, outsider) = (MessageId::new(), UserId::new());
+        // Bob and an outsider are online; Carol is not.
+        let online = vec![outsider, w.bob, w.bob];
+        let events = given::<RoomAggregate>(std::slice::from_ref(&created))
+            .when(RoomCommand::Send {
+                sender: w.alice,
+                message_id: id,
+                body: body("@here standup"),
+                client_msg_id: None,
+                reply_to: None,
+                online: online.clone(),
+            })
+            .events();
+        let here = Mention::Here {
+            user_ids: Some(vec![w.bob]),
+        };
+        assert!(matches!(&events[..], [Event::MessageSent { mentions, .. }]
+            if *mentions == vec![here.clone()]));
+        // An edit resolves it again, from who is online at the edit.
+        given::<RoomAggregate>(&[created, events[0].clone()])
+            .when(RoomCommand::Edit {
+                sender: w.alice,
+                message_id: id,
+                body: body("@here standup now"),
+                online: vec![w.carol],
+            })
+            .then(&[Event::MessageEdited {
+                message_id: id,
+                sender_id: w.alice,
+                body: body("@here standup now"),
+                mentions: vec![Mention::Here {
+                    user_ids: Some(vec![w.carol]),
+                }],
             }]);
     }
     // ---- administration
@@ -1459,6 +1538,7 @@ mod tests {
                 body: body("hello?"),
                 client_msg_id: None,
                 reply_to: None,
+                online: vec![],
             })
             .then_error(DomainError::RoomArchived);
         given::<RoomAggregate>(&h)

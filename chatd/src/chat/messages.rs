@@ -89,12 +89,14 @@ impl Chat {
             None => MessageId::new(),
         };
 
+        let online = self.online_for_here(room, &body).await?;
         let command = RoomCommand::Send {
             sender: actor,
             message_id,
             body,
             client_msg_id,
             reply_to,
+            online,
         };
         // No direct messages between people where one has blocked the other.
         let append = self
@@ -113,6 +115,21 @@ impl Chat {
         })
     }
 
+    /// Whom an `@here` in `body` addresses: the room's members online now (presence is
+    /// cluster-wide), resolved here because the log knows no presence; the aggregate keeps
+    /// the members among them and stores the list on the event. Empty without `@here`.
+    async fn online_for_here(&self, room: RoomId, body: &MessageBody) -> Result<Vec<UserId>> {
+        if !schema::mentions::has_here(body.as_str()) {
+            return Ok(Vec::new());
+        }
+        let members = self.models.read(move |c| queries::members(c, room)).await?;
+        Ok(members
+            .into_iter()
+            .map(|m| m.user_id)
+            .filter(|u| self.presence.is_online(*u))
+            .collect())
+    }
+
     /// Edits one of the caller's own messages. Returns the edit event's seq and time.
     pub async fn edit(
         &self,
@@ -121,6 +138,7 @@ impl Chat {
         message_id: MessageId,
         body: MessageBody,
     ) -> Result<Changed> {
+        let online = self.online_for_here(room, &body).await?;
         let Executed { append, .. } = self
             .room_command(
                 room,
@@ -128,6 +146,7 @@ impl Chat {
                     sender: actor,
                     message_id,
                     body,
+                    online,
                 },
             )
             .await?;

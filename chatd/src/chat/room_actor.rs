@@ -536,6 +536,7 @@ mod tests {
             body: MessageBody::parse("hi").unwrap(),
             client_msg_id: None,
             reply_to: None,
+            online: vec![],
         }
     }
 

@@ -336,8 +336,9 @@ pub struct HistoryPage {
     /// the sender whose read marker is below it), `reply_count` and `last_reply`
     /// (`{message_id, seq, sender_id, sent_at}` or null) of its thread, `reactions`
     /// (`[{emoji, count, me}]`, most used first) and `pinned`; its `reply_to` (the thread root
-    /// it replies in) and `mentions` (`[{kind: user|all|here, user_id?}]`) are event fields,
-    /// present when set.
+    /// it replies in) and `mentions` (`[{kind: user|all|here, user_id?, user_ids?}]`,
+    /// `user_ids` being the members an `@here` addressed: those online when it was sent) are
+    /// event fields, present when set.
     pub events: Vec<serde_json::Value>,
     /// More events exist beyond this page (older ones, or newer ones when paging with
     /// `after_seq`).

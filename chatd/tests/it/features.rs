@@ -582,6 +582,110 @@ async fn mentions_are_counted_next_to_unread_and_pushed_over_ws_and_sse() {
     );
 }
 
+/// The next `unread` frame of `room` on `ws`.
+async fn next_unread(ws: &mut crate::ws::Client, room: &str) -> Value {
+    loop {
+        let f = ws.next_of("unread").await;
+        if f["room_id"] == room {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mention_added_or_removed_by_an_edit_is_pushed() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "edits", &[&bob]).await;
+    let mut b = connect(&app.api, &bob).await;
+    b.send(json!({"type": "resume"})).await;
+    let sent = app.send(&alice, &room, "standup in 5").await;
+    loop {
+        let f = next_unread(&mut b, &room).await;
+        if f["unread_count"] == 1 {
+            assert_eq!(f["mention_count"], 0, "{f}");
+            break;
+        }
+    }
+    let mid = sent["message_id"].as_str().unwrap();
+    let edit = |body: &'static str| {
+        let (app, token, room) = (&app, alice.token.clone(), room.clone());
+        async move {
+            let (status, _) = app
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/rooms/{room}/messages/{mid}"),
+                    Some(&token),
+                    Some(json!({ "body": body })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    // The unread count stays 1; the mention count moves, and is pushed by itself.
+    edit("@bob standup in 5").await;
+    let f = next_unread(&mut b, &room).await;
+    assert_eq!(
+        (f["unread_count"].as_u64(), f["mention_count"].as_u64()),
+        (Some(1), Some(1)),
+        "{f}"
+    );
+    assert_eq!(f["mention_total"], 1, "{f}");
+    // An edit that keeps the mention pushes nothing; one that drops it pushes 0.
+    edit("@bob standup in 10").await;
+    edit("standup in 10").await;
+    let f = next_unread(&mut b, &room).await;
+    assert_eq!(
+        (f["unread_count"].as_u64(), f["mention_count"].as_u64()),
+        (Some(1), Some(0)),
+        "{f}"
+    );
+}
+
+#[tokio::test]
+async fn here_mentions_the_members_online_when_it_is_sent() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let room = app.create_room(&alice, "here", &[&bob, &carol]).await;
+    // Alice and Bob are connected, Carol is not; Alice sees Bob come online.
+    let mut a = connect(&app.api, &alice).await;
+    a.send(json!({"type": "resume"})).await;
+    let mut b = connect(&app.api, &bob).await;
+    b.send(json!({"type": "resume"})).await;
+    loop {
+        let f = a.next_of("presence").await;
+        if f["user_id"] == bob.id.as_str() && f["online"] == true {
+            break;
+        }
+    }
+
+    let here = app.send(&alice, &room, "@here standup in 5").await;
+    let ev = item(&app, &carol, &room, &here["message_id"]).await;
+    let mut resolved: Vec<&str> = ev["mentions"][0]["user_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("resolved on the event: {ev}"))
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    resolved.sort_unstable();
+    let mut want = vec![alice.id.as_str(), bob.id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ev["mentions"][0]["kind"], "here", "{ev}");
+    assert_eq!(resolved, want, "the members online, the sender too: {ev}");
+    assert_eq!(unread(&app, &bob).await["mention_total"], 1);
+    let u = unread(&app, &carol).await;
+    assert_eq!(
+        (u["total"].as_u64(), u["mention_total"].as_u64()),
+        (Some(1), Some(0)),
+        "carol was offline: unread, not mentioned: {u}"
+    );
+    let (_, rooms) = app.get("/v1/rooms", &carol.token).await;
+    assert_eq!(rooms[0]["mention_count"], 0, "{rooms}");
+}
+
 #[tokio::test]
 async fn pins_are_listed_and_deleted_messages_leave_the_list() {
     let app = spawn_app().await;

@@ -157,6 +157,12 @@ impl World {
         }
     }
 
+    /// Whom an `@here` addresses: every other user (members or not; the aggregate keeps the
+    /// members).
+    fn online(&self) -> Vec<UserId> {
+        self.users.iter().copied().step_by(2).collect()
+    }
+
     async fn apply(&mut self, op: &Op) {
         match *op {
             Op::Send { room, user, body } => {
@@ -166,6 +172,7 @@ impl World {
                     body: MessageBody::parse(BODIES[body]).unwrap(),
                     client_msg_id: None,
                     reply_to: None,
+                    online: self.online(),
                 };
                 self.room_command(room, command).await;
             }
@@ -181,6 +188,7 @@ impl World {
                         sender,
                         message_id,
                         body,
+                        online: self.online(),
                     },
                 )
                 .await;

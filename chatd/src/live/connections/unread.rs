@@ -3,8 +3,9 @@
 //! they change it waits [`COALESCE`] (a burst of messages is one push) and reports the rooms
 //! whose count changed. The unread counts come from memory; the mention and thread counts of
 //! the same push are read from the read models by SQL (one query per push, only when some
-//! count changed), as `GET /v1/unread` does. A mention added by an edit shows at the next
-//! change of the unread count, not by itself.
+//! count changed), as `GET /v1/unread` does. An edit of a message the user has unread marks
+//! its room changed without changing its count: the push then reads the counts and reports
+//! the room if its mention count moved (an edit added or removed a mention).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,8 +25,8 @@ pub const COALESCE: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct UnreadPush {
     watch: UnreadWatch,
-    /// The counts last pushed, of rooms with unread messages.
-    last: HashMap<RoomId, u64>,
+    /// The counts last pushed, of rooms with unread messages: unread and mention count.
+    last: HashMap<RoomId, (u64, u64)>,
 }
 
 impl UnreadPush {
@@ -52,18 +53,19 @@ impl UnreadPush {
             total: unread_total,
             rooms,
         } = self.watch.take();
+        // Rooms whose unread count changed, and rooms with unread messages marked changed
+        // without it (an edit): reported only if their mention count moved.
         let mut changed = Vec::new();
+        let mut touched = Vec::new();
         for (room, count) in rooms {
-            let before = if count == 0 {
-                self.last.remove(&room)
-            } else {
-                self.last.insert(room, count)
-            };
-            if before.unwrap_or(0) != count {
+            let before = self.last.get(&room).map_or(0, |(c, _)| *c);
+            if before != count {
                 changed.push((room, count));
+            } else if count > 0 {
+                touched.push((room, count));
             }
         }
-        if changed.is_empty() {
+        if changed.is_empty() && touched.is_empty() {
             return Ok(Vec::new());
         }
         let counts: HashMap<RoomId, Counts> = chat
@@ -72,6 +74,19 @@ impl UnreadPush {
             .into_iter()
             .collect();
         let totals = total(counts.values());
+        let mentions = |room: &RoomId| counts.get(room).map_or(0, |n| n.mentions);
+        changed.extend(
+            touched
+                .into_iter()
+                .filter(|(room, _)| self.last.get(room).map(|(_, m)| *m) != Some(mentions(room))),
+        );
+        for &(room, count) in &changed {
+            if count == 0 {
+                self.last.remove(&room);
+            } else {
+                self.last.insert(room, (count, mentions(&room)));
+            }
+        }
         Ok(changed
             .into_iter()
             .map(|(room, count)| {
