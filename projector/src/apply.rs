@@ -90,7 +90,33 @@ fn apply_one(
         }
         apply_room_event(tx, unread, room, seq, at, &event)?;
         crate::features::apply(tx, room, seq, at, &event)?;
+        // A plain message changes no one's mention or thread count (its unread counts are
+        // moved in memory); anything else in the room may.
+        let plain = matches!(&event, Event::MessageSent { reply_to: None, mentions, .. } if mentions.is_empty());
+        if !plain {
+            unread.counts_may_change(Some(RoomId(room)));
+        }
     } else {
+        match &event {
+            Event::ReadMarkerMoved { room_id, .. } => unread.counts_may_change(Some(*room_id)),
+            // Sessions, profiles, friends and blocks touch no member, message or thread.
+            Event::SessionStarted { .. }
+            | Event::SessionRefreshed { .. }
+            | Event::SessionEnded { .. }
+            | Event::UserRegistered { .. }
+            | Event::ProfileUpdated { .. }
+            | Event::PasswordChanged { .. }
+            | Event::UserBlocked { .. }
+            | Event::UserUnblocked { .. }
+            | Event::FriendAdded { .. }
+            | Event::FriendRemoved { .. }
+            | Event::FriendRequested { .. }
+            | Event::FriendRequestAccepted { .. }
+            | Event::FriendRequestDeclined { .. }
+            | Event::FriendRequestCanceled { .. }
+            | Event::Unfriended { .. } => {}
+            _ => unread.counts_may_change(None),
+        }
         apply_other_event(tx, unread, &recorded.stream, at, &event)?;
     }
     Ok(())

@@ -55,6 +55,20 @@ struct Shared {
     state: Mutex<State>,
     /// Users were queued for the loader.
     queued: Notify,
+    features: Mutex<Features>,
+}
+
+/// When the mention and thread counts (which stay in SQL, `features::counts`) may last have
+/// changed, per room: a consumer that read them at a [mark](UnreadWatch::counts_mark) reads
+/// them again only when one of its rooms changed since. Every committed batch with an event
+/// that may change them ticks the clock; a plain message (no mention, not a reply) does not.
+#[derive(Debug, Default)]
+struct Features {
+    clock: u64,
+    /// The clock at the last batch with an event outside room streams other than a read
+    /// marker (conservatively: it may change any room's counts).
+    all: u64,
+    rooms: HashMap<RoomId, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +232,8 @@ pub(crate) struct Batch<'a> {
     changes: Vec<Change>,
     /// Room → the index in `changes` of its `Sent` that later sends may still join.
     open: HashMap<RoomId, usize>,
+    /// Rooms whose mention or thread counts may change (see [`Features`]); `None`: any room.
+    touched: Vec<Option<RoomId>>,
 }
 
 impl<'a> Batch<'a> {
@@ -231,6 +247,15 @@ impl<'a> Batch<'a> {
             epoch,
             changes: Vec::new(),
             open: HashMap::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// The event may change the mention or thread counts of `room`'s members (`None`: of any
+    /// room's). Gathered whether or not anyone is watched.
+    pub(crate) fn counts_may_change(&mut self, room: Option<RoomId>) {
+        if self.touched.last() != Some(&room) {
+            self.touched.push(room);
         }
     }
 
@@ -272,11 +297,36 @@ impl<'a> Batch<'a> {
 
     /// Call once the batch has committed at `position`, still holding the write connection.
     pub(crate) fn commit(self, position: u64) {
+        if !self.touched.is_empty() {
+            let mut features = self
+                .cache
+                .0
+                .features
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            features.clock += 1;
+            let clock = features.clock;
+            for room in self.touched {
+                match room {
+                    Some(room) => {
+                        features.rooms.insert(room, clock);
+                    }
+                    None => features.all = clock,
+                }
+            }
+        }
         self.cache.committed(position, self.epoch, self.changes);
     }
 }
 
 impl UnreadCache {
+    fn features(&self) -> MutexGuard<'_, Features> {
+        self.0
+            .features
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing in here panics while the lock is held (no unchecked arithmetic, no I/O).
         self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -783,6 +833,24 @@ impl UnreadWatch {
             total: watched.total,
             rooms,
         }
+    }
+}
+
+impl UnreadWatch {
+    /// A mark for [`Self::counts_changed_since`]; take it *before* reading the mention and
+    /// thread counts (a batch ticks the clock only after it has committed).
+    pub fn counts_mark(&self) -> u64 {
+        self.cache.features().clock
+    }
+
+    /// Whether the mention or thread counts of any of `rooms` may have changed since `mark`
+    /// (events committed after it).
+    pub fn counts_changed_since(&self, mark: u64, rooms: impl IntoIterator<Item = RoomId>) -> bool {
+        let features = self.cache.features();
+        features.all > mark
+            || rooms
+                .into_iter()
+                .any(|room| features.rooms.get(&room).is_some_and(|&at| at > mark))
     }
 }
 

@@ -686,6 +686,63 @@ async fn here_mentions_the_members_online_when_it_is_sent() {
     assert_eq!(rooms[0]["mention_count"], 0, "{rooms}");
 }
 
+/// The unread push keeps the mention counts it read and reads them again only after an event
+/// that may change them: a mention, an edit or a read marker shows in the next push, however
+/// many plain messages came before.
+#[tokio::test]
+async fn unread_pushes_follow_mention_changes_between_plain_messages() {
+    let app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "pushes", &[&bob]).await;
+    let mut b = connect(&app.api, &bob).await;
+    b.send(json!({"type": "resume"})).await;
+    // The push that shows `unread` messages: its mention count and total.
+    async fn push_at(b: &mut crate::ws::Client, unread: u64) -> (u64, u64) {
+        loop {
+            let f = b.next_of("unread").await;
+            if f["unread_count"] == unread {
+                return (
+                    f["mention_count"].as_u64().unwrap(),
+                    f["mention_total"].as_u64().unwrap(),
+                );
+            }
+        }
+    }
+
+    app.send(&alice, &room, "plain one").await;
+    assert_eq!(push_at(&mut b, 1).await, (0, 0));
+    let named = app.send(&alice, &room, "@bob a question").await;
+    assert_eq!(
+        push_at(&mut b, 2).await,
+        (1, 1),
+        "the mention after a plain message"
+    );
+    app.send(&alice, &room, "plain two").await;
+    assert_eq!(push_at(&mut b, 3).await, (1, 1), "still one");
+    let mid = named["message_id"].as_str().unwrap();
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/rooms/{room}/messages/{mid}"),
+            Some(&alice.token),
+            Some(json!({"body": "never mind"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.send(&alice, &room, "plain three").await;
+    assert_eq!(
+        push_at(&mut b, 4).await,
+        (0, 0),
+        "the edit dropped the mention"
+    );
+    let again = app.send(&alice, &room, "@all again").await;
+    assert_eq!(push_at(&mut b, 5).await, (1, 1));
+    read(&app.api, &bob, &room, &again["seq"]).await;
+    app.send(&alice, &room, "plain four").await;
+    assert_eq!(push_at(&mut b, 1).await, (0, 0), "read past the mention");
+}
+
 #[tokio::test]
 async fn pins_are_listed_and_deleted_messages_leave_the_list() {
     let app = spawn_app().await;

@@ -2,10 +2,13 @@
 //! projector keeps in memory and moves as it applies the log (`projector::UnreadWatch`); when
 //! they change it waits [`COALESCE`] (a burst of messages is one push) and reports the rooms
 //! whose count changed. The unread counts come from memory; the mention and thread counts of
-//! the same push are read from the read models by SQL (one query per push, only when some
-//! count changed), as `GET /v1/unread` does. An edit of a message the user has unread marks
-//! its room changed without changing its count: the push then reads the counts and reports
-//! the room if its mention count moved (an edit added or removed a mention).
+//! the same push are read from the read models by SQL, as `GET /v1/unread` does, and kept:
+//! they are read again only when an event that may change them (anything but a plain message:
+//! a mention, a reply, an edit, a delete, a read marker, a join or leave) has been applied to
+//! one of the user's rooms since (`UnreadWatch::counts_changed_since`), so a stream of plain
+//! messages costs no query. An edit of a message the user has unread marks its room changed
+//! without changing its count: the push then reports the room if its mention count moved (an
+//! edit added or removed a mention).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,6 +30,9 @@ pub struct UnreadPush {
     watch: UnreadWatch,
     /// The counts last pushed, of rooms with unread messages: unread and mention count.
     last: HashMap<RoomId, (u64, u64)>,
+    /// The mention and thread counts last read, of every room of the user's, and the mark
+    /// they were read at.
+    counts: Option<(u64, HashMap<RoomId, Counts>)>,
 }
 
 impl UnreadPush {
@@ -35,6 +41,7 @@ impl UnreadPush {
         Self {
             watch: chat.watch_unread(user),
             last: HashMap::new(),
+            counts: None,
         }
     }
 
@@ -68,11 +75,22 @@ impl UnreadPush {
         if changed.is_empty() && touched.is_empty() {
             return Ok(Vec::new());
         }
-        let counts: HashMap<RoomId, Counts> = chat
-            .unread_by_room(self.watch.user())
-            .await?
-            .into_iter()
-            .collect();
+        let fresh = self.counts.as_ref().is_some_and(|(mark, counts)| {
+            changed.iter().all(|(room, _)| counts.contains_key(room))
+                && !self
+                    .watch
+                    .counts_changed_since(*mark, counts.keys().copied())
+        });
+        if !fresh {
+            let mark = self.watch.counts_mark();
+            let counts = chat
+                .unread_by_room(self.watch.user())
+                .await?
+                .into_iter()
+                .collect();
+            self.counts = Some((mark, counts));
+        }
+        let counts = self.counts.as_ref().map(|(_, c)| c).expect("read above");
         let totals = total(counts.values());
         let mentions = |room: &RoomId| counts.get(room).map_or(0, |n| n.mentions);
         changed.extend(
