@@ -376,6 +376,20 @@ impl Pending {
         }
     }
 
+    /// The indexes of the groups not answered yet, in order.
+    pub(crate) fn unanswered(&self) -> Vec<usize> {
+        (0..self.answers.len())
+            .filter(|&i| self.answers[i].is_none())
+            .collect()
+    }
+
+    /// Answers group `i` (if it is not answered yet).
+    pub(crate) fn answer_one(&mut self, i: usize, answer: Result<AppendResult>) {
+        if let Some(mine @ None) = self.answers.get_mut(i) {
+            *mine = Some(answer);
+        }
+    }
+
     /// Whether every group is answered (nothing left to write).
     pub(crate) fn settled(&self) -> bool {
         self.answers.iter().all(Option::is_some)
