@@ -7,7 +7,9 @@
 //! and answers each caller once that batch is durable. A rejected command is answered at once
 //! and is not part of the batch; each command's events are their own group, so the log's
 //! idempotency (a retried send) works command by command. When another node appended to the
-//! room meanwhile, the batch conflicts, and the actor catches up and decides it again.
+//! room meanwhile, the batch conflicts, and the actor catches up and decides it again. So the
+//! actor does not read the log before each batch (on JetStream that is a round trip): only a
+//! refusal or a no-op, which no append would check, is confirmed on a state read afresh.
 //!
 //! What goes into one batch are commands decided against the same state, whose decisions do
 //! not depend on one another: consecutive sends (of distinct message ids) — sending never

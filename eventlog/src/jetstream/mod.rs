@@ -22,6 +22,13 @@
 //!   single publishes would not do: each needs the expected last sequence of the one before,
 //!   which is known only from its acknowledgement, and without it another node's append could
 //!   land between two of them and break the versions.
+//! - **R1 file streams: chains.** nats-server stages each atomic batch of an R1 file stream in
+//!   a file store of its own (created with an fsync, then removed), one batch at a time for the
+//!   whole stream: milliseconds per batch, which serialised every room behind every other. So
+//!   there an [`EventLog::append_batch`] of several groups is a chain of conditional appends,
+//!   one per group, each at the version the previous reached; a conflict after the first (another
+//!   node appended in between) answers the group it hit and the later ones with
+//!   [`Error::VersionConflict`], for the caller to decide again.
 //! - **Duplicates, within the window.** Every message carries `Nats-Msg-Id` = its event id:
 //!   JetStream drops a re-publish within the stream's duplicate window.
 //! - **Duplicates, at any later time.** Each node keeps an [`index`] of every event id in the
