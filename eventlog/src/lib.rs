@@ -241,6 +241,12 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     ///
     /// The outer error is for the batch as a whole (conflict, malformed request, storage); the
     /// inner ones, in group order, are each group's. Returns only once the writes are durable.
+    ///
+    /// One exception to "one atomic write": the JetStream backend on an R1 file stream writes
+    /// the groups one after the other, each conditional on the previous (see
+    /// `jetstream`'s module docs). If the stream moves between two of them (another writer),
+    /// the groups from there on are answered with [`Error::VersionConflict`] and not written;
+    /// the caller decides them again.
     async fn append_batch(
         &self,
         stream: &str,
@@ -373,6 +379,20 @@ impl Pending {
             if mine.is_none() {
                 *mine = theirs;
             }
+        }
+    }
+
+    /// The indexes of the groups not answered yet, in order.
+    pub(crate) fn unanswered(&self) -> Vec<usize> {
+        (0..self.answers.len())
+            .filter(|&i| self.answers[i].is_none())
+            .collect()
+    }
+
+    /// Answers group `i` (if it is not answered yet).
+    pub(crate) fn answer_one(&mut self, i: usize, answer: Result<AppendResult>) {
+        if let Some(mine @ None) = self.answers.get_mut(i) {
+            *mine = Some(answer);
         }
     }
 

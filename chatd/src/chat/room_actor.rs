@@ -7,7 +7,9 @@
 //! and answers each caller once that batch is durable. A rejected command is answered at once
 //! and is not part of the batch; each command's events are their own group, so the log's
 //! idempotency (a retried send) works command by command. When another node appended to the
-//! room meanwhile, the batch conflicts, and the actor catches up and decides it again.
+//! room meanwhile, the batch conflicts, and the actor catches up and decides it again. So the
+//! actor does not read the log before each batch (on JetStream that is a round trip): only a
+//! refusal or a no-op, which no append would check, is confirmed on a state read afresh.
 //!
 //! What goes into one batch are commands decided against the same state, whose decisions do
 //! not depend on one another: consecutive sends (of distinct message ids) — sending never
@@ -311,16 +313,28 @@ impl Actor {
         self.decide_and_append_in(batch).instrument(span).await;
     }
 
+    ///
+    /// The state held is trusted for what is appended (the append is conditional on its
+    /// version: if the room moved, it conflicts and the batch is decided again after catching
+    /// up) but not for answers without an append: a refusal or a no-op decided on a state not
+    /// read from the log for this batch is decided again on a fresh one (another node may
+    /// have changed the room). So a room only read by this node costs no read per batch.
     async fn decide_and_append_in(&mut self, mut batch: Vec<Job>) {
+        // Whether the state was read from the log for this batch; whether it must be.
+        let (mut fresh, mut reload) = (false, false);
         for _ in 0..MAX_ATTEMPTS {
-            if let Err(e) = self.load().await {
-                return answer_all(batch, &e);
+            if self.loaded.is_none() || reload {
+                if let Err(e) = self.load().await {
+                    return answer_all(batch, &e);
+                }
+                fresh = true;
             }
             let Some(current) = &self.loaded else {
                 return answer_all(batch, &ChatError::Internal("room not loaded".into()));
             };
-            // Decide every command against the same state; answer refusals and no-ops now.
-            let mut accepted: Vec<(Job, Vec<Event>)> = Vec::with_capacity(batch.len());
+            // Decide every command against the same state; answer refusals and no-ops now
+            // (if the state is fresh: else decide everything again on a fresh one).
+            let mut decided: Vec<(Job, Result<Vec<Event>>)> = Vec::with_capacity(batch.len());
             for job in batch {
                 let peer = job.dm_sender.and_then(|sender| {
                     Some((sender, dm_peer(&current.state, &job.command, sender)?))
@@ -342,9 +356,19 @@ impl Actor {
                         }
                     }
                 }
-                match current.state.decide(&job.command) {
+                let decision = current.state.decide(&job.command).map_err(ChatError::from);
+                decided.push((job, decision));
+            }
+            let appends = |d: &Result<Vec<Event>>| d.as_ref().is_ok_and(|e| !e.is_empty());
+            if !fresh && !decided.iter().all(|(_, d)| appends(d)) {
+                (batch, reload) = (decided.into_iter().map(|(job, _)| job).collect(), true);
+                continue;
+            }
+            let mut accepted: Vec<(Job, Vec<Event>)> = Vec::with_capacity(decided.len());
+            for (job, decision) in decided {
+                match decision {
                     Err(e) => {
-                        let _ = job.reply.send(Err(e.into()));
+                        let _ = job.reply.send(Err(e));
                     }
                     Ok(events) if events.is_empty() => {
                         // Nothing to write, but the state decided on must be visible to reads.
@@ -366,10 +390,30 @@ impl Actor {
                 .collect();
             let expected = ExpectedVersion::at(current.version);
             match self.log.append_batch(&self.stream, expected, groups).await {
-                Ok(answers) => return self.settle(accepted, answers).await,
+                Ok(answers) => {
+                    // A log may write a batch's groups one after the other (JetStream R1):
+                    // groups refused because the room moved in between are decided again.
+                    let conflicted = |a: &eventlog::Result<AppendResult>| matches!(a, Err(e) if e.kind() == ErrorKind::VersionConflict);
+                    let (mut done, mut again) = (Vec::new(), Vec::new());
+                    for (job, answer) in accepted.into_iter().zip(answers) {
+                        if conflicted(&answer) {
+                            again.push(job.0);
+                        } else {
+                            done.push((job, answer));
+                        }
+                    }
+                    let (jobs, answers) = done.into_iter().unzip();
+                    self.settle(jobs, answers).await;
+                    if again.is_empty() {
+                        return;
+                    }
+                    tracing::debug!(stream = %self.stream, "version conflict within a batch; reloading");
+                    (batch, reload) = (again, true);
+                }
                 Err(e) if e.kind() == ErrorKind::VersionConflict => {
                     tracing::debug!(stream = %self.stream, "version conflict; reloading");
                     batch = accepted.into_iter().map(|(job, _)| job).collect();
+                    reload = true;
                 }
                 Err(e) => {
                     // The outcome is unknown: load the room again before the next command.
@@ -657,6 +701,32 @@ mod tests {
         let sent = w
             .actors
             .execute(w.room, send(w.alice, MessageId::new()), None)
+            .await
+            .unwrap();
+        assert_eq!(sent.append.unwrap().first_version, 3);
+    }
+
+    /// A refusal is never decided on the state the actor holds from before: "another node"
+    /// adds Carol, and her send, which that state would refuse, is decided on a fresh one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_is_decided_on_a_fresh_state() {
+        let w = world().await;
+        let carol = UserId::new();
+        let joined = Event::MemberJoined {
+            user_id: carol,
+            invited_by: None,
+        };
+        w.log
+            .append(
+                &streams::room(w.room),
+                ExpectedVersion::Exact(1),
+                to_new_with(&[joined], None),
+            )
+            .await
+            .unwrap();
+        let sent = w
+            .actors
+            .execute(w.room, send(carol, MessageId::new()), None)
             .await
             .unwrap();
         assert_eq!(sent.append.unwrap().first_version, 3);

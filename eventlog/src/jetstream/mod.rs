@@ -22,6 +22,13 @@
 //!   single publishes would not do: each needs the expected last sequence of the one before,
 //!   which is known only from its acknowledgement, and without it another node's append could
 //!   land between two of them and break the versions.
+//! - **R1 file streams: chains.** nats-server stages each atomic batch of an R1 file stream in
+//!   a file store of its own (created with an fsync, then removed), one batch at a time for the
+//!   whole stream: milliseconds per batch, which serialised every room behind every other. So
+//!   there an [`EventLog::append_batch`] of several groups is a chain of conditional appends,
+//!   one per group, each at the version the previous reached; a conflict after the first (another
+//!   node appended in between) answers the group it hit and the later ones with
+//!   [`Error::VersionConflict`], for the caller to decide again.
 //! - **Duplicates, within the window.** Every message carries `Nats-Msg-Id` = its event id:
 //!   JetStream drops a re-publish within the stream's duplicate window.
 //! - **Duplicates, at any later time.** Each node keeps an [`index`] of every event id in the
@@ -313,6 +320,12 @@ struct Inner {
     /// When the index was last known to hold everything stored in the stream.
     index_fresh_at: Mutex<Option<Instant>>,
     tails: Mutex<HashMap<String, Tail>>,
+    /// Whether a batch of several groups is written as a chain of conditional appends, one per
+    /// group, rather than as one atomic batch: on an R1 file stream, where nats-server stages
+    /// every atomic batch in a file store of its own (a directory created, fsynced and removed
+    /// per batch, one batch at a time for the whole stream), which costs milliseconds per batch
+    /// and serialises every room's appends behind each other.
+    chain: bool,
     /// Appends hold it shared; `close` takes it exclusively, then flips `closed`.
     gate: RwLock<bool>,
     closed: watch::Sender<bool>,
@@ -395,6 +408,7 @@ impl JetStreamLog {
                 index,
                 index_fresh_at: Mutex::new(None),
                 tails: Mutex::new(HashMap::new()),
+                chain: info.config.num_replicas == 1 && info.config.storage == StorageType::File,
                 gate: RwLock::new(false),
                 closed: watch::channel(false).0,
             }),
@@ -642,6 +656,135 @@ impl JetStreamLog {
         Ok(())
     }
 
+    /// Writes the groups of `pending` not answered yet (`unanswered`, more than one) one after
+    /// the other, each an append of its own conditional on the one before: the first at
+    /// `expected`, each next one at the version the previous one reached (see
+    /// [`Inner::chain`]). A conflict or failure before anything is written fails the call as
+    /// [`Self::write`] would; after that, it answers the group it hit and every later one.
+    async fn write_chained(
+        &self,
+        stream: &str,
+        subject: &str,
+        expected: ExpectedVersion,
+        mut pending: crate::Pending,
+        unanswered: &[usize],
+        recorded_at: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Result<AppendResult>>> {
+        let mut expected = expected;
+        let mut written = false;
+        for (n, &i) in unanswered.iter().enumerate() {
+            let group = crate::Pending::new(vec![pending.groups()[i].clone()]);
+            match self
+                .write(stream, subject, expected, group, recorded_at)
+                .await
+                .map(|mut answers| answers.pop())
+            {
+                Ok(Some(answer)) => {
+                    if let Ok(a) = &answer
+                        && !a.duplicate
+                    {
+                        expected = ExpectedVersion::Exact(a.last_version);
+                        written = true;
+                    }
+                    pending.answer_one(i, answer);
+                }
+                Ok(None) => {
+                    pending.answer_one(i, Err(unavailable("a group got no answer")));
+                }
+                Err(e) if !written => return Err(e),
+                Err(e) => {
+                    // Not written (a conflict: another node appended in between), or not
+                    // known to be: this group and the ones after it get the error.
+                    for &rest in &unanswered[n..] {
+                        pending.answer_one(rest, Err(e.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(pending.finish())
+    }
+
+    /// Writes the groups of `pending` not answered yet as one atomic append at `expected`.
+    async fn write(
+        &self,
+        stream: &str,
+        subject: &str,
+        expected: ExpectedVersion,
+        mut pending: crate::Pending,
+        recorded_at: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Result<AppendResult>>> {
+        let subject = subject.to_owned();
+        for _ in 0..MAX_ATTEMPTS {
+            let tail = self.tail(stream, &subject).await?;
+            let matches = match expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => tail.version == 0,
+                ExpectedVersion::Exact(v) => tail.version == v,
+            };
+            if !matches {
+                // Perhaps our cache is stale; perhaps this is a retry of what made the stream
+                // move. Ask the server, and the index, before calling it a conflict.
+                self.forget(stream);
+                let fresh = self.tail(stream, &subject).await?;
+                if fresh != tail {
+                    continue;
+                }
+                self.judge_after_catching_up(stream, &mut pending).await?;
+                if pending.settled() {
+                    return Ok(pending.finish());
+                }
+                return Err(Error::VersionConflict {
+                    stream: stream.to_owned(),
+                    expected,
+                    actual: tail.version,
+                });
+            }
+            let events: Vec<&NewEvent> = pending.to_write().collect();
+            match self.publish(&subject, tail, &events, recorded_at).await? {
+                Ok(outcome) if outcome.duplicate => {
+                    // Inside JetStream's window: the id is stored, maybe in another stream.
+                    self.forget(stream);
+                    self.judge_after_catching_up(stream, &mut pending).await?;
+                    if pending.settled() {
+                        return Ok(pending.finish());
+                    }
+                    return Err(unavailable(
+                        "JetStream reported a duplicate the index does not know",
+                    ));
+                }
+                Ok(outcome) => {
+                    let n = events.len() as u64;
+                    let first_position = outcome.last_sequence + 1 - n;
+                    self.remember(
+                        stream,
+                        Tail {
+                            version: tail.version + n,
+                            sequence: outcome.last_sequence,
+                        },
+                    );
+                    return Ok(pending.written(
+                        tail.version + 1,
+                        |i| first_position + i,
+                        recorded_at,
+                    ));
+                }
+                Err(codes::WRONG_LAST_SEQUENCE) => self.forget(stream),
+                Err(_) => {
+                    // A duplicate id inside the batch's window.
+                    self.forget(stream);
+                    self.judge_after_catching_up(stream, &mut pending).await?;
+                    if pending.settled() {
+                        return Ok(pending.finish());
+                    }
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "stream {stream} kept moving for {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
     /// Publishes `events` as versions `tail.version + 1 ..`, conditional on the subject's last
     /// sequence. Returns the last sequence, or the JetStream error code.
     async fn publish(
@@ -867,74 +1010,21 @@ impl EventLog for JetStreamLog {
         }
         let subject = self.subject(stream);
         let recorded_at = Utc::now().trunc_subsecs(6);
-        for _ in 0..MAX_ATTEMPTS {
-            let tail = self.tail(stream, &subject).await?;
-            let matches = match expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => tail.version == 0,
-                ExpectedVersion::Exact(v) => tail.version == v,
-            };
-            if !matches {
-                // Perhaps our cache is stale; perhaps this is a retry of what made the stream
-                // move. Ask the server, and the index, before calling it a conflict.
-                self.forget(stream);
-                let fresh = self.tail(stream, &subject).await?;
-                if fresh != tail {
-                    continue;
-                }
-                self.judge_after_catching_up(stream, &mut pending).await?;
-                if pending.settled() {
-                    return Ok(pending.finish());
-                }
-                return Err(Error::VersionConflict {
-                    stream: stream.to_owned(),
+        let unanswered = pending.unanswered();
+        if self.inner.chain && unanswered.len() > 1 {
+            return self
+                .write_chained(
+                    stream,
+                    &subject,
                     expected,
-                    actual: tail.version,
-                });
-            }
-            let events: Vec<&NewEvent> = pending.to_write().collect();
-            match self.publish(&subject, tail, &events, recorded_at).await? {
-                Ok(outcome) if outcome.duplicate => {
-                    // Inside JetStream's window: the id is stored, maybe in another stream.
-                    self.forget(stream);
-                    self.judge_after_catching_up(stream, &mut pending).await?;
-                    if pending.settled() {
-                        return Ok(pending.finish());
-                    }
-                    return Err(unavailable(
-                        "JetStream reported a duplicate the index does not know",
-                    ));
-                }
-                Ok(outcome) => {
-                    let n = events.len() as u64;
-                    let first_position = outcome.last_sequence + 1 - n;
-                    self.remember(
-                        stream,
-                        Tail {
-                            version: tail.version + n,
-                            sequence: outcome.last_sequence,
-                        },
-                    );
-                    return Ok(pending.written(
-                        tail.version + 1,
-                        |i| first_position + i,
-                        recorded_at,
-                    ));
-                }
-                Err(codes::WRONG_LAST_SEQUENCE) => self.forget(stream),
-                Err(_) => {
-                    // A duplicate id inside the batch's window.
-                    self.forget(stream);
-                    self.judge_after_catching_up(stream, &mut pending).await?;
-                    if pending.settled() {
-                        return Ok(pending.finish());
-                    }
-                }
-            }
+                    pending,
+                    &unanswered,
+                    recorded_at,
+                )
+                .await;
         }
-        Err(unavailable(format!(
-            "stream {stream} kept moving for {MAX_ATTEMPTS} attempts"
-        )))
+        self.write(stream, &subject, expected, pending, recorded_at)
+            .await
     }
 
     async fn read_stream(
