@@ -33,6 +33,7 @@ mod search;
 pub mod server;
 mod upgrade;
 mod web;
+pub mod websocket;
 
 pub use error::{ApiError, Problem};
 

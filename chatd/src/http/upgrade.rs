@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use poem::web::sse::Event;
-use poem::web::websocket::WebSocket;
 use poem::{IntoResponse, Request, Response};
 use poem_openapi::auth::ApiKey;
 use poem_openapi::param::Header;
@@ -13,6 +12,7 @@ use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registr
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 
+use super::websocket::Upgrade as WebSocket;
 use super::{ApiError, BearerAuth, Caller, Tag};
 use crate::chat::{Chat, Refusal};
 use crate::live::Hub;
@@ -111,13 +111,11 @@ impl Api {
         let (chat, hub, caller) = (self.chat.clone(), self.hub.clone(), auth.caller());
         // Counted from here, so a burst of upgrades cannot overshoot the limit.
         let slot = chat.limits().live.open(caller.0).map_err(Refusal::from)?;
-        let upgraded = socket
-            .config(ws::socket_config())
-            .on_upgrade(move |stream| async move {
-                ws::serve(chat, hub, caller, stream).await;
-                drop(slot);
-            });
-        Ok(Upgrade(upgraded.into_response()))
+        let upgraded = socket.on_upgrade(ws::socket_config(), move |stream| async move {
+            ws::serve(chat, hub, caller, stream).await;
+            drop(slot);
+        });
+        Ok(Upgrade(upgraded))
     }
 
     /// Notifications as Server-Sent Events: `message` (others' new messages in your rooms;

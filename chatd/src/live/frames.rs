@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 use eventlog::RecordedEvent;
 use poem_openapi::{Object, Union};
 use schema::events::Event;
@@ -353,7 +355,7 @@ pub struct EventFrame {
     pub seq: u64,
     /// Position in the log (the SSE event id).
     pub position: u64,
-    pub text: Arc<str>,
+    pub text: Utf8Bytes,
     /// For `member_left`, `member_kicked`, `member_banned`: who is no longer a member.
     pub leaver: Option<UserId>,
     /// `room_deleted`: nobody is a member any more.

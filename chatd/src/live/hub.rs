@@ -7,18 +7,22 @@
 //! the log from that checkpoint), so a connection follows rooms its user joins or leaves while
 //! connected.
 //!
-//! Each connection has a bounded queue. A connection whose queue is full when a durable event
-//! must go out is dropped with [`Disconnect::TooSlow`]; its client resumes from its last seq and
-//! loses nothing, and the server's memory stays bounded. Ephemeral frames (typing, presence)
-//! are simply not queued for a full connection.
+//! Frames go out in batches: the hub takes every event the follower has ready (up to
+//! [`MAX_EVENTS_PER_TURN`]), gathers each connection's frames of that turn, and hands each
+//! connection one batch, so a burst of events wakes a connection once and costs it one write.
+//!
+//! Each connection has a bounded queue (counted in frames). A connection whose queue is full
+//! when a durable event must go out is dropped with [`Disconnect::TooSlow`]; its client resumes
+//! from its last seq and loses nothing, and the server's memory stays bounded. Ephemeral frames
+//! (typing, presence) are simply not queued for a full connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventlog::EventLog;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use projector::ReadModels;
 use projector::queries::{self, Relations};
 use schema::events::Event;
@@ -37,6 +41,7 @@ use crate::chat::view::Extras;
 use crate::chat::{Auth, Presence};
 use crate::ops::metered_log::Failures;
 use crate::ops::metrics::names;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 /// Why the hub let go of a connection.
@@ -85,15 +90,58 @@ pub enum ConnKind {
 #[derive(Debug)]
 pub enum Outbound {
     /// A durable room event.
-    Event(EventFrame),
+    Event(Arc<EventFrame>),
     /// An ephemeral frame (typing, presence), ready to send.
-    Notice(Arc<str>),
+    Notice(Utf8Bytes),
+}
+
+/// Events the hub takes from the follower in one turn before it hands the turn's frames out.
+pub const MAX_EVENTS_PER_TURN: usize = 256;
+
+/// A connection's side of its queue: the frames the hub handed it, in order, one batch per
+/// turn of the hub.
+#[derive(Debug)]
+pub struct Frames {
+    rx: mpsc::UnboundedReceiver<Vec<Outbound>>,
+    /// Frames queued (shared with the hub, which bounds it).
+    queued: Arc<AtomicUsize>,
+    batch: std::vec::IntoIter<Outbound>,
+}
+
+impl Frames {
+    /// The next frame; `None` once the hub has let go of the connection and every frame
+    /// queued before has been taken. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Some(item);
+            }
+            let batch = self.rx.recv().await?;
+            self.take(batch);
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Result<Outbound, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Ok(item);
+            }
+            let batch = self.rx.try_recv()?;
+            self.take(batch);
+        }
+    }
+
+    fn take(&mut self, batch: Vec<Outbound>) {
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.batch = batch.into_iter();
+    }
 }
 
 /// A registered connection. Dropping it unregisters (and may start the offline grace).
 #[derive(Debug)]
 pub struct Registration {
-    pub frames: mpsc::Receiver<Outbound>,
+    pub frames: Frames,
     pub reason: Arc<DisconnectReason>,
     id: ConnId,
     hub: Hub,
@@ -117,7 +165,7 @@ enum Command {
         user: UserId,
         session: SessionId,
         kind: ConnKind,
-        reply: oneshot::Sender<(ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>)>,
+        reply: oneshot::Sender<(ConnId, Frames, Arc<DisconnectReason>)>,
     },
     Unregister {
         id: ConnId,
@@ -201,7 +249,11 @@ struct Conn {
     user: UserId,
     session: SessionId,
     kind: ConnKind,
-    out: mpsc::Sender<Outbound>,
+    out: mpsc::UnboundedSender<Vec<Outbound>>,
+    /// Frames handed to the connection and not yet taken (at most the queue's size).
+    queued: Arc<AtomicUsize>,
+    /// This turn's frames, handed over at its end ([`Connections::hand_over`]).
+    pending: Vec<(Outbound, Delivery)>,
     reason: Arc<DisconnectReason>,
 }
 
@@ -225,6 +277,8 @@ struct Connections {
     next_id: ConnId,
     by_id: HashMap<ConnId, Conn>,
     by_user: HashMap<UserId, Vec<ConnId>>,
+    /// Connections with frames pending this turn.
+    dirty: Vec<ConnId>,
 }
 
 #[derive(Clone, Copy)]
@@ -242,6 +296,7 @@ impl Connections {
             next_id: 1,
             by_id: HashMap::new(),
             by_user: HashMap::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -249,19 +304,16 @@ impl Connections {
         self.by_user.contains_key(&user)
     }
 
-    fn of(&self, user: UserId) -> impl Iterator<Item = ConnId> + '_ {
-        self.by_user.get(&user).into_iter().flatten().copied()
-    }
-
     fn open(
         &mut self,
         user: UserId,
         session: SessionId,
         kind: ConnKind,
-    ) -> (ConnId, mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
+    ) -> (ConnId, Frames, Arc<DisconnectReason>) {
         let id = self.next_id;
         self.next_id += 1;
-        let (out, frames) = mpsc::channel(self.queue);
+        let (out, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let reason = Arc::new(DisconnectReason::default());
         self.by_id.insert(
             id,
@@ -270,10 +322,17 @@ impl Connections {
                 session,
                 kind,
                 out,
+                queued: queued.clone(),
+                pending: Vec::new(),
                 reason: reason.clone(),
             },
         );
         self.by_user.entry(user).or_default().push(id);
+        let frames = Frames {
+            rx,
+            queued,
+            batch: Vec::new().into_iter(),
+        };
         (id, frames, reason)
     }
 
@@ -281,6 +340,11 @@ impl Connections {
     fn close(&mut self, id: ConnId, reason: Disconnect) -> Option<UserId> {
         let conn = self.by_id.remove(&id)?;
         conn.reason.set(reason);
+        if !conn.pending.is_empty() {
+            // What this turn had for it still goes out before the end (one turn's worth).
+            let batch = conn.pending.into_iter().map(|(item, _)| item).collect();
+            let _ = conn.out.send(batch);
+        }
         let ids = self.by_user.get_mut(&conn.user)?;
         ids.retain(|c| *c != id);
         if !ids.is_empty() {
@@ -290,26 +354,68 @@ impl Connections {
         Some(conn.user)
     }
 
-    fn send(&self, id: ConnId, item: Outbound, delivery: Delivery, slow: &mut Vec<ConnId>) {
-        let Some(conn) = self.by_id.get(&id) else {
+    /// Adds a frame to the batch of this turn of each of `user`'s connections (of `kind`
+    /// only, if given); `item` makes it, once per connection.
+    fn send(
+        &mut self,
+        user: UserId,
+        kind: Option<ConnKind>,
+        delivery: Delivery,
+        mut item: impl FnMut() -> Outbound,
+    ) {
+        let Some(ids) = self.by_user.get(&user) else {
             return;
         };
-        match conn.out.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if matches!(delivery, Delivery::Durable) {
+        for id in ids {
+            let Some(conn) = self.by_id.get_mut(id) else {
+                continue;
+            };
+            if kind.is_some_and(|k| k != conn.kind) {
+                continue;
+            }
+            if conn.pending.is_empty() {
+                self.dirty.push(*id);
+            }
+            conn.pending.push((item(), delivery));
+        }
+    }
+
+    /// Hands every connection its batch of this turn. A connection whose queue cannot take
+    /// its batch gets its durable frames only (ephemeral ones are skipped); if even those do
+    /// not fit, or it has gone, it is returned as too slow.
+    fn hand_over(&mut self) -> Vec<ConnId> {
+        let mut slow = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            let mut pending = std::mem::take(&mut conn.pending);
+            let queued = conn.queued.load(Ordering::Acquire);
+            if queued + pending.len() > self.queue {
+                pending.retain(|(_, delivery)| matches!(delivery, Delivery::Durable));
+                if pending.is_empty() {
+                    continue;
+                }
+                if queued + pending.len() > self.queue {
                     slow.push(id);
+                    continue;
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => slow.push(id),
+            let batch: Vec<Outbound> = pending.into_iter().map(|(item, _)| item).collect();
+            let n = batch.len();
+            conn.queued.fetch_add(n, Ordering::AcqRel);
+            if conn.out.send(batch).is_err() {
+                slow.push(id);
+            }
         }
+        slow
     }
 
     /// Frames queued for all connections.
     fn queued(&self) -> usize {
         self.by_id
             .values()
-            .map(|c| c.out.max_capacity() - c.out.capacity())
+            .map(|c| c.queued.load(Ordering::Relaxed))
             .sum()
     }
 }
@@ -433,31 +539,30 @@ impl State {
     }
 
     /// Sends an ephemeral frame to the WebSocket connections of `users`.
-    fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Arc<str>) {
+    fn notify(&mut self, users: impl IntoIterator<Item = UserId>, text: &Utf8Bytes) {
         self.notify_as(users, text, Delivery::Ephemeral);
     }
 
     fn notify_as(
         &mut self,
         users: impl IntoIterator<Item = UserId>,
-        text: &Arc<str>,
+        text: &Utf8Bytes,
         delivery: Delivery,
     ) {
-        let mut slow = Vec::new();
         for user in users {
-            for id in self.conns.of(user) {
-                if self
-                    .conns
-                    .by_id
-                    .get(&id)
-                    .is_some_and(|c| c.kind == ConnKind::WebSocket)
-                {
-                    self.conns
-                        .send(id, Outbound::Notice(text.clone()), delivery, &mut slow);
-                }
-            }
+            self.conns
+                .send(user, Some(ConnKind::WebSocket), delivery, || {
+                    Outbound::Notice(text.clone())
+                });
         }
-        self.drop_slow(slow);
+    }
+
+    /// Ends the turn: every connection gets the frames of the turn in one batch.
+    fn hand_over(&mut self) {
+        let slow = self.conns.hand_over();
+        if !slow.is_empty() {
+            self.drop_slow(slow);
+        }
     }
 
     /// Time passed: presence expiries, and connections whose task ended without
@@ -502,7 +607,6 @@ impl State {
             _ => None,
         };
         let mut frame = None;
-        let mut slow = Vec::new();
         // Walk the smaller side: a big room's members, or the users connected here.
         let recipients: Vec<UserId> = if self.conns.by_user.len() < self.audience.member_count(room)
         {
@@ -516,19 +620,19 @@ impl State {
             members.filter(|u| self.conns.is_connected(*u)).collect()
         };
         for user in recipients {
-            for id in self.conns.of(user) {
+            self.conns.send(user, None, Delivery::Durable, || {
                 let frame = frame.get_or_insert_with(|| {
-                    EventFrame::new(room, recorded, event, None, extras.as_ref())
+                    Arc::new(EventFrame::new(
+                        room,
+                        recorded,
+                        event,
+                        None,
+                        extras.as_ref(),
+                    ))
                 });
-                self.conns.send(
-                    id,
-                    Outbound::Event(frame.clone()),
-                    Delivery::Durable,
-                    &mut slow,
-                );
-            }
+                Outbound::Event(frame.clone())
+            });
         }
-        self.drop_slow(slow);
     }
 
     fn apply(&mut self, recorded: &eventlog::RecordedEvent) {
@@ -697,6 +801,7 @@ pub async fn start(
     let (position_tx, position_rx) = watch::channel(position);
     let tick_every = (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY);
     let run = async move {
+        let mut position = position;
         let mut events = log.subscribe(position);
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -715,21 +820,41 @@ pub async fn start(
                 }
                 Some((node, message)) = incoming.next() => state.peer(node, message),
                 Some(command) = commands.recv() => state.command(command),
-                next = events.next() => match next {
-                    Some(Ok(recorded)) => {
-                        let span = tracecontext::continuing(recorded.live_traceparent(), || {
-                            tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
-                        });
-                        span.in_scope(|| state.apply(&recorded));
-                        position_tx.send_replace(recorded.position);
+                next = events.next() => {
+                    // This event and every other one ready now: one turn, one batch each.
+                    let mut next = Some(next);
+                    let mut taken = 0;
+                    while let Some(item) = next.take() {
+                        match item {
+                            Some(Ok(recorded)) => {
+                                let span = tracecontext::continuing(recorded.live_traceparent(), || {
+                                    tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
+                                });
+                                span.in_scope(|| state.apply(&recorded));
+                                position = recorded.position;
+                            }
+                            Some(Err(e)) => {
+                                state.hand_over();
+                                state.shut_down();
+                                return Err(anyhow::anyhow!("hub lost the log: {e}"));
+                            }
+                            None => {
+                                state.hand_over();
+                                state.shut_down();
+                                return Ok(());
+                            }
+                        }
+                        taken += 1;
+                        if taken < MAX_EVENTS_PER_TURN {
+                            next = events.next().now_or_never();
+                        }
                     }
-                    Some(Err(e)) => {
-                        state.shut_down();
-                        return Err(anyhow::anyhow!("hub lost the log: {e}"));
-                    }
-                    None => break,
-                },
+                    state.hand_over();
+                    position_tx.send_replace(position);
+                    continue;
+                }
             }
+            state.hand_over();
         }
         state.shut_down();
         Ok(())
@@ -767,10 +892,7 @@ mod tests {
         State::new(&relations, Presence::default(), &settings)
     }
 
-    fn register(
-        state: &mut State,
-        user: UserId,
-    ) -> (mpsc::Receiver<Outbound>, Arc<DisconnectReason>) {
+    fn register(state: &mut State, user: UserId) -> (Frames, Arc<DisconnectReason>) {
         let (reply, mut rx) = oneshot::channel();
         state.command(Command::Register {
             user,
@@ -778,8 +900,15 @@ mod tests {
             kind: ConnKind::WebSocket,
             reply,
         });
+        state.hand_over();
         let (_, frames, reason) = rx.try_recv().unwrap();
         (frames, reason)
+    }
+
+    /// One event, one turn.
+    fn apply(state: &mut State, recorded: &eventlog::RecordedEvent) {
+        state.apply(recorded);
+        state.hand_over();
     }
 
     fn recorded(room: RoomId, version: u64, event: &Event) -> eventlog::RecordedEvent {
@@ -815,19 +944,22 @@ mod tests {
         let (mut b, _) = register(&mut state, bob);
         // Bob's registration made him online: a presence notice to nobody (no shared room).
         assert!(a.try_recv().is_err());
-        state.apply(&recorded(room, 1, &sent(alice)));
+        apply(&mut state, &recorded(room, 1, &sent(alice)));
         assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
         assert!(b.try_recv().is_err(), "not a member yet");
         let joined = Event::MemberJoined {
             user_id: bob,
             invited_by: Some(alice),
         };
-        state.apply(&recorded(room, 2, &joined));
+        apply(&mut state, &recorded(room, 2, &joined));
         assert!(matches!(b.try_recv(), Ok(Outbound::Event(f)) if f.seq == 2));
         assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 2));
-        state.apply(&recorded(room, 3, &Event::MemberLeft { user_id: bob }));
+        apply(
+            &mut state,
+            &recorded(room, 3, &Event::MemberLeft { user_id: bob }),
+        );
         assert!(matches!(b.try_recv(), Ok(Outbound::Event(f)) if f.leaver == Some(bob)));
-        state.apply(&recorded(room, 4, &sent(alice)));
+        apply(&mut state, &recorded(room, 4, &sent(alice)));
         assert!(b.try_recv().is_err(), "left");
     }
 
@@ -837,7 +969,7 @@ mod tests {
         let mut state = state(2, vec![(room, alice)]);
         let (mut frames, reason) = register(&mut state, alice);
         for seq in 1..=3 {
-            state.apply(&recorded(room, seq, &sent(alice)));
+            apply(&mut state, &recorded(room, seq, &sent(alice)));
         }
         assert_eq!(reason.get(), Disconnect::TooSlow);
         assert_eq!(state.failures.forced_disconnects.load(Ordering::Relaxed), 1);
@@ -848,6 +980,60 @@ mod tests {
             frames.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
+    }
+
+    #[test]
+    fn a_turn_reaches_each_connection_as_one_batch_in_log_order() {
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let mut state = state(8, vec![(room, alice), (room, bob)]);
+        let (mut a, _) = register(&mut state, alice);
+        while a.try_recv().is_ok() {}
+        for seq in 1..=3 {
+            state.apply(&recorded(room, seq, &sent(bob)));
+        }
+        assert!(
+            a.try_recv().is_err(),
+            "nothing goes out before the turn ends"
+        );
+        state.hand_over();
+        let batch = a.rx.try_recv().expect("one batch");
+        let seqs: Vec<u64> = batch
+            .iter()
+            .map(|item| match item {
+                Outbound::Event(f) => f.seq,
+                Outbound::Notice(text) => panic!("unexpected notice {text}"),
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(a.rx.try_recv().is_err(), "one batch for the turn");
+    }
+
+    #[test]
+    fn a_turn_larger_than_the_queue_drops_the_connection_but_ephemeral_frames_are_skipped() {
+        let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
+        let mut state = state(2, vec![(room, alice), (room, bob)]);
+        let (mut a, reason) = register(&mut state, alice);
+        while a.try_recv().is_ok() {}
+        // Two queued typing notices fill Alice's queue; a third is skipped, not fatal.
+        let typing = |state: &mut State| {
+            let (reply, _rx) = oneshot::channel();
+            state.command(Command::Typing {
+                user: bob,
+                room,
+                reply,
+            });
+            state.hand_over();
+        };
+        for _ in 0..3 {
+            typing(&mut state);
+            state.presence = Tracker::new(Presence::default(), Duration::from_secs(5));
+        }
+        assert_eq!(reason.get(), Disconnect::None);
+        assert!(state.conns.is_connected(alice));
+        // A durable frame that does not fit disconnects.
+        apply(&mut state, &recorded(room, 1, &sent(bob)));
+        assert_eq!(reason.get(), Disconnect::TooSlow);
+        assert!(!state.conns.is_connected(alice));
     }
 
     #[test]
@@ -863,6 +1049,7 @@ mod tests {
         let typing = |state: &mut State, user| {
             let (reply, mut rx) = oneshot::channel();
             state.command(Command::Typing { user, room, reply });
+            state.hand_over();
             rx.try_recv().unwrap()
         };
         assert!(typing(&mut state, alice));
@@ -910,7 +1097,7 @@ mod tests {
         let (mut a, _) = register(&mut state, members[0]);
         let (mut o, _) = register(&mut state, outsider);
         while a.try_recv().is_ok() {}
-        state.apply(&recorded(room, 1, &sent(members[1])));
+        apply(&mut state, &recorded(room, 1, &sent(members[1])));
         assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
         assert!(o.try_recv().is_err(), "not a member");
     }

@@ -268,11 +268,11 @@ impl Sse {
                     return;
                 }
                 let mention = frame.mention_of(self.user);
-                if let Some(notice) = frame.notice
+                if let Some(notice) = &frame.notice
                     && notice.sender_id != self.user.0
                 {
                     self.pending
-                        .push_back(Notification::Message((*notice).clone()));
+                        .push_back(Notification::Message((**notice).clone()));
                 }
                 if let Some(mention) = mention {
                     self.pending.push_back(Notification::Mention(mention));

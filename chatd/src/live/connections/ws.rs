@@ -10,14 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use poem::web::websocket::{CloseCode, Message, WebSocketConfig, WebSocketStream};
 use schema::events::Event;
 use schema::{MessageBody, MessageId, RoomId, SessionId, UserId, streams};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::unread::{self, UnreadPush};
 use crate::chat::auth::Caller;
 use crate::chat::auth::TokenRefusal;
 use crate::chat::{Chat, ChatError, Code, Refusal};
+use crate::http::websocket::Socket as WebSocketStream;
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
@@ -30,7 +34,7 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 /// A peer that sends nothing (not even a pong) for this long is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Queued frames written out together, at most.
-const BATCH: usize = 64;
+const BATCH: usize = 512;
 /// A peer that takes nothing we write for this long has stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_PAGE: usize = 500;
@@ -82,6 +86,8 @@ struct Connection {
     /// Last seq sent per room; rooms not present start live.
     sent: HashMap<RoomId, u64>,
     unread: UnreadPush,
+    /// `chat_deliveries_total{transport="ws"}`.
+    delivered: metrics::Counter,
 }
 
 /// The socket's sending half. Frames are buffered and flushed once per turn of the
@@ -134,6 +140,7 @@ impl Connection {
             expires: expiry(expires),
             sent: HashMap::new(),
             unread,
+            delivered: metrics::counter!(names::DELIVERIES, "transport" => "ws"),
         };
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_heard = Instant::now();
@@ -208,7 +215,7 @@ impl Connection {
                         close(&mut sink, u16::from(CloseCode::Away), "no traffic: presumed dead").await;
                         return Ok(());
                     }
-                    if sink.send(Message::Ping(Vec::new())).await.is_err() {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -218,7 +225,7 @@ impl Connection {
     }
 
     async fn reply(&self, sink: &mut Sink, frame: ServerFrame) -> anyhow::Result<()> {
-        sink.send(Message::Text(frame.text())).await?;
+        sink.send(Message::text(frame.text())).await?;
         Ok(())
     }
 
@@ -226,14 +233,14 @@ impl Connection {
         match item {
             Outbound::Event(frame) => self.forward(sink, frame).await,
             Outbound::Notice(text) => {
-                sink.send(Message::Text(text.to_string())).await?;
+                sink.send(Message::Text(text)).await?;
                 Ok(())
             }
         }
     }
 
     /// Sends a live frame unless the catch-up already did; fills a gap from the log first.
-    async fn forward(&mut self, sink: &mut Sink, frame: EventFrame) -> anyhow::Result<()> {
+    async fn forward(&mut self, sink: &mut Sink, frame: Arc<EventFrame>) -> anyhow::Result<()> {
         if let Some(&last) = self.sent.get(&frame.room) {
             if frame.seq <= last {
                 return Ok(());
@@ -243,8 +250,8 @@ impl Connection {
                     .await?;
             }
         }
-        sink.send(Message::Text(frame.text.to_string())).await?;
-        delivered();
+        sink.send(Message::Text(frame.text.clone())).await?;
+        self.delivered.increment(1);
         if frame.removes(self.user) {
             // The room goes quiet; a later rejoin starts live from the join, without what
             // happened while away.
@@ -315,8 +322,8 @@ impl Connection {
                     };
                     let frame =
                         EventFrame::new(room, &recorded, &event, now.of(&event), state.as_ref());
-                    sink.send(Message::Text(frame.text.to_string())).await?;
-                    delivered();
+                    sink.send(Message::Text(frame.text.clone())).await?;
+                    self.delivered.increment(1);
                 }
                 self.sent.insert(room, recorded.version);
                 next = recorded.version + 1;
@@ -459,15 +466,10 @@ fn refusal(reference: String, e: ChatError) -> ServerFrame {
 
 async fn close(sink: &mut Sink, code: u16, reason: &str) {
     let _ = sink
-        .send(Message::Close(Some((
-            CloseCode::from(code),
-            reason.to_owned(),
-        ))))
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_owned().into(),
+        })))
         .await;
     sink.close().await;
-}
-
-/// Counts one event frame written to a WebSocket.
-fn delivered() {
-    metrics::counter!(names::DELIVERIES, "transport" => "ws").increment(1);
 }
