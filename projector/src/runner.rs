@@ -1,9 +1,10 @@
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::Duration;
 
 use eventlog::EventLog;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, ReadModels, Result, apply};
@@ -12,27 +13,104 @@ use crate::{Error, ReadModels, Result, apply};
 const MAX_BATCH: usize = 2_000;
 
 /// How far the read models are: the position of the last applied event.
+///
+/// Many callers may wait at once (every send waits for its event to be applied), so waiting
+/// does not watch the position itself: each waiter is filed under the position it needs, and
+/// one dispatcher task per `Progress` wakes, at each step, only those whose position has been
+/// reached (a step wakes the waiters it satisfies, not every waiter).
 #[derive(Debug, Clone)]
-pub struct Progress(watch::Receiver<u64>);
+pub struct Progress {
+    rx: watch::Receiver<u64>,
+    waiters: Arc<Waiters>,
+}
+
+#[derive(Debug)]
+struct Waiters {
+    /// By the position they wait for. `None` once the position will never move again.
+    pending: Mutex<Option<BTreeMap<u64, Vec<oneshot::Sender<()>>>>>,
+    dispatcher: Once,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, Option<BTreeMap<u64, Vec<oneshot::Sender<()>>>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the waiters `position` satisfies.
+    fn reached(&self, position: u64) {
+        let done = {
+            let mut pending = self.lock();
+            let Some(pending) = pending.as_mut() else {
+                return;
+            };
+            let later = pending.split_off(&(position + 1));
+            std::mem::replace(pending, later)
+        };
+        for tx in done.into_values().flatten() {
+            let _ = tx.send(());
+        }
+    }
+}
 
 impl Progress {
     pub fn new() -> (watch::Sender<u64>, Self) {
         let (tx, rx) = watch::channel(0);
-        (tx, Self(rx))
+        let waiters = Arc::new(Waiters {
+            pending: Mutex::new(Some(BTreeMap::new())),
+            dispatcher: Once::new(),
+        });
+        (tx, Self { rx, waiters })
     }
 
     pub fn position(&self) -> u64 {
-        *self.0.borrow()
+        *self.rx.borrow()
     }
 
     /// Waits until every event up to `position` is applied, or `timeout` passes.
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<()> {
-        let mut rx = self.0.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await {
-            Ok(Ok(_)) => Ok(()),
+        if self.position() >= position {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.waiters.lock();
+            let Some(pending) = pending.as_mut() else {
+                return Err(Error::NotCaughtUp("the projector stopped"));
+            };
+            pending.entry(position).or_default().push(tx);
+        }
+        self.start_dispatcher();
+        // The dispatcher may have handled the step that reached it before the waiter was
+        // filed: look again now that it is.
+        if self.position() >= position {
+            return Ok(());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::NotCaughtUp("the projector stopped")),
             Err(_) => Err(Error::NotCaughtUp("timed out waiting for the projections")),
         }
+    }
+
+    /// The task that follows the position and wakes waiters, started by the first wait (in a
+    /// runtime); it ends with the sender, failing the waiters left.
+    fn start_dispatcher(&self) {
+        self.waiters.dispatcher.call_once(|| {
+            let mut rx = self.rx.clone();
+            let waiters = self.waiters.clone();
+            tokio::spawn(async move {
+                loop {
+                    let position = *rx.borrow_and_update();
+                    waiters.reached(position);
+                    if rx.changed().await.is_err() {
+                        // The last step may not have been seen yet.
+                        waiters.reached(*rx.borrow());
+                        waiters.lock().take();
+                        return;
+                    }
+                }
+            });
+        });
     }
 }
 
@@ -82,9 +160,67 @@ async fn apply_from_log(
             }
         }
         let cache = models.unread_cache().clone();
+        let events = batch.len();
         let applied = models
             .write(move |conn| apply::apply_batch(conn, &batch, &cache))
             .await?;
+        models.applied(events);
         progress.send_replace(applied);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn each_step_wakes_the_waiters_it_satisfies_and_no_others() {
+        let (tx, progress) = Progress::new();
+        let mut waits: Vec<_> = (1..=3u64)
+            .map(|p| {
+                let progress = progress.clone();
+                tokio::spawn(async move { progress.wait_for(p, LONG).await })
+            })
+            .collect();
+        // Every waiter is filed before the position moves.
+        while progress.waiters.lock().as_ref().unwrap().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        tx.send_replace(2);
+        for wait in waits.drain(..2) {
+            wait.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            progress.waiters.lock().as_ref().unwrap().len(),
+            1,
+            "3 still waits"
+        );
+        assert!(!waits[0].is_finished());
+        tx.send_replace(3);
+        waits.pop().unwrap().await.unwrap().unwrap();
+        progress.wait_for(3, LONG).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn waiters_fail_when_the_projector_stops() {
+        let (tx, progress) = Progress::new();
+        let waiting = {
+            let progress = progress.clone();
+            tokio::spawn(async move { progress.wait_for(5, LONG).await })
+        };
+        while progress.waiters.lock().as_ref().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(Error::NotCaughtUp("the projector stopped"))
+        ));
+        assert!(matches!(
+            progress.wait_for(5, LONG).await,
+            Err(Error::NotCaughtUp("the projector stopped"))
+        ));
     }
 }

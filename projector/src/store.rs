@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
@@ -154,6 +155,53 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Watched users' unread counts, moved by the writer (see [`crate::unread`]).
     unread: UnreadCache,
+    checkpointer: Checkpointer,
+}
+
+/// Events applied between two checkpoints (copying the WAL back into the database file).
+const CHECKPOINT_EVERY: usize = 2_000;
+
+/// Copies the WAL back into the database file on its own thread and connection, so that the
+/// projector's commits never wait for it (SQLite's automatic checkpoint runs inside the
+/// `COMMIT` that crosses its threshold, rewriting pages and syncing the file: a stall of the
+/// projector, and of every send waiting for its projection). The thread ends with the models.
+#[derive(Debug)]
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Events applied since the last wake-up.
+    unchecked: AtomicUsize,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        configure(&conn)?;
+        // One pending wake-up is enough: a checkpoint copies everything committed so far.
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("models-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "read-model checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| Error::Task(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Self {
+            wake,
+            unchecked: AtomicUsize::new(0),
+        })
+    }
+
+    /// `events` more were committed: wakes the thread every [`CHECKPOINT_EVERY`].
+    fn applied(&self, events: usize) {
+        let unchecked = self.unchecked.fetch_add(events, Ordering::Relaxed) + events;
+        if unchecked >= CHECKPOINT_EVERY && self.wake.try_send(()).is_ok() {
+            self.unchecked.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -184,6 +232,8 @@ impl ReadModels {
         let writer = Connection::open(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
+        // Checkpoints run on the checkpointer's thread, not in the writer's commits.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         if fresh {
             writer.execute_batch(SCHEMA)?;
             writer.execute_batch(SCHEMA_ADMIN)?;
@@ -191,12 +241,14 @@ impl ReadModels {
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
         }
+        let checkpointer = Checkpointer::start(&path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 unread: UnreadCache::default(),
+                checkpointer,
             }),
         })
     }
@@ -278,6 +330,11 @@ impl ReadModels {
     /// a user frees their counts.
     pub fn watch_unread(&self, user: UserId) -> UnreadWatch {
         self.inner.unread.watch(user)
+    }
+
+    /// `events` more were committed by the writer.
+    pub(crate) fn applied(&self, events: usize) {
+        self.inner.checkpointer.applied(events);
     }
 
     pub(crate) fn unread_cache(&self) -> &UnreadCache {
