@@ -12,8 +12,7 @@ use poem::{Body, FromRequest, IntoResponse, OnUpgrade, Request, RequestBody, Res
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-/// A server-side WebSocket over the upgraded HTTP connection.
-pub type Socket = tokio_tungstenite::WebSocketStream<poem::Upgraded>;
+use crate::live::connections::ws::Socket;
 
 /// A request to upgrade to a WebSocket (RFC 6455 §4.2.1); refused with 400 otherwise.
 pub struct Upgrade {

@@ -21,11 +21,13 @@ use super::unread::{self, UnreadPush};
 use crate::chat::auth::Caller;
 use crate::chat::auth::TokenRefusal;
 use crate::chat::{Chat, ChatError, Code, Refusal};
-use crate::http::websocket::Socket as WebSocketStream;
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
 use tracing::Instrument;
+
+/// A server-side WebSocket over an upgraded HTTP connection (the upgrade is `http`'s).
+pub type Socket = tokio_tungstenite::WebSocketStream<poem::Upgraded>;
 
 /// Close code telling the client to reconnect and resume (it fell behind, or the server is
 /// going away). 4000–4999 are application codes.
@@ -64,7 +66,7 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 
 /// Serves an upgraded socket of an authenticated caller. The frames it may send come out of
 /// the user's send budget (`CHAT_WS_RATE`), shared by all their sockets and REST sends.
-pub async fn serve(chat: Arc<Chat>, hub: Hub, caller: Caller, stream: WebSocketStream) {
+pub async fn serve(chat: Arc<Chat>, hub: Hub, caller: Caller, stream: Socket) {
     if let Err(e) = Connection::run(chat, hub, caller, stream).await {
         tracing::debug!(error = %e, "websocket ended with an error");
     }
@@ -94,7 +96,7 @@ struct Connection {
 /// connection's loop, so a burst of frames costs one write, not one each. Every write has a
 /// deadline: a peer that takes nothing for [`WRITE_TIMEOUT`] has stopped reading, and the
 /// connection ends.
-struct Sink(futures::stream::SplitSink<WebSocketStream, Message>);
+struct Sink(futures::stream::SplitSink<Socket, Message>);
 
 impl Sink {
     /// Buffers a frame (writing out when the buffer is full).
@@ -122,7 +124,7 @@ impl Connection {
         chat: Arc<Chat>,
         hub: Hub,
         Caller(user, session, expires): Caller,
-        stream: WebSocketStream,
+        stream: Socket,
     ) -> anyhow::Result<()> {
         let (sink, mut incoming) = stream.split();
         let mut sink = Sink(sink);
