@@ -346,3 +346,43 @@ impl ReadModels {
         self.write(|c| crate::apply::checkpoint(c)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("models.db");
+        let models = ReadModels::open(&path).unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        // Commits go to the WAL only: the writer never checkpoints by itself.
+        models
+            .write(|c| {
+                c.execute_batch("CREATE TABLE filler (x BLOB)")?;
+                let tx = c.transaction()?;
+                for _ in 0..256 {
+                    tx.execute("INSERT INTO filler VALUES (zeroblob(4096))", [])?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let before = size();
+        assert!(
+            before < 512 * 1024,
+            "the writer checkpointed: {before} bytes"
+        );
+        // At the threshold the checkpointer is woken, and copies the WAL back.
+        models.applied(CHECKPOINT_EVERY);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while size() < 1024 * 1024 {
+            assert!(Instant::now() < deadline, "no checkpoint: {} bytes", size());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
