@@ -5,6 +5,7 @@ use eventlog::RecordedEvent;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use schema::events::{Event, Role};
 use schema::{RoomId, UserId, streams};
+use uuid::Uuid;
 
 use crate::Result;
 use crate::unread::{self, Change, UnreadCache};
@@ -231,6 +232,8 @@ fn apply_room_event(
             for table in [
                 "rooms",
                 "members",
+                "live_blocks",
+                "live_blocks_by_sender",
                 "timeline",
                 "messages",
                 "bans",
@@ -253,6 +256,7 @@ fn apply_room_event(
                 .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
             if n == 1 {
                 unread.sent(RoomId(room), seq as u64, *sender_id);
+                count_live(tx, room, seq, sender_id.0, 1)?;
             }
             tx.prepare_cached("UPDATE rooms SET last_message_id = ?2 WHERE room_id = ?1")?
                 .execute(params![room, message_id.0])?;
@@ -268,6 +272,17 @@ fn apply_room_event(
         }
         Event::MessageDeleted { message_id, .. } => {
             unread::deleted(tx, unread, RoomId(room), message_id.0)?;
+            let live = tx
+                .prepare_cached(
+                    "SELECT seq, sender_id FROM messages WHERE message_id = ?1 AND deleted = 0",
+                )?
+                .query_row([message_id.0], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Uuid>(1)?))
+                })
+                .optional()?;
+            if let Some((seq, sender)) = live {
+                count_live(tx, room, seq, sender, -1)?;
+            }
             // A deleted message's text leaves the read side: its row and every version of it
             // in the timeline (the log keeps the history, as an audit trail).
             tx.prepare_cached("UPDATE messages SET deleted = 1, body = '' WHERE message_id = ?1")?
@@ -288,6 +303,22 @@ fn apply_room_event(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Moves the live-message counts of the message's block (room's and sender's) by `by`.
+fn count_live(tx: &Transaction<'_>, room: Uuid, seq: i64, sender: Uuid, by: i64) -> Result<()> {
+    let block = seq >> crate::queries::BLOCK_BITS;
+    tx.prepare_cached(
+        "INSERT INTO live_blocks (room_id, block, live) VALUES (?1, ?2, ?3)
+         ON CONFLICT (room_id, block) DO UPDATE SET live = live + excluded.live",
+    )?
+    .execute(params![room, block, by])?;
+    tx.prepare_cached(
+        "INSERT INTO live_blocks_by_sender (room_id, sender_id, block, live) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (room_id, sender_id, block) DO UPDATE SET live = live + excluded.live",
+    )?
+    .execute(params![room, sender, block, by])?;
     Ok(())
 }
 

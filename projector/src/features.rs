@@ -35,7 +35,10 @@ CREATE TABLE thread_participants (
 
 -- Mentions: @all/@here on the message, named members one row each.
 ALTER TABLE messages ADD COLUMN mentions_all INTEGER NOT NULL DEFAULT 0;
+-- Covers the counts by (room, seq): the rest of the marker's block, and a mention's message.
 CREATE INDEX messages_by_room_mentions ON messages (room_id, seq, sender_id, deleted, mentions_all);
+CREATE INDEX messages_mentioning_all ON messages (room_id, seq, sender_id, deleted)
+    WHERE mentions_all = 1;
 CREATE TABLE mentions (
     room_id BLOB NOT NULL,
     user_id BLOB NOT NULL,
@@ -229,12 +232,17 @@ pub(crate) fn apply(
 
 // ------------------------------------------------------------------ queries
 
-/// Unread messages that mention the member: `me` is their `members` row.
-pub(crate) const MENTIONS: &str = "(SELECT count(*) FROM messages x
-    WHERE x.room_id = me.room_id AND x.seq > me.read_seq
-      AND x.sender_id != me.user_id AND x.deleted = 0
-      AND (x.mentions_all = 1 OR EXISTS (SELECT 1 FROM mentions n
-           WHERE n.room_id = x.room_id AND n.user_id = me.user_id AND n.seq = x.seq)))";
+/// Unread messages that mention the member: `me` is their `members` row. Counted from the
+/// mentions' side, in time proportional to the unread mentions (not to the unread messages):
+/// the member's `mentions` rows after the marker, and the messages to everyone
+/// (`messages_mentioning_all`); a message is in one or the other.
+pub(crate) const MENTIONS: &str = "((SELECT count(*) FROM mentions n
+        JOIN messages x ON x.room_id = n.room_id AND x.seq = n.seq
+        WHERE n.room_id = me.room_id AND n.user_id = me.user_id AND n.seq > me.read_seq
+          AND x.sender_id != me.user_id AND x.deleted = 0 AND x.mentions_all = 0)
+      + (SELECT count(*) FROM messages x
+         WHERE x.room_id = me.room_id AND x.mentions_all = 1 AND x.seq > me.read_seq
+           AND x.sender_id != me.user_id AND x.deleted = 0))";
 
 /// Unread replies in the threads the member takes part in.
 pub(crate) const THREAD_UNREAD: &str = "(SELECT count(*) FROM thread_participants p

@@ -147,11 +147,54 @@ pub fn is_member(c: &Connection, room: RoomId, user: UserId) -> Result<bool> {
     )
 }
 
-/// Messages after the member's marker, not their own, not deleted: a range scan of the
-/// covering index `messages_by_room`. `me` is the viewer's `members` row.
-pub(crate) const UNREAD: &str = "(SELECT count(*) FROM messages x
-    WHERE x.room_id = me.room_id AND x.seq > me.read_seq
-      AND x.sender_id != me.user_id AND x.deleted = 0)";
+/// Seqs per block of [`crate::store`]'s `live_blocks` are `1 << BLOCK_BITS`. Debug builds
+/// (every test) use blocks of 4 seqs, so that tests cross block boundaries all the time;
+/// release builds 256. The read-model version includes it: a file built with the other size is
+/// rebuilt from the log.
+macro_rules! block_bits {
+    () => {
+        if_debug!("2", "8")
+    };
+}
+#[cfg(debug_assertions)]
+macro_rules! if_debug {
+    ($debug:literal, $release:literal) => {
+        $debug
+    };
+}
+#[cfg(not(debug_assertions))]
+macro_rules! if_debug {
+    ($debug:literal, $release:literal) => {
+        $release
+    };
+}
+
+/// See [`block_bits`].
+pub(crate) const BLOCK_BITS: u32 = if cfg!(debug_assertions) { 2 } else { 8 };
+
+/// Messages after the member's marker, not their own, not deleted, in time independent of
+/// how many there are: the rest of the marker's block is counted message by message (at most
+/// a block, in the covering index `messages_by_room_mentions`); the blocks after it add their
+/// live counts (`live_blocks`), less the member's own (`live_blocks_by_sender`). `me` is the
+/// viewer's `members` row.
+pub(crate) const UNREAD: &str = concat!(
+    "((SELECT count(*) FROM messages x
+        WHERE x.room_id = me.room_id AND x.seq > me.read_seq
+          AND x.seq < ((me.read_seq >> ",
+    block_bits!(),
+    ") + 1) << ",
+    block_bits!(),
+    "
+          AND x.sender_id != me.user_id AND x.deleted = 0)
+      + (SELECT coalesce(sum(b.live), 0) FROM live_blocks b
+         WHERE b.room_id = me.room_id AND b.block > me.read_seq >> ",
+    block_bits!(),
+    ")
+      - (SELECT coalesce(sum(s.live), 0) FROM live_blocks_by_sender s
+         WHERE s.room_id = me.room_id AND s.sender_id = me.user_id AND s.block > me.read_seq >> ",
+    block_bits!(),
+    "))"
+);
 
 /// Columns for [`room_row`]; needs `r` (rooms), `m` (last message) and `me` (the viewer's
 /// membership), with the viewer as `?1`.

@@ -9,8 +9,9 @@ use crate::unread::{UnreadCache, UnreadWatch};
 use crate::{Error, Result};
 
 /// Bump when the read-model schema or the meaning of a projection changes: files with another
-/// version are deleted and rebuilt from the log on open.
-const SCHEMA_VERSION: i64 = 6;
+/// version (or another block size, see [`crate::queries::BLOCK_BITS`]) are deleted and rebuilt
+/// from the log on open.
+const SCHEMA_VERSION: i64 = 7 * 100 + crate::queries::BLOCK_BITS as i64;
 
 const SCHEMA: &str = r#"
 CREATE TABLE checkpoint (
@@ -72,8 +73,22 @@ CREATE TABLE messages (
     edited_at  INTEGER,
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
--- Covers the unread count: a range scan over (room, seq > marker) reading only the index.
-CREATE INDEX messages_by_room ON messages (room_id, seq, sender_id, deleted);
+-- Live (not deleted) messages per block of seqs (seq >> BLOCK_BITS), of each room and of each
+-- sender in it: an unread count adds the blocks after the marker instead of counting their
+-- messages one by one (see queries::UNREAD).
+CREATE TABLE live_blocks (
+    room_id BLOB NOT NULL,
+    block   INTEGER NOT NULL,
+    live    INTEGER NOT NULL,
+    PRIMARY KEY (room_id, block)
+) WITHOUT ROWID;
+CREATE TABLE live_blocks_by_sender (
+    room_id   BLOB NOT NULL,
+    sender_id BLOB NOT NULL,
+    block     INTEGER NOT NULL,
+    live      INTEGER NOT NULL,
+    PRIMARY KEY (room_id, sender_id, block)
+) WITHOUT ROWID;
 
 CREATE TABLE friends (
     user_id   BLOB NOT NULL,
