@@ -32,7 +32,7 @@ pub(crate) fn apply_batch(
     cache: &UnreadCache,
 ) -> Result<u64> {
     let mut unread = unread::Batch::new(cache);
-    let tx = conn.transaction()?;
+    let tx = crate::store::begin(conn)?;
     let mut position = checkpoint(&tx)?;
     for recorded in batch {
         if recorded.position <= position {
