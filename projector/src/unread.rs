@@ -89,6 +89,8 @@ struct State {
     /// While users are pending: the changes of the batches applied since, by position, for
     /// the loader to replay onto counts read from an older snapshot.
     journal: VecDeque<(u64, Arc<[Change]>)>,
+    /// The epoch at which the batch being applied began; `None` between batches.
+    batch_began: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -104,6 +106,9 @@ struct Watched {
     /// A load must read from a snapshot at or after this position (a batch that began before
     /// the user was watched committed here).
     needs: u64,
+    /// A load came while a batch that began before the watch was being applied: it may
+    /// predate that batch, which gathered nothing for this user. Queued again at its commit.
+    deferred: bool,
     /// The rooms the user belongs to.
     rooms: HashMap<RoomId, Slot>,
     /// Sum of the counts.
@@ -134,6 +139,7 @@ impl Watched {
             registered,
             floor,
             needs: 0,
+            deferred: false,
             rooms: HashMap::new(),
             total: 0,
             version: 0,
@@ -238,8 +244,9 @@ pub(crate) struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     pub(crate) fn new(cache: &'a UnreadCache) -> Self {
-        let state = cache.lock();
+        let mut state = cache.lock();
         let (active, epoch) = (state.loaded > 0 || !state.pending.is_empty(), state.epoch);
+        state.batch_began = Some(epoch);
         drop(state);
         Self {
             cache,
@@ -437,6 +444,7 @@ impl UnreadCache {
                 queue,
                 pending,
                 journal,
+                batch_began,
                 ..
             } = &mut *state;
             // Unwatched meanwhile (perhaps watched again: that watch has its own load).
@@ -446,6 +454,12 @@ impl UnreadCache {
             else {
                 continue;
             };
+            if batch_began.is_some_and(|began| began < w.registered) {
+                // The snapshot may be older than the batch under way, whose commit is not in
+                // the journal yet: load again once it is committed (see `committed`).
+                w.deferred = true;
+                continue;
+            }
             if w.needs > position {
                 queue.push(user);
                 requeued = true;
@@ -485,16 +499,24 @@ impl UnreadCache {
             users,
             rooms,
             applied,
+            queue,
             pending,
             journal,
+            batch_began,
             ..
         } = &mut *state;
+        *batch_began = None;
         for user in pending.iter() {
-            if let Some(w) = users.get_mut(user)
-                && w.registered > epoch
-            {
+            let Some(w) = users.get_mut(user) else {
+                continue;
+            };
+            if w.registered > epoch {
                 // Watched after this batch began: it may lack what only watched users get.
                 w.needs = w.needs.max(position);
+            }
+            if std::mem::take(&mut w.deferred) {
+                queue.push(*user);
+                self.0.queued.notify_one();
             }
         }
         if changes.is_empty() || position <= *applied {
@@ -1086,6 +1108,26 @@ mod tests {
         assert_eq!(watch.take(), UnreadChanges::default());
         load(&cache, 7, me, &[(room, 0, 4)]);
         assert_eq!(watch.take().rooms, vec![(room, 4)]);
+    }
+
+    #[test]
+    fn a_load_read_while_an_earlier_batch_is_uncommitted_waits_for_its_commit() {
+        let cache = UnreadCache::default();
+        let me = UserId::new();
+        let room = RoomId::new();
+        // A batch begins with no one watched: it gathers nothing. The user is watched, and
+        // the loader reads a snapshot before the batch commits (at 7, with a message to them).
+        let batch = Batch::new(&cache);
+        let mut watch = cache.watch(me);
+        load(&cache, 6, me, &[(room, 0, 5)]);
+        // Not installed: the snapshot lacks the batch, and nothing would bring it.
+        assert!(watch.changed().now_or_never().is_none());
+        assert_eq!(watch.take(), UnreadChanges::default());
+        batch.commit(7);
+        // Queued again at the commit, and loaded from a snapshot that has it.
+        load(&cache, 7, me, &[(room, 0, 6)]);
+        assert!(watch.changed().now_or_never().is_some());
+        assert_eq!(watch.take().rooms, vec![(room, 6)]);
     }
 
     #[test]
