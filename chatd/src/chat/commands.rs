@@ -33,8 +33,9 @@ pub enum Consistency {
     /// (read-your-writes, bounded by a timeout).
     #[default]
     ReadYourWrites,
-    /// Not for the read models: the caller's next read may not show the command yet.
-    Durable,
+    /// Not for the read models; the user's next read (`GET`) waits for them instead
+    /// ([`Chat::fence_reads`]).
+    Durable(UserId),
 }
 
 /// An aggregate with the stream version it reflects.
@@ -223,6 +224,14 @@ impl Chat {
         }
     }
 
+    /// Waits (boundedly) until the read models show every command of `user`'s that was
+    /// answered at durability ([`Consistency::Durable`]), so their next read shows it.
+    pub async fn fence_reads(&self, user: UserId) {
+        if let Err(e) = self.fence.wait(user, READ_YOUR_WRITES_TIMEOUT).await {
+            tracing::warn!(user = %user, error = %e, "reading before the projections caught up");
+        }
+    }
+
     /// Runs a command on a room (through its actor), then waits until the local projections
     /// show the result.
     pub(super) async fn room_command(
@@ -246,8 +255,9 @@ impl Chat {
         consistency: Consistency,
     ) -> Result<Executed> {
         let executed = self.rooms.execute(room, command, dm_sender).await?;
-        if consistency == Consistency::ReadYourWrites {
-            self.await_projection(executed.position).await;
+        match consistency {
+            Consistency::ReadYourWrites => self.await_projection(executed.position).await,
+            Consistency::Durable(actor) => self.fence.record(actor, executed.position),
         }
         Ok(executed)
     }

@@ -23,6 +23,7 @@ pub mod auth;
 mod commands;
 pub mod error;
 pub mod features;
+mod fence;
 pub mod messages;
 pub mod presence;
 mod room_actor;
@@ -46,6 +47,8 @@ pub struct Chat {
     log: Arc<dyn EventLog>,
     models: ReadModels,
     progress: Progress,
+    /// Read-your-writes for the commands answered at durability.
+    fence: fence::ReadFence,
     auth: Auth,
     presence: Presence,
     /// One actor per active room, deciding and appending its commands in batches, so they do
@@ -68,6 +71,7 @@ impl Chat {
             rooms: room_actor::RoomActors::new(log.clone(), models.clone(), limits.room_cache),
             log,
             models,
+            fence: fence::ReadFence::new(progress.clone()),
             progress,
             auth,
             presence,

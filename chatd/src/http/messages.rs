@@ -144,9 +144,9 @@ impl Api {
     /// By default the answer also waits until your own reads (history, room list, unread,
     /// search excepted) show the message (read-your-writes). With `Prefer: return=minimal`
     /// (RFC 7240) it comes as soon as the message is durable, and says so with
-    /// `Preference-Applied: return=minimal`: the body is the same, but a read right after may
-    /// not show the message yet. For senders that do not read back what they send (bots,
-    /// bridges, load). Sends count against the same per-user budget as WebSocket frames
+    /// `Preference-Applied: return=minimal`: the body is the same, and your next read (`GET`)
+    /// waits until it shows the message instead. For senders that do not read back what they
+    /// send (bots, bridges, load). Sends count against the same per-user budget as WebSocket frames
     /// (429 `rate_limited` beyond it).
     #[oai(path = "/rooms/:room_id/messages", method = "post")]
     async fn send(
@@ -174,7 +174,7 @@ impl Api {
             .map(str::to_owned);
         let minimal = prefer.0.as_deref().is_some_and(prefers_minimal);
         let consistency = if minimal {
-            Consistency::Durable
+            Consistency::Durable(auth.0.0)
         } else {
             Consistency::ReadYourWrites
         };

@@ -71,8 +71,16 @@ pub use crate::chat::auth::Caller;
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
 pub struct BearerAuth(pub Caller);
 
+/// A read (`GET`) waits until the read models show the caller's sends that were answered at
+/// durability (`Chat::fence_reads`): read-your-writes without making the sends wait.
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    caller(req, &bearer.token)
+    let caller = caller(req, &bearer.token)?;
+    if req.method() == poem::http::Method::GET
+        && let Some(chat) = req.data::<Arc<Chat>>()
+    {
+        chat.fence_reads(caller.0).await;
+    }
+    Ok(caller)
 }
 
 /// The caller an access token names, within their request rate (`CHAT_REQUEST_RATE`): 401

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Api, ChatdProcess, TestUser, spawn_app, spawn_app_with};
+use crate::helpers::{Api, ChatdProcess, TestUser, spawn_app, spawn_app_in, spawn_app_with};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 /// Frames that tests of room events skip over.
@@ -204,6 +204,53 @@ async fn sends_are_acked_once_durable_and_a_retry_gets_the_same_ack() {
         err,
         json!({"type": "error", "ref": "k2", "code": "validation_failed", "detail": err["detail"]})
     );
+}
+
+/// A socket's sends are acknowledged once durable, without waiting for the read models (held
+/// back here by a transaction that keeps their file's write lock); the sender's next read
+/// waits for them instead, and then shows the send. Other users' reads do not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_do_not_wait_for_the_read_models_but_the_senders_next_read_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_in(dir.path()).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "fence", &[&bob]).await;
+    let mut ws = connect(&app.api, &alice).await;
+    let newest = format!("/v1/rooms/{room}/messages?limit=1");
+    let (_, before) = app.get(&newest, &alice.token).await;
+    let before = before["events"][0]["seq"].as_u64().unwrap();
+
+    let hold = rusqlite::Connection::open(dir.path().join("readmodels.db")).unwrap();
+    hold.busy_timeout(DEADLINE).unwrap();
+    hold.execute_batch("BEGIN IMMEDIATE").unwrap();
+    ws.send(json!({"type": "send", "room_id": room, "body": "held", "client_msg_id": "k1"}))
+        .await;
+    let ack = ws.next_of("ack").await;
+    assert_eq!(ack["seq"], before + 1);
+    let (status, page) = app.get(&newest, &bob.token).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        page["events"][0]["seq"], before,
+        "the projector is held: {page}"
+    );
+
+    let api = app.api.clone();
+    let token = alice.token.clone();
+    let path = newest.clone();
+    let mut read = tokio::spawn(async move { api.get(&path, &token).await });
+    // Not answered while the read models do not show her send (it would be, at once,
+    // showing the older state, without the fence).
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut read).await;
+    assert!(
+        early.is_err(),
+        "answered before the read models showed the send: {early:?}"
+    );
+    hold.execute_batch("ROLLBACK").unwrap();
+    let (status, page) = read.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["events"][0]["seq"], ack["seq"], "{page}");
+    assert_eq!(page["events"][0]["body"], "held");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

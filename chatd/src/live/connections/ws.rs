@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::unread::{self, UnreadPush};
 use crate::chat::auth::Caller;
 use crate::chat::auth::TokenRefusal;
-use crate::chat::{Chat, ChatError, Code, Refusal};
+use crate::chat::{Chat, ChatError, Code, Consistency, Refusal};
 use crate::live::frames::{AckFrame, ClientFrame, EventFrame, PongFrame, ServerFrame};
 use crate::live::hub::{ConnKind, Disconnect, Hub, Outbound};
 use crate::ops::metrics::{ConnectionGauge, names};
@@ -417,12 +417,13 @@ impl Connection {
                         // context to every consumer.
                         let span = tracing::info_span!("ws.send", room.id = %send.room_id);
                         let trace = tracecontext::of(&span);
-                        let sent = self.chat.send(
+                        let sent = self.chat.send_with(
                             self.user,
                             RoomId(send.room_id),
                             body,
                             Some(key.to_owned()),
                             send.reply_to.map(MessageId),
+                            Consistency::Durable(self.user),
                         );
                         tracecontext::scope(trace, sent).instrument(span).await
                     }
