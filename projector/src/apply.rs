@@ -84,10 +84,17 @@ fn apply_one(
         )?
         .execute(params![room, seq, json, at, message_id])?;
         if !matches!(event, Event::RoomCreated { .. }) {
+            // A message is also the room list's newest message: one update for both.
+            let newest = match &event {
+                Event::MessageSent { message_id, .. } => Some(message_id.0),
+                _ => None,
+            };
             tx.prepare_cached(
-                "UPDATE rooms SET last_seq = ?2, last_activity_at = ?3 WHERE room_id = ?1",
+                "UPDATE rooms SET last_seq = ?2, last_activity_at = ?3,
+                     last_message_id = coalesce(?4, last_message_id)
+                 WHERE room_id = ?1",
             )?
-            .execute(params![room, seq, at])?;
+            .execute(params![room, seq, at, newest])?;
         }
         apply_room_event(tx, unread, room, seq, at, &event)?;
         crate::features::apply(tx, room, seq, at, &event)?;
@@ -258,8 +265,6 @@ fn apply_room_event(
                 unread.sent(RoomId(room), seq as u64, *sender_id);
                 count_live(tx, room, seq, sender_id.0, 1)?;
             }
-            tx.prepare_cached("UPDATE rooms SET last_message_id = ?2 WHERE room_id = ?1")?
-                .execute(params![room, message_id.0])?;
         }
         Event::MessageEdited {
             message_id, body, ..

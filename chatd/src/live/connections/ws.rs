@@ -152,9 +152,16 @@ impl Connection {
         let flush = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(flush);
         let mut flush_armed = false;
+        // One timer for the token's expiry, moved when an `auth` frame extends it (a timer
+        // made afresh each turn would be registered and dropped once per frame).
+        let expired = tokio::time::sleep_until(conn.expires);
+        tokio::pin!(expired);
         loop {
+            if expired.deadline() != conn.expires {
+                expired.as_mut().reset(conn.expires);
+            }
             tokio::select! {
-                () = tokio::time::sleep_until(conn.expires) => {
+                () = &mut expired => {
                     close(&mut sink, CLOSE_TOKEN_EXPIRED, Code::TokenExpired.as_str()).await;
                     return Ok(());
                 }
