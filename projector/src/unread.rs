@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, Transaction};
-use schema::{RoomId, UserId};
+use schema::{IdMap, IdSet, RoomId, UserId};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -68,16 +68,16 @@ struct Features {
     /// The clock at the last batch with an event outside room streams other than a read
     /// marker (conservatively: it may change any room's counts).
     all: u64,
-    rooms: HashMap<RoomId, u64>,
+    rooms: IdMap<RoomId, u64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    users: HashMap<UserId, Watched>,
+    users: IdMap<UserId, Watched>,
     /// How many of `users` are loaded.
     loaded: usize,
     /// Room → the loaded watched users who are members.
-    rooms: HashMap<RoomId, HashSet<UserId>>,
+    rooms: IdMap<RoomId, IdSet<UserId>>,
     /// The position of the last batch applied.
     applied: u64,
     /// Bumped by each new (not yet loaded) watched user.
@@ -85,7 +85,7 @@ struct State {
     /// Users waiting for the loader (and not taken by it yet).
     queue: Vec<UserId>,
     /// Users watched but not loaded (queued or being loaded).
-    pending: HashSet<UserId>,
+    pending: IdSet<UserId>,
     /// While users are pending: the changes of the batches applied since, by position, for
     /// the loader to replay onto counts read from an older snapshot.
     journal: VecDeque<(u64, Arc<[Change]>)>,
@@ -110,14 +110,14 @@ struct Watched {
     /// predate that batch, which gathered nothing for this user. Queued again at its commit.
     deferred: bool,
     /// The rooms the user belongs to.
-    rooms: HashMap<RoomId, Slot>,
+    rooms: IdMap<RoomId, Slot>,
     /// Sum of the counts.
     total: u64,
     /// Bumped by each change; `baseline` is the version the counts were loaded at.
     version: u64,
     baseline: u64,
     /// Room → the version of its newest change, and the same pairs ordered by version.
-    changed: HashMap<RoomId, u64>,
+    changed: IdMap<RoomId, u64>,
     by_version: BTreeMap<u64, RoomId>,
     /// Woken (or queued to be, at the end of the batch) and no take since: further changes
     /// need no wake, the take to come reads them.
@@ -140,11 +140,11 @@ impl Watched {
             floor,
             needs: 0,
             deferred: false,
-            rooms: HashMap::new(),
+            rooms: IdMap::default(),
             total: 0,
             version: 0,
             baseline: 0,
-            changed: HashMap::new(),
+            changed: IdMap::default(),
             by_version: BTreeMap::new(),
             awake: false,
             wake: watch::channel(0).0,
@@ -568,8 +568,8 @@ impl State {
 /// counts are older — only to `only` when given (a load catching up on the journal). Returns
 /// the users to wake.
 fn apply(
-    users: &mut HashMap<UserId, Watched>,
-    rooms: &mut HashMap<RoomId, HashSet<UserId>>,
+    users: &mut IdMap<UserId, Watched>,
+    rooms: &mut IdMap<RoomId, IdSet<UserId>>,
     changes: &[Change],
     position: u64,
     only: Option<UserId>,

@@ -114,6 +114,13 @@ impl MessageId {
     }
 }
 
+/// A map keyed by ids, for the hot paths that look ids up per delivered event (the hub's
+/// audience and connections, the in-memory unread counts): foldhash instead of std's SipHash,
+/// still seeded per process (user ids derive from chosen usernames).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set counterpart of [`IdMap`].
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ mod error;
 
 pub use error::{DomainError, Result};
 pub use events::{Event, EventKind};
-pub use ids::{EventId, MessageId, RoomId, SessionId, UserId};
+pub use ids::{EventId, IdMap, IdSet, MessageId, RoomId, SessionId, UserId};
 pub use values::{
     DisplayName, Emoji, MessageBody, Password, RoomName, StatusMessage, Topic, Username,
     Visibility, limits,

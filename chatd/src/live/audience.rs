@@ -2,19 +2,17 @@
 //! and who has blocked whom, started from a snapshot of the read models and kept from the log
 //! by the hub. Pure state: no I/O, no clock.
 
-use std::collections::{HashMap, HashSet};
-
 use projector::queries::Relations;
-use schema::{RoomId, UserId};
+use schema::{IdMap, IdSet, RoomId, UserId};
 
 #[derive(Debug, Default)]
 pub struct Audience {
-    members: HashMap<RoomId, HashSet<UserId>>,
-    rooms_of: HashMap<UserId, HashSet<RoomId>>,
+    members: IdMap<RoomId, IdSet<UserId>>,
+    rooms_of: IdMap<UserId, IdSet<RoomId>>,
     /// user → the users who see their presence as friends.
-    followers: HashMap<UserId, HashSet<UserId>>,
+    followers: IdMap<UserId, IdSet<UserId>>,
     /// (blocker, blocked).
-    blocks: HashSet<(UserId, UserId)>,
+    blocks: IdSet<(UserId, UserId)>,
 }
 
 impl Audience {
@@ -68,7 +66,7 @@ impl Audience {
 
     /// How many members `room` has.
     pub fn member_count(&self, room: RoomId) -> usize {
-        self.members.get(&room).map_or(0, HashSet::len)
+        self.members.get(&room).map_or(0, IdSet::len)
     }
 
     /// The members of `room` (none for a room not known).
@@ -79,8 +77,8 @@ impl Audience {
     /// The users for whom `connected` holds who see `user`'s presence: their friends and the
     /// members of their rooms, `user` and anyone who has blocked `user` or been blocked by
     /// them excepted.
-    pub fn watchers(&self, user: UserId, connected: impl Fn(UserId) -> bool) -> HashSet<UserId> {
-        let mut watchers: HashSet<UserId> = self
+    pub fn watchers(&self, user: UserId, connected: impl Fn(UserId) -> bool) -> IdSet<UserId> {
+        let mut watchers: IdSet<UserId> = self
             .followers
             .get(&user)
             .into_iter()
@@ -106,7 +104,7 @@ impl Audience {
 
 /// Removes `item` from the set at `key`, and the set when it becomes empty.
 fn remove_from<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, HashSet<V>>,
+    map: &mut IdMap<K, IdSet<V>>,
     key: K,
     item: &V,
 ) {
@@ -134,11 +132,11 @@ mod tests {
             blocks: vec![],
         });
         let everyone = |_| true;
-        assert_eq!(audience.watchers(a, everyone), HashSet::from([b, c]));
-        assert_eq!(audience.watchers(a, |u| u != c), HashSet::from([b]));
+        assert_eq!(audience.watchers(a, everyone), IdSet::from_iter([b, c]));
+        assert_eq!(audience.watchers(a, |u| u != c), IdSet::from_iter([b]));
         // Blocking hides presence both ways, friends and room mates alike.
         audience.block(b, a, true);
-        assert_eq!(audience.watchers(a, everyone), HashSet::from([c]));
+        assert_eq!(audience.watchers(a, everyone), IdSet::from_iter([c]));
         assert!(!audience.watchers(b, everyone).contains(&a));
         audience.block(b, a, false);
         // d follows b; c unfollows a; b leaves the room.
@@ -146,7 +144,7 @@ mod tests {
         audience.unfollow(c, a);
         audience.leave(room, b);
         assert!(audience.watchers(a, everyone).is_empty());
-        assert_eq!(audience.watchers(b, everyone), HashSet::from([d]));
+        assert_eq!(audience.watchers(b, everyone), IdSet::from_iter([d]));
         assert!(!audience.is_member(room, b));
         assert_eq!(audience.members(room).collect::<Vec<_>>(), vec![a]);
         audience.leave(room, a);

@@ -16,7 +16,6 @@
 //! from its last seq and loses nothing, and the server's memory stays bounded. Ephemeral frames
 //! (typing, presence) are simply not queued for a full connection.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use futures::{FutureExt, StreamExt};
 use projector::ReadModels;
 use projector::queries::{self, Relations};
 use schema::events::Event;
-use schema::{RoomId, SessionId, UserId, streams};
+use schema::{IdMap, RoomId, SessionId, UserId, streams};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -275,8 +274,8 @@ struct State {
 struct Connections {
     queue: usize,
     next_id: ConnId,
-    by_id: HashMap<ConnId, Conn>,
-    by_user: HashMap<UserId, Vec<ConnId>>,
+    by_id: IdMap<ConnId, Conn>,
+    by_user: IdMap<UserId, Vec<ConnId>>,
     /// Connections with frames pending this turn.
     dirty: Vec<ConnId>,
 }
@@ -294,8 +293,8 @@ impl Connections {
         Self {
             queue,
             next_id: 1,
-            by_id: HashMap::new(),
-            by_user: HashMap::new(),
+            by_id: IdMap::default(),
+            by_user: IdMap::default(),
             dirty: Vec::new(),
         }
     }

@@ -5,13 +5,12 @@
 //! catch-up already sent and fills any gap from the log. Per room: seq order, no gap, no
 //! duplicate across the seam.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use schema::events::Event;
-use schema::{MessageBody, MessageId, RoomId, SessionId, UserId, streams};
+use schema::{IdMap, MessageBody, MessageId, RoomId, SessionId, UserId, streams};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -86,10 +85,12 @@ struct Connection {
     /// When the newest token presented expires.
     expires: tokio::time::Instant,
     /// Last seq sent per room; rooms not present start live.
-    sent: HashMap<RoomId, u64>,
+    sent: IdMap<RoomId, u64>,
     unread: UnreadPush,
-    /// `chat_deliveries_total{transport="ws"}`.
+    /// `chat_deliveries_total{transport="ws"}`, and the deliveries of this turn not yet
+    /// added to it (added once per write, not once per frame).
     delivered: metrics::Counter,
+    delivered_now: u64,
 }
 
 /// The socket's sending half. Frames are buffered and flushed once per turn of the
@@ -140,9 +141,10 @@ impl Connection {
             user,
             session,
             expires: expiry(expires),
-            sent: HashMap::new(),
+            sent: IdMap::default(),
             unread,
             delivered: metrics::counter!(names::DELIVERIES, "transport" => "ws"),
+            delivered_now: 0,
         };
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_heard = Instant::now();
@@ -229,6 +231,8 @@ impl Connection {
                     }
                 }
             }
+            conn.delivered
+                .increment(std::mem::take(&mut conn.delivered_now));
             sink.flush().await?;
         }
     }
@@ -260,7 +264,7 @@ impl Connection {
             }
         }
         sink.send(Message::Text(frame.text.clone())).await?;
-        self.delivered.increment(1);
+        self.delivered_now += 1;
         if frame.removes(self.user) {
             // The room goes quiet; a later rejoin starts live from the join, without what
             // happened while away.
@@ -332,7 +336,7 @@ impl Connection {
                     let frame =
                         EventFrame::new(room, &recorded, &event, now.of(&event), state.as_ref());
                     sink.send(Message::Text(frame.text.clone())).await?;
-                    self.delivered.increment(1);
+                    self.delivered_now += 1;
                 }
                 self.sent.insert(room, recorded.version);
                 next = recorded.version + 1;
