@@ -268,14 +268,15 @@ async fn replies_form_threads_with_counts_paging_and_unread_for_participants() {
     assert_eq!(page["replies"].as_array().unwrap().len(), 2);
     assert_eq!(unread(&app, &alice).await["thread_unread_total"], 2);
 
-    // A reply over the WebSocket.
+    // A reply over the WebSocket: acknowledged once durable, and the sender's next read
+    // shows it (other users' reads do not wait for the read models).
     let mut c = connect(&app.api, &carol).await;
     c.send(json!({"type": "send", "room_id": room, "body": "me too",
                   "client_msg_id": "c1", "reply_to": root["message_id"]}))
         .await;
     let ack = c.next_of("ack").await;
     assert_eq!(ack["client_msg_id"], "c1", "{ack}");
-    let page = thread(&app, &alice, &room, &root["message_id"], "").await;
+    let page = thread(&app, &carol, &room, &root["message_id"], "").await;
     assert_eq!(page["root"]["reply_count"], 3);
     assert_eq!(page["root"]["last_reply"]["message_id"], ack["message_id"]);
     assert_eq!(
