@@ -36,6 +36,11 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// Queued frames written out together, at most.
 const BATCH: usize = 512;
+/// A busy connection writes at most this often: frames that come sooner after a write wait
+/// (in the hub's queue, without waking the task) and go out together with the next one. A
+/// connection of a busy room gets thousands of frames a second; one write (and one wake-up)
+/// each would cost more than everything else it does. An idle connection writes at once.
+const WRITE_EVERY: Duration = Duration::from_millis(5);
 /// A peer that takes nothing we write for this long has stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_PAGE: usize = 500;
@@ -158,6 +163,11 @@ impl Connection {
         // made afresh each turn would be registered and dropped once per frame).
         let expired = tokio::time::sleep_until(conn.expires);
         tokio::pin!(expired);
+        // When the last write went out, and the timer of the next one while it is held back.
+        let mut written = tokio::time::Instant::now() - WRITE_EVERY;
+        let next_write = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(next_write);
+        let mut write_held = false;
         loop {
             if expired.deadline() != conn.expires {
                 expired.as_mut().reset(conn.expires);
@@ -182,7 +192,17 @@ impl Connection {
                         conn.reply(&mut sink, ServerFrame::Unread(frame)).await?;
                     }
                 }
-                item = reg.frames.recv(), if live => match item {
+                () = &mut next_write, if write_held => {
+                    write_held = false;
+                    for _ in 0..BATCH {
+                        if !live {
+                            break;
+                        }
+                        let Ok(item) = reg.frames.try_recv() else { break };
+                        conn.outbound(&mut sink, item).await?;
+                    }
+                }
+                item = reg.frames.recv(), if live && !write_held => match item {
                     Some(item) => {
                         conn.outbound(&mut sink, item).await?;
                         // Take what else is queued now, to write it out in one go.
@@ -233,7 +253,14 @@ impl Connection {
             }
             conn.delivered
                 .increment(std::mem::take(&mut conn.delivered_now));
-            sink.flush().await?;
+            let now = tokio::time::Instant::now();
+            if now >= written + WRITE_EVERY {
+                sink.flush().await?;
+                written = now;
+            } else if !write_held {
+                next_write.as_mut().reset(written + WRITE_EVERY);
+                write_held = true;
+            }
         }
     }
 
