@@ -14,11 +14,8 @@ const CHECKPOINT: &str = "read_models";
 
 pub(crate) fn checkpoint(conn: &Connection) -> Result<u64> {
     let pos: Option<i64> = conn
-        .query_row(
-            "SELECT position FROM checkpoint WHERE name = ?1",
-            [CHECKPOINT],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT position FROM checkpoint WHERE name = ?1")?
+        .query_row([CHECKPOINT], |r| r.get(0))
         .optional()?;
     Ok(pos.map_or(0, |p| p as u64))
 }
@@ -46,11 +43,11 @@ pub(crate) fn apply_batch(
         apply_one(&tx, &mut unread, recorded)?;
         position = recorded.position;
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO checkpoint (name, position) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        params![CHECKPOINT, position as i64],
-    )?;
+    )?
+    .execute(params![CHECKPOINT, position as i64])?;
     tx.commit()?;
     unread.commit(position);
     Ok(position)
@@ -253,14 +250,31 @@ fn apply_room_event(
             message_id,
             sender_id,
             body,
+            reply_to,
+            mentions,
             ..
         } => {
+            // The whole row in one insert (thread and `@all` included): an update after it
+            // would rewrite the row's index entries a second time.
+            let all = mentions
+                .iter()
+                .any(schema::mentions::Mention::addresses_all);
             let n = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO messages (message_id, room_id, seq, sender_id, body, sent_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO messages
+                         (message_id, room_id, seq, sender_id, body, sent_at, reply_to, mentions_all)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![message_id.0, room, seq, sender_id.0, body.as_str(), at])?;
+                .execute(params![
+                    message_id.0,
+                    room,
+                    seq,
+                    sender_id.0,
+                    body.as_str(),
+                    at,
+                    reply_to.map(|r| r.0),
+                    all
+                ])?;
             if n == 1 {
                 unread.sent(RoomId(room), seq as u64, *sender_id);
                 count_live(tx, room, seq, sender_id.0, 1)?;

@@ -89,11 +89,16 @@ fn set_mentions(
         .execute(params![message, all])?;
     // Named members and those an `@here` resolved to, one row each.
     for user_id in mentions.iter().flat_map(Mention::named) {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO mentions (room_id, user_id, seq) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![room, user_id.0, seq])?;
+        insert_mention(tx, room, *user_id, seq)?;
     }
+    Ok(())
+}
+
+fn insert_mention(tx: &Transaction<'_>, room: Uuid, user: UserId, seq: i64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO mentions (room_id, user_id, seq) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![room, user.0, seq])?;
     Ok(())
 }
 
@@ -132,16 +137,16 @@ pub(crate) fn apply(
 ) -> Result<()> {
     match event {
         Event::MessageSent {
-            message_id,
             sender_id,
             reply_to,
             mentions,
             ..
         } => {
-            set_mentions(tx, room, seq, message_id.0, mentions)?;
+            // The row (with its thread and `@all`) is new: only the named mentions to add.
+            for user_id in mentions.iter().flat_map(Mention::named) {
+                insert_mention(tx, room, *user_id, seq)?;
+            }
             if let Some(root) = reply_to {
-                tx.prepare_cached("UPDATE messages SET reply_to = ?2 WHERE message_id = ?1")?
-                    .execute(params![message_id.0, root.0])?;
                 recount_thread(tx, root.0)?;
                 let mut join = tx.prepare_cached(
                     "INSERT OR IGNORE INTO thread_participants (room_id, user_id, root_id)

@@ -11,6 +11,12 @@ use crate::{Error, ReadModels, Result, apply};
 
 /// Most events applied in one read-model transaction.
 const MAX_BATCH: usize = 2_000;
+/// A busy projector begins a transaction at most this often: events that come sooner after
+/// the last one began wait (in the log subscription) and are applied together with the next.
+/// Each commit writes every page it dirtied to the WAL, whether it carries one event or fifty;
+/// at thousands of events a second, one commit per handful cost a third of the projector's
+/// time. An idle projector applies an event at once.
+const APPLY_EVERY: Duration = Duration::from_millis(5);
 
 /// How far the read models are: the position of the last applied event.
 ///
@@ -139,6 +145,7 @@ async fn apply_from_log(
     progress.send_replace(start);
     tracing::info!(checkpoint = start, "projector starting");
     let mut events = log.subscribe(start);
+    let mut began = tokio::time::Instant::now() - APPLY_EVERY;
     loop {
         let next = tokio::select! {
             biased;
@@ -152,6 +159,15 @@ async fn apply_from_log(
             return Err(Error::NotCaughtUp("the log subscription ended"));
         };
         let mut batch = vec![first?];
+        // Busy: let the events of the next few milliseconds join this one.
+        if began.elapsed() < APPLY_EVERY {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(began + APPLY_EVERY) => {}
+            }
+        }
+        began = tokio::time::Instant::now();
         // Take whatever else is already waiting: one transaction for a burst.
         while batch.len() < MAX_BATCH {
             match events.next().now_or_never() {
