@@ -5,7 +5,8 @@
 //! - **One writer.** A dedicated thread owns the only write connection. [`SqliteLog::append`]
 //!   sends a request over a bounded channel and waits for the answer on a oneshot. The writer
 //!   takes the first waiting request plus whatever else is already queued (up to
-//!   [`Options::max_batch`]) and runs them all in one transaction; a request of several events
+//!   [`Options::max_batch`]) and runs them all in one transaction (a busy writer first waits
+//!   until [`Options::commit_every`] after its last transaction began, so that more join); a request of several events
 //!   (one append of several, or an [`EventLog::append_batch`]) runs inside its own `SAVEPOINT`
 //!   (a single-event one is one `INSERT`, atomic by itself), so that a failing request
 //!   (version conflict, storage error) leaves the others alone.
@@ -98,6 +99,12 @@ const STREAM_VERSION: &str = "SELECT coalesce(max(version), 0) FROM events WHERE
 pub struct Options {
     /// Most append requests committed in one transaction. Default 1024.
     pub max_batch: usize,
+    /// A busy writer begins a transaction at most this often: requests that come sooner after
+    /// the last one began wait and are committed together with the next (group commit, as
+    /// PostgreSQL's `commit_delay`). Each commit costs an `fsync` and a WAL write of every page
+    /// it dirtied, whether it carries one request or twenty. An idle writer commits a request
+    /// at once. Default 2 ms; zero commits whatever is queued as soon as the last commit ends.
+    pub commit_every: Duration,
     /// Append requests that may wait for the writer before [`SqliteLog::append`] itself waits
     /// for room (back-pressure). Default 8192.
     pub queue_capacity: usize,
@@ -121,6 +128,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             max_batch: 1024,
+            commit_every: Duration::from_millis(2),
             queue_capacity: 8192,
             live_capacity: 4096,
             catch_up_page: 1024,
@@ -256,13 +264,13 @@ impl SqliteLog {
         let handle = std::thread::Builder::new()
             .name("eventlog-writer".into())
             .spawn(move || {
-                let max_batch = writer_options.max_batch;
+                let (max_batch, every) = (writer_options.max_batch, writer_options.commit_every);
                 match Writer::open(&writer_path, &writer_options, writer_live, writer_shared) {
                     Ok(writer) => {
                         // The opener may have given up waiting; the writer then just drains
                         // an empty channel and stops.
                         let _ = ready_tx.send(Ok(()));
-                        writer.run(command_rx, max_batch);
+                        writer.run(command_rx, max_batch, every);
                     }
                     Err(err) => {
                         let _ = ready_tx.send(Err(err));
@@ -756,12 +764,26 @@ impl Writer {
     }
 
     /// Serves commands until every sender is gone.
-    fn run(mut self, mut commands: mpsc::Receiver<Command>, max_batch: usize) {
+    fn run(mut self, mut commands: mpsc::Receiver<Command>, max_batch: usize, every: Duration) {
         let mut received = Vec::with_capacity(max_batch);
         let mut batch = Vec::with_capacity(max_batch);
         let mut answers = Vec::with_capacity(max_batch);
+        let mut began = Instant::now().checked_sub(every);
         // Waits for the first command, then takes whatever else is queued, without waiting.
         while commands.blocking_recv_many(&mut received, max_batch) > 0 {
+            // Busy (the last transaction began less than `every` ago): let the requests of the
+            // next moment join this one.
+            if let Some(wait) = began.and_then(|b| every.checked_sub(b.elapsed()))
+                && !wait.is_zero()
+            {
+                std::thread::sleep(wait);
+                while received.len() < max_batch
+                    && let Ok(command) = commands.try_recv()
+                {
+                    received.push(command);
+                }
+            }
+            began = Some(Instant::now());
             for command in received.drain(..) {
                 match command {
                     Command::Append(request) => batch.push(request),

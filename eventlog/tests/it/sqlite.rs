@@ -122,6 +122,34 @@ async fn queued_appends_go_out_in_one_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_writer_lets_the_next_requests_join_its_next_commit() {
+    // Long enough that the test's own steps always fit inside it.
+    let fixture = Fixture::with_options(Options {
+        commit_every: Duration::from_secs(3),
+        ..Options::default()
+    });
+    let log = fixture.open().await;
+    log.append("a", ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    assert_eq!(log.stats().batches, 1);
+    // Busy (a transaction began just now): the next request is taken off the queue and
+    // waits; one submitted only after that still joins it.
+    let mut first: Pending<'_> = Box::pin(log.append("b", ExpectedVersion::NoStream, events(1)));
+    submit_all(std::slice::from_mut(&mut first)).await;
+    while log.queued() > 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = log.append("c", ExpectedVersion::NoStream, events(1));
+    let (first, second) = tokio::join!(first, second);
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let stats = log.stats();
+    assert_eq!((stats.batches, stats.requests), (2, 3), "{stats:?}");
+    assert_eq!(first.recorded_at, second.recorded_at, "one transaction");
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_capped_at_max_batch() {
     let fixture = Fixture::with_options(Options {
         max_batch: 10,
