@@ -294,6 +294,11 @@ const TAIL_CACHE: usize = 100_000;
 const MAX_ATTEMPTS: usize = 64;
 /// Page size of direct-get batches.
 const READ_PAGE: usize = 256;
+/// A busy index follower writes at most this often: events that come sooner after its last
+/// write began join the next one (one SQLite commit each, whatever it carries). The index may
+/// lag the stream by far more (half the duplicate window); only a conflicting append waits
+/// for it to reach the head.
+const INDEX_EVERY: Duration = Duration::from_millis(10);
 
 /// A log stream's last event: version and stream sequence (0, 0 when empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,12 +435,17 @@ impl JetStreamLog {
     async fn follow_into_index(self) {
         let index = self.inner.index.clone();
         let mut backoff = Duration::from_millis(100);
+        let mut began = tokio::time::Instant::now() - INDEX_EVERY;
         loop {
             let mut events = self.follow(index.covered());
             loop {
                 let Some(first) = events.next().await else {
                     return; // closed
                 };
+                if began.elapsed() < INDEX_EVERY {
+                    tokio::time::sleep_until(began + INDEX_EVERY).await;
+                }
+                began = tokio::time::Instant::now();
                 let mut batch = Vec::new();
                 let mut fresh = None;
                 let mut failed = None;
