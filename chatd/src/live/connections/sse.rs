@@ -11,6 +11,7 @@
 //! are dropped, so nothing is missed or repeated at the seam.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,8 +46,12 @@ struct Sse {
     /// The `Last-Event-ID` replay still to be read.
     replay: Option<Replay>,
     flush_at: Option<tokio::time::Instant>,
-    /// When the token the stream was opened with expires: the stream ends then.
-    expires: tokio::time::Instant,
+    /// Fires when the token the stream was opened with expires: the stream ends then. One
+    /// timer for the stream's life (one made afresh per notification would be registered and
+    /// dropped once per message).
+    expired: Pin<Box<tokio::time::Sleep>>,
+    /// `chat_deliveries_total{transport="sse"}`.
+    delivered: metrics::Counter,
     /// The stream ends once `pending` is sent.
     ending: bool,
     _open: ConnectionGauge,
@@ -76,7 +81,8 @@ pub async fn notifications(
         replayed_to: 0,
         replay: None,
         flush_at: None,
-        expires: super::ws::expiry(expires),
+        expired: Box::pin(tokio::time::sleep_until(super::ws::expiry(expires))),
+        delivered: metrics::counter!(names::DELIVERIES, "transport" => "sse"),
         ending: false,
         _open: ConnectionGauge::open(names::SSE_CONNECTIONS),
         _slot: slot,
@@ -293,7 +299,7 @@ impl Sse {
         loop {
             if let Some(n) = self.pending.pop_front() {
                 if matches!(n, Notification::Message(_)) {
-                    metrics::counter!(names::DELIVERIES, "transport" => "sse").increment(1);
+                    self.delivered.increment(1);
                 }
                 return Some((n, self));
             }
@@ -326,7 +332,7 @@ impl Sse {
                         Err(e) => tracing::warn!(error = %e, "unread counts not pushed"),
                     }
                 }
-                () = tokio::time::sleep_until(self.expires) => {
+                () = self.expired.as_mut() => {
                     self.end(Code::TokenExpired, "the access token expired: reconnect with a fresh one");
                 }
                 item = self.reg.frames.recv() => match item {
