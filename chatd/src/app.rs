@@ -64,7 +64,8 @@ async fn open_search(settings: &Settings, log: &dyn EventLog) -> anyhow::Result<
 struct Storage {
     log: Arc<dyn EventLog>,
     models: ReadModels,
-    nats: Option<async_nats::Client>,
+    /// The JetStream log, when it is the backend (its index is fed by the shared follower).
+    jetstream: Option<JetStreamLog>,
 }
 
 #[cfg(feature = "kurrentdb")]
@@ -90,15 +91,16 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     // Before `secure` re-protects it: a secret others could read must be replaced, not hidden.
     crate::datadir::check_secret_file(&settings.data_dir.join(auth::SECRET_FILE))?;
     crate::datadir::secure(&settings.data_dir)?;
-    let (log, nats): (Arc<dyn EventLog>, _) = match settings.jetstream() {
+    let (log, jetstream): (Arc<dyn EventLog>, _) = match settings.jetstream() {
         _ if settings.kurrentdb_url.is_some() => (open_kurrentdb(settings).await?, None),
-        Some(options) => {
+        Some(mut options) => {
+            // Fed by the node's shared follower (see `App::build`): one consumer per node.
+            options.index_feed = eventlog::jetstream::IndexFeed::Given;
             tracing::info!(url = %eventlog::jetstream::redact_url(&options.url), stream = %options.stream, "event log: NATS JetStream");
             let log = JetStreamLog::connect(options)
                 .await
                 .context("cannot open the JetStream event log")?;
-            let client = log.client().clone();
-            (Arc::new(log), Some(client))
+            (Arc::new(log.clone()), Some(log))
         }
         None => (
             Arc::new(
@@ -129,7 +131,11 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         ReadModels::delete(&path)?;
         models = open(path).await?;
     }
-    Ok(Storage { log, models, nats })
+    Ok(Storage {
+        log,
+        models,
+        jetstream,
+    })
 }
 
 impl std::fmt::Debug for App {
@@ -155,12 +161,21 @@ impl App {
         }
         crate::ops::metrics::install();
         let failures = Arc::new(Failures::default());
-        let Storage { log, models, nats } = open_storage(&settings).await?;
+        let Storage {
+            log,
+            models,
+            jetstream,
+        } = open_storage(&settings).await?;
         let log = MeteredLog::wrap(log, failures.clone());
         // The projector, the search indexer and the hub follow the log through one follower.
         let (shared, follower) =
             eventlog::follow::Shared::start(log, eventlog::follow::DEFAULT_CAPACITY).await?;
         let log: Arc<dyn EventLog> = shared;
+        // The JetStream event-id index follows the same follower: one consumer per node.
+        if let Some(jetstream) = &jetstream {
+            jetstream.index_from(Arc::downgrade(&log));
+        }
+        let nats = jetstream.map(|j| j.client().clone());
         let follower: Follower = Box::pin(follower);
         let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =

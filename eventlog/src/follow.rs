@@ -9,12 +9,17 @@
 //! Each consumer keeps its own position and its own bounded lag: it reads the follower's
 //! events from a broadcast buffer of `capacity` events. A consumer that falls further behind
 //! than that (a slow search indexer) never holds the follower or the others back; it loses its
-//! place in the buffer and catches up from the log by itself, with a private subscription from
-//! its own last position, until it reaches the follower again. The seam is exact: joining the
-//! buffer and reading the follower's last position happen under one lock, so the buffer holds
-//! every event after that position, and the private subscription delivers everything up to it.
-//! Per consumer: log order, no gap, no duplicate.
+//! place in the buffer and catches up from the log by itself, reading pages of it
+//! ([`EventLog::read_all`]) from its own last position, until it reaches the follower again.
+//! A consumer that starts behind the follower (a checkpoint older than the head) does the
+//! same. Reading, not subscribing: on JetStream a catch-up is direct gets, not a consumer
+//! of its own that would outlive it on the server. The seam is exact: joining the buffer and
+//! reading the follower's last position happen under one lock, so the buffer holds every
+//! event after that position, and the pages deliver everything up to it. Only after the
+//! follower has stopped (the log closed or failed) does a consumer subscribe to the log
+//! itself. Per consumer: log order, no gap, no duplicate.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -28,6 +33,8 @@ use crate::{
 
 /// Events a consumer may fall behind the follower before it catches up from the log.
 pub const DEFAULT_CAPACITY: usize = 8_192;
+/// Events read from the log at a time while catching up.
+const CATCH_UP_PAGE: usize = 512;
 
 /// A log whose subscriptions share one follower (see the module docs).
 pub struct Shared {
@@ -113,8 +120,8 @@ impl Shared {
     }
 }
 
-/// One consumer's subscription: from the buffer while it keeps up, from a private
-/// subscription of the log while it catches up.
+/// One consumer's subscription: from the buffer while it keeps up, from pages of the log
+/// while it catches up.
 struct Follow {
     log: Arc<dyn EventLog>,
     fanout: Arc<Fanout>,
@@ -122,7 +129,9 @@ struct Follow {
     last: u64,
     /// The buffer, and the follower's position when this consumer joined it.
     joined: Option<(u64, broadcast::Receiver<Arc<RecordedEvent>>)>,
-    /// While catching up (or after the follower stopped): the log, from `last`.
+    /// While catching up: the rest of the page read from the log after `last`.
+    page: VecDeque<Arc<RecordedEvent>>,
+    /// After the follower stopped: a subscription of the log, from `last`.
     private: Option<Subscription>,
     /// The follower has stopped: only `private` is left.
     detached: bool,
@@ -146,6 +155,28 @@ impl Follow {
                 }
                 None => true,
             };
+            if behind && !self.detached {
+                if self.page.is_empty() {
+                    match self.log.read_all(self.last, CATCH_UP_PAGE).await {
+                        Ok(page) => self.page = page.into_iter().map(Arc::new).collect(),
+                        Err(e) => return Some((Err(e), self)),
+                    }
+                }
+                match self.page.pop_front() {
+                    Some(event) if event.position <= self.last => continue,
+                    Some(event) => {
+                        self.last = event.position;
+                        return Some((Ok(event), self));
+                    }
+                    // Nothing readable after `last` yet, though the follower has passed it
+                    // (a JetStream replica answering the read may lag the leader by a moment):
+                    // read again shortly.
+                    None => {
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        continue;
+                    }
+                }
+            }
             if behind {
                 let (log, last) = (&self.log, self.last);
                 let private = self.private.get_or_insert_with(|| log.subscribe(last));
@@ -159,7 +190,7 @@ impl Follow {
                     None => return None,
                 }
             }
-            self.private = None;
+            self.page.clear();
             let Some((_, rx)) = &mut self.joined else {
                 continue;
             };
@@ -224,6 +255,7 @@ impl EventLog for Shared {
             fanout: self.fanout.clone(),
             last: after,
             joined: None,
+            page: VecDeque::new(),
             private: None,
             detached: false,
         };

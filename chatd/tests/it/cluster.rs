@@ -172,6 +172,15 @@ async fn two_nodes_deliver_across_and_agree_on_every_read() {
         unread["total"], 11,
         "Alice's 10 plus the retried one: {unread}"
     );
+    // Each node follows the stream once: its projector, hub, search indexer and event-id
+    // index share one consumer.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("CHAT_EVENTS")
+        .await
+        .expect("stream");
+    let consumers = stream.info().await.expect("info").state.consumer_count;
+    assert_eq!(consumers, 2, "one consumer per node");
 
     // Alice leaves: Bob (on the other node) sees her go offline after the grace.
     alice_ws.close().await;

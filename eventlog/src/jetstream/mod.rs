@@ -53,7 +53,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -110,6 +110,21 @@ pub struct Options {
     pub index_path: PathBuf,
     /// Timeout of one request to the server.
     pub request_timeout: Duration,
+    /// Where the event-id index reads the stream from.
+    pub index_feed: IndexFeed,
+}
+
+/// Where the node's event-id index reads the stream's events from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexFeed {
+    /// An ordered consumer of its own: every event crosses NATS once more for the index.
+    #[default]
+    OwnConsumer,
+    /// A subscription of the log given to [`JetStreamLog::index_from`]: a
+    /// [`crate::follow::Shared`] over this log, whose one follower then also feeds the index, so
+    /// each event crosses NATS once per node. Until it is given the index stands still, and
+    /// appends that need it wait for it (and fail after a quarter of the duplicate window).
+    Given,
 }
 
 impl std::fmt::Debug for Options {
@@ -132,6 +147,7 @@ impl std::fmt::Debug for Options {
             .field("duplicate_window", &self.duplicate_window)
             .field("index_path", &self.index_path)
             .field("request_timeout", &self.request_timeout)
+            .field("index_feed", &self.index_feed)
             .finish()
     }
 }
@@ -229,6 +245,7 @@ impl Options {
             duplicate_window: Duration::from_secs(120),
             index_path: index_path.into(),
             request_timeout: Duration::from_secs(10),
+            index_feed: IndexFeed::OwnConsumer,
         }
     }
 
@@ -322,6 +339,9 @@ struct Inner {
     prefix: String,
     window: Duration,
     index: Index,
+    /// The log the index follows when its feed is [`IndexFeed::Given`] (weak: that log wraps
+    /// this one).
+    index_source: watch::Sender<Option<Weak<dyn EventLog>>>,
     /// When the index was last known to hold everything stored in the stream.
     index_fresh_at: Mutex<Option<Instant>>,
     tails: Mutex<HashMap<String, Tail>>,
@@ -411,6 +431,7 @@ impl JetStreamLog {
                 prefix: options.subject_prefix,
                 window: info.config.duplicate_window,
                 index,
+                index_source: watch::channel(None).0,
                 index_fresh_at: Mutex::new(None),
                 tails: Mutex::new(HashMap::new()),
                 chain: info.config.num_replicas == 1 && info.config.storage == StorageType::File,
@@ -418,8 +439,15 @@ impl JetStreamLog {
                 closed: watch::channel(false).0,
             }),
         };
-        tokio::spawn(log.clone().follow_into_index());
+        tokio::spawn(log.clone().follow_into_index(options.index_feed));
         Ok(log)
+    }
+
+    /// With [`IndexFeed::Given`]: the index follows `source`'s subscriptions from now on.
+    /// `source` must be a log over this one (a [`crate::follow::Shared`] of it); it is held
+    /// weakly, and the index stops when it is gone.
+    pub fn index_from(&self, source: Weak<dyn EventLog>) {
+        self.inner.index_source.send_replace(Some(source));
     }
 
     /// The NATS connection (for ephemeral subjects such as presence and typing).
@@ -432,12 +460,28 @@ impl JetStreamLog {
     }
 
     /// Keeps the index following the stream until the log closes.
-    async fn follow_into_index(self) {
+    async fn follow_into_index(self, feed: IndexFeed) {
         let index = self.inner.index.clone();
         let mut backoff = Duration::from_millis(100);
         let mut began = tokio::time::Instant::now() - INDEX_EVERY;
         loop {
-            let mut events = self.follow(index.covered());
+            let mut events = match feed {
+                IndexFeed::OwnConsumer => self.subscribe(index.covered()),
+                IndexFeed::Given => {
+                    let mut given = self.inner.index_source.subscribe();
+                    let mut closed = self.inner.closed.subscribe();
+                    let source = tokio::select! {
+                        _ = closed.wait_for(|c| *c) => return,
+                        source = given.wait_for(Option::is_some) => source
+                            .ok()
+                            .and_then(|s| s.as_ref().and_then(Weak::upgrade)),
+                    };
+                    let Some(source) = source else {
+                        return; // the node is gone
+                    };
+                    source.subscribe(index.covered())
+                }
+            };
             loop {
                 let Some(first) = events.next().await else {
                     return; // closed
@@ -447,15 +491,11 @@ impl JetStreamLog {
                 }
                 began = tokio::time::Instant::now();
                 let mut batch = Vec::new();
-                let mut fresh = None;
                 let mut failed = None;
                 let mut item = Some(first);
                 while let Some(next) = item.take() {
                     match next {
-                        Ok((event, pending, received)) => {
-                            fresh = (pending == 0).then_some(received);
-                            batch.push(event);
-                        }
+                        Ok(event) => batch.push(event),
                         Err(e) => {
                             failed = Some(e);
                             break;
@@ -470,8 +510,7 @@ impl JetStreamLog {
                     if let Err(e) = index.apply(batch).await {
                         tracing::error!(error = %e, "cannot update the event-id index");
                         failed = Some(e);
-                    } else if let Some(at) = fresh {
-                        *lock(&self.inner.index_fresh_at) = Some(at);
+                    } else {
                         backoff = Duration::from_millis(100);
                     }
                 }
@@ -488,16 +527,13 @@ impl JetStreamLog {
         }
     }
 
-    /// Every event after `after` with the consumer's pending count and when it arrived.
+    /// Every event after `after`, from an ordered consumer.
     ///
     /// Losing the server (a NATS node going away, a consumer lost with its node) is not the
     /// end: the ordered consumer is recreated from the last event delivered, with backoff,
     /// until the log closes. Only a message that cannot be decoded ends the stream (with the
     /// error), since skipping it would be a silent gap.
-    fn follow(
-        &self,
-        after: u64,
-    ) -> futures::stream::BoxStream<'static, Result<(Arc<RecordedEvent>, u64, Instant)>> {
+    fn follow(&self, after: u64) -> Subscription {
         let log = self.clone();
         let mut closed = self.inner.closed.subscribe();
         let stream = async_stream(move |tx| async move {
@@ -551,7 +587,6 @@ impl JetStreamLog {
                         }
                         None => break,
                     };
-                    let received = Instant::now();
                     let item = match message.info() {
                         Ok(info) if info.stream_sequence <= last => continue,
                         Ok(info) => wire::decode(
@@ -561,11 +596,11 @@ impl JetStreamLog {
                             message.headers.as_ref().unwrap_or(&HeaderMap::new()),
                             &message.payload,
                         )
-                        .map(|e| (Arc::new(e), info.pending, received)),
+                        .map(Arc::new),
                         Err(e) => Err(wire::corrupt(e)),
                     };
                     let failed = item.is_err();
-                    if let Ok((event, _, _)) = &item {
+                    if let Ok(event) = &item {
                         last = event.position;
                         backoff = Duration::from_millis(50);
                     }
@@ -1104,8 +1139,6 @@ impl EventLog for JetStreamLog {
 
     fn subscribe(&self, after: u64) -> Subscription {
         self.follow(after)
-            .map(|item| item.map(|(event, _, _)| event))
-            .boxed()
     }
 
     async fn close(&self) {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eventlog::jetstream::{JetStreamLog, Options};
+use eventlog::follow::Shared;
+use eventlog::jetstream::{IndexFeed, JetStreamLog, Options};
 use eventlog::{EventLog, ExpectedVersion};
 use eventlog_testkit::conformance::{events, read_everything};
 use eventlog_testkit::nats_server::NatsServer;
@@ -179,4 +180,55 @@ async fn read_stream_from_the_middle_of_a_long_stream() {
         assert!(read.iter().all(|e| e.stream == "long"));
     }
     log.close().await;
+}
+
+/// A node's index can follow the node's shared follower instead of a consumer of its own: the
+/// stream then has one consumer for the node, and a retry after the duplicate window is still
+/// recognised (the index, fed through the follower, has the original).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_can_be_fed_by_the_shared_follower() {
+    let fixture = Fixture::new();
+    let window = Duration::from_millis(500);
+    let options = Options {
+        duplicate_window: window,
+        index_feed: IndexFeed::Given,
+        ..fixture.options(fixture.next())
+    };
+    let jetstream = JetStreamLog::connect(options.clone())
+        .await
+        .expect("connect");
+    let (shared, follower) = Shared::start(Arc::new(jetstream.clone()), 64)
+        .await
+        .expect("shared");
+    let follower = tokio::spawn(follower);
+    let log: Arc<dyn EventLog> = shared;
+    jetstream.index_from(Arc::downgrade(&log));
+
+    let send = events(2);
+    let original = log
+        .append("room-1", ExpectedVersion::NoStream, send.clone())
+        .await
+        .expect("send");
+    // Both the shared follower and the index have seen it once the index answers for it.
+    wait_for_window_to_pass(&fixture, window).await;
+    let again = log
+        .append("room-1", ExpectedVersion::Any, send)
+        .await
+        .expect("retry");
+    assert!(again.duplicate);
+    assert_eq!(again.first_position, original.first_position);
+    assert_eq!(read_everything(log.as_ref()).await.len(), 2);
+
+    let client = async_nats::connect(fixture.server.url())
+        .await
+        .expect("connect");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(&options.stream)
+        .await
+        .expect("stream");
+    let consumers = stream.info().await.expect("info").state.consumer_count;
+    assert_eq!(consumers, 1, "one consumer for the node, shared by the index");
+
+    log.close().await;
+    follower.await.expect("follower").expect("follower ended cleanly");
 }
