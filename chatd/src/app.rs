@@ -311,6 +311,9 @@ impl App {
             }),
             failures: failures.clone(),
             auth: chat.auth().clone(),
+            shards: settings
+                .hub_shards
+                .unwrap_or_else(crate::config::default_hub_shards),
         };
         let (hub, hub_run) = crate::live::hub::start(
             log.clone(),

@@ -75,6 +75,12 @@ pub struct Settings {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub ws_queue: usize,
 
+    /// Shards of the live hub (tasks that each own a share of the connections, by user).
+    /// Default: [`default_hub_shards`].
+    #[arg(long, env = "CHAT_HUB_SHARDS", global = true,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub hub_shards: Option<usize>,
+
     /// How long a user stays shown online after their last connection closed, in
     /// milliseconds (so a reconnecting client does not flap).
     #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 5000, global = true,
@@ -490,4 +496,12 @@ impl Settings {
     pub fn access_token_ttl(&self) -> Duration {
         Duration::from_secs(self.access_token_ttl_secs)
     }
+}
+
+/// One hub shard per two cores (at least one). A shard delivers hundreds of thousands of
+/// frames a second on one core, while the connections' writes, the projector and the search
+/// indexer need the other cores: on the 2-core benchmark machine a second shard made
+/// big-room delivery slower, not faster (docs/benchmarks.md).
+pub fn default_hub_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }

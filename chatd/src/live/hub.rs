@@ -1,11 +1,20 @@
-//! The fan-out hub: one task owns every live connection, the [`Audience`] (the membership of
-//! every room, who follows whom) and the presence [`Tracker`] (who is online, who is typing).
+//! The fan-out hub, in shards: each shard is a task that owns the live connections and the
+//! presence [`Tracker`] (who is online, who is typing) of a share of the users (by user id,
+//! [`HubSettings::shards`], one per two cores by default), and a whole copy of the [`Audience`] (the
+//! membership of every room, who follows whom). So fan-out uses every core, and no lock is
+//! shared between shards on the way of an event.
 //!
-//! It consumes the log (events arrive once durable) and, for each room event, serialises one
-//! frame and hands the shared bytes to every connection of every member. Membership and friend
-//! lists are kept from the same events (a snapshot of the read models at their checkpoint, then
-//! the log from that checkpoint), so a connection follows rooms its user joins or leaves while
-//! connected.
+//! Each shard consumes the log itself (events arrive once durable; on one node the log's
+//! shared follower hands every shard the same recorded event) and, for each room event,
+//! serialises one frame and hands the shared bytes to every connection of every member it
+//! owns. Membership and friend lists are kept from the same events (a snapshot of the read
+//! models at their checkpoint, then the log from that checkpoint), so a connection follows
+//! rooms its user joins or leaves while connected. A user's connections all live in one shard,
+//! so per connection the frames keep log order, as with one hub.
+//!
+//! Presence and typing are decided by the shard of the user they are about (coalescing,
+//! grace), which then tells the other shards to carry them out for their connections; messages
+//! from other nodes arrive at the first shard, which routes them to the user's shard.
 //!
 //! Frames go out in batches: the hub takes every event the follower has ready (up to
 //! [`MAX_EVENTS_PER_TURN`]), gathers each connection's frames of that turn, and hands each
@@ -17,7 +26,7 @@
 //! (typing, presence) are simply not queued for a full connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eventlog::EventLog;
@@ -27,6 +36,7 @@ use projector::queries::{self, Relations};
 use schema::events::Event;
 use schema::{IdMap, RoomId, SessionId, UserId, streams};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::audience::Audience;
@@ -34,7 +44,7 @@ use super::frames::{
     EventFrame, FriendFrame, InvitationFrame, PresenceFrame, ReceiptFrame, ServerFrame, TypingFrame,
 };
 use super::peers::{Outbox, PeerMessage, Peers, SYNC_EVERY};
-use super::presence::{Effect, TYPING_EVERY, Tracker};
+use super::presence::{Effect, LocalUsers, TYPING_EVERY, Tracker};
 use crate::chat::auth::Revoked;
 use crate::chat::view::Extras;
 use crate::chat::{Auth, Presence};
@@ -148,12 +158,14 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let (hub, id) = (self.hub.clone(), self.id);
-        if hub.commands.try_send(Command::Unregister { id }).is_err()
+        let id = self.id;
+        // A connection's id tells its shard (see `Connections::open`).
+        let shard = self.hub.commands[id as usize % self.hub.commands.len()].clone();
+        if shard.try_send(Command::Unregister { id }).is_err()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = hub.commands.send(Command::Unregister { id }).await;
+                let _ = shard.send(Command::Unregister { id }).await;
             });
         }
     }
@@ -176,12 +188,19 @@ enum Command {
     },
 }
 
-/// A cheap handle to the hub task.
+/// A cheap handle to the hub's shards.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    commands: mpsc::Sender<Command>,
-    /// The position of the last log event the hub has delivered.
+    /// Each shard's commands, by shard.
+    commands: Arc<[mpsc::Sender<Command>]>,
+    /// The position of the last log event every shard has delivered.
     position: watch::Receiver<u64>,
+}
+
+/// The shard that owns `user`'s connections and presence, of `shards`.
+fn shard_of(user: UserId, shards: usize) -> usize {
+    // Ids are random in their low bits (v4 and v7 alike).
+    (user.0.as_u128() % shards as u128) as usize
 }
 
 impl std::fmt::Debug for Command {
@@ -210,7 +229,7 @@ impl Hub {
         kind: ConnKind,
     ) -> Option<Registration> {
         let (reply, rx) = oneshot::channel();
-        self.commands
+        self.commands[shard_of(user, self.commands.len())]
             .send(Command::Register {
                 user,
                 session,
@@ -232,8 +251,7 @@ impl Hub {
     /// user is not a member (as far as the hub knows).
     pub async fn typing(&self, user: UserId, room: RoomId) -> bool {
         let (reply, rx) = oneshot::channel();
-        if self
-            .commands
+        if self.commands[shard_of(user, self.commands.len())]
             .send(Command::Typing { user, room, reply })
             .await
             .is_err()
@@ -256,10 +274,48 @@ struct Conn {
     reason: Arc<DisconnectReason>,
 }
 
-/// The hub's state: the connections, who receives what ([`Audience`]) and who is online
-/// ([`Tracker`]). Changed only by the hub task; no I/O besides handing frames to connection
-/// queues (and messages to the peer outbox).
+/// Where a shard stands among the hub's shards.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    shard: usize,
+    shards: usize,
+}
+
+impl Place {
+    #[cfg(test)]
+    const ALONE: Self = Self {
+        shard: 0,
+        shards: 1,
+    };
+
+    fn owns(&self, user: UserId) -> bool {
+        shard_of(user, self.shards) == self.shard
+    }
+}
+
+/// What a shard tells the others.
+#[derive(Debug)]
+enum Internal {
+    /// A presence or typing effect decided by the shard of the user it is about: carried out
+    /// for the connections of this shard.
+    Effect(Effect),
+    /// A message from another node about this shard's users.
+    Peer(Uuid, PeerMessage),
+}
+
+/// A shard's way to the others (none when it is the only one). Unbounded: shards never wait
+/// for each other, and what goes through is rare (presence and typing).
+struct Router {
+    shards: Arc<[mpsc::UnboundedSender<Internal>]>,
+}
+
+/// A shard's state: the connections of its users, who receives what ([`Audience`], a whole
+/// copy in every shard, kept from the log) and its users' presence ([`Tracker`]). Changed only
+/// by the shard's task; no I/O besides handing frames to connection queues (and messages to
+/// the peer outbox and the other shards).
 struct State {
+    place: Place,
+    router: Option<Router>,
     conns: Connections,
     audience: Audience,
     presence: Tracker,
@@ -270,10 +326,13 @@ struct State {
     auth: Auth,
 }
 
-/// The live connections by id and by user.
+/// The live connections of a shard's users, by id and by user.
 struct Connections {
     queue: usize,
+    /// The next id, and the step between ids: a shard's ids are its index modulo the number
+    /// of shards, so a connection's id tells its shard.
     next_id: ConnId,
+    id_step: ConnId,
     by_id: IdMap<ConnId, Conn>,
     by_user: IdMap<UserId, Vec<ConnId>>,
     /// Connections with frames pending this turn.
@@ -289,10 +348,11 @@ enum Delivery {
 }
 
 impl Connections {
-    fn new(queue: usize) -> Self {
+    fn new(queue: usize, place: Place) -> Self {
         Self {
             queue,
-            next_id: 1,
+            next_id: (place.shards + place.shard) as ConnId,
+            id_step: place.shards as ConnId,
             by_id: IdMap::default(),
             by_user: IdMap::default(),
             dirty: Vec::new(),
@@ -310,7 +370,7 @@ impl Connections {
         kind: ConnKind,
     ) -> (ConnId, Frames, Arc<DisconnectReason>) {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.id_step;
         let (out, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let reason = Arc::new(DisconnectReason::default());
@@ -420,12 +480,21 @@ impl Connections {
 }
 
 impl State {
-    fn new(relations: &Relations, presence: Presence, settings: &HubSettings) -> Self {
+    fn new(
+        relations: &Relations,
+        presence: Tracker,
+        settings: &HubSettings,
+        outbox: Option<Outbox>,
+        place: Place,
+        router: Option<Router>,
+    ) -> Self {
         Self {
-            conns: Connections::new(settings.queue),
+            place,
+            router,
+            conns: Connections::new(settings.queue, place),
             audience: Audience::new(relations),
-            presence: Tracker::new(presence, settings.offline_grace),
-            outbox: settings.peers.as_ref().map(Peers::outbox),
+            presence,
+            outbox,
             failures: settings.failures.clone(),
             auth: settings.auth.clone(),
         }
@@ -506,33 +575,48 @@ impl State {
         }
     }
 
-    /// Does what the presence tracker decided.
+    /// Does what the presence tracker decided: here, and (announcements, typing) in the other
+    /// shards, for their connections.
     fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
-            match effect {
-                Effect::Announce { user, online } => {
-                    let text = ServerFrame::Presence(PresenceFrame {
-                        user_id: user.0,
-                        online,
-                    })
-                    .text();
-                    let watchers = self.audience.watchers(user, |u| self.conns.is_connected(u));
-                    self.notify(watchers, &text.into());
+            if let (Some(router), Effect::Announce { .. } | Effect::Typing { .. }) =
+                (&self.router, &effect)
+            {
+                for (shard, tx) in router.shards.iter().enumerate() {
+                    if shard != self.place.shard {
+                        let _ = tx.send(Internal::Effect(effect.clone()));
+                    }
                 }
-                Effect::Publish(message) => self.publish(message),
-                Effect::Typing { room, user } => {
-                    let text = ServerFrame::Typing(TypingFrame {
-                        room_id: room.0,
-                        user_id: user.0,
-                    })
-                    .text();
-                    let others: Vec<UserId> = self
-                        .audience
-                        .members(room)
-                        .filter(|m| *m != user && self.conns.is_connected(*m))
-                        .collect();
-                    self.notify(others, &text.into());
-                }
+            }
+            self.carry_out_here(effect);
+        }
+    }
+
+    /// Does an effect for this shard's connections.
+    fn carry_out_here(&mut self, effect: Effect) {
+        match effect {
+            Effect::Announce { user, online } => {
+                let text = ServerFrame::Presence(PresenceFrame {
+                    user_id: user.0,
+                    online,
+                })
+                .text();
+                let watchers = self.audience.watchers(user, |u| self.conns.is_connected(u));
+                self.notify(watchers, &text.into());
+            }
+            Effect::Publish(message) => self.publish(message),
+            Effect::Typing { room, user } => {
+                let text = ServerFrame::Typing(TypingFrame {
+                    room_id: room.0,
+                    user_id: user.0,
+                })
+                .text();
+                let others: Vec<UserId> = self
+                    .audience
+                    .members(room)
+                    .filter(|m| *m != user && self.conns.is_connected(*m))
+                    .collect();
+                self.notify(others, &text.into());
             }
         }
     }
@@ -588,10 +672,49 @@ impl State {
         }
     }
 
-    /// A message from another node.
+    /// A message from another node: to the tracker of the shard of the user it is about (a
+    /// sync, split by shard, to every shard).
     fn peer(&mut self, node: Uuid, message: PeerMessage) {
+        let Some(router) = &self.router else {
+            return self.peer_here(node, message);
+        };
+        let place = self.place;
+        match message {
+            PeerMessage::Presence { user, .. } | PeerMessage::Typing { user, .. }
+                if !place.owns(user) =>
+            {
+                let _ =
+                    router.shards[shard_of(user, place.shards)].send(Internal::Peer(node, message));
+            }
+            PeerMessage::Sync { users } => {
+                let mut split = vec![Vec::new(); place.shards];
+                for user in users {
+                    split[shard_of(user, place.shards)].push(user);
+                }
+                let mine = std::mem::take(&mut split[place.shard]);
+                for (shard, users) in split.into_iter().enumerate() {
+                    if shard != place.shard {
+                        let _ = router.shards[shard]
+                            .send(Internal::Peer(node, PeerMessage::Sync { users }));
+                    }
+                }
+                self.peer_here(node, PeerMessage::Sync { users: mine });
+            }
+            message => self.peer_here(node, message),
+        }
+    }
+
+    fn peer_here(&mut self, node: Uuid, message: PeerMessage) {
         let effects = self.presence.peer(node, message, Instant::now());
         self.carry_out(effects);
+    }
+
+    /// What another shard said.
+    fn internal(&mut self, message: Internal) {
+        match message {
+            Internal::Effect(effect) => self.carry_out_here(effect),
+            Internal::Peer(node, message) => self.peer_here(node, message),
+        }
     }
 
     fn deliver(&mut self, room: RoomId, recorded: &eventlog::RecordedEvent, event: &Event) {
@@ -773,9 +896,13 @@ pub struct HubSettings {
     ///
     /// [`Revoked`]: crate::chat::auth::Revoked
     pub auth: Auth,
+    /// Shards of the hub: tasks that each own the connections and presence of a share of the
+    /// users (by user id) and follow the log themselves, so fan-out uses every core.
+    pub shards: usize,
 }
 
-/// Starts the hub: returns its handle and the task to run until `shutdown`.
+/// Starts the hub: returns its handle and the task to run until `shutdown`. The task runs
+/// [`HubSettings::shards`] shards, each a task of its own.
 pub async fn start(
     log: Arc<dyn EventLog>,
     models: &ReadModels,
@@ -790,17 +917,142 @@ pub async fn start(
     for (session, at) in &relations.ended_sessions {
         settings.auth.end_session(*session, *at);
     }
-    let (tx, mut commands) = mpsc::channel(1024);
-    let mut state = State::new(&relations, presence, &settings);
-    let mut incoming = match &settings.peers {
+    let shards = settings.shards.max(1);
+    let mut incoming = Some(match &settings.peers {
         Some(peers) => peers.incoming().await?,
         None => futures::stream::pending().boxed(),
-    };
-    let position = relations.position;
-    let (position_tx, position_rx) = watch::channel(position);
-    let tick_every = (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY);
+    });
+    let outbox = settings.peers.as_ref().map(Peers::outbox);
+    let local = LocalUsers::default();
+    let (internal_tx, internal_rx): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
+    let internal_tx: Arc<[_]> = internal_tx.into();
+    let (commands_tx, commands_rx): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| mpsc::channel(1024)).unzip();
+    let positions = Arc::new(Positions::new(shards, relations.position));
+    let position_rx = positions.tx.subscribe();
+    let stop = shutdown.child_token();
+    let mut runs = Vec::with_capacity(shards);
+    for (shard, (commands, internal)) in commands_rx.into_iter().zip(internal_rx).enumerate() {
+        let place = Place { shard, shards };
+        let state = State::new(
+            &relations,
+            Tracker::sharing(presence.clone(), settings.offline_grace, local.clone()),
+            &settings,
+            outbox.clone(),
+            place,
+            (shards > 1).then(|| Router {
+                shards: internal_tx.clone(),
+            }),
+        );
+        let shard = Shard {
+            state,
+            commands,
+            internal,
+            // The first shard hears the other nodes and routes what it hears.
+            incoming: incoming
+                .take()
+                .unwrap_or_else(|| futures::stream::pending().boxed()),
+            positions: positions.clone(),
+            tick_every: (settings.offline_grace / 4).clamp(Duration::from_millis(10), TYPING_EVERY),
+        };
+        runs.push(shard.run(log.clone(), relations.position, stop.clone()));
+    }
     let run = async move {
-        let mut position = position;
+        let mut tasks = JoinSet::new();
+        for run in runs {
+            tasks.spawn(run);
+        }
+        // The first failure stops the others and is the hub's.
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            let done = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = done
+                && result.is_ok()
+            {
+                stop.cancel();
+                result = Err(e);
+            }
+        }
+        result
+    };
+    Ok((
+        Hub {
+            commands: commands_tx.into(),
+            position: position_rx,
+        },
+        run,
+    ))
+}
+
+/// How far each shard has delivered (the hub's position is the least of them), and how many
+/// frames each has queued.
+struct Positions {
+    each: Box<[AtomicU64]>,
+    tx: watch::Sender<u64>,
+    queued: Box<[AtomicUsize]>,
+}
+
+impl Positions {
+    fn new(shards: usize, at: u64) -> Self {
+        Self {
+            each: (0..shards).map(|_| AtomicU64::new(at)).collect(),
+            tx: watch::channel(at).0,
+            queued: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Records a shard's queued frames; the sum of every shard's.
+    fn queued(&self, shard: usize, queued: usize) -> usize {
+        self.queued[shard].store(queued, Ordering::Relaxed);
+        self.queued.iter().map(|q| q.load(Ordering::Relaxed)).sum()
+    }
+
+    fn reached(&self, shard: usize, position: u64) {
+        self.each[shard].store(position, Ordering::Release);
+        let least = self
+            .each
+            .iter()
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(position);
+        self.tx.send_if_modified(|p| {
+            let moved = least > *p;
+            if moved {
+                *p = least;
+            }
+            moved
+        });
+    }
+}
+
+/// One shard of the hub: its state and what drives it.
+struct Shard {
+    state: State,
+    commands: mpsc::Receiver<Command>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    incoming: futures::stream::BoxStream<'static, (Uuid, PeerMessage)>,
+    positions: Arc<Positions>,
+    tick_every: Duration,
+}
+
+impl Shard {
+    async fn run(
+        self,
+        log: Arc<dyn EventLog>,
+        from: u64,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Self {
+            mut state,
+            mut commands,
+            mut internal,
+            mut incoming,
+            positions,
+            tick_every,
+        } = self;
+        let shard = state.place.shard;
+        let mut position = from;
         let mut events = log.subscribe(position);
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -808,16 +1060,21 @@ pub async fn start(
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 _ = tick.tick() => {
                     state.tick(Instant::now());
-                    metrics::gauge!(names::FANOUT_QUEUE_DEPTH).set(state.conns.queued() as f64);
+                    let queued = positions.queued(shard, state.conns.queued());
+                    if shard == 0 {
+                        metrics::gauge!(names::FANOUT_QUEUE_DEPTH).set(queued as f64);
+                    }
                 }
-                _ = sync.tick(), if state.outbox.is_some() => {
-                    let users = state.presence.local().collect();
+                // One shard tells the other nodes who is online here (every shard's users).
+                _ = sync.tick(), if shard == 0 && state.outbox.is_some() => {
+                    let users = state.presence.local();
                     state.publish(PeerMessage::Sync { users });
                 }
                 Some((node, message)) = incoming.next() => state.peer(node, message),
+                Some(message) = internal.recv() => state.internal(message),
                 Some(command) = commands.recv() => state.command(command),
                 next = events.next() => {
                     // This event and every other one ready now: one turn, one batch each.
@@ -827,7 +1084,7 @@ pub async fn start(
                         match item {
                             Some(Ok(recorded)) => {
                                 let span = tracecontext::continuing(recorded.live_traceparent(), || {
-                                    tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type)
+                                    tracing::info_span!("fanout", event.position = recorded.position, event.type = %recorded.event_type, hub.shard = shard)
                                 });
                                 span.in_scope(|| state.apply(&recorded));
                                 position = recorded.position;
@@ -849,7 +1106,7 @@ pub async fn start(
                         }
                     }
                     state.hand_over();
-                    position_tx.send_replace(position);
+                    positions.reached(shard, position);
                     continue;
                 }
             }
@@ -857,14 +1114,7 @@ pub async fn start(
         }
         state.shut_down();
         Ok(())
-    };
-    Ok((
-        Hub {
-            commands: tx,
-            position: position_rx,
-        },
-        run,
-    ))
+    }
 }
 
 #[cfg(test)]
@@ -873,14 +1123,19 @@ mod tests {
     use chrono::Utc;
     use schema::{MessageBody, MessageId};
 
-    fn state(queue: usize, members: Vec<(RoomId, UserId)>) -> State {
-        let settings = HubSettings {
+    fn state_settings(queue: usize) -> HubSettings {
+        HubSettings {
             queue,
             offline_grace: Duration::from_secs(5),
             peers: None,
             failures: Arc::default(),
             auth: Auth::new(&[7; 32], Duration::from_secs(60), 1, (1024, 1)).unwrap(),
-        };
+            shards: 1,
+        }
+    }
+
+    fn state(queue: usize, members: Vec<(RoomId, UserId)>) -> State {
+        let settings = state_settings(queue);
         let relations = Relations {
             position: 0,
             members,
@@ -888,7 +1143,8 @@ mod tests {
             ended_sessions: Vec::new(),
             blocks: Vec::new(),
         };
-        State::new(&relations, Presence::default(), &settings)
+        let tracker = Tracker::new(Presence::default(), settings.offline_grace);
+        State::new(&relations, tracker, &settings, None, Place::ALONE, None)
     }
 
     fn register(state: &mut State, user: UserId) -> (Frames, Arc<DisconnectReason>) {
@@ -1099,5 +1355,122 @@ mod tests {
         apply(&mut state, &recorded(room, 1, &sent(members[1])));
         assert!(matches!(a.try_recv(), Ok(Outbound::Event(f)) if f.seq == 1));
         assert!(o.try_recv().is_err(), "not a member");
+    }
+
+    /// Two shards, each owning one of two room mates: room events reach both from their own
+    /// shard, and presence and typing decided in one shard reach the other's connections.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_deliver_their_own_users_and_tell_each_other_of_presence_and_typing() {
+        use eventlog::{ExpectedVersion, NewEvent};
+        use schema::events::RoomKind;
+        use schema::values::Visibility;
+
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn EventLog> = Arc::new(
+            eventlog::sqlite::SqliteLog::open(dir.path().join("events.db"))
+                .await
+                .unwrap(),
+        );
+        let models = ReadModels::open(dir.path().join("models.db")).unwrap();
+        let in_shard = |shard| loop {
+            let user = UserId::new();
+            if shard_of(user, 2) == shard {
+                break user;
+            }
+        };
+        let (alice, bob, room) = (in_shard(0), in_shard(1), RoomId::new());
+        let settings = HubSettings {
+            shards: 2,
+            ..state_settings(64)
+        };
+        let stop = CancellationToken::new();
+        let (hub, run) = start(
+            log.clone(),
+            &models,
+            Presence::default(),
+            settings,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let run = tokio::spawn(run);
+        let append = |version: u64, event: Event| {
+            let log = log.clone();
+            async move {
+                let new = NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: event.type_name().to_owned(),
+                    schema_version: event.schema_version(),
+                    data: event.encode(),
+                    metadata: Vec::new(),
+                };
+                log.append(
+                    &streams::room(room),
+                    ExpectedVersion::at(version),
+                    vec![new],
+                )
+                .await
+                .unwrap()
+                .last_position
+            }
+        };
+        let created = Event::RoomCreated {
+            room_id: room,
+            kind: RoomKind::Group,
+            name: None,
+            visibility: Visibility::Private,
+            created_by: alice,
+            members: vec![alice, bob],
+        };
+        let at = append(0, created).await;
+        let mut position = hub.position();
+        position.wait_for(|p| *p >= at).await.unwrap();
+
+        async fn next(frames: &mut Frames) -> Outbound {
+            tokio::time::timeout(Duration::from_secs(10), frames.recv())
+                .await
+                .expect("a frame in time")
+                .expect("still registered")
+        }
+        let notice = |item: Outbound| match item {
+            Outbound::Notice(text) => text.to_string(),
+            other => panic!("expected a notice, got {other:?}"),
+        };
+        let mut a = hub
+            .register(alice, SessionId::new(), ConnKind::WebSocket)
+            .await
+            .unwrap();
+        let mut b = hub
+            .register(bob, SessionId::new(), ConnKind::WebSocket)
+            .await
+            .unwrap();
+        // Bob's shard announces him online; Alice's shard tells her.
+        let online = notice(next(&mut a.frames).await);
+        assert!(online.contains(r#""type":"presence""#), "{online}");
+        assert!(online.contains(&bob.0.to_string()), "{online}");
+        // Bob types (his shard checks and coalesces); Alice hears it from hers.
+        assert!(hub.typing(bob, room).await);
+        let typing = notice(next(&mut a.frames).await);
+        assert!(typing.contains(r#""type":"typing""#), "{typing}");
+        assert!(typing.contains(&bob.0.to_string()), "{typing}");
+        // A message reaches both, each from their own shard.
+        let at = append(1, sent(alice)).await;
+        for frames in [&mut a.frames, &mut b.frames] {
+            loop {
+                match next(frames).await {
+                    Outbound::Event(f) => {
+                        assert_eq!(f.seq, 2);
+                        break;
+                    }
+                    Outbound::Notice(_) => {} // Alice's presence, for Bob
+                }
+            }
+        }
+        position.wait_for(|p| *p >= at).await.unwrap();
+        // Connection ids tell their shard.
+        assert_eq!((a.id % 2, b.id % 2), (0, 1));
+
+        stop.cancel();
+        run.await.unwrap().unwrap();
     }
 }

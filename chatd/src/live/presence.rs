@@ -9,6 +9,7 @@
 //! never makes them blink offline.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use schema::{RoomId, UserId};
@@ -31,6 +32,34 @@ pub enum Effect {
     Typing { room: RoomId, user: UserId },
 }
 
+/// The users online because of a connection on this node. Shared by the hub's shards, each of
+/// which changes only its own users (and one of which tells the other nodes the whole set).
+#[derive(Debug, Clone, Default)]
+pub struct LocalUsers(Arc<Mutex<HashSet<UserId>>>);
+
+impl LocalUsers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, user: UserId) -> bool {
+        self.lock().insert(user)
+    }
+
+    fn remove(&self, user: UserId) -> bool {
+        self.lock().remove(&user)
+    }
+
+    fn contains(&self, user: UserId) -> bool {
+        self.lock().contains(&user)
+    }
+
+    /// Everyone in the set now.
+    pub fn all(&self) -> Vec<UserId> {
+        self.lock().iter().copied().collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     /// The announced set, which the REST handlers read.
@@ -42,27 +71,32 @@ pub struct Tracker {
     offline_at: HashMap<UserId, Instant>,
     typing_last: HashMap<(RoomId, UserId), Instant>,
     /// Users announced online because of a connection on this node.
-    local: HashSet<UserId>,
+    local: LocalUsers,
     /// Other nodes' online users, and when each node was last heard from.
     remote: HashMap<Uuid, (HashSet<UserId>, Instant)>,
 }
 
 impl Tracker {
     pub fn new(presence: Presence, offline_grace: Duration) -> Self {
+        Self::sharing(presence, offline_grace, LocalUsers::default())
+    }
+
+    /// A tracker of some of the node's users, recording them in `local` with the others'.
+    pub fn sharing(presence: Presence, offline_grace: Duration, local: LocalUsers) -> Self {
         Self {
             presence,
             offline_grace,
             going_offline: VecDeque::new(),
             offline_at: HashMap::new(),
             typing_last: HashMap::new(),
-            local: HashSet::new(),
+            local,
             remote: HashMap::new(),
         }
     }
 
     /// The users online because of a connection on this node (for the periodic sync).
-    pub fn local(&self) -> impl Iterator<Item = UserId> + '_ {
-        self.local.iter().copied()
+    pub fn local(&self) -> Vec<UserId> {
+        self.local.all()
     }
 
     /// A connection of `user` opened on this node.
@@ -92,7 +126,7 @@ impl Tracker {
     /// The server is shutting down: `user` is offline here at once, unannounced (other nodes
     /// keep them for [`PEER_TIMEOUT`], enough to reconnect elsewhere without blinking).
     pub fn shut_down(&mut self, user: UserId) {
-        self.local.remove(&user);
+        self.local.remove(user);
         self.presence.set(user, false);
     }
 
@@ -110,7 +144,7 @@ impl Tracker {
                 continue; // reconnected (and maybe left again later) meanwhile
             }
             self.offline_at.remove(&user);
-            if !connected(user) && self.local.remove(&user) {
+            if !connected(user) && self.local.remove(user) {
                 effects.push(Effect::Publish(PeerMessage::Presence {
                     user,
                     online: false,
@@ -141,7 +175,7 @@ impl Tracker {
     /// other node.
     fn recompute(&mut self, user: UserId) -> Option<Effect> {
         let online =
-            self.local.contains(&user) || self.remote.values().any(|(u, _)| u.contains(&user));
+            self.local.contains(user) || self.remote.values().any(|(u, _)| u.contains(&user));
         self.presence
             .set(user, online)
             .then_some(Effect::Announce { user, online })

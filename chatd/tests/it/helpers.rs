@@ -42,6 +42,9 @@ pub fn settings(data_dir: &Path, flags: &[&str]) -> Settings {
             format!("--{flag}={value}")
         })
         .collect();
+    // Two hub shards whatever the machine: the sharded hub (presence and typing across shards)
+    // is the one every in-process test drives.
+    all.push("--hub-shards=2".to_owned());
     all.extend(flags.iter().map(|f| (*f).to_owned()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     Settings::for_data_dir_with(data_dir, &all).expect("settings parse")

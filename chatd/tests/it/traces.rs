@@ -155,7 +155,8 @@ async fn a_send_is_one_trace_on_every_node_that_consumes_it() {
         .unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
 
-    // Node A handles the request; both nodes project the event and fan it out.
+    // Node A handles the request; both nodes project the event and fan it out (each of a
+    // node's two hub shards, see `helpers::settings`, for its own connections).
     let count = |spans: &[SpanData], name: &str, projection: Option<&str>| {
         spans
             .iter()
@@ -164,12 +165,19 @@ async fn a_send_is_one_trace_on_every_node_that_consumes_it() {
     };
     eventually("both nodes' consumers in the trace", || async {
         let spans = spans_of(&trace);
-        count(&spans, "fanout", None) == 2
+        count(&spans, "fanout", None) == 4
             && count(&spans, "projection.apply", Some("read_model")) == 2
             && count(&spans, "projection.apply", Some("search")) == 2
     })
     .await;
     let spans = spans_of(&trace);
+    let mut shards: Vec<String> = spans
+        .iter()
+        .filter(|s| s.name == "fanout")
+        .filter_map(|s| attr(s, "hub.shard"))
+        .collect();
+    shards.sort();
+    assert_eq!(shards, ["0", "0", "1", "1"]);
     assert_eq!(count(&spans, "http.request", None), 1);
     let request = spans.iter().find(|s| s.name == "http.request").unwrap();
     for consumer in spans

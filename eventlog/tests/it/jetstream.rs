@@ -227,8 +227,14 @@ async fn the_index_can_be_fed_by_the_shared_follower() {
         .await
         .expect("stream");
     let consumers = stream.info().await.expect("info").state.consumer_count;
-    assert_eq!(consumers, 1, "one consumer for the node, shared by the index");
+    assert_eq!(
+        consumers, 1,
+        "one consumer for the node, shared by the index"
+    );
 
     log.close().await;
-    follower.await.expect("follower").expect("follower ended cleanly");
+    follower
+        .await
+        .expect("follower")
+        .expect("follower ended cleanly");
 }
