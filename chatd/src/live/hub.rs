@@ -937,7 +937,12 @@ pub async fn start(
         let place = Place { shard, shards };
         let state = State::new(
             &relations,
-            Tracker::sharing(presence.clone(), settings.offline_grace, local.clone()),
+            Tracker::sharing(
+                presence.clone(),
+                settings.offline_grace,
+                local.clone(),
+                shard == 0,
+            ),
             &settings,
             outbox.clone(),
             place,

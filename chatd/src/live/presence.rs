@@ -74,15 +74,23 @@ pub struct Tracker {
     local: LocalUsers,
     /// Other nodes' online users, and when each node was last heard from.
     remote: HashMap<Uuid, (HashSet<UserId>, Instant)>,
+    /// Whether this tracker logs a peer node falling silent (one of a node's trackers does).
+    speaks: bool,
 }
 
 impl Tracker {
     pub fn new(presence: Presence, offline_grace: Duration) -> Self {
-        Self::sharing(presence, offline_grace, LocalUsers::default())
+        Self::sharing(presence, offline_grace, LocalUsers::default(), true)
     }
 
-    /// A tracker of some of the node's users, recording them in `local` with the others'.
-    pub fn sharing(presence: Presence, offline_grace: Duration, local: LocalUsers) -> Self {
+    /// A tracker of some of the node's users, recording them in `local` with the others';
+    /// `speaks` for the one of them that logs what concerns the whole node.
+    pub fn sharing(
+        presence: Presence,
+        offline_grace: Duration,
+        local: LocalUsers,
+        speaks: bool,
+    ) -> Self {
         Self {
             presence,
             offline_grace,
@@ -91,6 +99,7 @@ impl Tracker {
             typing_last: HashMap::new(),
             local,
             remote: HashMap::new(),
+            speaks,
         }
     }
 
@@ -159,7 +168,9 @@ impl Tracker {
             .map(|(node, _)| *node)
             .collect();
         for node in gone {
-            tracing::warn!(%node, "no word from a peer node; its users count as offline");
+            if self.speaks {
+                tracing::warn!(%node, "no word from a peer node; its users count as offline");
+            }
             if let Some((users, _)) = self.remote.remove(&node) {
                 for user in users {
                     effects.extend(self.recompute(user));
