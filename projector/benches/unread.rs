@@ -6,7 +6,9 @@
 //!    its members watched (online), whose in-memory unread counts every send moves: catching
 //!    up (big batches, where a burst of sends moves each count once) and live (each send
 //!    appended, then projected on its own, as at a modest rate).
-//! 2. `unread_counts` for a user in 500 rooms: one indexed query.
+//! 2. Projecting sends spread over 100 rooms of 10 members, in live-sized batches: the
+//!    projector's cost per message on a busy node (the throughput preset's shape).
+//! 3. `unread_counts` for a user in 500 rooms: one indexed query.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,6 +180,74 @@ async fn project_sends(members: usize, watched: usize, sends: usize) -> f64 {
     secs
 }
 
+/// The process's CPU time so far (every thread).
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// CPU seconds spent projecting `sends` messages spread over `rooms` rooms of `members`
+/// members (one message per room in turn, as the load generator's throughput preset), handed
+/// to the projector `chunk` at a time: each chunk is appended in one transaction, then
+/// projected, before the next; only the CPU time used while a chunk is
+/// projected counts (the projector waits a few milliseconds to batch, so the wall time would
+/// measure that wait). The shape of a busy node's live batches.
+async fn project_many_rooms(rooms: usize, members: usize, sends: usize, chunk: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> =
+        Arc::new(SqliteLog::open(dir.path().join("events.db")).await.unwrap());
+    let mut all: Vec<(String, Vec<UserId>, u64)> = Vec::with_capacity(rooms);
+    for _ in 0..rooms {
+        let users: Vec<UserId> = (0..members).map(|_| UserId::new()).collect();
+        let room = RoomId::new();
+        let stream = streams::room(room);
+        log.append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![encode(&created(room, users.clone()))],
+        )
+        .await
+        .unwrap();
+        all.push((stream, users, 1));
+    }
+    let p = start(log.clone(), dir.path().join("rm.db"), &[]).await;
+    let mut projecting = Duration::ZERO;
+    let mut next = 0;
+    for _ in 0..sends / chunk {
+        // Appended together, the chunk commits in one transaction of the log and reaches the
+        // projector at once.
+        let mut per_room: Vec<Vec<NewEvent>> = vec![Vec::new(); rooms];
+        for i in next..next + chunk {
+            let users = &all[i % rooms].1;
+            per_room[i % rooms].push(encode(&sent(users[(i / rooms) % members])));
+        }
+        let log = &log;
+        let appends = all
+            .iter_mut()
+            .zip(per_room)
+            .filter(|(_, events)| !events.is_empty())
+            .map(|((stream, _, version), events)| async move {
+                *version = log
+                    .append(stream, ExpectedVersion::Exact(*version), events)
+                    .await
+                    .unwrap()
+                    .last_version;
+            });
+        futures::future::join_all(appends).await;
+        next += chunk;
+        let head = log.head().await.unwrap();
+        let t = cpu_time();
+        p.progress
+            .wait_for(head, Duration::from_secs(600))
+            .await
+            .unwrap();
+        projecting += cpu_time() - t;
+    }
+    p.finish().await;
+    log.close().await;
+    projecting.as_secs_f64()
+}
+
 async fn unread_query(
     rooms: usize,
     messages_per_room: usize,
@@ -269,46 +339,86 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 async fn main() {
     // `cargo bench` passes `--bench`; under `cargo test` this is a small smoke run.
     let full = std::env::args().any(|a| a == "--bench");
+    // `cargo bench -p projector --bench unread -- spread` runs only the sections whose title
+    // has that word.
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let section = |title: String| {
+        let run = only.as_deref().is_none_or(|w| title.contains(w));
+        if run {
+            println!("== {title}");
+        }
+        run
+    };
     let (big, online, sends, rooms, queries) = if full {
         (10_000, 1_000, 5_000, 500, 1_000)
     } else {
         (1_000, 100, 200, 50, 20)
     };
-    println!("== projecting {sends} sends (3 runs each)");
-    for (members, watched) in [(10, 0), (big, 0), (big, online)] {
-        let mut rates: Vec<f64> = Vec::new();
-        for _ in 0..3 {
-            rates.push(sends as f64 / project_sends(members, watched, sends).await);
+    if section(format!(
+        "projecting {sends} sends into one room (3 runs each)"
+    )) {
+        for (members, watched) in [(10, 0), (big, 0), (big, online)] {
+            let mut rates: Vec<f64> = Vec::new();
+            for _ in 0..3 {
+                rates.push(sends as f64 / project_sends(members, watched, sends).await);
+            }
+            rates.sort_by(f64::total_cmp);
+            println!(
+                "room of {members:>6} members, {watched:>5} watched: {:>8.0} sends projected/s (median; min {:.0}, max {:.0})",
+                rates[1], rates[0], rates[2]
+            );
         }
-        rates.sort_by(f64::total_cmp);
-        println!(
-            "room of {members:>6} members, {watched:>5} watched: {:>8.0} sends projected/s (median; min {:.0}, max {:.0})",
-            rates[1], rates[0], rates[2]
-        );
+    }
+    let many = if full { 40_000 } else { 1_000 };
+    if section(format!(
+        "projecting {many} sends spread over 100 rooms × 10 members, in batches (3 runs each)"
+    )) {
+        // 50: a busy node's batch (10,000 sends/s, the projector's 5 ms interval); 400: four
+        // sends per room per batch, to show what a room's pages cost.
+        for chunk in [50, 400] {
+            let mut costs: Vec<f64> = Vec::new();
+            for _ in 0..3 {
+                let projected = many / chunk * chunk;
+                costs.push(
+                    project_many_rooms(100, 10, projected, chunk).await * 1e6 / projected as f64,
+                );
+            }
+            costs.sort_by(f64::total_cmp);
+            println!(
+                "batches of {chunk:>3}: {:>6.1} µs of CPU per send projected (median; min {:.1}, max {:.1})",
+                costs[1], costs[0], costs[2]
+            );
+        }
     }
     let live = sends / 10;
-    println!("== {live} sends appended and projected one at a time (3 runs each)");
-    for watched in [0, online] {
-        let mut ms: Vec<f64> = Vec::new();
-        for _ in 0..3 {
-            ms.push(live_sends(big, watched, live).await * 1e3);
+    if section(format!(
+        "{live} sends appended and projected one at a time (3 runs each)"
+    )) {
+        for watched in [0, online] {
+            let mut ms: Vec<f64> = Vec::new();
+            for _ in 0..3 {
+                ms.push(live_sends(big, watched, live).await * 1e3);
+            }
+            ms.sort_by(f64::total_cmp);
+            println!(
+                "room of {big:>6} members, {watched:>5} watched: {:>6.3} ms per send (median; min {:.3}, max {:.3})",
+                ms[1], ms[0], ms[2]
+            );
         }
-        ms.sort_by(f64::total_cmp);
-        println!(
-            "room of {big:>6} members, {watched:>5} watched: {:>6.3} ms per send (median; min {:.3}, max {:.3})",
-            ms[1], ms[0], ms[2]
-        );
     }
-    println!("== unread_counts for a user in {rooms} rooms × 20 messages ({queries} queries)");
-    let (times, watches, plan) = unread_query(rooms, 20, queries).await;
-    println!("query plan: {plan}");
-    for (what, times) in [("query", times), ("watch (load)", watches)] {
-        println!(
-            "{what} latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-            pct(&times, 0.5),
-            pct(&times, 0.9),
-            pct(&times, 0.99),
-            pct(&times, 1.0)
-        );
+    if section(format!(
+        "unread_counts for a user in {rooms} rooms × 20 messages ({queries} queries)"
+    )) {
+        let (times, watches, plan) = unread_query(rooms, 20, queries).await;
+        println!("query plan: {plan}");
+        for (what, times) in [("query", times), ("watch (load)", watches)] {
+            println!(
+                "{what} latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+                pct(&times, 0.5),
+                pct(&times, 0.9),
+                pct(&times, 0.99),
+                pct(&times, 1.0)
+            );
+        }
     }
 }
