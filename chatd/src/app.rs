@@ -112,8 +112,9 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         ),
     };
     let path = settings.read_models_path();
+    let nice = settings.projector_nice;
     let open = |path: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || ReadModels::open(path))
+        tokio::task::spawn_blocking(move || ReadModels::open(path, nice))
             .await?
             .context("cannot open the read models")
     };

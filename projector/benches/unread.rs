@@ -67,7 +67,7 @@ struct Projection {
 
 /// Starts projecting with the unread counts of `watched` followed in memory.
 async fn start(log: Arc<dyn EventLog>, path: std::path::PathBuf, watched: &[UserId]) -> Projection {
-    let models = tokio::task::spawn_blocking(move || ReadModels::open(path))
+    let models = tokio::task::spawn_blocking(move || ReadModels::open(path, 0))
         .await
         .unwrap()
         .unwrap();

@@ -166,13 +166,70 @@ pub struct ReadModels {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    /// The WAL file beside it.
-    wal: PathBuf,
-    writer: Mutex<Connection>,
+    writer: WriterThread,
     readers: Mutex<Vec<Connection>>,
     /// Watched users' unread counts, moved by the writer (see [`crate::unread`]).
     unread: UnreadCache,
     checkpointer: Checkpointer,
+}
+
+/// Work for the writer's thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The write connection, on its own thread at lower priority: the projector's transactions
+/// are the read side's work, and on a busy node they wait for the CPU that sending and
+/// delivery leave over (see the `priority` crate) instead of delaying them. Dropping this
+/// ends the thread after the job in hand and waits for it, so the file is closed when the
+/// models are.
+#[derive(Debug)]
+struct WriterThread {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterThread {
+    fn start(mut conn: Connection, wal: PathBuf, nice: i32) -> Result<Self> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("models-writer".into())
+            .spawn(move || {
+                priority::lower_current_thread(nice, "read-model writer");
+                while let Ok(job) = inbox.recv() {
+                    job(&mut conn);
+                    restart_long_wal(&conn, &wal);
+                }
+            })
+            .map_err(|e| Error::Task(format!("cannot start the read-model writer: {e}")))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        let lost = || Error::Task("the read-model writer was lost".into());
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(lost)?;
+        answer.await.map_err(|_| lost())?
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Events applied between two checkpoints (copying the WAL back into the database file).
@@ -261,8 +318,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl ReadModels {
-    /// Opens (creating or rebuilding as needed) the read-model file at `path`. Blocking.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+    /// Opens (creating or rebuilding as needed) the read-model file at `path`. Blocking. Its
+    /// writes run on a thread `nice` steps nicer than the caller (Linux nice increment; 0
+    /// keeps normal priority).
+    pub fn open(path: impl AsRef<Path>, nice: i32) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if path.exists() {
             let conn = Connection::open(&path)?;
@@ -289,15 +348,15 @@ impl ReadModels {
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
         }
         let checkpointer = Checkpointer::start(&path)?;
+        let wal = {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                wal: {
-                    let mut wal = path.as_os_str().to_owned();
-                    wal.push("-wal");
-                    PathBuf::from(wal)
-                },
+                writer: WriterThread::start(writer, wal, nice)?,
                 path,
-                writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 unread: UnreadCache::default(),
                 checkpointer,
@@ -357,25 +416,13 @@ impl ReadModels {
         .map_err(|e| Error::Task(e.to_string()))?
     }
 
-    /// Runs `f` with the write connection, off the async worker threads. Only the runner
-    /// writes.
+    /// Runs `f` with the write connection, on the writer's thread. Only the runner writes.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| Error::Task("writer poisoned".into()))?;
-            let result = f(&mut conn);
-            restart_long_wal(&conn, &inner.wal);
-            result
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        self.inner.writer.run(f).await
     }
 
     /// Watches `user`'s unread counts. Never waits: the first watch of a user queues them for
@@ -411,7 +458,7 @@ mod tests {
     async fn the_checkpointer_copies_the_wal_into_the_database_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("models.db");
-        let models = ReadModels::open(&path).unwrap();
+        let models = ReadModels::open(&path, 0).unwrap();
         let size = || std::fs::metadata(&path).unwrap().len();
         let initial = size();
         // Commits go to the WAL only: the writer does not checkpoint by itself (while the WAL
@@ -442,13 +489,40 @@ mod tests {
         }
     }
 
+    /// Writes run on the writer's own thread, nicer than the caller by the given increment;
+    /// the caller's thread keeps its priority.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn writes_run_on_a_thread_nicer_by_the_setting() {
+        let own = priority::current_thread_nice().unwrap();
+        if own + 4 > 19 {
+            test_support::skip!("the tests already run at nice {own}; nothing lower to see");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let models = ReadModels::open(dir.path().join("models.db"), 4).unwrap();
+        let (nice, name) = models
+            .write(|_| {
+                let me = std::thread::current();
+                Ok((
+                    priority::current_thread_nice(),
+                    me.name().map(str::to_owned),
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, Some(own + 4));
+        assert_eq!(name.as_deref(), Some("models-writer"));
+        assert_eq!(priority::current_thread_nice(), Some(own));
+    }
+
     /// The writer commits without pause while readers keep reading: passive checkpoints alone
     /// never let the WAL start over, and it grew by every commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_bounded_under_continuous_commits_and_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("models.db");
-        let models = ReadModels::open(&path).unwrap();
+        let models = ReadModels::open(&path, 0).unwrap();
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);

@@ -328,7 +328,7 @@ impl WriterThread {
         let thread = std::thread::Builder::new()
             .name("search-indexer".into())
             .spawn(move || {
-                lower_priority(settings.nice);
+                priority::lower_current_thread(settings.nice, "search indexer");
                 let mut writer = match Writer::open(index, &settings) {
                     Ok(writer) => {
                         let _ = opened.send(Ok(writer.committed));
@@ -383,29 +383,6 @@ impl WriterThread {
         }
         Ok(())
     }
-}
-
-/// Makes the calling thread (and the threads it starts from now on) `nice` steps nicer. On
-/// Linux a thread's nice value is its own and new threads inherit it.
-fn lower_priority(nice: i32) {
-    if nice <= 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::process::{getpriority_process, setpriority_process};
-        let me = Some(rustix::thread::gettid());
-        let result = getpriority_process(me)
-            .and_then(|current| setpriority_process(me, (current + nice).min(19)));
-        if let Err(e) = result {
-            tracing::warn!(error = %e, nice, "cannot lower the indexer's priority");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    tracing::info!(
-        nice,
-        "per-thread priority is not supported here; indexing at normal priority"
-    );
 }
 
 /// Consumes the log from the index's checkpoint until `shutdown`, publishing on `progress`

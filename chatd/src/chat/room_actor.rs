@@ -551,7 +551,7 @@ mod tests {
     async fn world() -> World {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteLog::open(dir.path().join("events.db")).await.unwrap();
-        let models = ReadModels::open(dir.path().join("readmodels.db")).unwrap();
+        let models = ReadModels::open(dir.path().join("readmodels.db"), 0).unwrap();
         let actors = Arc::new(RoomActors::new(Arc::new(log.clone()), models, 10_000));
         let (room, alice, bob) = (RoomId::new(), UserId::new(), UserId::new());
         let create = RoomCommand::Create {
@@ -759,7 +759,7 @@ mod tests {
     async fn the_least_recently_used_room_is_retired_beyond_the_capacity() {
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteLog::open(dir.path().join("events.db")).await.unwrap();
-        let models = ReadModels::open(dir.path().join("readmodels.db")).unwrap();
+        let models = ReadModels::open(dir.path().join("readmodels.db"), 0).unwrap();
         let actors = RoomActors::new(Arc::new(log.clone()), models, 2);
         let alice = UserId::new();
         let rooms = [RoomId::new(), RoomId::new(), RoomId::new()];

@@ -1376,7 +1376,7 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let models = ReadModels::open(dir.path().join("models.db")).unwrap();
+        let models = ReadModels::open(dir.path().join("models.db"), 0).unwrap();
         let in_shard = |shard| loop {
             let user = UserId::new();
             if shard_of(user, 2) == shard {

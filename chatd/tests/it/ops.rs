@@ -216,3 +216,33 @@ async fn read_models_ahead_of_the_log_are_rebuilt_not_trusted() {
     app.register("alice").await;
     app.stop().await.unwrap();
 }
+
+/// The read side's threads run nicer than the live path, by their settings: the read models'
+/// writer by `CHAT_PROJECTOR_NICE`, the search indexer by `CHAT_SEARCH_NICE`; the async
+/// workers (sockets, room actors, fan-out) keep the process's priority.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_read_side_runs_nicer_than_the_live_path() {
+    let own = priority::current_thread_nice().unwrap();
+    if own + 5 > 19 {
+        test_support::skip!("the tests already run at nice {own}; nothing lower to see");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::ChatdProcess::start_with(
+        dir.path(),
+        &[("CHAT_PROJECTOR_NICE", "3"), ("CHAT_SEARCH_NICE", "5")],
+    )
+    .await;
+    let nice_of = |prefix| priority::nice_of_threads(server.pid(), prefix);
+    // The models are opened before the server listens; the indexer's thread starts beside.
+    assert_eq!(nice_of("models-writer"), [own + 3]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while nice_of("search-indexer").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(nice_of("search-indexer"), [own + 5]);
+    let workers = nice_of("tokio-rt-worker");
+    assert!(!workers.is_empty(), "no runtime worker threads");
+    assert!(workers.iter().all(|n| *n == own), "workers: {workers:?}");
+}

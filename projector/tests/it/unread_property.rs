@@ -325,7 +325,7 @@ async fn project(
     tokio::task::JoinHandle<projector::Result<()>>,
 ) {
     let path = path.to_owned();
-    let models = tokio::task::spawn_blocking(move || ReadModels::open(path))
+    let models = tokio::task::spawn_blocking(move || ReadModels::open(path, 0))
         .await
         .unwrap()
         .unwrap();

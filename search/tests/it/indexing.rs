@@ -237,34 +237,13 @@ async fn sender_and_time_filters() {
     h.close().await;
 }
 
-/// The nice value in a `/proc/…/stat` file.
-fn nice_in(stat: &std::path::Path) -> Option<i64> {
-    let stat = std::fs::read_to_string(stat).ok()?;
-    // Fields after the parenthesised name: state is field 3, nice is field 19.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(16)?.parse().ok()
-}
-
-/// Nice values of this process's threads whose name starts with `prefix` (Linux).
-fn nice_of_threads(prefix: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end().starts_with(prefix) {
-            out.extend(nice_in(&path.join("stat")));
-        }
-    }
-    out
-}
-
 /// The indexer's thread and the Tantivy threads it starts run at a lower priority than the
 /// rest of the process (by `IndexerSettings::nice`, at most 19).
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn indexing_threads_run_at_lower_priority() {
-    let own = nice_in("/proc/thread-self/stat".as_ref()).unwrap();
-    let wanted = (own + i64::from(search::IndexerSettings::default().nice)).min(19);
+    let own = priority::current_thread_nice().unwrap();
+    let wanted = (own + search::IndexerSettings::default().nice).min(19);
     if wanted == own {
         eprintln!("SKIPPED: the tests already run at nice {own}; nothing lower to see");
         return;
@@ -275,7 +254,7 @@ async fn indexing_threads_run_at_lower_priority() {
     // Thread names as the kernel keeps them: 15 bytes at most. Tantivy restarts its indexing
     // threads at each commit, so look until they are there.
     let prefixes = ["search-indexer", "thrd-tantivy-in", "merge_thread_"];
-    let seen = || prefixes.map(nice_of_threads);
+    let seen = || prefixes.map(|p| priority::nice_of_threads(std::process::id(), p));
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     while seen().iter().any(Vec::is_empty) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
