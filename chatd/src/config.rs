@@ -144,11 +144,11 @@ pub struct Settings {
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub search_nice: i32,
 
-    /// How much nicer (lower priority) than the rest of chatd the read models' writer runs,
-    /// as a Linux nice increment: the projector's transactions then get the CPU that sending
-    /// and delivery leave over, and under load the read models fall behind by a few batches
-    /// (which then cost less per event) instead of delaying acks and deliveries. 0 projects at
-    /// normal priority.
+    /// How much nicer (lower priority) than the rest of chatd the read models' writer and
+    /// checkpointer run, as a Linux nice increment: the projector's transactions then get the
+    /// CPU that sending and delivery leave over, and under load the read models fall behind by
+    /// a few batches (which then cost less per event) instead of delaying acks and deliveries.
+    /// 0 projects at normal priority.
     #[arg(long, env = "CHAT_PROJECTOR_NICE", default_value_t = 10, global = true,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub projector_nice: i32,

@@ -227,6 +227,17 @@ impl Live {
     }
 }
 
+/// Width of one slot of the latency timeline (by when sends were intended).
+pub const SLOT_US: u64 = 100_000;
+
+/// The latencies (µs) of the sends intended in one slot of the window: where in the run the
+/// tail happened (a stall of the server shows as a few slots far above the rest).
+#[derive(Debug, Default, Clone)]
+pub struct Slot {
+    pub ack: Vec<u32>,
+    pub delivery: Vec<u32>,
+}
+
 /// One connection's observations.
 #[derive(Debug)]
 pub struct Ledger {
@@ -247,8 +258,10 @@ pub struct Ledger {
     pub tracks: BTreeMap<usize, RoomTrack>,
     /// Highest acknowledged seq per room.
     pub acked_seq: BTreeMap<usize, u64>,
-    /// (room, seq) of acknowledged sends intended inside the window.
-    pub measured: Vec<(usize, u64)>,
+    /// (room, seq, intended µs) of acknowledged sends intended inside the window.
+    pub measured: Vec<(usize, u64, u64)>,
+    /// The ack and delivery latencies above, by slot of the window.
+    pub slots: Vec<Slot>,
 }
 
 impl Ledger {
@@ -277,7 +290,23 @@ impl Ledger {
                 .collect(),
             acked_seq: BTreeMap::new(),
             measured: Vec::new(),
+            slots: Vec::new(),
         }
+    }
+
+    /// The slot of a send intended at `intended_us` (inside the window).
+    fn slot(&mut self, intended_us: u64) -> &mut Slot {
+        let i = (intended_us.saturating_sub(self.window.from_us) / SLOT_US) as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, Slot::default);
+        }
+        &mut self.slots[i]
+    }
+
+    fn record_ack(&mut self, intended_us: u64, us: u64) {
+        record(&mut self.ack, us);
+        let us = us.min(CEILING_US) as u32;
+        self.slot(intended_us).ack.push(us);
     }
 
     pub fn window(&self) -> Window {
@@ -323,8 +352,8 @@ impl Ledger {
         let best = self.acked_seq.entry(room).or_default();
         *best = (*best).max(seq);
         if self.window.contains(intended) {
-            record(&mut self.ack, now_us.saturating_sub(intended));
-            self.measured.push((room, seq));
+            self.record_ack(intended, now_us.saturating_sub(intended));
+            self.measured.push((room, seq, intended));
         }
         Some(room)
     }
@@ -338,7 +367,7 @@ impl Ledger {
         self.counts.failed += 1;
         self.live.answered.fetch_add(1, Ordering::Release);
         if self.window.contains(intended) {
-            record(&mut self.ack, CEILING_US);
+            self.record_ack(intended, CEILING_US);
         }
     }
 
@@ -362,17 +391,21 @@ impl Ledger {
             self.counts.delivered_arrived_in_window += 1;
         }
         if self.window.contains(mark.intended_us) {
-            record(&mut self.delivery, now_us.saturating_sub(mark.intended_us));
+            let us = now_us.saturating_sub(mark.intended_us);
+            record(&mut self.delivery, us);
+            let slot = self.slot(mark.intended_us);
+            slot.delivery.push(us.min(CEILING_US) as u32);
         }
     }
 
     /// Whatever is in flight will never be answered (the connection dropped, or the run ended).
     pub fn give_up_pending(&mut self) {
-        for (_, (intended, _)) in self.pending.drain() {
+        for (_, (intended, _)) in std::mem::take(&mut self.pending) {
             self.counts.unanswered += 1;
             self.live.answered.fetch_add(1, Ordering::Release);
             if self.window.contains(intended) {
                 record(&mut self.ack, CEILING_US);
+                self.slot(intended).ack.push(CEILING_US as u32);
             }
         }
     }
@@ -387,6 +420,8 @@ pub struct Tally {
     pub send_lag: Histogram<u64>,
     /// Highest acknowledged seq per room.
     pub final_seq: BTreeMap<usize, u64>,
+    /// Every ledger's slots, merged.
+    pub slots: Vec<Slot>,
 }
 
 /// Merges finished ledgers (pending sends must have been given up on). An acknowledged message
@@ -399,6 +434,7 @@ pub fn settle(ledgers: &[Ledger]) -> Tally {
         delivery: histogram(),
         send_lag: histogram(),
         final_seq: BTreeMap::new(),
+        slots: Vec::new(),
     };
     let mut in_room: BTreeMap<usize, Vec<&Ledger>> = BTreeMap::new();
     for l in ledgers {
@@ -406,6 +442,13 @@ pub fn settle(ledgers: &[Ledger]) -> Tally {
         t.ack.add(&l.ack).ok();
         t.delivery.add(&l.delivery).ok();
         t.send_lag.add(&l.send_lag).ok();
+        if t.slots.len() < l.slots.len() {
+            t.slots.resize_with(l.slots.len(), Slot::default);
+        }
+        for (all, slot) in t.slots.iter_mut().zip(&l.slots) {
+            all.ack.extend_from_slice(&slot.ack);
+            all.delivery.extend_from_slice(&slot.delivery);
+        }
         for (&room, &seq) in &l.acked_seq {
             let best = t.final_seq.entry(room).or_default();
             *best = (*best).max(seq);
@@ -422,11 +465,16 @@ pub fn settle(ledgers: &[Ledger]) -> Tally {
             t.counts.duplicates += track.duplicates;
             t.counts.out_of_order += track.out_of_order;
         }
-        for (room, seq) in &l.measured {
-            for other in in_room.get(room).into_iter().flatten() {
-                if other.conn != l.conn && !other.tracks[room].has(*seq) {
+        for &(room, seq, intended) in &l.measured {
+            for other in in_room.get(&room).into_iter().flatten() {
+                if other.conn != l.conn && !other.tracks[&room].has(seq) {
                     t.counts.undelivered += 1;
                     record(&mut t.delivery, CEILING_US);
+                    let i = (intended.saturating_sub(l.window.from_us) / SLOT_US) as usize;
+                    if t.slots.len() <= i {
+                        t.slots.resize_with(i + 1, Slot::default);
+                    }
+                    t.slots[i].delivery.push(CEILING_US as u32);
                 }
             }
         }

@@ -318,7 +318,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     };
 
     let ledgers = std::mem::take(&mut *shared.results.lock().unwrap_or_else(|e| e.into_inner()));
-    let tally = accounting::settle(&ledgers);
+    let mut tally = accounting::settle(&ledgers);
     // The next step resumes after everything this one saw.
     for l in &ledgers {
         for (&r, t) in &l.tracks {
@@ -361,6 +361,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
         ack: Latency::of(&tally.ack),
         delivery: Latency::of(&tally.delivery),
         send_lag: Latency::of(&tally.send_lag),
+        timeline: report::SlotLatency::timeline(&mut tally.slots),
     };
     let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
     Ok(Report::new(

@@ -46,6 +46,54 @@ impl Latency {
     }
 }
 
+/// The latencies of the sends intended in one slot ([`SLOT_US`]) of the window.
+///
+/// [`SLOT_US`]: crate::accounting::SLOT_US
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SlotLatency {
+    /// Where the slot starts, in seconds from the window's start.
+    pub at_secs: f64,
+    pub acks: usize,
+    pub ack_p99_ms: f64,
+    pub ack_max_ms: f64,
+    pub deliveries: usize,
+    pub delivery_p99_ms: f64,
+    pub delivery_max_ms: f64,
+}
+
+impl SlotLatency {
+    /// One entry per slot, in order.
+    pub fn timeline(slots: &mut [crate::accounting::Slot]) -> Vec<Self> {
+        // (p99, max) in ms of a slot's latencies.
+        fn tail(us: &mut [u32]) -> (f64, f64) {
+            if us.is_empty() {
+                return (0.0, 0.0);
+            }
+            us.sort_unstable();
+            let at = |q: f64| us[((q * us.len() as f64).ceil() as usize).clamp(1, us.len()) - 1];
+            (f64::from(at(0.99)) / 1000.0, f64::from(at(1.0)) / 1000.0)
+        }
+        let width = crate::accounting::SLOT_US as f64 / 1e6;
+        slots
+            .iter_mut()
+            .enumerate()
+            .map(|(i, slot)| {
+                let (ack_p99_ms, ack_max_ms) = tail(&mut slot.ack);
+                let (delivery_p99_ms, delivery_max_ms) = tail(&mut slot.delivery);
+                Self {
+                    at_secs: i as f64 * width,
+                    acks: slot.ack.len(),
+                    ack_p99_ms,
+                    ack_max_ms,
+                    deliveries: slot.delivery.len(),
+                    delivery_p99_ms,
+                    delivery_max_ms,
+                }
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Server {
     pub pid: u32,
@@ -83,6 +131,8 @@ pub struct Report {
     pub delivery_latency: Latency,
     /// How late the generator made its sends (its own lag, not the server's).
     pub send_lag: Latency,
+    /// Ack and delivery tails by slot of the window: where in the run the tail happened.
+    pub timeline: Vec<SlotLatency>,
     /// The run could not hold the offered rate within the bounds: why.
     pub saturated: bool,
     pub saturation: Vec<String>,
@@ -103,6 +153,7 @@ pub struct Measured {
     pub ack: Latency,
     pub delivery: Latency,
     pub send_lag: Latency,
+    pub timeline: Vec<SlotLatency>,
 }
 
 /// A backlog that grows by more than this share of the window's offered work (or by
@@ -188,6 +239,7 @@ impl Report {
             ack_latency: m.ack,
             delivery_latency: m.delivery,
             send_lag: m.send_lag,
+            timeline: m.timeline,
             saturated: !saturation.is_empty(),
             saturation,
             errors,
@@ -307,6 +359,29 @@ impl Report {
             self.backlog_end.answers,
             self.backlog_end.deliveries
         );
+        let bound = self.scenario.delivery_p99_ms;
+        let mut slowest: Vec<&SlotLatency> = self.timeline.iter().collect();
+        slowest.sort_by(|a, b| b.delivery_p99_ms.total_cmp(&a.delivery_p99_ms));
+        if !slowest.is_empty() {
+            let over = self
+                .timeline
+                .iter()
+                .filter(|t| t.delivery_p99_ms > bound)
+                .count();
+            let list: Vec<String> = slowest
+                .iter()
+                .take(3)
+                .map(|t| format!("{:.1} s: {:.0} ms", t.at_secs, t.delivery_p99_ms))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  delivery p99 by {} ms slot: over {bound} ms in {over} of {} · slowest {} (median slot {:.0} ms)",
+                crate::accounting::SLOT_US / 1000,
+                self.timeline.len(),
+                list.join(", "),
+                slowest[slowest.len() / 2].delivery_p99_ms,
+            );
+        }
         if self.saturated {
             let _ = writeln!(out, "  SATURATED: {}", self.saturation.join("; "));
         } else {

@@ -257,7 +257,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Self> {
+    fn start(path: &Path, nice: i32) -> Result<Self> {
         let conn = Connection::open(path)?;
         configure(&conn)?;
         // One pending wake-up is enough: a checkpoint copies everything committed so far.
@@ -265,6 +265,7 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("models-checkpoint".into())
             .spawn(move || {
+                priority::lower_current_thread(nice, "read-model checkpointer");
                 while woken.recv().is_ok() {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
@@ -347,7 +348,7 @@ impl ReadModels {
             writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tracing::info!(path = %path.display(), "created read model; it will be built from the log");
         }
-        let checkpointer = Checkpointer::start(&path)?;
+        let checkpointer = Checkpointer::start(&path, nice)?;
         let wal = {
             let mut wal = path.as_os_str().to_owned();
             wal.push("-wal");

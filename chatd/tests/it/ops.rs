@@ -218,7 +218,7 @@ async fn read_models_ahead_of_the_log_are_rebuilt_not_trusted() {
 }
 
 /// The read side's threads run nicer than the live path, by their settings: the read models'
-/// writer by `CHAT_PROJECTOR_NICE`, the search indexer by `CHAT_SEARCH_NICE`; the async
+/// writer and checkpointer by `CHAT_PROJECTOR_NICE`, the search indexer by `CHAT_SEARCH_NICE`; the async
 /// workers (sockets, room actors, fan-out) keep the process's priority.
 #[cfg(target_os = "linux")]
 #[tokio::test]
@@ -237,6 +237,7 @@ async fn the_read_side_runs_nicer_than_the_live_path() {
     let nice_of = |prefix| priority::nice_of_threads(server.pid(), prefix);
     // The models are opened before the server listens; the indexer's thread starts beside.
     assert_eq!(nice_of("models-writer"), [own + 3]);
+    assert_eq!(nice_of("models-checkpoi"), [own + 3]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while nice_of("search-indexer").is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use loadgen::accounting::{self, Backlog, CEILING_US, Counts, Ledger, Live, Mark, Window};
 use loadgen::findmax::{Search, next_rate};
-use loadgen::report::{Latency, Measured, saturation};
+use loadgen::report::{Latency, Measured, SlotLatency, saturation};
 
 const W: Window = Window {
     run: 7,
@@ -216,6 +216,31 @@ fn latency(p99_ms: f64) -> Latency {
     Latency::of(&h)
 }
 
+/// The timeline puts each latency in the slot its send was intended in: the deliveries of
+/// 13–15 that connection 2 never got (sends intended at 1.2–1.4 s) are the tail of exactly
+/// those slots, and nothing lands in the slot no send was intended in.
+#[test]
+fn the_timeline_shows_where_in_the_window_the_tail_is() {
+    let live = Arc::new(Live::default());
+    let mut tally = accounting::settle(&lossy_stream(&live));
+    let t = SlotLatency::timeline(&mut tally.slots);
+    assert_eq!(t.len(), 6);
+    assert_eq!((t[0].acks, t[0].deliveries), (0, 0));
+    let ceiling_ms = CEILING_US as f64 / 1000.0;
+    for (i, slot) in t.iter().enumerate().skip(1) {
+        assert_eq!(slot.at_secs, i as f64 * 0.1);
+        assert_eq!((slot.acks, slot.ack_p99_ms, slot.ack_max_ms), (1, 1.0, 1.0));
+        assert_eq!(slot.deliveries, 2, "slot {i}");
+        let worst = if (2..=4).contains(&i) {
+            ceiling_ms
+        } else {
+            5.0
+        };
+        assert_eq!(slot.delivery_p99_ms, worst, "slot {i}");
+        assert_eq!(slot.delivery_max_ms, worst, "slot {i}");
+    }
+}
+
 fn measured(backlog_end: u64, ack_p99_ms: f64) -> Measured {
     Measured {
         window_secs: 5.0,
@@ -236,6 +261,7 @@ fn measured(backlog_end: u64, ack_p99_ms: f64) -> Measured {
         ack: latency(ack_p99_ms),
         delivery: latency(10.0),
         send_lag: latency(1.0),
+        timeline: Vec::new(),
     }
 }
 
