@@ -27,41 +27,46 @@ async fn run(settings: Settings, alerts: observability::Alerts) -> anyhow::Resul
             Ok(())
         }
         Some(Command::Serve) | None => {
+            let shutdown = shutdown_signal();
             // One descriptor per connection: use all the process may have.
             match rlimit::increase_nofile_limit(u64::MAX) {
                 Ok(n) => tracing::info!(limit = n, "open files limit"),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
             }
             let app = App::build(settings).await?.with_alerts(alerts);
-            app.run_until_stopped(shutdown_signal()).await
+            app.run_until_stopped(shutdown).await
         }
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before the server
+/// listens: a signal that arrives once `/readyz` answers is never the default (fatal) one.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot listen for SIGINT and SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

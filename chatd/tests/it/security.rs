@@ -66,6 +66,16 @@ impl Chatd {
     /// The `chat.addr` of the first ECS line with this message, waiting up to a minute for
     /// it (panics, showing the output, if the process exits or the minute passes first).
     pub async fn address_logged(&mut self, message: &str) -> SocketAddr {
+        let line = self.logged(message).await;
+        line["chat.addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no chat.addr in {line}"))
+    }
+
+    /// The first ECS line with this message, waiting up to a minute for it (panics, showing
+    /// the output, if the process exits or the minute passes first).
+    pub async fn logged(&mut self, message: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let printed = self.printed();
@@ -75,10 +85,7 @@ impl Chatd {
                     && v["message"] == message
                     && v["log.logger"] != "poem::server"
                 {
-                    return v["chat.addr"]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or_else(|| panic!("no chat.addr in {line}"));
+                    return v;
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -342,6 +349,17 @@ async fn a_short_jwt_secret_is_warned_about() {
         );
         assert_not_printed(&printed, &secret);
     }
+}
+
+/// A SIGTERM that arrives while the server is still starting (here: right after its first
+/// line, before it listens) is a clean stop, not the default fatal signal. A readiness probe
+/// that answers 200 therefore means a SIGTERM now drains rather than kills.
+#[tokio::test]
+async fn a_sigterm_during_startup_is_a_clean_stop() {
+    let mut chatd = Chatd::spawn(&[], &[]);
+    chatd.logged("open files limit").await;
+    let printed = chatd.stop().await;
+    assert!(printed.contains("shutdown requested"), "{printed}");
 }
 
 /// A local endpoint speaking Slack's incoming-webhook protocol: it keeps what it was posted.
