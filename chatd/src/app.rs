@@ -64,23 +64,33 @@ async fn open_search(settings: &Settings, log: &dyn EventLog) -> anyhow::Result<
 struct Storage {
     log: Arc<dyn EventLog>,
     models: ReadModels,
-    /// The JetStream log, when it is the backend (its index is fed by the shared follower).
-    jetstream: Option<JetStreamLog>,
+    /// The NATS connection, when JetStream is the backend.
+    nats: Option<async_nats::Client>,
+    /// Tells the backend's event-id index (JetStream, KurrentDB) which log to follow: the
+    /// node's shared follower (see `App::build`), so each event reaches the node once.
+    index_from: Option<IndexFrom>,
 }
 
+type IndexFrom = Box<dyn FnOnce(std::sync::Weak<dyn EventLog>) + Send>;
+
 #[cfg(feature = "kurrentdb")]
-async fn open_kurrentdb(settings: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+async fn open_kurrentdb(settings: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, IndexFrom)> {
     let url = settings.kurrentdb_url.clone().unwrap_or_default();
-    let options = eventlog::kurrentdb::Options::new(url, settings.kurrentdb_index_path());
+    let mut options = eventlog::kurrentdb::Options::new(url, settings.kurrentdb_index_path());
+    options.index_feed = eventlog::jetstream::IndexFeed::Given;
     tracing::info!(prefix = %options.stream_prefix, "event log: KurrentDB");
     let log = eventlog::kurrentdb::KurrentLog::connect(options)
         .await
         .context("cannot open the KurrentDB event log")?;
-    Ok(Arc::new(log))
+    let index = log.clone();
+    Ok((
+        Arc::new(log),
+        Box::new(move |source| index.index_from(source)),
+    ))
 }
 
 #[cfg(not(feature = "kurrentdb"))]
-async fn open_kurrentdb(_: &Settings) -> anyhow::Result<Arc<dyn EventLog>> {
+async fn open_kurrentdb(_: &Settings) -> anyhow::Result<(Arc<dyn EventLog>, IndexFrom)> {
     anyhow::bail!(
         "CHAT_KURRENTDB_URL is set but this chatd was built without KurrentDB support \
          (cargo build --release --features kurrentdb)"
@@ -91,16 +101,25 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     // Before `secure` re-protects it: a secret others could read must be replaced, not hidden.
     crate::datadir::check_secret_file(&settings.data_dir.join(auth::SECRET_FILE))?;
     crate::datadir::secure(&settings.data_dir)?;
-    let (log, jetstream): (Arc<dyn EventLog>, _) = match settings.jetstream() {
-        _ if settings.kurrentdb_url.is_some() => (open_kurrentdb(settings).await?, None),
+    let (log, nats, index_from): (Arc<dyn EventLog>, _, Option<IndexFrom>) = match settings
+        .jetstream()
+    {
+        _ if settings.kurrentdb_url.is_some() => {
+            let (log, index_from) = open_kurrentdb(settings).await?;
+            (log, None, Some(index_from))
+        }
         Some(mut options) => {
-            // Fed by the node's shared follower (see `App::build`): one consumer per node.
             options.index_feed = eventlog::jetstream::IndexFeed::Given;
             tracing::info!(url = %eventlog::jetstream::redact_url(&options.url), stream = %options.stream, "event log: NATS JetStream");
             let log = JetStreamLog::connect(options)
                 .await
                 .context("cannot open the JetStream event log")?;
-            (Arc::new(log.clone()), Some(log))
+            let (nats, index) = (log.client().clone(), log.clone());
+            (
+                Arc::new(log),
+                Some(nats),
+                Some(Box::new(move |source| index.index_from(source))),
+            )
         }
         None => (
             Arc::new(
@@ -108,6 +127,7 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
                     .await
                     .context("cannot open the event log")?,
             ),
+            None,
             None,
         ),
     };
@@ -135,7 +155,8 @@ async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     Ok(Storage {
         log,
         models,
-        jetstream,
+        nats,
+        index_from,
     })
 }
 
@@ -165,18 +186,18 @@ impl App {
         let Storage {
             log,
             models,
-            jetstream,
+            nats,
+            index_from,
         } = open_storage(&settings).await?;
         let log = MeteredLog::wrap(log, failures.clone());
         // The projector, the search indexer and the hub follow the log through one follower.
         let (shared, follower) =
             eventlog::follow::Shared::start(log, eventlog::follow::DEFAULT_CAPACITY).await?;
         let log: Arc<dyn EventLog> = shared;
-        // The JetStream event-id index follows the same follower: one consumer per node.
-        if let Some(jetstream) = &jetstream {
-            jetstream.index_from(Arc::downgrade(&log));
+        // The backend's event-id index follows the same follower: one subscription per node.
+        if let Some(index_from) = index_from {
+            index_from(Arc::downgrade(&log));
         }
-        let nats = jetstream.map(|j| j.client().clone());
         let follower: Follower = Box::pin(follower);
         let search_index = open_search(&settings, log.as_ref()).await?;
         let secret =

@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, TryStreamExt};
@@ -72,6 +73,7 @@ use proto::event_store::client::{Empty, StreamIdentifier, uuid as pb_uuid};
 pub struct KurrentDbServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    subscriptions: Arc<AtomicUsize>,
 }
 
 impl KurrentDbServer {
@@ -82,7 +84,9 @@ impl KurrentDbServer {
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = StreamsServer::new(Service::default());
+        let service = Service::default();
+        let subscriptions = service.subscriptions.clone();
+        let service = StreamsServer::new(service);
         // No Nagle delay on answers (a real server's socket setting too).
         let incoming = TcpListenerStream::new(listener).inspect_ok(|s| {
             let _ = s.set_nodelay(true);
@@ -101,7 +105,13 @@ impl KurrentDbServer {
         Self {
             addr,
             stop: Some(stop),
+            subscriptions,
         }
+    }
+
+    /// The `$all` subscriptions open now (each ends when its client goes away).
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::SeqCst)
     }
 
     /// The connection string for the client.
@@ -152,6 +162,8 @@ struct Service {
     log: Arc<Mutex<Log>>,
     /// The number of events in `$all`, for live subscriptions.
     appended: watch::Sender<usize>,
+    /// The `$all` subscriptions open now.
+    subscriptions: Arc<AtomicUsize>,
 }
 
 impl Default for Service {
@@ -163,7 +175,24 @@ impl Default for Service {
                 ..Log::default()
             })),
             appended: watch::channel(0).0,
+            subscriptions: Arc::default(),
         }
+    }
+}
+
+/// Counts one open subscription while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -555,7 +584,9 @@ impl Service {
     fn subscribe(&self, mut next: usize, filter: Filter, string_ids: bool) -> ReadStream {
         let (tx, rx) = mpsc::channel(64);
         let service = self.clone();
+        let open = Open::new(&self.subscriptions);
         tokio::spawn(async move {
+            let _open = open;
             let confirmation = pb::ReadResp {
                 content: Some(read_resp::Content::Confirmation(
                     read_resp::SubscriptionConfirmation {

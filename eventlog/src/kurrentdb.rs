@@ -56,6 +56,7 @@ use kurrentdb::{
 };
 use tokio::sync::{RwLock, mpsc, watch};
 
+use crate::jetstream::IndexFeed;
 use crate::jetstream::index::{self, Index};
 use crate::{
     AppendResult, Error, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Result, Subscription,
@@ -81,6 +82,8 @@ pub struct Options {
     pub stream_prefix: String,
     /// The node-local event-id index file.
     pub index_path: PathBuf,
+    /// Where the event-id index reads `$all` from.
+    pub index_feed: IndexFeed,
 }
 
 impl Options {
@@ -89,6 +92,7 @@ impl Options {
             url: url.into(),
             stream_prefix: "chat-".into(),
             index_path: index_path.into(),
+            index_feed: IndexFeed::OwnConsumer,
         }
     }
 }
@@ -141,6 +145,8 @@ struct Inner {
     client: Client,
     prefix: String,
     index: Index,
+    /// The log the index follows when its feed is [`IndexFeed::Given`].
+    index_source: index::Source,
     /// `true` once closed; appends hold it for reading while they run.
     gate: RwLock<bool>,
     closed: watch::Sender<bool>,
@@ -188,37 +194,26 @@ impl KurrentLog {
                 client,
                 prefix: options.stream_prefix,
                 index,
+                index_source: watch::channel(None).0,
                 gate: RwLock::new(false),
                 closed: watch::channel(false).0,
             }),
         };
-        tokio::spawn(log.clone().follow_into_index());
+        let own = log.clone();
+        tokio::spawn(log.inner.index.clone().follow(
+            options.index_feed,
+            move |after| own.follow(after),
+            log.inner.index_source.subscribe(),
+            log.inner.closed.subscribe(),
+        ));
         Ok(log)
     }
 
-    /// Follows `$all` into the index until the log closes.
-    async fn follow_into_index(self) {
-        let mut events = self.follow(self.inner.index.covered());
-        while let Some(item) = events.next().await {
-            let mut batch = match item {
-                Ok(e) => vec![e],
-                Err(e) => {
-                    tracing::warn!(error = %e, "following KurrentDB into the event-id index");
-                    return;
-                }
-            };
-            // Whatever else is ready goes into the same index transaction.
-            while batch.len() < 512 {
-                match futures::FutureExt::now_or_never(events.next()) {
-                    Some(Some(Ok(e))) => batch.push(e),
-                    _ => break,
-                }
-            }
-            if let Err(e) = self.inner.index.apply(batch).await {
-                tracing::error!(error = %e, "writing the KurrentDB event-id index");
-                return;
-            }
-        }
+    /// With [`IndexFeed::Given`]: the index follows `source`'s subscriptions from now on.
+    /// `source` must be a log over this one (a [`crate::follow::Shared`] of it); it is held
+    /// weakly, and the index stops when it is gone.
+    pub fn index_from(&self, source: std::sync::Weak<dyn EventLog>) {
+        self.inner.index_source.send_replace(Some(source));
     }
 
     /// The `(commit, prepare)` position of the chat event whose prepare position is `after`

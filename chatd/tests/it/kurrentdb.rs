@@ -53,3 +53,20 @@ async fn two_nodes_share_one_kurrentdb_log() {
         .collect();
     assert_eq!(texts, ["hello from node a", "once"], "{texts:?}");
 }
+
+/// A node follows `$all` once: the projector, the hub, the search indexer and the event-id
+/// index all read the one subscription of its shared follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_subscribes_to_all_once() {
+    let server = KurrentDbServer::start().await;
+    let a = node(&server.url()).await;
+    // The second append waits for the event-id index to cover the first one: by then the
+    // index is following, through whichever subscription it uses.
+    let alice = a.user("alice").await;
+    a.create_room(&alice, "one subscription", &[]).await;
+    assert_eq!(server.subscriptions(), 1, "node a");
+    let b = node(&server.url()).await;
+    let bob = b.user("bob").await;
+    b.create_room(&bob, "and one more", &[]).await;
+    assert_eq!(server.subscriptions(), 2, "nodes a and b");
+}

@@ -12,14 +12,42 @@
 //! everything older than the duplicate window before relying on it (see the module above).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{AppendResult, Error, RecordedEvent, Result};
+use crate::{AppendResult, Error, EventLog, RecordedEvent, Result, Subscription};
+
+/// A busy index follower writes at most this often: events that come sooner after its last
+/// write began join the next one (one SQLite commit each, whatever it carries). The index may
+/// lag the log by far more; only an append that needs it waits for it to reach the head.
+const INDEX_EVERY: Duration = Duration::from_millis(10);
+
+/// Most events in one index write.
+const MOST_PER_WRITE: usize = 2000;
+
+/// Where the node's event-id index reads the log's events from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexFeed {
+    /// A subscription of its own to the backend: every event reaches the node once more for
+    /// the index.
+    #[default]
+    OwnConsumer,
+    /// A subscription of the log given to the backend's `index_from`: a
+    /// [`crate::follow::Shared`] over it, whose one follower then also feeds the index, so each
+    /// event reaches the node once. Until it is given the index stands still, and appends that
+    /// need it wait for it.
+    Given,
+}
+
+/// The log a [`IndexFeed::Given`] index follows, once given (weak: that log wraps the backend
+/// that owns the index).
+pub(crate) type Source = watch::Sender<Option<Weak<dyn EventLog>>>;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ids (
@@ -127,6 +155,82 @@ impl Index {
         let mut rx = self.inner.covered.subscribe();
         // The sender lives as long as `self`: this cannot fail.
         let _ = rx.wait_for(|c| *c >= position).await;
+    }
+
+    /// Keeps the index following the log until `closed` turns true: through `own` (the
+    /// backend's own subscription after a position) or, with [`IndexFeed::Given`], through the
+    /// log `source` is given. A failed subscription or write is logged and followed again from
+    /// what the index covers, with backoff.
+    pub(crate) async fn follow(
+        self,
+        feed: IndexFeed,
+        own: impl Fn(u64) -> Subscription,
+        source: watch::Receiver<Option<Weak<dyn EventLog>>>,
+        closed: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut began = tokio::time::Instant::now() - INDEX_EVERY;
+        loop {
+            let mut events = match feed {
+                IndexFeed::OwnConsumer => own(self.covered()),
+                IndexFeed::Given => {
+                    let (mut source, mut closed) = (source.clone(), closed.clone());
+                    let given = tokio::select! {
+                        _ = closed.wait_for(|c| *c) => return,
+                        given = source.wait_for(Option::is_some) => given
+                            .ok()
+                            .and_then(|s| s.as_ref().and_then(Weak::upgrade)),
+                    };
+                    let Some(given) = given else {
+                        return; // the node is gone
+                    };
+                    given.subscribe(self.covered())
+                }
+            };
+            let failed = loop {
+                let Some(first) = events.next().await else {
+                    return; // closed
+                };
+                if began.elapsed() < INDEX_EVERY {
+                    tokio::time::sleep_until(began + INDEX_EVERY).await;
+                }
+                began = tokio::time::Instant::now();
+                let mut batch = Vec::new();
+                let mut failed = None;
+                let mut item = Some(first);
+                while let Some(next) = item.take() {
+                    match next {
+                        Ok(event) => batch.push(event),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if batch.len() >= MOST_PER_WRITE {
+                        break;
+                    }
+                    item = futures::FutureExt::now_or_never(events.next()).flatten();
+                }
+                if !batch.is_empty() {
+                    match self.apply(batch).await {
+                        Ok(()) => backoff = Duration::from_millis(100),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot update the event-id index");
+                            failed = Some(e);
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    break e;
+                }
+            };
+            if matches!(failed, Error::Closed) || *closed.borrow() {
+                return;
+            }
+            tracing::warn!(error = %failed, "event-id index follower failed; restarting");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Indexes a batch of events (in position order) and moves the covered position to the

@@ -68,6 +68,7 @@ use serde::Deserialize;
 use tokio::sync::{RwLock, watch};
 
 use self::index::Index;
+pub use self::index::IndexFeed;
 use crate::{
     AppendResult, Error, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Result, Subscription,
     validate,
@@ -112,19 +113,6 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Where the event-id index reads the stream from.
     pub index_feed: IndexFeed,
-}
-
-/// Where the node's event-id index reads the stream's events from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum IndexFeed {
-    /// An ordered consumer of its own: every event crosses NATS once more for the index.
-    #[default]
-    OwnConsumer,
-    /// A subscription of the log given to [`JetStreamLog::index_from`]: a
-    /// [`crate::follow::Shared`] over this log, whose one follower then also feeds the index, so
-    /// each event crosses NATS once per node. Until it is given the index stands still, and
-    /// appends that need it wait for it (and fail after a quarter of the duplicate window).
-    Given,
 }
 
 impl std::fmt::Debug for Options {
@@ -311,12 +299,6 @@ const TAIL_CACHE: usize = 100_000;
 const MAX_ATTEMPTS: usize = 64;
 /// Page size of direct-get batches.
 const READ_PAGE: usize = 256;
-/// A busy index follower writes at most this often: events that come sooner after its last
-/// write began join the next one (one SQLite commit each, whatever it carries). The index may
-/// lag the stream by far more (half the duplicate window); only a conflicting append waits
-/// for it to reach the head.
-const INDEX_EVERY: Duration = Duration::from_millis(10);
-
 /// A log stream's last event: version and stream sequence (0, 0 when empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tail {
@@ -341,7 +323,7 @@ struct Inner {
     index: Index,
     /// The log the index follows when its feed is [`IndexFeed::Given`] (weak: that log wraps
     /// this one).
-    index_source: watch::Sender<Option<Weak<dyn EventLog>>>,
+    index_source: index::Source,
     /// When the index was last known to hold everything stored in the stream.
     index_fresh_at: Mutex<Option<Instant>>,
     tails: Mutex<HashMap<String, Tail>>,
@@ -439,7 +421,13 @@ impl JetStreamLog {
                 closed: watch::channel(false).0,
             }),
         };
-        tokio::spawn(log.clone().follow_into_index(options.index_feed));
+        let own = log.clone();
+        tokio::spawn(log.inner.index.clone().follow(
+            options.index_feed,
+            move |after| own.subscribe(after),
+            log.inner.index_source.subscribe(),
+            log.inner.closed.subscribe(),
+        ));
         Ok(log)
     }
 
@@ -457,74 +445,6 @@ impl JetStreamLog {
 
     fn subject(&self, stream: &str) -> String {
         format!("{}.{}", self.inner.prefix, wire::encode_stream(stream))
-    }
-
-    /// Keeps the index following the stream until the log closes.
-    async fn follow_into_index(self, feed: IndexFeed) {
-        let index = self.inner.index.clone();
-        let mut backoff = Duration::from_millis(100);
-        let mut began = tokio::time::Instant::now() - INDEX_EVERY;
-        loop {
-            let mut events = match feed {
-                IndexFeed::OwnConsumer => self.subscribe(index.covered()),
-                IndexFeed::Given => {
-                    let mut given = self.inner.index_source.subscribe();
-                    let mut closed = self.inner.closed.subscribe();
-                    let source = tokio::select! {
-                        _ = closed.wait_for(|c| *c) => return,
-                        source = given.wait_for(Option::is_some) => source
-                            .ok()
-                            .and_then(|s| s.as_ref().and_then(Weak::upgrade)),
-                    };
-                    let Some(source) = source else {
-                        return; // the node is gone
-                    };
-                    source.subscribe(index.covered())
-                }
-            };
-            loop {
-                let Some(first) = events.next().await else {
-                    return; // closed
-                };
-                if began.elapsed() < INDEX_EVERY {
-                    tokio::time::sleep_until(began + INDEX_EVERY).await;
-                }
-                began = tokio::time::Instant::now();
-                let mut batch = Vec::new();
-                let mut failed = None;
-                let mut item = Some(first);
-                while let Some(next) = item.take() {
-                    match next {
-                        Ok(event) => batch.push(event),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    if batch.len() >= 2000 {
-                        break;
-                    }
-                    item = futures::FutureExt::now_or_never(events.next()).flatten();
-                }
-                if !batch.is_empty() {
-                    if let Err(e) = index.apply(batch).await {
-                        tracing::error!(error = %e, "cannot update the event-id index");
-                        failed = Some(e);
-                    } else {
-                        backoff = Duration::from_millis(100);
-                    }
-                }
-                if let Some(e) = failed {
-                    if matches!(e, Error::Closed) {
-                        return;
-                    }
-                    tracing::warn!(error = %e, "event-id index follower failed; restarting");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    break;
-                }
-            }
-        }
     }
 
     /// Every event after `after`, from an ordered consumer.
