@@ -255,11 +255,16 @@ impl Chat {
         consistency: Consistency,
     ) -> Result<Executed> {
         let executed = self.rooms.execute(room, command, dm_sender).await?;
-        match consistency {
-            Consistency::ReadYourWrites => self.await_projection(executed.position).await,
-            Consistency::Durable(actor) => self.fence.record(actor, executed.position),
-        }
+        self.settle(consistency, executed.position).await;
         Ok(executed)
+    }
+
+    /// What a command answered at `position` waits for, as `consistency` says.
+    pub(super) async fn settle(&self, consistency: Consistency, position: u64) {
+        match consistency {
+            Consistency::ReadYourWrites => self.await_projection(position).await,
+            Consistency::Durable(actor) => self.fence.record(actor, position),
+        }
     }
 
     pub(super) async fn require_users(&self, ids: Vec<UserId>) -> Result<()> {

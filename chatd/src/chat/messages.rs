@@ -174,7 +174,15 @@ impl Chat {
 
     /// Moves the caller's read marker forward to `seq` (never back). Appended to the caller's
     /// receipts stream with no expected version, so it never contends with sends in the room.
-    pub async fn mark_read(&self, actor: UserId, room: RoomId, seq: u64) -> Result<()> {
+    /// Answered when `consistency` says (a marker checked against read models that do not show
+    /// the caller's last move yet appends once more; the projection keeps the highest).
+    pub async fn mark_read(
+        &self,
+        actor: UserId,
+        room: RoomId,
+        seq: u64,
+        consistency: Consistency,
+    ) -> Result<()> {
         let state = self
             .models
             .read(move |c| queries::read_state(c, room, actor))
@@ -207,7 +215,7 @@ impl Chat {
                 to_new(&[event]),
             )
             .await?;
-        self.await_projection(result.last_position).await;
+        self.settle(consistency, result.last_position).await;
         Ok(())
     }
 

@@ -111,7 +111,12 @@ impl Api {
         body: Json<ReadRequest>,
     ) -> Result<Read, ApiError> {
         self.chat
-            .mark_read(auth.0.0, RoomId(room_id.0), body.seq)
+            .mark_read(
+                auth.0.0,
+                RoomId(room_id.0),
+                body.seq,
+                Consistency::ReadYourWrites,
+            )
             .await?;
         Ok(Read::Done)
     }

@@ -253,6 +253,46 @@ async fn acks_do_not_wait_for_the_read_models_but_the_senders_next_read_does() {
     assert_eq!(page["events"][0]["body"], "held");
 }
 
+/// A socket's `read` frame, like its sends, is settled once durable: it does not hold the
+/// socket's next frames until the read models show it (held back as above; it would hold them
+/// for the read-your-writes bound, 5 s). The reader's next `GET` waits for them instead, and
+/// then shows the room read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_frame_does_not_wait_for_the_read_models_but_the_readers_next_get_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_in(dir.path()).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let room = app.create_room(&alice, "read", &[&bob]).await;
+    let sent = app.send(&alice, &room, "unread until bob reads it").await;
+    let (_, unread) = app.get("/v1/unread", &bob.token).await;
+    assert_eq!(unread["total"], 1, "{unread}");
+    let mut ws = connect(&app.api, &bob).await;
+
+    let hold = rusqlite::Connection::open(dir.path().join("readmodels.db")).unwrap();
+    hold.busy_timeout(DEADLINE).unwrap();
+    hold.execute_batch("BEGIN IMMEDIATE").unwrap();
+    ws.send(json!({"type": "read", "room_id": room, "seq": sent["seq"]}))
+        .await;
+    ws.send(json!({"type": "send", "room_id": room, "body": "read it", "client_msg_id": "k1"}))
+        .await;
+    let ack = tokio::time::timeout(Duration::from_secs(4), ws.next_of("ack")).await;
+    assert!(ack.is_ok(), "the read frame held the socket's next frame");
+
+    let api = app.api.clone();
+    let token = bob.token.clone();
+    let mut read = tokio::spawn(async move { api.get("/v1/unread", &token).await });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut read).await;
+    assert!(
+        early.is_err(),
+        "answered before the read models showed the read marker: {early:?}"
+    );
+    hold.execute_batch("ROLLBACK").unwrap();
+    let (status, unread) = read.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{unread}");
+    assert_eq!(unread["total"], 0, "{unread}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_events_from_several_senders_arrive_in_order_without_gaps() {
     let app = spawn_app().await;

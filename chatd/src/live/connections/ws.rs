@@ -478,8 +478,15 @@ impl Connection {
                 self.reply(sink, frame).await
             }
             ClientFrame::Read(read) => {
+                // Like a send: once durable. The count moves on this socket when the read
+                // models show it; the user's next read (GET) waits for them.
                 let room = RoomId(read.room_id);
-                match self.chat.mark_read(self.user, room, read.seq).await {
+                let durable = Consistency::Durable(self.user);
+                match self
+                    .chat
+                    .mark_read(self.user, room, read.seq, durable)
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) => self.reply(sink, refusal(room.to_string(), e)).await,
                 }
