@@ -65,6 +65,11 @@ pub struct StepSummary {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub server_cpu_avg_percent: Option<f64>,
+    pub generator_cpu_avg_percent: Option<f64>,
+    /// 100 ms slots of the window whose delivery p99 is over the bound, of `slots`: a few
+    /// are a stall, most of them saturation.
+    pub slots_over_delivery_bound: usize,
+    pub slots: usize,
 }
 
 impl StepSummary {
@@ -83,17 +88,24 @@ impl StepSummary {
             duplicates: r.counts.duplicates,
             out_of_order: r.counts.out_of_order,
             server_cpu_avg_percent: r.server.as_ref().map(|s| s.cpu_avg_percent),
+            generator_cpu_avg_percent: r.generator_cpu_avg_percent,
+            slots_over_delivery_bound: r.slots_over_delivery_bound().0,
+            slots: r.slots_over_delivery_bound().1,
         }
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:>9.0}/s offered → {:>9.0} acked/s, {:>10.0} deliveries/s sustained · p99 ack {:>8.1} ms, delivery {:>8.1} ms · {}",
+            "{:>9.0}/s offered → {:>9.0} acked/s, {:>10.0} deliveries/s sustained · p99 ack {:>8.1} ms, delivery {:>8.1} ms ({}/{} slots over) · CPU server {} generator {} · {}",
             self.offered_per_sec,
             self.sustained_acked_per_sec,
             self.sustained_deliveries_per_sec,
             self.ack_p99_ms,
             self.delivery_p99_ms,
+            self.slots_over_delivery_bound,
+            self.slots,
+            percent(self.server_cpu_avg_percent),
+            percent(self.generator_cpu_avg_percent),
             if self.saturated {
                 format!("saturated ({})", self.saturation.join("; "))
             } else {
@@ -101,6 +113,10 @@ impl StepSummary {
             }
         )
     }
+}
+
+fn percent(p: Option<f64>) -> String {
+    p.map_or("?".to_owned(), |p| format!("{p:.0}%"))
 }
 
 /// A search's result for one target.

@@ -236,6 +236,8 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     let sampler = opts
         .server_pid
         .map(|pid| tokio::spawn(sysmon::sample(pid, Duration::from_secs(1), sampler_rx)));
+    let generator_before =
+        sysmon::read(std::process::id()).map(|(ticks, _)| (ticks, std::time::Instant::now()));
     let t0 = Instant::now() + Duration::from_millis(20);
     let (from, end) = (t0 + s.warmup(), t0 + s.warmup() + s.duration());
     let window = Window {
@@ -312,6 +314,8 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
         let _ = t.await;
     }
     sampler_stop.send_replace(true);
+    let generator_cpu = generator_before
+        .and_then(|(ticks, at)| sysmon::cpu_percent_since(std::process::id(), ticks, at));
     let samples = match sampler {
         Some(h) => h.await.unwrap_or_default(),
         None => Vec::new(),
@@ -371,6 +375,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
         shared.reconnects.load(Ordering::Relaxed),
         errors,
         server,
+        generator_cpu,
     ))
 }
 

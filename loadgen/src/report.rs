@@ -138,6 +138,9 @@ pub struct Report {
     pub saturation: Vec<String>,
     pub errors: BTreeMap<String, u64>,
     pub server: Option<Server>,
+    /// The load generator's own CPU over the same span as the server's (it shares the
+    /// machine: what it takes, the server cannot have), in % of one core.
+    pub generator_cpu_avg_percent: Option<f64>,
 }
 
 /// What a run measured, before it is judged.
@@ -219,6 +222,7 @@ impl Report {
         reconnects: u64,
         errors: BTreeMap<String, u64>,
         server: Option<Server>,
+        generator_cpu_avg_percent: Option<f64>,
     ) -> Self {
         let saturation = saturation(scenario, &m);
         let secs = m.window_secs.max(1e-9);
@@ -244,7 +248,20 @@ impl Report {
             saturation,
             errors,
             server,
+            generator_cpu_avg_percent,
         }
+    }
+
+    /// The 100 ms slots of the window whose delivery p99 is over the scenario's bound, and
+    /// all of them: a few slow slots are a stall, most of them saturation.
+    pub fn slots_over_delivery_bound(&self) -> (usize, usize) {
+        let bound = self.scenario.delivery_p99_ms;
+        let over = self
+            .timeline
+            .iter()
+            .filter(|t| t.delivery_p99_ms > bound)
+            .count();
+        (over, self.timeline.len())
     }
 }
 
@@ -363,11 +380,7 @@ impl Report {
         let mut slowest: Vec<&SlotLatency> = self.timeline.iter().collect();
         slowest.sort_by(|a, b| b.delivery_p99_ms.total_cmp(&a.delivery_p99_ms));
         if !slowest.is_empty() {
-            let over = self
-                .timeline
-                .iter()
-                .filter(|t| t.delivery_p99_ms > bound)
-                .count();
+            let (over, _) = self.slots_over_delivery_bound();
             let list: Vec<String> = slowest
                 .iter()
                 .take(3)
@@ -413,6 +426,13 @@ impl Report {
                 let _ = write!(out, " · {:.1} KiB per connection", b as f64 / 1024.0);
             }
             let _ = writeln!(out);
+        }
+        if let Some(cpu) = self.generator_cpu_avg_percent {
+            let _ = writeln!(
+                out,
+                "  load generator (same machine): CPU avg {cpu:.0}% of {} cores",
+                self.machine.cores
+            );
         }
         out
     }

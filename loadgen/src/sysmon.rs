@@ -34,6 +34,13 @@ pub fn read(pid: u32) -> Option<(u64, u64)> {
     Some((ticks, rss))
 }
 
+/// CPU `pid` used since it had `ticks` at `since`, in % of one core.
+pub fn cpu_percent_since(pid: u32, ticks: u64, since: Instant) -> Option<f64> {
+    let (now, _) = read(pid)?;
+    let secs = since.elapsed().as_secs_f64().max(1e-3);
+    Some(now.saturating_sub(ticks) as f64 / TICKS_PER_SEC / secs * 100.0)
+}
+
 /// The process listening on TCP `port` (via /proc/net/tcp{,6} and the processes' fds).
 pub fn pid_of_port(port: u16) -> Option<u32> {
     let mut inodes = Vec::new();

@@ -50,4 +50,9 @@ async fn a_clean_baseline_run_counts_every_delivery_once() {
     assert_eq!(r.delivery_latency.count, c.sent_in_window * 9);
     assert!(r.sustained_acked_per_sec > 0.0);
     assert_eq!(r.offered_deliveries_per_sec, 300.0 * 9.0);
+    assert!(
+        r.generator_cpu_avg_percent.is_some_and(|c| c > 0.0),
+        "the generator's own CPU is reported: {:?}",
+        r.generator_cpu_avg_percent
+    );
 }

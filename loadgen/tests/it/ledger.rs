@@ -239,6 +239,12 @@ fn the_timeline_shows_where_in_the_window_the_tail_is() {
         assert_eq!(slot.delivery_p99_ms, worst, "slot {i}");
         assert_eq!(slot.delivery_max_ms, worst, "slot {i}");
     }
+    // A find-max step names how many slots were over the bound: here the three with losses.
+    let mut m = measured(100, 1.0);
+    m.timeline = t;
+    let s = crate::scenario(&["--p99-ms", "100"]);
+    let r = loadgen::report::Report::new("chatd", &s, m, 0, Default::default(), None, None);
+    assert_eq!(r.slots_over_delivery_bound(), (3, 6));
 }
 
 fn measured(backlog_end: u64, ack_p99_ms: f64) -> Measured {
