@@ -674,12 +674,13 @@ async fn scenario(
         ),
     )
     .await?;
-    let placed = js(
+    // Focused first, then (layout settling under load) inside the scroller's view.
+    wait_js(
         &bob,
-        "(() => { const r = document.activeElement.getBoundingClientRect(), s = document.getElementById('scroller').getBoundingClientRect(); return r.top >= s.top && r.bottom <= s.bottom; })()",
+        "the message scrolled into view",
+        &format!("(() => {{ const r = document.activeElement.getBoundingClientRect(), s = document.getElementById('scroller').getBoundingClientRect(); return document.activeElement.dataset.seq === '{target_seq}' && r.top >= s.top && r.bottom <= s.bottom; }})()"),
     )
     .await?;
-    ensure!(placed == json!(true), "the message is scrolled into view");
 
     // ---- History paging: Alice opens the long room and scrolls to the top, which loads the
     // older pages until the room's first event.
