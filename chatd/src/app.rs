@@ -33,7 +33,7 @@ pub struct App {
     admin: Option<(TcpListener, SocketAddr)>,
     log: Arc<dyn EventLog>,
     models: ReadModels,
-    progress_tx: watch::Sender<u64>,
+    progress_tx: projector::Advance,
     chat: Arc<Chat>,
     readiness: Readiness,
     presence: Presence,
@@ -234,6 +234,7 @@ impl App {
             None => None,
         };
         let (search_tx, indexed) = Progress::new();
+        let search_tx = watch::Sender::from(search_tx);
         let search = Search::new(chat.clone(), search_index.clone(), indexed.clone());
         let readiness = Readiness {
             log: log.clone(),
@@ -515,6 +516,7 @@ pub async fn rebuild(settings: &Settings) -> anyhow::Result<u64> {
     let head = log.head().await?;
     let (tx, progress) = Progress::new();
     let (search_tx, indexed) = Progress::new();
+    let search_tx = watch::Sender::from(search_tx);
     let stop = CancellationToken::new();
     let runner = tokio::spawn(projector::run(log.clone(), models, tx, stop.clone()));
     let indexer = tokio::spawn(search::run(

@@ -1,6 +1,8 @@
 //! Applying events to the read models. Pure SQL on one transaction; no decisions are made
 //! here: every rule was checked when the event was appended.
 
+use std::collections::BTreeMap;
+
 use eventlog::RecordedEvent;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use schema::events::{Event, Role};
@@ -29,6 +31,7 @@ pub(crate) fn apply_batch(
     cache: &UnreadCache,
 ) -> Result<u64> {
     let mut unread = unread::Batch::new(cache);
+    let mut sends = Sends::default();
     let tx = crate::store::begin(conn)?;
     let mut position = checkpoint(&tx)?;
     for recorded in batch {
@@ -40,9 +43,10 @@ pub(crate) fn apply_batch(
             || tracing::info_span!("projection.apply", projection = "read_model", event.position = recorded.position, event.type = %recorded.event_type),
         );
         let _entered = span.enter();
-        apply_one(&tx, &mut unread, recorded)?;
+        apply_one(&tx, &mut unread, &mut sends, recorded)?;
         position = recorded.position;
     }
+    sends.write(&tx)?;
     tx.prepare_cached(
         "INSERT INTO checkpoint (name, position) VALUES (?1, ?2)
          ON CONFLICT (name) DO UPDATE SET position = excluded.position",
@@ -53,9 +57,59 @@ pub(crate) fn apply_batch(
     Ok(position)
 }
 
+/// What the sends of a batch change in rows shared by many of them: each room's row (its
+/// newest message) and its live-message counts. Kept here and written once per row at the end
+/// of the batch, or before any other event (which may read or change those rows): a busy
+/// room's row and count blocks are then updated once per transaction, not once per send.
+#[derive(Default)]
+struct Sends {
+    /// Room → seq, time and id of its newest message.
+    newest: BTreeMap<Uuid, (i64, i64, Uuid)>,
+    /// (room, block) → change of its live count.
+    live: BTreeMap<(Uuid, i64), i64>,
+    /// (room, sender, block) → change of the sender's live count.
+    live_by_sender: BTreeMap<(Uuid, Uuid, i64), i64>,
+}
+
+impl Sends {
+    fn newest(&mut self, room: Uuid, seq: i64, at: i64, message: Uuid) {
+        self.newest.insert(room, (seq, at, message));
+    }
+
+    fn counted(&mut self, room: Uuid, seq: i64, sender: Uuid) {
+        let block = seq >> crate::queries::BLOCK_BITS;
+        *self.live.entry((room, block)).or_default() += 1;
+        *self
+            .live_by_sender
+            .entry((room, sender, block))
+            .or_default() += 1;
+    }
+
+    /// Writes what is kept, and forgets it.
+    fn write(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        if !self.newest.is_empty() {
+            let mut update = tx.prepare_cached(
+                "UPDATE rooms SET last_seq = ?2, last_activity_at = ?3, last_message_id = ?4
+                 WHERE room_id = ?1",
+            )?;
+            for (room, (seq, at, message)) in std::mem::take(&mut self.newest) {
+                update.execute(params![room, seq, at, message])?;
+            }
+        }
+        for ((room, block), by) in std::mem::take(&mut self.live) {
+            count_block(tx, room, block, by)?;
+        }
+        for ((room, sender, block), by) in std::mem::take(&mut self.live_by_sender) {
+            count_sender_block(tx, room, sender, block, by)?;
+        }
+        Ok(())
+    }
+}
+
 fn apply_one(
     tx: &Transaction<'_>,
     unread: &mut unread::Batch<'_>,
+    sends: &mut Sends,
     recorded: &RecordedEvent,
 ) -> Result<()> {
     let event = Event::decode(
@@ -63,6 +117,9 @@ fn apply_one(
         recorded.schema_version,
         &recorded.data,
     )?;
+    if !matches!(event, Event::MessageSent { .. }) {
+        sends.write(tx)?;
+    }
     let at = recorded.recorded_at.timestamp_micros();
     if let Some(room) = streams::room_of(&recorded.stream) {
         let seq = recorded.version as i64;
@@ -80,20 +137,19 @@ fn apply_one(
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![room, seq, json, at, message_id])?;
-        if !matches!(event, Event::RoomCreated { .. }) {
-            // A message is also the room list's newest message: one update for both.
-            let newest = match &event {
-                Event::MessageSent { message_id, .. } => Some(message_id.0),
-                _ => None,
-            };
-            tx.prepare_cached(
-                "UPDATE rooms SET last_seq = ?2, last_activity_at = ?3,
-                     last_message_id = coalesce(?4, last_message_id)
-                 WHERE room_id = ?1",
-            )?
-            .execute(params![room, seq, at, newest])?;
+        match &event {
+            // A message is also the room list's newest message: one update for both, at the
+            // end of the batch.
+            Event::MessageSent { message_id, .. } => sends.newest(room, seq, at, message_id.0),
+            Event::RoomCreated { .. } => {}
+            _ => {
+                tx.prepare_cached(
+                    "UPDATE rooms SET last_seq = ?2, last_activity_at = ?3 WHERE room_id = ?1",
+                )?
+                .execute(params![room, seq, at])?;
+            }
         }
-        apply_room_event(tx, unread, room, seq, at, &event)?;
+        apply_room_event(tx, unread, sends, room, seq, at, &event)?;
         crate::features::apply(tx, room, seq, at, &event)?;
         // A plain message changes no one's mention or thread count (its unread counts are
         // moved in memory); anything else in the room may.
@@ -130,6 +186,7 @@ fn apply_one(
 fn apply_room_event(
     tx: &Transaction<'_>,
     unread: &mut unread::Batch<'_>,
+    sends: &mut Sends,
     room: uuid::Uuid,
     seq: i64,
     at: i64,
@@ -277,7 +334,7 @@ fn apply_room_event(
                 ])?;
             if n == 1 {
                 unread.sent(RoomId(room), seq as u64, *sender_id);
-                count_live(tx, room, seq, sender_id.0, 1)?;
+                sends.counted(room, seq, sender_id.0);
             }
         }
         Event::MessageEdited {
@@ -300,7 +357,9 @@ fn apply_room_event(
                 })
                 .optional()?;
             if let Some((seq, sender)) = live {
-                count_live(tx, room, seq, sender, -1)?;
+                let block = seq >> crate::queries::BLOCK_BITS;
+                count_block(tx, room, block, -1)?;
+                count_sender_block(tx, room, sender, block, -1)?;
             }
             // A deleted message's text leaves the read side: its row and every version of it
             // in the timeline (the log keeps the history, as an audit trail).
@@ -325,14 +384,24 @@ fn apply_room_event(
     Ok(())
 }
 
-/// Moves the live-message counts of the message's block (room's and sender's) by `by`.
-fn count_live(tx: &Transaction<'_>, room: Uuid, seq: i64, sender: Uuid, by: i64) -> Result<()> {
-    let block = seq >> crate::queries::BLOCK_BITS;
+/// Moves the live-message count of a room's block by `by`.
+fn count_block(tx: &Transaction<'_>, room: Uuid, block: i64, by: i64) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO live_blocks (room_id, block, live) VALUES (?1, ?2, ?3)
          ON CONFLICT (room_id, block) DO UPDATE SET live = live + excluded.live",
     )?
     .execute(params![room, block, by])?;
+    Ok(())
+}
+
+/// Moves the live-message count of a sender's messages in a room's block by `by`.
+fn count_sender_block(
+    tx: &Transaction<'_>,
+    room: Uuid,
+    sender: Uuid,
+    block: i64,
+    by: i64,
+) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO live_blocks_by_sender (room_id, sender_id, block, live) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (room_id, sender_id, block) DO UPDATE SET live = live + excluded.live",

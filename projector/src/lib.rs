@@ -25,6 +25,6 @@ mod store;
 mod unread;
 
 pub use error::{Error, Result};
-pub use runner::{Progress, run};
+pub use runner::{Advance, Progress, run};
 pub use store::ReadModels;
 pub use unread::{UnreadChanges, UnreadWatch};

@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::Duration;
 
-use eventlog::EventLog;
+use eventlog::{EventLog, RecordedEvent};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, ReadModels, Result, apply};
@@ -17,16 +17,19 @@ const MAX_BATCH: usize = 2_000;
 /// at thousands of events a second, one commit per handful cost a third of the projector's
 /// time. An idle projector applies an event at once.
 const APPLY_EVERY: Duration = Duration::from_millis(5);
-/// Under a steady flow the interval stretches towards this, in proportion to the events the
-/// last transaction carried (all the way from [`STRETCH_EVENTS`] on): the pages a transaction
-/// dirties are mostly per room (timeline, room row, unread blocks), so the more sends per room
-/// one transaction carries, the fewer pages per send it writes (`cargo bench -p projector
-/// --bench unread -- spread`: 50 sends over 100 rooms per transaction cost ~33 µs each, 400
-/// cost ~20 µs). A read that waits for the projector waits up to this much longer under load.
-const APPLY_EVERY_MAX: Duration = Duration::from_millis(40);
-const STRETCH_EVENTS: usize = 400;
+/// Under a steady flow, while no reader waits for the projector, the interval stretches
+/// towards this, in proportion to the events the last transaction carried (all the way from
+/// [`STRETCH_EVENTS`] on): the pages a transaction dirties are mostly per room (timeline rows,
+/// room row), so the more sends per room one transaction carries, the fewer pages per send it
+/// writes (`cargo bench -p projector --bench unread -- spread`: 400 sends over 100 rooms per
+/// transaction cost ~21 µs each, 2,000 cost ~15 µs). A reader that waits (a send waiting for
+/// its projection, a read behind its user's own write) cuts the stretch short: the events
+/// then wait at most [`APPLY_EVERY`].
+const APPLY_EVERY_MAX: Duration = Duration::from_millis(250);
+const STRETCH_EVENTS: usize = MAX_BATCH;
 
-/// The least time between the beginnings of two transactions, after one of `events`.
+/// The least time between the beginnings of two transactions, after one of `events`, while
+/// no reader waits.
 fn apply_interval(events: usize) -> Duration {
     let flow = (events as f64 / STRETCH_EVENTS as f64).min(1.0);
     APPLY_EVERY + (APPLY_EVERY_MAX - APPLY_EVERY).mul_f64(flow)
@@ -49,6 +52,8 @@ struct Waiters {
     /// By the position they wait for. `None` once the position will never move again.
     pending: Mutex<Option<BTreeMap<u64, Vec<oneshot::Sender<()>>>>>,
     dispatcher: Once,
+    /// Told each time a waiter is filed (the projector, holding events back, hears of it).
+    filed: Notify,
 }
 
 impl Waiters {
@@ -72,14 +77,63 @@ impl Waiters {
     }
 }
 
+/// The moving side of a [`Progress`], held by whoever applies the events: it publishes the
+/// position, and hears of readers waiting for a position it has not reached. Dropping it fails
+/// the waiters left (the position will not move again).
+#[derive(Debug)]
+pub struct Advance {
+    tx: watch::Sender<u64>,
+    waiters: Arc<Waiters>,
+}
+
+impl Advance {
+    /// Publishes `position` (every event up to it applied); returns the previous one.
+    pub fn send_replace(&self, position: u64) -> u64 {
+        self.tx.send_replace(position)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+
+    /// Whether a reader waits for a position past `position`.
+    fn awaited(&self, position: u64) -> bool {
+        self.waiters
+            .lock()
+            .as_ref()
+            .and_then(|pending| pending.last_key_value())
+            .is_some_and(|(wanted, _)| *wanted > position)
+    }
+
+    /// Resolves once a reader has begun to wait since the last time it resolved (maybe for a
+    /// position already reached: see [`Self::awaited`]). Cancel-safe.
+    async fn waited(&self) {
+        self.waiters.filed.notified().await;
+    }
+}
+
+/// For one that does not care who waits (the search indexer): the position's sender alone.
+impl From<Advance> for watch::Sender<u64> {
+    fn from(advance: Advance) -> Self {
+        advance.tx
+    }
+}
+
 impl Progress {
-    pub fn new() -> (watch::Sender<u64>, Self) {
+    pub fn new() -> (Advance, Self) {
         let (tx, rx) = watch::channel(0);
         let waiters = Arc::new(Waiters {
             pending: Mutex::new(Some(BTreeMap::new())),
             dispatcher: Once::new(),
+            filed: Notify::new(),
         });
-        (tx, Self { rx, waiters })
+        (
+            Advance {
+                tx,
+                waiters: waiters.clone(),
+            },
+            Self { rx, waiters },
+        )
     }
 
     pub fn position(&self) -> u64 {
@@ -99,6 +153,7 @@ impl Progress {
             };
             pending.entry(position).or_default().push(tx);
         }
+        self.waiters.filed.notify_one();
         self.start_dispatcher();
         // The dispatcher may have handled the step that reached it before the waiter was
         // filed: look again now that it is.
@@ -141,7 +196,7 @@ impl Progress {
 pub async fn run(
     log: Arc<dyn EventLog>,
     models: ReadModels,
-    progress: watch::Sender<u64>,
+    progress: Advance,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let loader = crate::unread::load_watched(models.clone(), shutdown.clone());
@@ -152,37 +207,95 @@ pub async fn run(
 async fn apply_from_log(
     log: Arc<dyn EventLog>,
     models: ReadModels,
-    progress: watch::Sender<u64>,
+    progress: Advance,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let start = models.checkpoint().await?;
     progress.send_replace(start);
     tracing::info!(checkpoint = start, "projector starting");
     let mut events = log.subscribe(start);
-    let mut began = tokio::time::Instant::now() - APPLY_EVERY_MAX;
-    let mut every = APPLY_EVERY;
-    loop {
+    let mut pace = Pace::new(start);
+    while let Some(batch) = pace.next_batch(&mut events, &progress, &shutdown).await? {
+        let cache = models.unread_cache().clone();
+        let events = batch.len();
+        let applied = models
+            .write(move |conn| apply::apply_batch(conn, &batch, &cache))
+            .await?;
+        models.applied(events);
+        pace.applied(events, applied);
+        progress.send_replace(applied);
+    }
+    Ok(())
+}
+
+/// When the projector begins its transactions, and what each carries.
+struct Pace {
+    /// When the last transaction began.
+    began: tokio::time::Instant,
+    /// The least time from then to the next, while no reader waits.
+    every: Duration,
+    /// The position the last transaction reached.
+    applied: u64,
+}
+
+impl Pace {
+    fn new(applied: u64) -> Self {
+        Self {
+            began: tokio::time::Instant::now() - APPLY_EVERY_MAX,
+            every: APPLY_EVERY,
+            applied,
+        }
+    }
+
+    fn applied(&mut self, events: usize, position: u64) {
+        self.every = apply_interval(events);
+        self.applied = position;
+    }
+
+    /// The events of the next transaction: the next one, and those that come until the
+    /// interval since the last transaction has passed (only [`APPLY_EVERY`] of it while a
+    /// reader waits for a position past the last one applied), and whatever else is ready
+    /// then. `None` at shutdown.
+    async fn next_batch<S>(
+        &mut self,
+        events: &mut S,
+        progress: &Advance,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Arc<RecordedEvent>>>>
+    where
+        S: futures::Stream<Item = eventlog::Result<Arc<RecordedEvent>>> + Unpin,
+    {
         let next = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(None),
             next = events.next() => next,
         };
         let Some(first) = next else {
             if shutdown.is_cancelled() {
-                return Ok(());
+                return Ok(None);
             }
             return Err(Error::NotCaughtUp("the log subscription ended"));
         };
         let mut batch = vec![first?];
         // Busy: let the events of the next few milliseconds join this one.
-        if began.elapsed() < every {
+        loop {
+            let every = if progress.awaited(self.applied) {
+                APPLY_EVERY
+            } else {
+                self.every
+            };
+            if self.began.elapsed() >= every {
+                break;
+            }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep_until(began + every) => {}
+                () = shutdown.cancelled() => return Ok(None),
+                // Someone began to wait: look again at what for.
+                () = progress.waited() => {}
+                () = tokio::time::sleep_until(self.began + every) => break,
             }
         }
-        began = tokio::time::Instant::now();
+        self.began = tokio::time::Instant::now();
         // Take whatever else is already waiting: one transaction for a burst.
         while batch.len() < MAX_BATCH {
             match events.next().now_or_never() {
@@ -190,14 +303,7 @@ async fn apply_from_log(
                 _ => break,
             }
         }
-        let cache = models.unread_cache().clone();
-        let events = batch.len();
-        every = apply_interval(events);
-        let applied = models
-            .write(move |conn| apply::apply_batch(conn, &batch, &cache))
-            .await?;
-        models.applied(events);
-        progress.send_replace(applied);
+        Ok(Some(batch))
     }
 }
 
@@ -207,10 +313,125 @@ mod tests {
 
     #[test]
     fn the_interval_stretches_with_the_events_of_the_last_transaction() {
-        assert_eq!(apply_interval(1), Duration::from_nanos(5_087_500));
-        assert_eq!(apply_interval(200), Duration::from_micros(22_500));
+        assert_eq!(apply_interval(1), Duration::from_nanos(5_122_500));
+        assert_eq!(apply_interval(400), Duration::from_millis(54));
         assert_eq!(apply_interval(STRETCH_EVENTS), APPLY_EVERY_MAX);
         assert_eq!(apply_interval(MAX_BATCH), APPLY_EVERY_MAX);
+    }
+
+    type Item = eventlog::Result<Arc<RecordedEvent>>;
+
+    fn event(position: u64) -> Item {
+        Ok(Arc::new(RecordedEvent {
+            stream: "room-1".into(),
+            version: position,
+            position,
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "message_sent".into(),
+            schema_version: 1,
+            data: Vec::new(),
+            metadata: Vec::new(),
+            recorded_at: chrono::Utc::now(),
+        }))
+    }
+
+    /// A projector whose last transaction carried a full batch (the interval fully
+    /// stretched), fed by a channel; it has applied up to `applied`.
+    fn stretched(
+        applied: u64,
+    ) -> (
+        Pace,
+        tokio::sync::mpsc::UnboundedSender<Item>,
+        impl futures::Stream<Item = Item> + Unpin,
+    ) {
+        let mut pace = Pace::new(0);
+        pace.began = tokio::time::Instant::now();
+        pace.applied(MAX_BATCH, applied);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        (pace, tx, events)
+    }
+
+    /// With no reader waiting, the events of a steady flow wait for the stretched interval
+    /// and go in one transaction.
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_flow_waits_for_the_stretch_when_no_one_reads() {
+        let (advance, _progress) = Progress::new();
+        let (mut pace, tx, mut events) = stretched(0);
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            for position in 1..=100 {
+                if tx.send(event(position)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let batch = pace
+            .next_batch(&mut events, &advance, &CancellationToken::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(start.elapsed(), APPLY_EVERY_MAX);
+        // One event every 20 ms from 0 ms to 240 ms.
+        assert_eq!(batch.len(), 13);
+    }
+
+    /// A reader that begins to wait while the projector holds events back has them applied
+    /// at once (the stretch cut short), as has one that waits before its event arrives.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_reader_cuts_the_stretch_short() {
+        let (advance, progress) = Progress::new();
+        let (mut pace, tx, mut events) = stretched(0);
+        let stop = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        tx.send(event(1)).unwrap();
+        let reader = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                progress.wait_for(1, LONG).await
+            })
+        };
+        let batch = pace
+            .next_batch(&mut events, &advance, &stop)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(20),
+            "when the reader began to wait"
+        );
+        pace.applied(MAX_BATCH, 1);
+        advance.send_replace(1);
+        reader.await.unwrap().unwrap();
+
+        // Someone waits for event 2 before it comes: no stretch for it either.
+        let reader = {
+            let progress = progress.clone();
+            tokio::spawn(async move { progress.wait_for(2, LONG).await })
+        };
+        while !advance.awaited(1) {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let sent = tokio::time::Instant::now();
+        tx.send(event(2)).unwrap();
+        let batch = pace
+            .next_batch(&mut events, &advance, &stop)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            sent.elapsed(),
+            Duration::ZERO,
+            "{APPLY_EVERY:?} since the last began"
+        );
+        advance.send_replace(2);
+        reader.await.unwrap().unwrap();
     }
 
     const LONG: Duration = Duration::from_secs(30);

@@ -261,7 +261,7 @@ async fn index_all(log: Arc<dyn EventLog>, dir: &std::path::Path, head: u64) -> 
     let task = tokio::spawn(search::run(
         log,
         index.clone(),
-        tx,
+        tx.into(),
         stop.clone(),
         IndexerSettings::default(),
     ));

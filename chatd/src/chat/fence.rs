@@ -99,7 +99,7 @@ mod tests {
         let (tx, progress) = Progress::new();
         let fence = ReadFence::new(progress);
         let (alice, bob) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
-        tx.send(3).unwrap();
+        tx.send_replace(3);
         fence.record(alice, 5);
         fence.record(alice, 4); // an older answer does not move the fence back
 
@@ -109,10 +109,10 @@ mod tests {
         );
         let mut read = Box::pin(fence.wait(alice, LONG));
         assert!((&mut read).now_or_never().is_none(), "at 3 of 5");
-        tx.send(4).unwrap();
+        tx.send_replace(4);
         tokio::task::yield_now().await;
         assert!((&mut read).now_or_never().is_none(), "at 4 of 5");
-        tx.send(5).unwrap();
+        tx.send_replace(5);
         read.await.unwrap();
         // Reached: forgotten, later reads do not wait.
         assert!(fence.wait(alice, LONG).now_or_never().is_some());
@@ -123,7 +123,7 @@ mod tests {
     async fn a_write_the_read_models_already_show_is_not_kept() {
         let (tx, progress) = Progress::new();
         let fence = ReadFence::new(progress);
-        tx.send(7).unwrap();
+        tx.send_replace(7);
         fence.record(UserId(Uuid::now_v7()), 7);
         assert_eq!(fence.len(), 0);
     }
@@ -145,7 +145,7 @@ mod tests {
             fence.record(UserId(Uuid::now_v7()), i + 1);
         }
         assert_eq!(fence.len(), SWEEP_AT - 1);
-        tx.send(SWEEP_AT as u64 / 2).unwrap();
+        tx.send_replace(SWEEP_AT as u64 / 2);
         // The next record sweeps the entries the read models have passed.
         fence.record(UserId(Uuid::now_v7()), SWEEP_AT as u64 + 1);
         assert_eq!(fence.len(), SWEEP_AT / 2);

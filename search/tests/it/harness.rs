@@ -72,7 +72,7 @@ impl Harness {
         self.task = Some(tokio::spawn(search::run(
             log,
             self.index.clone(),
-            tx,
+            tx.into(),
             self.stop.clone(),
             IndexerSettings::default(),
         )));
