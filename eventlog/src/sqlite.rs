@@ -29,10 +29,22 @@
 //!
 //! # File format
 //!
-//! One table, `events`, with the global position as the rowid, `UNIQUE(stream, version)` (the
-//! stream's current version is `max(version)` over that index: one seek) and `UNIQUE(event_id)`
-//! (idempotency lookups). `event_id` is the 16-byte UUID; `recorded_at` is microseconds since
-//! the Unix epoch. `PRAGMA user_version` holds the schema version.
+//! `events`, with the global position as the rowid and `UNIQUE(event_id)` (idempotency
+//! lookups); `event_id` is the 16-byte UUID, `recorded_at` microseconds since the Unix epoch.
+//! `stream_index` maps `(stream, version)` to the position; `indexed` holds the position up to
+//! which it is complete. `PRAGMA user_version` holds the schema version (2; a version-1 file,
+//! whose `events` table carried `UNIQUE(stream, version)` instead, is converted when opened).
+//!
+//! **The stream index is written in batches.** An index entry written with each event
+//! dirtied one page of the index per stream per commit — most of the WAL and checkpoint
+//! traffic of a busy log with many streams (a commit every few milliseconds touching a
+//! different page for each room in it). The writer keeps the entries of the newest events
+//! (after `indexed`) in memory and writes them all at once, sorted, inside a transaction
+//! that commits anyway, once [`Options::index_every`] have gathered: a stream's entries then
+//! share pages. A reader finds a stream's newest events by scanning the events after
+//! `indexed` (at most about `index_every` rows, by position), in the same snapshot; the
+//! writer knows the newest version of each stream in that tail from memory, and rebuilds
+//! that memory from the file when it opens.
 //!
 //! # Requests it rejects
 //!
@@ -62,37 +74,83 @@ use crate::{
 };
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
-CREATE TABLE events (
-    position       INTEGER PRIMARY KEY,
-    stream         TEXT    NOT NULL,
-    version        INTEGER NOT NULL,
-    event_id       BLOB    NOT NULL UNIQUE,
-    event_type     TEXT    NOT NULL,
-    schema_version INTEGER NOT NULL,
-    data           BLOB    NOT NULL,
-    metadata       BLOB    NOT NULL,
-    recorded_at    INTEGER NOT NULL,
-    UNIQUE (stream, version)
-) STRICT;
-PRAGMA user_version = 1;
+/// The events table, under the name given.
+fn events_table(name: &str) -> String {
+    format!(
+        "CREATE TABLE {name} (
+            position       INTEGER PRIMARY KEY,
+            stream         TEXT    NOT NULL,
+            version        INTEGER NOT NULL,
+            event_id       BLOB    NOT NULL UNIQUE,
+            event_type     TEXT    NOT NULL,
+            schema_version INTEGER NOT NULL,
+            data           BLOB    NOT NULL,
+            metadata       BLOB    NOT NULL,
+            recorded_at    INTEGER NOT NULL
+        ) STRICT;"
+    )
+}
+
+/// The stream index and how far it goes (see the module docs).
+const STREAM_INDEX: &str = "
+CREATE TABLE stream_index (
+    stream   TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (stream, version)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE indexed (upto INTEGER NOT NULL) STRICT;
 ";
 
-/// Columns in the order [`decode_row`] reads them.
-const READ_STREAM: &str = "SELECT stream, version, position, event_id, event_type, \
+/// A new file.
+fn schema() -> String {
+    format!(
+        "{}{STREAM_INDEX}INSERT INTO indexed VALUES (0); PRAGMA user_version = {SCHEMA_VERSION};",
+        events_table("events")
+    )
+}
+
+/// Version 1 to 2: the events table again without `UNIQUE(stream, version)` (SQLite cannot
+/// drop a table constraint), its entries moved to `stream_index`. Copies the whole log once.
+fn migrate_from_v1() -> String {
+    format!(
+        "{}
+        INSERT INTO events_v2 SELECT position, stream, version, event_id, event_type,
+            schema_version, data, metadata, recorded_at FROM events;
+        DROP TABLE events;
+        ALTER TABLE events_v2 RENAME TO events;
+        {STREAM_INDEX}
+        INSERT INTO stream_index SELECT stream, version, position FROM events;
+        INSERT INTO indexed SELECT coalesce(max(position), 0) FROM events;
+        PRAGMA user_version = {SCHEMA_VERSION};",
+        events_table("events_v2")
+    )
+}
+
+/// A stream's indexed events from a version on. Columns in the order [`decode_row`] reads
+/// them.
+const READ_STREAM_INDEXED: &str = "SELECT e.stream, e.version, e.position, e.event_id, \
+     e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at \
+     FROM stream_index s JOIN events e ON e.position = s.position \
+     WHERE s.stream = ?1 AND s.version >= ?2 ORDER BY s.version LIMIT ?3";
+
+/// A stream's events among those not indexed yet (after `indexed`), from a version on: a scan
+/// of the newest events by position. Columns in the order [`decode_row`] reads them.
+const READ_STREAM_TAIL: &str = "SELECT stream, version, position, event_id, event_type, \
      schema_version, data, metadata, recorded_at FROM events \
-     WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3";
+     WHERE position > (SELECT upto FROM indexed) AND stream = ?1 AND version >= ?2 \
+     ORDER BY position LIMIT ?3";
 
 /// Columns in the order [`decode_row`] reads them.
 const READ_ALL: &str = "SELECT stream, version, position, event_id, event_type, \
      schema_version, data, metadata, recorded_at FROM events \
      WHERE position > ?1 ORDER BY position LIMIT ?2";
 
-/// A stream's last version, 0 if it has no events: one seek to the end of the stream's
-/// entries in the `(stream, version)` index.
-const STREAM_VERSION: &str = "SELECT coalesce(max(version), 0) FROM events WHERE stream = ?1";
+/// A stream's last indexed version, 0 if none: one seek to the end of the stream's entries in
+/// the stream index. (The writer knows the versions of the events not indexed yet.)
+const STREAM_VERSION: &str = "SELECT coalesce(max(version), 0) FROM stream_index WHERE stream = ?1";
 
 /// Tuning knobs for [`SqliteLog::open_with`].
 #[derive(Debug, Clone)]
@@ -122,6 +180,10 @@ pub struct Options {
     /// which run on a thread of their own so that commits do not wait for them. 0 runs them
     /// inline in the writer instead, as SQLite does by default. Default 1000.
     pub checkpoint_every: usize,
+    /// Events whose stream-index entries are written together, in the first transaction after
+    /// this many have gathered (see the module docs): more share more index pages, and make
+    /// reads of a stream's newest events scan more rows. At least 1. Default 2048.
+    pub index_every: usize,
 }
 
 impl Default for Options {
@@ -135,6 +197,7 @@ impl Default for Options {
             max_idle_readers: 4,
             busy_timeout: Duration::from_secs(5),
             checkpoint_every: 1000,
+            index_every: 2048,
         }
     }
 }
@@ -250,6 +313,7 @@ impl SqliteLog {
             queue_capacity: options.queue_capacity.max(1),
             live_capacity: options.live_capacity.max(1),
             catch_up_page: options.catch_up_page.max(1),
+            index_every: options.index_every.max(1),
             ..options
         };
         let (commands, command_rx) = mpsc::channel(options.queue_capacity);
@@ -426,17 +490,8 @@ impl EventLog for SqliteLog {
             return Ok(Vec::new());
         }
         let stream = stream.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(READ_STREAM).map_err(unavailable)?;
-            let rows = stmt
-                .query_map(
-                    params![stream, sql_int(from_version.max(1)), sql_limit(limit)],
-                    decode_row,
-                )
-                .map_err(unavailable)?;
-            collect_rows(rows, limit)
-        })
-        .await
+        self.read(move |conn| read_stream_with(conn, &stream, from_version.max(1), limit))
+            .await
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
@@ -498,6 +553,35 @@ impl EventLog for SqliteLog {
     }
 }
 
+/// The indexed part of the stream, then (if the limit leaves room) its events not indexed yet,
+/// in one snapshot: every indexed version of a stream is below its versions not indexed yet.
+fn read_stream_with(
+    conn: &Connection,
+    stream: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let snapshot = conn.unchecked_transaction().map_err(unavailable)?;
+    let mut out = Vec::with_capacity(limit.min(256));
+    for sql in [READ_STREAM_INDEXED, READ_STREAM_TAIL] {
+        let left = limit - out.len();
+        if left == 0 {
+            break;
+        }
+        let mut stmt = snapshot.prepare_cached(sql).map_err(unavailable)?;
+        let rows = stmt
+            .query_map(
+                params![stream, sql_int(from_version), sql_limit(left)],
+                decode_row,
+            )
+            .map_err(unavailable)?;
+        for row in rows {
+            out.push(row.map_err(unavailable)?);
+        }
+    }
+    Ok(out)
+}
+
 fn read_all_with(conn: &Connection, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
     let mut stmt = conn.prepare_cached(READ_ALL).map_err(unavailable)?;
     let rows = stmt
@@ -526,7 +610,7 @@ fn collect_rows(
     Ok(out)
 }
 
-/// Decodes a row of [`READ_STREAM`] or [`READ_ALL`].
+/// Decodes a row of [`READ_STREAM_INDEXED`], [`READ_STREAM_TAIL`] or [`READ_ALL`].
 fn decode_row(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
     let id: [u8; 16] = row.get(3)?;
     let micros: i64 = row.get(8)?;
@@ -628,6 +712,12 @@ struct Writer {
     /// Events written since the checkpointer was last woken.
     unchecked: usize,
     checkpoint_every: usize,
+    /// The stream-index entries (stream, version, position) of the events after `indexed`,
+    /// in position order, including those of the transaction under way.
+    unindexed: Vec<(String, u64, u64)>,
+    /// The last version of each stream among [`Self::unindexed`].
+    tail_versions: std::collections::HashMap<String, u64>,
+    index_every: usize,
 }
 
 /// Copies the WAL back into the database file on its own thread and connection, so that the
@@ -709,6 +799,9 @@ impl Writer {
             checkpointer,
             unchecked: 0,
             checkpoint_every: options.checkpoint_every,
+            unindexed: Vec::new(),
+            tail_versions: Default::default(),
+            index_every: options.index_every,
         };
         writer.reload()?;
         Ok(writer)
@@ -741,7 +834,11 @@ impl Writer {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         match version {
-            0 => conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;")),
+            0 => conn.execute_batch(&format!("BEGIN IMMEDIATE; {} COMMIT;", schema())),
+            1 => {
+                tracing::info!("converting the event log to schema version {SCHEMA_VERSION}");
+                conn.execute_batch(&format!("BEGIN IMMEDIATE; {} COMMIT;", migrate_from_v1()))
+            }
             SCHEMA_VERSION => Ok(()),
             other => Err(rusqlite::Error::InvalidParameterName(format!(
                 "unknown event-log schema version {other} (this build knows {SCHEMA_VERSION})"
@@ -757,6 +854,22 @@ impl Writer {
                 r.get(0)
             })
             .map_err(unavailable)?;
+        self.unindexed = self
+            .conn
+            .prepare(
+                "SELECT stream, version, position FROM events \
+                 WHERE position > (SELECT upto FROM indexed) ORDER BY position",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(unavailable)?;
+        self.tail_versions = self
+            .unindexed
+            .iter()
+            .map(|(stream, version, _)| (stream.clone(), *version))
+            .collect();
         self.next_position = head + 1;
         self.shared.head.store(head, Ordering::Release);
         self.stale = false;
@@ -873,6 +986,9 @@ impl Writer {
             self.reload()?;
         }
         self.exec_cached("BEGIN IMMEDIATE")?;
+        if self.unindexed.len() >= self.index_every {
+            self.write_stream_index()?;
+        }
         // One timestamp for the whole batch, stored to the microsecond so that what an append
         // returns equals what reads return.
         let now = Utc::now().trunc_subsecs(6);
@@ -897,6 +1013,34 @@ impl Writer {
         self.shared
             .commit_micros
             .fetch_add(micros, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the entries of [`Self::unindexed`] into the stream index, sorted so that each
+    /// stream's go into its pages together, inside the transaction under way (if it fails,
+    /// [`Self::reload`] restores what it took).
+    fn write_stream_index(&mut self) -> Result<()> {
+        let Some(&(_, _, upto)) = self.unindexed.last() else {
+            return Ok(());
+        };
+        let mut entries = std::mem::take(&mut self.unindexed);
+        self.tail_versions.clear();
+        entries.sort_unstable();
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO stream_index (stream, version, position) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(unavailable)?;
+        for (stream, version, position) in &entries {
+            insert
+                .execute(params![stream, sql_int(*version), sql_int(*position)])
+                .map_err(unavailable)?;
+        }
+        self.conn
+            .prepare_cached("UPDATE indexed SET upto = ?1")
+            .and_then(|mut s| s.execute([sql_int(upto)]))
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -942,6 +1086,11 @@ impl Writer {
                 if savepoint {
                     self.exec_cached("RELEASE request")?;
                 }
+                let last_version = first_version + count - 1;
+                self.unindexed.extend(
+                    (0..count).map(|i| (stream.to_owned(), first_version + i, first_position + i)),
+                );
+                self.tail_versions.insert(stream.to_owned(), last_version);
                 self.next_position += count;
                 Ok(Ok(pending.written(
                     first_version,
@@ -966,11 +1115,14 @@ impl Writer {
 
     /// The version the next event of `stream` gets, if the stream is at `expected`.
     fn check_version(&self, stream: &str, expected: ExpectedVersion) -> Result<u64> {
-        let actual: u64 = self
-            .conn
-            .prepare_cached(STREAM_VERSION)
-            .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
-            .map_err(unavailable)?;
+        let actual: u64 = match self.tail_versions.get(stream) {
+            Some(&version) => version,
+            None => self
+                .conn
+                .prepare_cached(STREAM_VERSION)
+                .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
+                .map_err(unavailable)?,
+        };
         let ok = match expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => actual == 0,
@@ -1173,21 +1325,26 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         for sql in [
-            "SELECT coalesce(max(version), 0) FROM events WHERE stream = 'a'",
-            "SELECT stream = 'a', version, position, recorded_at FROM events WHERE event_id = x'00'",
-            "SELECT * FROM events WHERE stream = 'a' AND version >= 1 ORDER BY version LIMIT 10",
-            "SELECT * FROM events WHERE position > 1 ORDER BY position LIMIT 10",
+            STREAM_VERSION,
+            "SELECT stream = ?2, version, position, recorded_at FROM events WHERE event_id = ?1",
+            READ_STREAM_INDEXED,
+            READ_STREAM_TAIL,
+            READ_ALL,
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map([], |r| r.get(3))
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
             let plan = plan.join("; ");
             assert!(plan.contains("SEARCH"), "{sql}: {plan}");
-            assert!(!plan.contains("SCAN"), "{sql}: {plan}");
+            // `indexed` has one row; the others must be searched, never scanned or sorted.
+            assert!(!plan.contains("SCAN events"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN stream_index"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN e"), "{sql}: {plan}");
+            assert!(!plan.contains("SCAN s"), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
         }
     }
@@ -1206,10 +1363,14 @@ mod tests {
                  x'', x'', 0)",
             )
             .unwrap();
+        let mut index = conn
+            .prepare("INSERT INTO stream_index (stream, version, position) VALUES (?1, ?2, ?2)")
+            .unwrap();
         for v in 1..=5000u64 {
             insert
                 .execute(params![v, "big", Uuid::new_v4().as_bytes()])
                 .unwrap();
+            index.execute(params!["big", v]).unwrap();
         }
         let steps = |sql: &str, param: &dyn rusqlite::ToSql| {
             let mut stmt = conn.prepare(sql).unwrap();
@@ -1229,6 +1390,84 @@ mod tests {
             &id.as_bytes().as_slice(),
         );
         assert!(stored < 100, "event id lookup took {stored} VM steps");
+    }
+
+    /// A file of schema version 1 (the events table with `UNIQUE(stream, version)`) is
+    /// converted when opened: everything in it reads back, versions and idempotency carry on.
+    #[tokio::test]
+    async fn a_version_1_file_is_converted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE events (
+                position INTEGER PRIMARY KEY, stream TEXT NOT NULL, version INTEGER NOT NULL,
+                event_id BLOB NOT NULL UNIQUE, event_type TEXT NOT NULL,
+                schema_version INTEGER NOT NULL, data BLOB NOT NULL, metadata BLOB NOT NULL,
+                recorded_at INTEGER NOT NULL, UNIQUE (stream, version)
+             ) STRICT;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        for (i, (stream, version)) in [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]
+            .into_iter()
+            .enumerate()
+        {
+            conn.execute(
+                "INSERT INTO events VALUES (?1, ?2, ?3, ?4, 't', 1, x'01', x'', 0)",
+                params![i as u64 + 1, stream, version, ids[i].as_bytes()],
+            )
+            .unwrap();
+        }
+        drop(conn);
+
+        let log = SqliteLog::open(&path).await.unwrap();
+        let a = log.read_stream("a", 1, 10).await.unwrap();
+        let got: Vec<(u64, u64)> = a.iter().map(|e| (e.version, e.position)).collect();
+        assert_eq!(got, [(1, 1), (2, 3), (3, 5)]);
+        assert_eq!(log.read_stream("b", 2, 10).await.unwrap()[0].position, 4);
+        assert_eq!(log.head().await.unwrap(), 5);
+        let event = |id| NewEvent {
+            event_id: id,
+            event_type: "t".into(),
+            schema_version: 1,
+            data: vec![1],
+            metadata: vec![],
+        };
+        let retry = log
+            .append("b", ExpectedVersion::Any, vec![event(ids[3])])
+            .await
+            .unwrap();
+        assert!(retry.duplicate);
+        assert_eq!((retry.first_version, retry.first_position), (2, 4));
+        let conflict = log
+            .append("a", ExpectedVersion::Exact(2), vec![event(Uuid::now_v7())])
+            .await
+            .unwrap_err();
+        assert!(matches!(conflict, Error::VersionConflict { actual: 3, .. }));
+        let next = log
+            .append("a", ExpectedVersion::Exact(3), vec![event(Uuid::now_v7())])
+            .await
+            .unwrap();
+        assert_eq!((next.first_version, next.first_position), (4, 6));
+        log.close().await;
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // The converted table has no (stream, version) constraint left to maintain.
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list('events')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 1, "only UNIQUE(event_id)");
     }
 
     #[test]

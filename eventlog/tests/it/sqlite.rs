@@ -81,6 +81,86 @@ async fn reopening_keeps_everything_and_continues() {
     log.close().await;
 }
 
+/// Reads of a stream whose older events are in the stream index and whose newest are not
+/// yet (it is written every `index_every` events): every window of versions and every limit
+/// gives exactly the stream's events, before and after reopening (which rebuilds what the
+/// writer knows of the events not indexed), and version checks see the newest events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_reads_and_versions_span_the_index_and_the_events_after_it() {
+    let options = Options {
+        index_every: 7,
+        ..Options::default()
+    };
+    let fixture = Fixture::with_options(options.clone());
+    let path = fixture.fresh_path();
+    let open = || SqliteLog::open_with(&path, options.clone());
+    let log = open().await.unwrap();
+    // 3 streams, appends of 1-3 events interleaved: 40 events, indexed in a few goes.
+    let streams = ["a", "b", "c"];
+    let mut versions = [0u64; 3];
+    for i in 0..20 {
+        let s = i % 3;
+        let n = 1 + i % 3;
+        let expected = match versions[s] {
+            0 => ExpectedVersion::NoStream,
+            v => ExpectedVersion::Exact(v),
+        };
+        log.append(streams[s], expected, events(n)).await.unwrap();
+        versions[s] += n as u64;
+    }
+
+    async fn check(log: &SqliteLog, streams: &[&str], versions: &[u64]) {
+        let all = read_everything(log).await;
+        for (stream, &last) in streams.iter().zip(versions) {
+            let of_stream: Vec<_> = all.iter().filter(|e| e.stream == *stream).collect();
+            assert_eq!(of_stream.len() as u64, last);
+            for from in 1..=last + 1 {
+                for limit in [1, 2, 5, 100] {
+                    let got = log.read_stream(stream, from, limit).await.unwrap();
+                    let want: Vec<_> = of_stream
+                        .iter()
+                        .filter(|e| e.version >= from)
+                        .take(limit)
+                        .map(|e| (**e).clone())
+                        .collect();
+                    assert_eq!(got, want, "{stream} from {from} limit {limit}");
+                }
+            }
+            let err = log
+                .append(stream, ExpectedVersion::Exact(last - 1), events(1))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::VersionConflict { actual, .. } if actual == last),
+                "{stream}: {err:?}"
+            );
+        }
+    }
+    check(&log, &streams, &versions).await;
+    // Some events of every stream are not indexed when the log closes (a transaction writes
+    // the index before its own events).
+    append_one_each(&log, &streams, &mut versions).await;
+    log.close().await;
+
+    let log = open().await.unwrap();
+    check(&log, &streams, &versions).await;
+    // Appends carry on from the versions the reopened writer rebuilt.
+    append_one_each(&log, &streams, &mut versions).await;
+    check(&log, &streams, &versions).await;
+    log.close().await;
+
+    async fn append_one_each(log: &SqliteLog, streams: &[&str], versions: &mut [u64]) {
+        for (stream, version) in streams.iter().zip(versions) {
+            let r = log
+                .append(stream, ExpectedVersion::Exact(*version), events(1))
+                .await
+                .unwrap();
+            assert_eq!(r.first_version, *version + 1);
+            *version += 1;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_appends_go_out_in_one_batch() {
     let fixture = Fixture::new();
