@@ -42,7 +42,8 @@
 //! (after `indexed`) in memory and writes them all at once, sorted, inside a transaction
 //! that commits anyway, once [`Options::index_every`] have gathered: a stream's entries then
 //! share pages. A reader finds a stream's newest events by scanning the events after
-//! `indexed` (at most about `index_every` rows, by position), in the same snapshot; the
+//! `indexed` (about `index_every` rows, by position, plus the events of the transaction that
+//! crossed it), in the same snapshot; the
 //! writer knows the newest version of each stream in that tail from memory, and rebuilds
 //! that memory from the file when it opens.
 //!
@@ -114,16 +115,20 @@ fn schema() -> String {
 
 /// Version 1 to 2: the events table again without `UNIQUE(stream, version)` (SQLite cannot
 /// drop a table constraint), its entries moved to `stream_index`. Copies the whole log once.
+/// The stream index is filled first, in the order of the old table's `(stream, version)`
+/// index, so that its inserts are sequential. The old table's pages stay in the file as free
+/// pages, reused by later appends.
 fn migrate_from_v1() -> String {
     format!(
-        "{}
+        "{STREAM_INDEX}
+        INSERT INTO stream_index SELECT stream, version, position FROM events
+            ORDER BY stream, version;
+        INSERT INTO indexed SELECT coalesce(max(position), 0) FROM events;
+        {}
         INSERT INTO events_v2 SELECT position, stream, version, event_id, event_type,
             schema_version, data, metadata, recorded_at FROM events;
         DROP TABLE events;
         ALTER TABLE events_v2 RENAME TO events;
-        {STREAM_INDEX}
-        INSERT INTO stream_index SELECT stream, version, position FROM events;
-        INSERT INTO indexed SELECT coalesce(max(position), 0) FROM events;
         PRAGMA user_version = {SCHEMA_VERSION};",
         events_table("events_v2")
     )
@@ -579,6 +584,9 @@ fn read_stream_with(
             out.push(row.map_err(unavailable)?);
         }
     }
+    // Ended here rather than by the drop, which would ignore a failure: a connection left
+    // inside its snapshot must not go back to the pool.
+    snapshot.commit().map_err(unavailable)?;
     Ok(out)
 }
 
@@ -1000,6 +1008,15 @@ impl Writer {
                 reply,
             } = request;
             match self.apply(&stream, expected, batch, now, written) {
+                // SQLite rolls the whole transaction back on some errors (I/O, memory, disk
+                // full), even of a read such as an idempotency lookup: then nothing before is
+                // written, and nothing after may run outside a transaction (the in-memory
+                // versions would no longer match the file). The batch fails as a whole.
+                Ok(_) if self.conn.is_autocommit() => {
+                    let abort = unavailable("SQLite rolled the transaction back");
+                    answers.push((reply, Err(abort.clone())));
+                    return Err(abort);
+                }
                 Ok(result) => answers.push((reply, result)),
                 Err(abort) => {
                     answers.push((reply, Err(abort.clone())));
@@ -1056,7 +1073,8 @@ impl Writer {
         written: &mut Vec<RecordedEvent>,
     ) -> Result<Answers> {
         let mut pending = Pending::new(batch);
-        // Lookups write nothing: when they fail, only this request fails.
+        // Lookups write nothing: when they fail, only this request fails (unless SQLite rolled
+        // the transaction back, which the caller checks).
         if let Err(err) = pending.judge(|group| match self.find_stored(stream, group) {
             Ok(stored) => Ok(stored.map(Ok)),
             Err(e) if e.kind() == ErrorKind::IdempotencyMismatch => Ok(Some(Err(e))),
@@ -1340,7 +1358,8 @@ mod tests {
                 .unwrap();
             let plan = plan.join("; ");
             assert!(plan.contains("SEARCH"), "{sql}: {plan}");
-            // `indexed` has one row; the others must be searched, never scanned or sorted.
+            // `indexed` has one row; the others must be searched, never scanned or sorted
+            // (the tail read is a rowid range over the events not indexed yet: by design).
             assert!(!plan.contains("SCAN events"), "{sql}: {plan}");
             assert!(!plan.contains("SCAN stream_index"), "{sql}: {plan}");
             assert!(!plan.contains("SCAN e"), "{sql}: {plan}");
