@@ -1385,12 +1385,16 @@ mod tests {
         let mut index = conn
             .prepare("INSERT INTO stream_index (stream, version, position) VALUES (?1, ?2, ?2)")
             .unwrap();
-        for v in 1..=5000u64 {
+        // 5,000 indexed events, then 10 not indexed yet.
+        for v in 1..=5010u64 {
             insert
                 .execute(params![v, "big", Uuid::new_v4().as_bytes()])
                 .unwrap();
-            index.execute(params!["big", v]).unwrap();
+            if v <= 5000 {
+                index.execute(params!["big", v]).unwrap();
+            }
         }
+        conn.execute("UPDATE indexed SET upto = 5000", []).unwrap();
         let steps = |sql: &str, param: &dyn rusqlite::ToSql| {
             let mut stmt = conn.prepare(sql).unwrap();
             let mut rows = stmt.query([param]).unwrap();
@@ -1398,6 +1402,15 @@ mod tests {
             drop(rows);
             stmt.get_status(rusqlite::StatementStatus::VmStep)
         };
+        // A stream's newest events: the tail after `indexed`, not the whole log.
+        let mut tail = conn.prepare(READ_STREAM_TAIL).unwrap();
+        let rows = tail
+            .query_map(params!["big", 1, 100], decode_row)
+            .unwrap()
+            .count();
+        assert_eq!(rows, 10);
+        let tail_steps = tail.get_status(rusqlite::StatementStatus::VmStep);
+        assert!(tail_steps < 500, "the tail read took {tail_steps} VM steps");
         let version = steps(STREAM_VERSION, &"big");
         assert!(
             version < 100,
