@@ -481,3 +481,78 @@ async fn opening_a_file_of_another_kind_fails() {
     let err = SqliteLog::open(&path).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 }
+
+/// Set for the child process of [`commits_are_flushed_with_fdatasync`]: the directory it writes
+/// its log in.
+const SYNC_TRACE_DIR: &str = "EVENTLOG_TEST_SYNC_TRACE_DIR";
+/// Appends one at a time in the child: each is its own commit.
+const TRACED_APPENDS: usize = 5;
+
+/// A commit flushes the WAL with `fdatasync`, never `fsync`: on Linux `fsync` also writes the
+/// file's inode (its modification time) and waits for that second write, on every commit.
+/// SQLite's bundled build uses `fdatasync` only when compiled with `HAVE_FDATASYNC`
+/// (`.cargo/config.toml`). Runs this test binary's [`appends_for_the_sync_trace`] under `strace`.
+#[test]
+fn commits_are_flushed_with_fdatasync() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        test_support::skip!("strace is not installed: cannot see which sync call commits use");
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let exe = std::env::current_exe().unwrap();
+    let status = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "signal=none",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(exe)
+        .args(["--exact", "sqlite::appends_for_the_sync_trace", "--ignored"])
+        .args(["--test-threads", "1", "--quiet"])
+        .env(SYNC_TRACE_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the traced child failed: {status}");
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = trace.lines().filter(|l| l.contains("sync(")).collect();
+    let fsyncs: Vec<&&str> = calls.iter().filter(|l| l.contains(" fsync(")).collect();
+    assert!(fsyncs.is_empty(), "fsync calls: {fsyncs:#?}");
+    let wal_flushes = calls
+        .iter()
+        .filter(|l| l.contains(" fdatasync(") && l.contains("log.db-wal>"))
+        .count();
+    assert!(
+        wal_flushes >= TRACED_APPENDS,
+        "{wal_flushes} fdatasync calls on the WAL for {TRACED_APPENDS} commits: {calls:#?}"
+    );
+}
+
+/// The child of [`commits_are_flushed_with_fdatasync`]; does nothing outside it.
+#[tokio::test]
+#[ignore = "run by commits_are_flushed_with_fdatasync under strace"]
+async fn appends_for_the_sync_trace() {
+    let Some(dir) = std::env::var_os(SYNC_TRACE_DIR) else {
+        return;
+    };
+    let log = SqliteLog::open(std::path::Path::new(&dir).join("log.db"))
+        .await
+        .unwrap();
+    for _ in 0..TRACED_APPENDS {
+        log.append("s", ExpectedVersion::Any, events(1))
+            .await
+            .unwrap();
+    }
+    log.close().await;
+}
