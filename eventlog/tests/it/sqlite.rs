@@ -494,13 +494,23 @@ const TRACED_APPENDS: usize = 5;
 /// (`.cargo/config.toml`). Runs this test binary's [`appends_for_the_sync_trace`] under `strace`.
 #[test]
 fn commits_are_flushed_with_fdatasync() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        test_support::skip!("strace is not installed: cannot see which sync call commits use");
-        return;
+    // `strace` may be missing, or not allowed to trace (no ptrace in some containers).
+    let probe = std::process::Command::new("strace")
+        .args(["-qq", "-e", "trace=none", "true"])
+        .output();
+    match probe {
+        Err(e) => {
+            test_support::skip!("strace cannot run ({e}): cannot see which sync call commits use");
+            return;
+        }
+        Ok(out) if !out.status.success() => {
+            test_support::skip!(
+                "strace cannot trace here ({}): cannot see which sync call commits use",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Ok(_) => {}
     }
     let dir = tempfile::TempDir::new().unwrap();
     let trace = dir.path().join("trace.txt");
