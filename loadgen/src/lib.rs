@@ -240,6 +240,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
         sysmon::read(std::process::id()).map(|(ticks, _)| (ticks, std::time::Instant::now()));
     let t0 = Instant::now() + Duration::from_millis(20);
     let (from, end) = (t0 + s.warmup(), t0 + s.warmup() + s.duration());
+    let window_opened_at = chrono::Utc::now() + (from - Instant::now());
     let window = Window {
         run: uuid::Uuid::new_v4().as_u128() as u32,
         from_us: shared.us(from),
@@ -356,6 +357,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     });
     let sent = live.sent.load(Ordering::Relaxed).max(1);
     let measured = Measured {
+        window_opened_at,
         window_secs: window.secs(),
         offered_per_sec: s.rate,
         recipients_per_send: live.expected_deliveries.load(Ordering::Relaxed) as f64 / sent as f64,

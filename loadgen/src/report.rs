@@ -114,6 +114,9 @@ pub struct Report {
     pub machine: Machine,
     pub connections: usize,
     pub reconnects: u64,
+    /// When the measured window opened (UTC, RFC 3339): to line the timeline up with the
+    /// server's logs, metrics and traces.
+    pub window_opened_at: String,
     pub window_secs: f64,
     /// Sends per second offered (the schedule), and the deliveries they call for.
     pub offered_per_sec: f64,
@@ -146,6 +149,7 @@ pub struct Report {
 /// What a run measured, before it is judged.
 #[derive(Debug, Clone)]
 pub struct Measured {
+    pub window_opened_at: chrono::DateTime<chrono::Utc>,
     pub window_secs: f64,
     pub offered_per_sec: f64,
     /// Deliveries each send calls for, on average.
@@ -232,6 +236,9 @@ impl Report {
             machine: Machine::this(),
             connections: scenario.connections,
             reconnects,
+            window_opened_at: m
+                .window_opened_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             window_secs: m.window_secs,
             offered_per_sec: m.offered_per_sec,
             offered_deliveries_per_sec: m.offered_per_sec * m.recipients_per_send,

@@ -33,7 +33,15 @@ async fn a_clean_baseline_run_counts_every_delivery_once() {
         source_addrs: 4,
         progress: false,
     };
+    let started = chrono::Utc::now();
     let r = loadgen::run(&s, &opts).await.unwrap();
+    let opened = chrono::DateTime::parse_from_rfc3339(&r.window_opened_at).unwrap();
+    // After the 0.5 s warm-up, and at least the 1.5 s window before the run ended.
+    assert!(
+        opened >= started + chrono::TimeDelta::milliseconds(500)
+            && opened + chrono::TimeDelta::milliseconds(1500) <= chrono::Utc::now(),
+        "the window opened after the warm-up, a window's length before the end: {started}, {opened}"
+    );
     let c = &r.counts;
     assert_eq!(c.sent, 600);
     assert_eq!((c.acked, c.failed, c.unanswered), (600, 0, 0));

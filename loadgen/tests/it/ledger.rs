@@ -249,6 +249,7 @@ fn the_timeline_shows_where_in_the_window_the_tail_is() {
 
 fn measured(backlog_end: u64, ack_p99_ms: f64) -> Measured {
     Measured {
+        window_opened_at: chrono::Utc::now(),
         window_secs: 5.0,
         offered_per_sec: 1000.0,
         recipients_per_send: 9.0,
