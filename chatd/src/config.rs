@@ -136,10 +136,18 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub search_commit_ms: u64,
 
-    /// How much nicer (lower priority) than the rest of chatd the search indexer's threads
-    /// run, as a Linux nice increment: indexing then gets the CPU that sending and delivery
-    /// leave over, and search falls behind under load instead of slowing them. 0 indexes at
-    /// normal priority.
+    /// Run the search indexer's threads (Tantivy's merges included) under Linux's
+    /// `SCHED_IDLE`: they use only CPU that nothing else wants, and sending and delivery take
+    /// a core from them the moment they wake; search falls behind under load instead of
+    /// slowing them. `false` runs them at `CHAT_SEARCH_NICE` instead.
+    #[arg(long, env = "CHAT_SEARCH_IDLE", default_value_t = true, global = true,
+          action = clap::ArgAction::Set)]
+    pub search_idle: bool,
+
+    /// With `CHAT_SEARCH_IDLE=false`: how much nicer (lower priority) than the rest of chatd
+    /// the search indexer's threads run, as a Linux nice increment: indexing then gets the CPU
+    /// that sending and delivery leave over, and search falls behind under load instead of
+    /// slowing them. 0 indexes at normal priority.
     #[arg(long, env = "CHAT_SEARCH_NICE", default_value_t = 10, global = true,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub search_nice: i32,
@@ -473,6 +481,7 @@ impl Settings {
     pub fn search_indexer(&self) -> search::IndexerSettings {
         search::IndexerSettings {
             commit_interval: Duration::from_millis(self.search_commit_ms),
+            idle: self.search_idle,
             nice: self.search_nice,
             ..search::IndexerSettings::default()
         }

@@ -29,6 +29,61 @@ pub fn lower_current_thread(nice: i32, what: &str) {
     );
 }
 
+/// Puts the calling thread (and the threads it starts from now on) under Linux's `SCHED_IDLE`
+/// policy: it runs only on a core no other thread of the machine wants, and a thread of normal
+/// policy that wakes up takes the core from it at once. A nice value only shares the core in
+/// proportion, and the scheduler lets a nicer thread finish its slice (milliseconds) before a
+/// waking one runs: bursts of background work (Tantivy's merges) then show in the live path's
+/// tail. Elsewhere, or if the kernel refuses, this logs it and the thread keeps its priority.
+/// `what` names the thread in the log.
+pub fn idle_current_thread(what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        // The priority is the nice value, which SCHED_IDLE ignores; the library wants one.
+        let result = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        );
+        if let Err(e) = result {
+            tracing::warn!(error = ?e, "cannot put the {what} under SCHED_IDLE");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::info!("SCHED_IDLE is Linux-only; the {what} runs at normal priority");
+}
+
+/// The scheduling policy of each thread of process `pid` whose name starts with `prefix`, as
+/// the kernel numbers them (0 normal, 3 batch, 5 idle), for tests and diagnostics (Linux).
+#[cfg(target_os = "linux")]
+pub fn policy_of_threads(pid: u32, prefix: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        // Field 41 of `stat`; the fields after the `(comm)` start at 3.
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let policy: Option<u32> = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(41 - 3))
+            .and_then(|p| p.parse().ok());
+        out.extend(policy);
+    }
+    out
+}
+
+/// The kernel's number for `SCHED_IDLE` (see [`policy_of_threads`]).
+pub const SCHED_IDLE: u32 = 5;
+
 /// The nice value of the calling thread (Linux), for tests and diagnostics.
 #[cfg(target_os = "linux")]
 pub fn current_thread_nice() -> Option<i32> {
@@ -78,6 +133,30 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn an_idle_thread_and_its_children_run_under_sched_idle() {
+        let child = std::thread::spawn(|| {
+            idle_current_thread("test thread");
+            std::thread::Builder::new()
+                .name("idle-child".into())
+                .spawn(|| policy_of_threads(std::process::id(), "idle-child"))
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(child, [SCHED_IDLE]);
+        // Only that thread's: one started by the test's own thread keeps the normal policy.
+        let sibling = std::thread::Builder::new()
+            .name("normal-sibling".into())
+            .spawn(|| policy_of_threads(std::process::id(), "normal-sibling"))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(sibling, [0]);
     }
 
     #[test]

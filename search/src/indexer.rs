@@ -74,9 +74,13 @@ pub struct IndexerSettings {
     pub threads: usize,
     /// Memory the `IndexWriter` may buffer, over all threads.
     pub memory_budget_bytes: usize,
+    /// Whether the indexing threads (Tantivy's merges included) run under Linux's
+    /// `SCHED_IDLE`: on a core nothing else wants, yielding it at once to any thread that
+    /// wakes (see `priority::idle_current_thread`). [`Self::nice`] applies when not.
+    pub idle: bool,
     /// How much nicer than the rest of the process the indexing threads run (Linux `nice`
-    /// increment, 0–19; 0 keeps the process's priority). Ignored where threads cannot have
-    /// their own priority.
+    /// increment, 0–19; 0 keeps the process's priority) when not [`Self::idle`]. Ignored where
+    /// threads cannot have their own priority.
     pub nice: i32,
 }
 
@@ -94,6 +98,7 @@ impl Default for IndexerSettings {
             // peak memory; the server's cores are better spent serving.
             threads: 1,
             memory_budget_bytes: 32 << 20,
+            idle: true,
             nice: 10,
         }
     }
@@ -328,7 +333,11 @@ impl WriterThread {
         let thread = std::thread::Builder::new()
             .name("search-indexer".into())
             .spawn(move || {
-                priority::lower_current_thread(settings.nice, "search indexer");
+                if settings.idle {
+                    priority::idle_current_thread("search indexer");
+                } else {
+                    priority::lower_current_thread(settings.nice, "search indexer");
+                }
                 let mut writer = match Writer::open(index, &settings) {
                     Ok(writer) => {
                         let _ = opened.send(Ok(writer.committed));

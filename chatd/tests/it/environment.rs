@@ -25,6 +25,7 @@ const HOSTILE: &[(&str, &str)] = &[
     ("CHAT_HEADER_READ_TIMEOUT_SECS", "0"),
     ("CHAT_PROJECTOR_NICE", "99"),
     ("CHAT_SEARCH_NICE", "99"),
+    ("CHAT_SEARCH_IDLE", "sometimes"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"),
     ("OTEL_SERVICE_NAME", "hostile"),
     ("RUST_LOG", "off"),

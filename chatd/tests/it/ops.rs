@@ -217,33 +217,54 @@ async fn read_models_ahead_of_the_log_are_rebuilt_not_trusted() {
     app.stop().await.unwrap();
 }
 
-/// The read side's threads run nicer than the live path, by their settings: the read models'
-/// writer and checkpointer by `CHAT_PROJECTOR_NICE`, the search indexer by `CHAT_SEARCH_NICE`; the async
-/// workers (sockets, room actors, fan-out) keep the process's priority.
+/// The read side's threads yield to the live path, by their settings: the read models'
+/// writer and checkpointer run nicer by `CHAT_PROJECTOR_NICE`; the search indexer's threads
+/// (Tantivy's merge threads included) run under `SCHED_IDLE` by default, or nicer by
+/// `CHAT_SEARCH_NICE` with `CHAT_SEARCH_IDLE=false`; the async workers (sockets, room actors,
+/// fan-out) keep the process's priority and policy.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn the_read_side_runs_nicer_than_the_live_path() {
+async fn the_read_side_yields_to_the_live_path() {
     let own = priority::current_thread_nice().unwrap();
     if own + 5 > 19 {
         test_support::skip!("the tests already run at nice {own}; nothing lower to see");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let server = crate::helpers::ChatdProcess::start_with(
-        dir.path(),
-        &[("CHAT_PROJECTOR_NICE", "3"), ("CHAT_SEARCH_NICE", "5")],
-    )
-    .await;
-    let nice_of = |prefix| priority::nice_of_threads(server.pid(), prefix);
-    // The models are opened before the server listens; the indexer's thread starts beside.
-    assert_eq!(nice_of("models-writer"), [own + 3]);
-    assert_eq!(nice_of("models-checkpoi"), [own + 3]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while nice_of("search-indexer").is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    for idle in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = vec![("CHAT_PROJECTOR_NICE", "3"), ("CHAT_SEARCH_NICE", "5")];
+        if !idle {
+            settings.push(("CHAT_SEARCH_IDLE", "false"));
+        }
+        let server = crate::helpers::ChatdProcess::start_with(dir.path(), &settings).await;
+        let nice_of = |prefix| priority::nice_of_threads(server.pid(), prefix);
+        let policy_of = |prefix| priority::policy_of_threads(server.pid(), prefix);
+        // The models are opened before the server listens; the indexer's threads start beside.
+        assert_eq!(nice_of("models-writer"), [own + 3]);
+        assert_eq!(nice_of("models-checkpoi"), [own + 3]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while policy_of("merge_thread").is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let search: Vec<u32> = ["search-indexer", "merge_thread"]
+            .into_iter()
+            .flat_map(policy_of)
+            .collect();
+        assert!(search.len() >= 2, "search threads: {search:?}");
+        if idle {
+            assert!(
+                search.iter().all(|p| *p == priority::SCHED_IDLE),
+                "search threads' policies: {search:?}"
+            );
+        } else {
+            assert!(search.iter().all(|p| *p == 0), "policies: {search:?}");
+            assert_eq!(nice_of("search-indexer"), [own + 5]);
+            assert!(nice_of("merge_thread").iter().all(|n| *n == own + 5));
+        }
+        let workers = nice_of("tokio-rt-worker");
+        assert!(!workers.is_empty(), "no runtime worker threads");
+        assert!(workers.iter().all(|n| *n == own), "workers: {workers:?}");
+        let policies = policy_of("tokio-rt-worker");
+        assert!(policies.iter().all(|p| *p == 0), "workers: {policies:?}");
     }
-    assert_eq!(nice_of("search-indexer"), [own + 5]);
-    let workers = nice_of("tokio-rt-worker");
-    assert!(!workers.is_empty(), "no runtime worker threads");
-    assert!(workers.iter().all(|n| *n == own), "workers: {workers:?}");
 }
