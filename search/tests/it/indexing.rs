@@ -237,33 +237,28 @@ async fn sender_and_time_filters() {
     h.close().await;
 }
 
-/// The indexer's thread and the Tantivy threads it starts run at a lower priority than the
-/// rest of the process (by `IndexerSettings::nice`, at most 19).
+/// The indexer's thread and the Tantivy threads it starts (indexing, restarted at each commit,
+/// and merging) run under `SCHED_IDLE` by default (`IndexerSettings::idle`).
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn indexing_threads_run_at_lower_priority() {
-    let own = priority::current_thread_nice().unwrap();
-    let wanted = (own + search::IndexerSettings::default().nice).min(19);
-    if wanted == own {
-        eprintln!("SKIPPED: the tests already run at nice {own}; nothing lower to see");
-        return;
-    }
+async fn indexing_threads_run_under_sched_idle() {
+    assert!(search::IndexerSettings::default().idle);
     let h = Harness::new().await;
     h.send(RoomId::new(), "wake the writer").await;
     h.caught_up().await;
     // Thread names as the kernel keeps them: 15 bytes at most. Tantivy restarts its indexing
     // threads at each commit, so look until they are there.
     let prefixes = ["search-indexer", "thrd-tantivy-in", "merge_thread_"];
-    let seen = || prefixes.map(|p| priority::nice_of_threads(std::process::id(), p));
+    let seen = || prefixes.map(|p| priority::policy_of_threads(std::process::id(), p));
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     while seen().iter().any(Vec::is_empty) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    for (prefix, nice) in prefixes.iter().zip(seen()) {
-        assert!(!nice.is_empty(), "no {prefix} thread");
+    for (prefix, policy) in prefixes.iter().zip(seen()) {
+        assert!(!policy.is_empty(), "no {prefix} thread");
         assert!(
-            nice.iter().all(|n| *n == wanted),
-            "{prefix}: {nice:?}, wanted {wanted}"
+            policy.iter().all(|p| *p == priority::SCHED_IDLE),
+            "{prefix}: {policy:?}"
         );
     }
     h.close().await;
