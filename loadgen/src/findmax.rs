@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::report::Report;
+use crate::readside::ReadSide;
+use crate::report::{Report, read_side_ms};
 use crate::scenario::Scenario;
 use crate::{Options, step};
 
@@ -70,6 +71,9 @@ pub struct StepSummary {
     /// are a stall, most of them saturation.
     pub slots_over_delivery_bound: usize,
     pub slots: usize,
+    /// chatd's read models and search at the window's end (see `readside`; `None` for the
+    /// baseline).
+    pub read_side: Option<ReadSide>,
 }
 
 impl StepSummary {
@@ -91,12 +95,13 @@ impl StepSummary {
             generator_cpu_avg_percent: r.generator_cpu_avg_percent,
             slots_over_delivery_bound: r.slots_over_delivery_bound().0,
             slots: r.slots_over_delivery_bound().1,
+            read_side: r.read_side.clone(),
         }
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:>9.0}/s offered → {:>9.0} acked/s, {:>10.0} deliveries/s sustained · p99 ack {:>8.1} ms, delivery {:>8.1} ms ({}/{} slots over) · CPU server {} generator {} · {}",
+            "{:>9.0}/s offered → {:>9.0} acked/s, {:>10.0} deliveries/s sustained · p99 ack {:>8.1} ms, delivery {:>8.1} ms ({}/{} slots over){} · CPU server {} generator {} · {}",
             self.offered_per_sec,
             self.sustained_acked_per_sec,
             self.sustained_deliveries_per_sec,
@@ -104,6 +109,7 @@ impl StepSummary {
             self.delivery_p99_ms,
             self.slots_over_delivery_bound,
             self.slots,
+            self.read_side(),
             percent(self.server_cpu_avg_percent),
             percent(self.generator_cpu_avg_percent),
             if self.saturated {
@@ -112,6 +118,19 @@ impl StepSummary {
                 "held".to_owned()
             }
         )
+    }
+}
+
+impl StepSummary {
+    /// " · read side …" for chatd (the baseline has none: empty).
+    fn read_side(&self) -> String {
+        self.read_side.as_ref().map_or(String::new(), |r| {
+            format!(
+                " · read side {} / {}",
+                read_side_ms(r.read_models_ms, r.limit_ms),
+                read_side_ms(r.search_ms, r.limit_ms)
+            )
+        })
     }
 }
 

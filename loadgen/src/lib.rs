@@ -13,6 +13,7 @@ pub mod baseline;
 pub mod client;
 pub mod findmax;
 pub mod provision;
+pub mod readside;
 pub mod report;
 pub mod scenario;
 pub mod sysmon;
@@ -93,6 +94,8 @@ pub struct Prepared {
     endpoint: Endpoint,
     /// Per room, the seq connections resume after (advanced by every step).
     start_seqs: Vec<u64>,
+    /// Times chatd's read side at the end of each window (none for the baseline).
+    probe: Option<readside::Probe>,
 }
 
 impl Prepared {
@@ -111,6 +114,7 @@ pub async fn prepare(s: &Scenario, opts: &Options) -> anyhow::Result<Prepared> {
             let plan = provision::chatd(url, prefix, s, &pb).await?;
             pb.finish_and_clear();
             let start_seqs = provision::room_seqs(url, &plan).await?;
+            let probe = readside::Probe::provision(url, prefix).await?;
             let ws_base = url.replacen("http://", "ws://", 1);
             let host = url.trim_start_matches("http://").trim_end_matches('/');
             let addr = host
@@ -128,6 +132,7 @@ pub async fn prepare(s: &Scenario, opts: &Options) -> anyhow::Result<Prepared> {
                     source_addrs: opts.source_addrs,
                 },
                 start_seqs,
+                probe: Some(probe),
             }
         }
         Target::Baseline { addr } => Prepared {
@@ -140,6 +145,7 @@ pub async fn prepare(s: &Scenario, opts: &Options) -> anyhow::Result<Prepared> {
                 source_addrs: opts.source_addrs,
             },
             start_seqs: vec![0; s.rooms],
+            probe: None,
         },
     })
 }
@@ -286,6 +292,12 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     }
     let backlog_end = live.backlog();
     pb.finish_and_clear();
+    // How far the read side is behind now that the window has closed (beside the drain).
+    let probe_limit = Duration::from_secs_f64((3.0 * s.read_side_ms / 1000.0).max(5.0));
+    let read_side = p
+        .probe
+        .clone()
+        .map(|probe| tokio::spawn(async move { probe.measure(probe_limit).await }));
 
     // Sending is over: wait for the answers, then for every connection to hold every event.
     let drain_until = Instant::now() + Duration::from_secs_f64(s.drain_secs);
@@ -314,6 +326,10 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     for t in tasks {
         let _ = t.await;
     }
+    let read_side = match read_side {
+        Some(probe) => Some(probe.await.context("the read-side probe")?),
+        None => None,
+    };
     sampler_stop.send_replace(true);
     let generator_cpu = generator_before
         .and_then(|(ticks, at)| sysmon::cpu_percent_since(std::process::id(), ticks, at));
@@ -368,6 +384,7 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
         delivery: Latency::of(&tally.delivery),
         send_lag: Latency::of(&tally.send_lag),
         timeline: report::SlotLatency::timeline(&mut tally.slots),
+        read_side,
     };
     let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
     Ok(Report::new(

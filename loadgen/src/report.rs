@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::accounting::{Backlog, Counts};
+use crate::readside::ReadSide;
 use crate::scenario::Scenario;
 use crate::sysmon::Sample;
 
@@ -136,6 +137,9 @@ pub struct Report {
     pub send_lag: Latency,
     /// Ack and delivery tails by slot of the window: where in the run the tail happened.
     pub timeline: Vec<SlotLatency>,
+    /// How far chatd's read models and search were behind when the window closed (`None`
+    /// for the baseline, which has no read side).
+    pub read_side: Option<ReadSide>,
     /// The run could not hold the offered rate within the bounds: why.
     pub saturated: bool,
     pub saturation: Vec<String>,
@@ -161,6 +165,8 @@ pub struct Measured {
     pub delivery: Latency,
     pub send_lag: Latency,
     pub timeline: Vec<SlotLatency>,
+    /// chatd's read side at the window's end (`None` for the baseline).
+    pub read_side: Option<ReadSide>,
 }
 
 /// A backlog that grows by more than this share of the window's offered work (or by
@@ -215,6 +221,9 @@ pub fn saturation(s: &Scenario, m: &Measured) -> Vec<String> {
             m.send_lag.p99_ms
         ));
     }
+    if let Some(read_side) = &m.read_side {
+        why.extend(read_side.saturation(s.read_side_ms));
+    }
     why
 }
 
@@ -251,6 +260,7 @@ impl Report {
             delivery_latency: m.delivery,
             send_lag: m.send_lag,
             timeline: m.timeline,
+            read_side: m.read_side,
             saturated: !saturation.is_empty(),
             saturation,
             errors,
@@ -402,13 +412,28 @@ impl Report {
                 slowest[slowest.len() / 2].delivery_p99_ms,
             );
         }
+        if let Some(r) = &self.read_side {
+            let _ = writeln!(
+                out,
+                "  read side at the window's end: read models {} · search {} (bound {} ms)",
+                read_side_ms(r.read_models_ms, r.limit_ms),
+                read_side_ms(r.search_ms, r.limit_ms),
+                self.scenario.read_side_ms
+            );
+        }
         if self.saturated {
             let _ = writeln!(out, "  SATURATED: {}", self.saturation.join("; "));
         } else {
             let _ = writeln!(
                 out,
-                "  held: p99 send→ack ≤ {} ms, send→delivery ≤ {} ms, no backlog growth",
-                self.scenario.ack_p99_ms, self.scenario.delivery_p99_ms
+                "  held: p99 send→ack ≤ {} ms, send→delivery ≤ {} ms, no backlog growth{}",
+                self.scenario.ack_p99_ms,
+                self.scenario.delivery_p99_ms,
+                if self.read_side.is_some() {
+                    format!(", read side ≤ {} ms behind", self.scenario.read_side_ms)
+                } else {
+                    String::new()
+                }
             );
         }
         if !self.errors.is_empty() {
@@ -518,4 +543,9 @@ impl Report {
         svg.push_str("</svg>\n");
         svg
     }
+}
+
+/// A read-side delay for the console: milliseconds, or "> limit" when not seen within it.
+pub fn read_side_ms(ms: Option<f64>, limit_ms: f64) -> String {
+    ms.map_or(format!("> {limit_ms:.0} ms"), |ms| format!("{ms:.0} ms"))
 }

@@ -75,6 +75,11 @@ pub struct ScenarioArgs {
     /// The bound for send→delivery alone (default: --p99-ms).
     #[arg(long)]
     pub delivery_p99_ms: Option<f64>,
+    /// chatd only: how far its read side (read models, search) may be behind when the window
+    /// closes, timed by a probe's REST send and search (see `readside`); past it the run is
+    /// saturated.
+    #[arg(long, default_value_t = 1000.0)]
+    pub read_side_ms: f64,
 }
 
 /// A resolved scenario.
@@ -97,6 +102,8 @@ pub struct Scenario {
     /// Saturated above these p99 latencies.
     pub ack_p99_ms: f64,
     pub delivery_p99_ms: f64,
+    /// Saturated when chatd's read side is further behind than this at the window's end.
+    pub read_side_ms: f64,
 }
 
 impl ScenarioArgs {
@@ -129,6 +136,7 @@ impl ScenarioArgs {
             drain_secs: self.drain.unwrap_or(15.0),
             ack_p99_ms: self.ack_p99_ms.unwrap_or(self.p99_ms),
             delivery_p99_ms: self.delivery_p99_ms.unwrap_or(self.p99_ms),
+            read_side_ms: self.read_side_ms,
         };
         anyhow::ensure!(s.users > 0 && s.rooms > 0, "need users and rooms");
         anyhow::ensure!(
@@ -146,7 +154,10 @@ impl ScenarioArgs {
             "rate ≥ 0, duration > 0"
         );
         anyhow::ensure!(
-            s.drain_secs >= 0.0 && s.ack_p99_ms > 0.0 && s.delivery_p99_ms > 0.0,
+            s.drain_secs >= 0.0
+                && s.ack_p99_ms > 0.0
+                && s.delivery_p99_ms > 0.0
+                && s.read_side_ms > 0.0,
             "drain ≥ 0, bounds > 0"
         );
         Ok(s)

@@ -441,8 +441,9 @@ pub async fn run(
         let mut bytes = first.data.len();
         let mut batch = vec![first];
         // Take whatever else is already waiting: one trip to the writer for a burst.
+        // Unconstrained: Tokio's budget would otherwise end the batch after 128 events.
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match events.next().now_or_never() {
+            match tokio::task::unconstrained(events.next()).now_or_never() {
                 Some(Some(event)) => {
                     let event = event?;
                     bytes += event.data.len();

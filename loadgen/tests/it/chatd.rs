@@ -14,6 +14,10 @@ struct Server {
 }
 
 async fn chatd() -> Server {
+    chatd_with(|_| {}).await
+}
+
+async fn chatd_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::for_data_dir(dir.path());
     settings.argon2_memory_kib = 64;
@@ -23,6 +27,7 @@ async fn chatd() -> Server {
     settings.limits.registrations_per_min = 1_000_000;
     settings.limits.request_rate = 1_000_000;
     settings.limits.invites_per_min = 1_000_000;
+    tweak(&mut settings);
     let app = App::build(settings).await.unwrap();
     let url = format!("http://{}", app.addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -135,6 +140,33 @@ async fn a_clean_run_counts_exactly_and_reports_no_loss() {
     assert_eq!(r.delivery_latency.count, c.sent * 2);
     assert!(r.sustained_acked_per_sec > 0.0);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
+    // The read-side probe's message was answered and then found by a search.
+    let read_side = r.read_side.as_ref().expect("chatd is probed");
+    assert!(read_side.error.is_none(), "{read_side:?}");
+    assert!(read_side.read_models_ms.is_some(), "{read_side:?}");
+    assert!(read_side.search_ms.is_some(), "{read_side:?}");
+    // In another room, by a user of its own: no connection of the load saw it.
+    assert_eq!(c.foreign, 0);
+}
+
+/// A read side further behind than the bound saturates the run even though every ack and
+/// delivery was in time: here a bound of 1 ms, which no search for a message sent over REST
+/// (an append, the read models, then the index) can meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_side_behind_the_bound_saturates_the_run() {
+    let server = chatd().await;
+    let s = scenario(&["--read-side-ms", "1"]);
+    let r = loadgen::run(&s, &opts(&server.url)).await.unwrap();
+    assert_eq!(r.counts.acked, r.counts.sent, "{:?}", r.errors);
+    let read_side = r.read_side.as_ref().expect("chatd is probed");
+    assert!(read_side.search_ms.is_some(), "{read_side:?}");
+    assert!(r.saturated);
+    let behind: Vec<&str> = r
+        .saturation
+        .iter()
+        .filter_map(|w| w.split(' ').next().filter(|_| w.contains("ms behind")))
+        .collect();
+    assert_eq!(behind.last(), Some(&"search"), "{:?}", r.saturation);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use loadgen::accounting::{self, Backlog, CEILING_US, Counts, Ledger, Live, Mark, Window};
 use loadgen::findmax::{Search, next_rate};
+use loadgen::readside::ReadSide;
 use loadgen::report::{Latency, Measured, SlotLatency, saturation};
 
 const W: Window = Window {
@@ -269,6 +270,7 @@ fn measured(backlog_end: u64, ack_p99_ms: f64) -> Measured {
         delivery: latency(10.0),
         send_lag: latency(1.0),
         timeline: Vec::new(),
+        read_side: None,
     }
 }
 
@@ -289,6 +291,34 @@ fn a_run_is_saturated_when_p99_exceeds_the_bound_or_the_backlog_grows() {
     let mut m = measured(100, 50.0);
     m.counts.sent_in_window = 0;
     assert!(!saturation(&s, &m).is_empty());
+}
+
+#[test]
+fn a_read_side_behind_by_more_than_the_bound_saturates_the_run() {
+    let s = crate::scenario(&["--p99-ms", "100", "--read-side-ms", "500"]);
+    let probed = |read_models_ms, search_ms, error: Option<&str>| {
+        let mut m = measured(100, 50.0);
+        m.read_side = Some(ReadSide {
+            read_models_ms,
+            search_ms,
+            limit_ms: 5000.0,
+            error: error.map(str::to_owned),
+        });
+        saturation(&s, &m)
+    };
+    assert!(probed(Some(40.0), Some(300.0), None).is_empty());
+    assert!(
+        probed(Some(500.0), Some(500.0), None).is_empty(),
+        "at the bound"
+    );
+    let why = probed(Some(501.0), Some(700.0), None);
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(why[0].starts_with("read models 501 ms behind"), "{why:?}");
+    assert!(why[1].starts_with("search 700 ms behind"), "{why:?}");
+    let why = probed(Some(40.0), None, None);
+    assert_eq!(why, ["search more than 5000 ms behind at the window's end"]);
+    let why = probed(None, None, Some("the probe's send failed: 500"));
+    assert_eq!(why, ["the probe's send failed: 500"]);
 }
 
 #[test]
