@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use crate::provision::PASSWORD;
 
-/// How often a search for the probe's word is repeated until it finds it.
-const POLL: Duration = Duration::from_millis(25);
+/// How often a search for the probe's word is repeated until it finds it (within chatd's
+/// default request rate, 20 a second; a 429 is waited out, as its `Retry-After` says).
+const POLL: Duration = Duration::from_millis(50);
 
 /// A user and a room of its own, on a chatd.
 #[derive(Debug, Clone)]
@@ -129,9 +130,19 @@ impl Probe {
                 .bearer_auth(&self.token)
                 .timeout(deadline.saturating_duration_since(Instant::now()))
                 .send()
-                .await
-                .and_then(reqwest::Response::error_for_status);
-            match found {
+                .await;
+            if let Ok(resp) = &found
+                && resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+            {
+                let wait = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .map_or(POLL, Duration::from_secs);
+                tokio::time::sleep(wait.max(POLL)).await;
+                continue;
+            }
+            match found.and_then(reqwest::Response::error_for_status) {
                 Ok(resp) => {
                     let hits = resp.json::<serde_json::Value>().await.ok();
                     let any = hits

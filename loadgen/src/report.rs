@@ -284,6 +284,9 @@ impl Report {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
+    /// The CPU's model name (`/proc/cpuinfo`): a VM's host can change between runs, and the
+    /// same commit then gives other numbers.
+    pub cpu_model: Option<String>,
     pub cores: usize,
     pub memory_gib: f64,
     /// 1, 5 and 15 minute load averages when the report was made (other work on the box).
@@ -306,7 +309,14 @@ impl Machine {
                 *slot = v.parse().unwrap_or(0.0);
             }
         }
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        });
         Self {
+            cpu_model,
             load_average,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,

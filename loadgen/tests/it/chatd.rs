@@ -147,6 +147,14 @@ async fn a_clean_run_counts_exactly_and_reports_no_loss() {
     assert!(read_side.search_ms.is_some(), "{read_side:?}");
     // In another room, by a user of its own: no connection of the load saw it.
     assert_eq!(c.foreign, 0);
+    // The report names the machine's CPU (x86 Linux names it in /proc/cpuinfo).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    assert!(
+        r.machine
+            .cpu_model
+            .as_deref()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 /// A read side further behind than the bound saturates the run even though every ack and
@@ -167,6 +175,18 @@ async fn a_read_side_behind_the_bound_saturates_the_run() {
         .filter_map(|w| w.split(' ').next().filter(|_| w.contains("ms behind")))
         .collect();
     assert_eq!(behind.last(), Some(&"search"), "{:?}", r.saturation);
+}
+
+/// The probe's searches stay within a throttled server's request rate by waiting out its
+/// 429s (`Retry-After`): the probe still finds its message, and reports no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_probe_waits_out_a_throttled_search() {
+    let server = chatd_with(|s| s.limits.request_rate = 2).await;
+    let s = scenario(&[]);
+    let r = loadgen::run(&s, &opts(&server.url)).await.unwrap();
+    let read_side = r.read_side.as_ref().expect("chatd is probed");
+    assert!(read_side.error.is_none(), "{read_side:?}");
+    assert!(read_side.search_ms.is_some(), "{read_side:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
