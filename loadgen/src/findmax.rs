@@ -71,7 +71,7 @@ pub struct StepSummary {
     /// are a stall, most of them saturation.
     pub slots_over_delivery_bound: usize,
     pub slots: usize,
-    /// chatd's read models and search at the window's end (see `readside`; `None` for the
+    /// chatd's read models and search late in the window (see `readside`; `None` for the
     /// baseline).
     pub read_side: Option<ReadSide>,
 }

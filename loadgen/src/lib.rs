@@ -94,7 +94,7 @@ pub struct Prepared {
     endpoint: Endpoint,
     /// Per room, the seq connections resume after (advanced by every step).
     start_seqs: Vec<u64>,
-    /// Times chatd's read side at the end of each window (none for the baseline).
+    /// Times chatd's read side late in each window (none for the baseline).
     probe: Option<readside::Probe>,
 }
 
@@ -253,6 +253,14 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
         to_us: shared.us(end),
     };
     go_tx.send_replace(Some(Go { t0, end, window }));
+    // How far the read side is behind, in the window's last quarter, under the load.
+    let probe_at = from + s.duration().mul_f64(0.75);
+    let read_side = p.probe.clone().map(|probe| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(probe_at).await;
+            probe.measure(readside::LIMIT).await
+        })
+    });
 
     let pb = bar(
         opts.progress,
@@ -292,12 +300,6 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     }
     let backlog_end = live.backlog();
     pb.finish_and_clear();
-    // How far the read side is behind now that the window has closed (beside the drain).
-    let probe_limit = Duration::from_secs_f64((3.0 * s.read_side_ms / 1000.0).max(5.0));
-    let read_side = p
-        .probe
-        .clone()
-        .map(|probe| tokio::spawn(async move { probe.measure(probe_limit).await }));
 
     // Sending is over: wait for the answers, then for every connection to hold every event.
     let drain_until = Instant::now() + Duration::from_secs_f64(s.drain_secs);
@@ -326,16 +328,17 @@ pub async fn step(s: &Scenario, p: &mut Prepared, opts: &Options) -> anyhow::Res
     for t in tasks {
         let _ = t.await;
     }
-    let read_side = match read_side {
-        Some(probe) => Some(probe.await.context("the read-side probe")?),
-        None => None,
-    };
+
     sampler_stop.send_replace(true);
     let generator_cpu = generator_before
         .and_then(|(ticks, at)| sysmon::cpu_percent_since(std::process::id(), ticks, at));
     let samples = match sampler {
         Some(h) => h.await.unwrap_or_default(),
         None => Vec::new(),
+    };
+    let read_side = match read_side {
+        Some(probe) => Some(probe.await.context("the read-side probe")?),
+        None => None,
     };
 
     let ledgers = std::mem::take(&mut *shared.results.lock().unwrap_or_else(|e| e.into_inner()));

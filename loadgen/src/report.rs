@@ -137,8 +137,8 @@ pub struct Report {
     pub send_lag: Latency,
     /// Ack and delivery tails by slot of the window: where in the run the tail happened.
     pub timeline: Vec<SlotLatency>,
-    /// How far chatd's read models and search were behind when the window closed (`None`
-    /// for the baseline, which has no read side).
+    /// How far chatd's read models and search were behind late in the window, under the load
+    /// (`None` for the baseline, which has no read side).
     pub read_side: Option<ReadSide>,
     /// The run could not hold the offered rate within the bounds: why.
     pub saturated: bool,
@@ -165,7 +165,7 @@ pub struct Measured {
     pub delivery: Latency,
     pub send_lag: Latency,
     pub timeline: Vec<SlotLatency>,
-    /// chatd's read side at the window's end (`None` for the baseline).
+    /// chatd's read side late in the window (`None` for the baseline).
     pub read_side: Option<ReadSide>,
 }
 
@@ -425,7 +425,7 @@ impl Report {
         if let Some(r) = &self.read_side {
             let _ = writeln!(
                 out,
-                "  read side at the window's end: read models {} · search {} (bound {} ms)",
+                "  read side late in the window: read models {} · search {} (bound {} ms)",
                 read_side_ms(r.read_models_ms, r.limit_ms),
                 read_side_ms(r.search_ms, r.limit_ms),
                 self.scenario.read_side_ms

@@ -75,9 +75,9 @@ pub struct ScenarioArgs {
     /// The bound for send→delivery alone (default: --p99-ms).
     #[arg(long)]
     pub delivery_p99_ms: Option<f64>,
-    /// chatd only: how far its read side (read models, search) may be behind when the window
-    /// closes, timed by a probe's REST send and search (see `readside`); past it the run is
-    /// saturated.
+    /// chatd only: how far its read side (read models, search) may be behind late in the
+    /// window, timed by a probe's REST send and search under the load (see `readside`); past
+    /// it the run is saturated. Below 5000.
     #[arg(long, default_value_t = 1000.0)]
     pub read_side_ms: f64,
 }
@@ -102,7 +102,7 @@ pub struct Scenario {
     /// Saturated above these p99 latencies.
     pub ack_p99_ms: f64,
     pub delivery_p99_ms: f64,
-    /// Saturated when chatd's read side is further behind than this at the window's end.
+    /// Saturated when chatd's read side is further behind than this late in the window.
     pub read_side_ms: f64,
 }
 
@@ -152,6 +152,11 @@ impl ScenarioArgs {
         anyhow::ensure!(
             s.rate >= 0.0 && s.duration_secs > 0.0,
             "rate ≥ 0, duration > 0"
+        );
+        anyhow::ensure!(
+            s.read_side_ms.is_finite() && s.read_side_ms < crate::readside::MAX_BOUND_MS,
+            "--read-side-ms must be below {} (chatd answers a REST send after at most 5 s)",
+            crate::readside::MAX_BOUND_MS
         );
         anyhow::ensure!(
             s.drain_secs >= 0.0

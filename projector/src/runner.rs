@@ -28,13 +28,20 @@ const APPLY_EVERY: Duration = Duration::from_millis(5);
 const APPLY_EVERY_MAX: Duration = Duration::from_millis(250);
 const STRETCH_EVENTS: usize = MAX_BATCH / 2;
 
+/// A batch whose newest event was appended longer ago than this finds the projector behind
+/// the log (catching up, when events come in pages of the log rather than as they commit):
+/// the next transaction begins at once. Twice the longest stretch, so that a projector that
+/// keeps up is never taken for one that does not.
+const BEHIND: Duration = Duration::from_millis(2 * APPLY_EVERY_MAX.as_millis() as u64);
+
 /// The least time between the beginnings of two transactions, after one of `events`, while
-/// no reader waits. A full batch ([`MAX_BATCH`]) left events waiting: the projector is behind
-/// and begins the next one at once. (Stretched after full batches too, it applied at most
-/// `MAX_BATCH` per [`APPLY_EVERY_MAX`], 8,000 events a second, and fell further behind
-/// without end under any faster flow.)
-fn apply_interval(events: usize) -> Duration {
-    if events >= MAX_BATCH {
+/// no reader waits. A full batch ([`MAX_BATCH`]) left events waiting, and a batch of old
+/// events (see [`BEHIND`]) was read from the log's past: the projector is behind and begins
+/// the next one at once. (Stretched after full batches too, it applied at most `MAX_BATCH`
+/// per [`APPLY_EVERY_MAX`], 8,000 events a second, and fell further behind without end under
+/// any faster flow.)
+fn apply_interval(events: usize, behind: bool) -> Duration {
+    if behind || events >= MAX_BATCH {
         return Duration::ZERO;
     }
     let flow = (events as f64 / STRETCH_EVENTS as f64).min(1.0);
@@ -242,6 +249,8 @@ struct Pace {
     every: Duration,
     /// The position the last transaction reached.
     applied: u64,
+    /// Whether the last batch's newest event was older than [`BEHIND`].
+    behind: bool,
 }
 
 impl Pace {
@@ -250,11 +259,12 @@ impl Pace {
             began: tokio::time::Instant::now() - APPLY_EVERY_MAX,
             every: APPLY_EVERY,
             applied,
+            behind: false,
         }
     }
 
     fn applied(&mut self, events: usize, position: u64) {
-        self.every = apply_interval(events);
+        self.every = apply_interval(events, self.behind);
         self.applied = position;
     }
 
@@ -286,7 +296,7 @@ impl Pace {
         // Busy: let the events of the next few milliseconds join this one.
         loop {
             let every = if progress.awaited(self.applied) {
-                APPLY_EVERY
+                APPLY_EVERY.min(self.every)
             } else {
                 self.every
             };
@@ -310,6 +320,11 @@ impl Pace {
                 _ => break,
             }
         }
+        self.behind = batch.last().is_some_and(|newest| {
+            (chrono::Utc::now() - newest.recorded_at)
+                .to_std()
+                .is_ok_and(|age| age > BEHIND)
+        });
         Ok(Some(batch))
     }
 }
@@ -320,16 +335,25 @@ mod tests {
 
     #[test]
     fn the_interval_stretches_with_the_events_of_the_last_transaction() {
-        assert_eq!(apply_interval(1), Duration::from_nanos(5_245_000));
-        assert_eq!(apply_interval(400), Duration::from_millis(103));
-        assert_eq!(apply_interval(STRETCH_EVENTS), APPLY_EVERY_MAX);
-        assert_eq!(apply_interval(MAX_BATCH - 1), APPLY_EVERY_MAX);
-        assert_eq!(apply_interval(MAX_BATCH), Duration::ZERO, "behind: at once");
+        assert_eq!(apply_interval(1, false), Duration::from_nanos(5_245_000));
+        assert_eq!(apply_interval(400, false), Duration::from_millis(103));
+        assert_eq!(apply_interval(STRETCH_EVENTS, false), APPLY_EVERY_MAX);
+        assert_eq!(apply_interval(MAX_BATCH - 1, false), APPLY_EVERY_MAX);
+        assert_eq!(
+            apply_interval(MAX_BATCH, false),
+            Duration::ZERO,
+            "full: at once"
+        );
+        assert_eq!(apply_interval(512, true), Duration::ZERO, "behind: at once");
     }
 
     type Item = eventlog::Result<Arc<RecordedEvent>>;
 
     fn event(position: u64) -> Item {
+        event_at(position, chrono::Utc::now())
+    }
+
+    fn event_at(position: u64, recorded_at: chrono::DateTime<chrono::Utc>) -> Item {
         Ok(Arc::new(RecordedEvent {
             stream: "room-1".into(),
             version: position,
@@ -339,7 +363,7 @@ mod tests {
             schema_version: 1,
             data: Vec::new(),
             metadata: Vec::new(),
-            recorded_at: chrono::Utc::now(),
+            recorded_at,
         }))
     }
 
@@ -411,6 +435,47 @@ mod tests {
             Duration::ZERO,
             "no wait between full batches"
         );
+    }
+
+    /// Catching up from the log's past, events come in pages (512 from `eventlog::follow`),
+    /// never a full batch: their age tells the projector it is behind, and it does not wait
+    /// between them. (Stretched by their count, it would apply ~4,000 events a second, less
+    /// than the flow it fell behind.)
+    #[tokio::test(start_paused = true)]
+    async fn old_events_are_applied_without_waiting() {
+        let (advance, _progress) = Progress::new();
+        let (mut pace, tx, mut events) = stretched(0);
+        let stop = CancellationToken::new();
+        let long_ago = chrono::Utc::now() - chrono::Duration::seconds(10);
+        let page = 512u64;
+        for position in 1..=page {
+            tx.send(event_at(position, long_ago)).unwrap();
+        }
+        let first = pace.next_batch(&mut events, &advance, &stop).await;
+        assert_eq!(first.unwrap().unwrap().len(), page as usize);
+        pace.applied(page as usize, page);
+        let start = tokio::time::Instant::now();
+        for position in page + 1..=2 * page {
+            tx.send(event_at(position, long_ago)).unwrap();
+        }
+        let second = pace.next_batch(&mut events, &advance, &stop).await;
+        assert_eq!(second.unwrap().unwrap().len(), page as usize);
+        assert_eq!(start.elapsed(), Duration::ZERO, "no stretch while behind");
+        // A new event after them still goes at once (the last batch was behind); once it is
+        // applied, the projector has caught up and the stretch is back.
+        pace.applied(page as usize, 2 * page);
+        tx.send(event(2 * page + 1)).unwrap();
+        let third = pace.next_batch(&mut events, &advance, &stop).await;
+        assert_eq!(third.unwrap().unwrap().len(), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        pace.applied(1, 2 * page + 1);
+        tx.send(event(2 * page + 2)).unwrap();
+        let fourth = pace.next_batch(&mut events, &advance, &stop).await;
+        assert_eq!(fourth.unwrap().unwrap().len(), 1);
+        // (Tokio's timer rounds up to the millisecond.)
+        let waited = start.elapsed();
+        assert!(waited >= apply_interval(1, false), "{waited:?}");
+        assert!(waited <= apply_interval(1, false) + Duration::from_millis(1));
     }
 
     /// A reader that begins to wait while the projector holds events back has them applied

@@ -316,9 +316,20 @@ fn a_read_side_behind_by_more_than_the_bound_saturates_the_run() {
     assert!(why[0].starts_with("read models 501 ms behind"), "{why:?}");
     assert!(why[1].starts_with("search 700 ms behind"), "{why:?}");
     let why = probed(Some(40.0), None, None);
-    assert_eq!(why, ["search more than 5000 ms behind at the window's end"]);
+    assert_eq!(why, ["search more than 5000 ms behind late in the window"]);
     let why = probed(None, None, Some("the probe's send failed: 500"));
     assert_eq!(why, ["the probe's send failed: 500"]);
+}
+
+/// chatd answers a REST send after at most 5 s whatever its read models' lag: a bound at or
+/// past that could not fail, and one that is not a number would not be a bound.
+#[test]
+fn a_read_side_bound_that_cannot_fail_is_refused() {
+    assert!(crate::try_scenario(&["--read-side-ms", "4999"]).is_ok());
+    for bad in ["5000", "60000", "inf", "NaN", "0"] {
+        let err = crate::try_scenario(&["--read-side-ms", bad]);
+        assert!(err.is_err(), "{bad} was taken");
+    }
 }
 
 #[test]

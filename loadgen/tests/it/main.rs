@@ -13,6 +13,11 @@ use loadgen::scenario::{Scenario, ScenarioArgs};
 
 /// A scenario from command-line flags, as `chat-loadgen run` would parse them.
 pub fn scenario(flags: &[&str]) -> Scenario {
+    try_scenario(flags).unwrap()
+}
+
+/// The same, or why the flags make no scenario.
+pub fn try_scenario(flags: &[&str]) -> anyhow::Result<Scenario> {
     #[derive(Parser)]
     struct P {
         #[command(flatten)]
@@ -20,5 +25,5 @@ pub fn scenario(flags: &[&str]) -> Scenario {
     }
     let mut args = vec!["x"];
     args.extend_from_slice(flags);
-    P::parse_from(args).s.resolve().unwrap()
+    P::try_parse_from(args)?.s.resolve()
 }
